@@ -1,0 +1,48 @@
+# Two entry points on a fresh Debian 12 machine (as root): `make demo` and `make test`.
+APT_PACKAGES := build-essential python3 libnetfilter-queue-dev libmnl-dev libxdp-dev libbpf-dev \
+                iptables iproute2 ethtool iperf procps
+NODE_GYP := node_modules/.bin/node-gyp
+VITEST := node_modules/.bin/vitest
+
+.PHONY: all deps build addon ts test unit integration bench demo clean
+
+all: build
+
+# Install only what is missing, so a developer's re-run does not hit the network.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+
+addon: node_modules/.package-lock.json
+	$(NODE_GYP) rebuild --silent
+
+ts: node_modules/.package-lock.json
+	node_modules/.bin/tsc -p tsconfig.json
+
+build: deps addon ts
+
+unit: build
+	$(VITEST) run --project unit
+
+# Integration tests share the machine's kernel: run one file at a time.
+integration: build
+	$(VITEST) run --project integration
+
+test: build
+	$(VITEST) run --project unit
+	$(VITEST) run --project integration
+
+bench: build
+	node dist/src/bench/index.js
+
+demo: build
+	node bin/lblab.js test --nvm=10 --scale="1 2" nfqueue_scale
+
+clean:
+	rm -rf build dist
