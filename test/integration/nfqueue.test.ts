@@ -28,9 +28,9 @@ import { NfQueue, DESC, NF_ACCEPT, NF_DROP, kernelQueueStats } from './src/nfque
 const args = isMainThread ? JSON.parse(process.argv[2]) : workerData;
 const out = isMainThread ? (o) => process.stdout.write(JSON.stringify(o) + '\\n') : (o) => parentPort.postMessage(o);
 
-let q, maxBatch = 0, errors = 0;
+let q, maxBatch = 0, errors = 0, last = null;
 function open() {
-  q = new NfQueue({ queue: args.queue, maxLen: 8192, batch: args.batch, onError: () => errors++ });
+  q = new NfQueue({ queue: args.queue, maxLen: 8192, batch: args.batch, copyRange: args.copyRange, rcvBuf: args.rcvBuf, onError: () => errors++ });
   q.start((count) => {
     if (count > maxBatch) maxBatch = count;
     const { desc, data, verdicts } = q;
@@ -43,11 +43,13 @@ function open() {
       verdicts[2 * i + 1] = 0x100 + (dport & 15);
       if (dport === 10005) fail = true;
     }
+    const d = (count - 1) * DESC.WORDS;
+    last = { len: desc[d + DESC.LEN], caplen: desc[d + DESC.CAPLEN], hwproto: desc[d + DESC.HWPROTO], indev: desc[d + DESC.INDEV] };
     if (fail) throw new Error('policy failure');
   });
 }
 function handle(cmd) {
-  if (cmd === 'stats') return { stats: q.stats(), maxBatch, errors, kernel: kernelQueueStats(args.queue) ?? null };
+  if (cmd === 'stats') return { stats: q.stats(), maxBatch, errors, last, kernel: kernelQueueStats(args.queue) ?? null };
   if (cmd === 'close') {
     q.stop();
     q.stop(); // idempotent
@@ -114,7 +116,7 @@ class QueueChild {
   #waiting: ((r: Reply) => void) | undefined;
   stderr = '';
 
-  constructor(args: { queue: number; batch?: number; worker?: boolean }, prefix: string[] = []) {
+  constructor(args: { queue: number; batch?: number; worker?: boolean; copyRange?: number; rcvBuf?: number }, prefix: string[] = []) {
     this.proc = spawnInNs(RTR, [...prefix, 'node', join(childDir, 'child.mjs'), JSON.stringify(args)], {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
@@ -148,14 +150,18 @@ class QueueChild {
     return this.next();
   }
 
-  /** Polls stats until `packets` reaches n (or a timeout); returns the last stats reply. */
-  async waitPackets(n: number): Promise<Reply> {
+  /** Polls stats until `done` holds (or a timeout); returns the last stats reply. */
+  async waitFor(done: (r: Reply) => boolean): Promise<Reply> {
     let r = await this.cmd('stats');
-    for (let i = 0; i < 100 && r.stats.packets < n; i++) {
+    for (let i = 0; i < 100 && !done(r); i++) {
       await new Promise((res) => setTimeout(res, 50));
       r = await this.cmd('stats');
     }
     return r;
+  }
+
+  waitPackets(n: number): Promise<Reply> {
+    return this.waitFor((r) => r.stats.packets >= n);
   }
 
   exited(): Promise<number | null> {
@@ -178,6 +184,10 @@ function forwardedByMark(v6: boolean): Map<number, number> {
   const counts = new Map<number, number>();
   for (const m of out.matchAll(/^\s*(\d+)\s+\d+.*mark match 0x([0-9a-f]+)/gm)) counts.set(parseInt(m[2]!, 16), Number(m[1]));
   return counts;
+}
+
+function ifindex(ns: string, dev: string): number {
+  return (JSON.parse(inNs(ns, ['ip', '-j', 'link', 'show', 'dev', dev])) as [{ ifindex: number }])[0].ifindex;
 }
 
 function zeroCounters(): void {
@@ -241,9 +251,9 @@ describe('NfQueue in a router namespace', () => {
   });
 
   it.each([
-    ['IPv4', SINK4, false],
-    ['IPv6', SINK6, true],
-  ] as const)('%s: packets get the marks we set, and NF_DROP drops', async (_name, sink, v6) => {
+    ['IPv4', SINK4, false, 0x0800, 20 + 8 + 18],
+    ['IPv6', SINK6, true, 0x86dd, 40 + 8 + 18],
+  ] as const)('%s: packets get the marks we set, and NF_DROP drops', async (_name, sink, v6, hwproto, len) => {
     zeroCounters();
     const before = (await lb.cmd('stats')).stats.packets as number;
     send(sink, 40, [10000, 10001, 10002, 10003]);
@@ -253,6 +263,7 @@ describe('NfQueue in a router namespace', () => {
     expect(r.stats.verdictErrors).toBe(0);
     const fwd = forwardedByMark(v6);
     expect([0x100, 0x101, 0x102, 0x103].map((m) => fwd.get(m))).toEqual([40, 40, 40, 0]);
+    expect(r.last).toEqual({ len, caplen: len, hwproto, indev: ifindex(RTR, 'r0') });
   });
 
   it('a batch whose onBatch throws gets the error verdict (drop) and onError is called', async () => {
@@ -319,5 +330,22 @@ describe('NfQueue in a router namespace', () => {
     expect(forwardedByMark(false).get(0x104)).toBe(100);
     const t = await w.cmd('terminate');
     expect(t).toEqual({ terminated: true, kernel: null });
+  });
+
+  it('copies only copyRange bytes, and counts socket-buffer overflow (ENOBUFS) and keeps going', async () => {
+    // IPv4 + UDP headers are 28 bytes: enough for the policy, less than the packet.
+    const small = spawnChild({ queue: QUEUE, copyRange: 28, rcvBuf: 4096 });
+    expect(await small.next()).toEqual({ ready: true });
+    send(SINK4, 2000, [10001]);
+    const r = await small.waitFor((x) => x.stats.packets + (x.kernel?.userDropped ?? 0) >= 2000);
+    expect(r.last).toMatchObject({ caplen: 28, len: 46 });
+    expect(r.stats.enobufs).toBeGreaterThan(0);
+    // Packets the kernel could not deliver were dropped (and counted) by it, not lost by us.
+    expect(r.kernel.userDropped).toBeGreaterThan(0);
+    expect(r.stats.packets + r.kernel.userDropped).toBe(2000);
+    expect(r.stats.verdicts).toBe(r.stats.packets);
+    const before = r.stats.packets as number;
+    send(SINK4, 1, [10001]);
+    expect((await small.waitPackets(before + 1)).stats.packets).toBe(before + 1);
   });
 });
