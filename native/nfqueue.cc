@@ -241,7 +241,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       int count = Drain(&more);
       if (count < 0) {
         StopPolling();
-        Report(SysError("recvmmsg", -count).Value());
+        Report(count == -EBADFD ? Napi::Error::New(env_, "nfqueue " + std::to_string(queue_) + ": desc or data was detached").Value()
+                                : SysError("recvmmsg", -count).Value());
         break;
       }
       if (count > 0) Handle(count);
@@ -257,7 +258,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     auto desc = desc_.Value().As<Napi::Uint32Array>();
     auto data = data_.Value().As<Napi::Uint8Array>();
     // JS could have transferred (detached) the buffers: never write through a stale size.
-    if (desc.ElementLength() != batch_ * kDescWords || data.ElementLength() != batch_ * copyRange_) return -EFAULT;
+    if (desc.ElementLength() != batch_ * kDescWords || data.ElementLength() != batch_ * copyRange_) return -EBADFD;
     int n;
     for (;;) {
       n = recvmmsg(fd_, msgs_.data(), batch_, MSG_DONTWAIT, nullptr);

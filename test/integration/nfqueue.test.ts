@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, inNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
+import { kernelQueueStats, NfQueue, type NativeNfQueueClass } from '../../src/nfqueue.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The child runs plain node: the modules it needs are transpiled below build/ (inside the
@@ -347,5 +348,67 @@ describe('NfQueue in a router namespace', () => {
     const before = r.stats.packets as number;
     send(SINK4, 1, [10001]);
     expect((await small.waitPackets(before + 1)).stats.packets).toBe(before + 1);
+  });
+});
+
+describe('NfQueue wrapper (mock native class)', () => {
+  const calls: unknown[][] = [];
+  class Mock {
+    constructor(...args: unknown[]) {
+      calls.push(args);
+    }
+    start(): void {}
+    close(): void {}
+    stats(): never {
+      throw new Error('unused');
+    }
+  }
+  const Native = Mock as unknown as NativeNfQueueClass;
+
+  it('passes defaults and JS-owned arrays sized batch*8, batch*copyRange, batch*2', () => {
+    calls.length = 0;
+    const q = new NfQueue({ queue: 3 }, Native);
+    const [queue, copyRange, maxLen, cfgFlags, rcvBuf, errorVerdict, desc, data, verdicts] = calls[0]!;
+    expect([queue, copyRange, maxLen, cfgFlags, rcvBuf, errorVerdict]).toEqual([3, 256, 1024, 4, 8 << 20, 0]);
+    expect([desc, data, verdicts]).toEqual([q.desc, q.data, q.verdicts]);
+    expect([q.desc.length, q.data.length, q.verdicts.length]).toEqual([128 * 8, 128 * 256, 128 * 2]);
+    new NfQueue({ queue: 3, failOpen: true, gso: false, batch: 4, copyRange: 64 }, Native);
+    expect(calls[1]!.slice(0, 4)).toEqual([3, 64, 1024, 1]);
+  });
+
+  it.each([
+    [{ queue: 65536 }, RangeError],
+    [{ queue: 1.5 }, RangeError],
+    [{ queue: 1, batch: 0 }, RangeError],
+    [{ queue: 1, batch: 1025 }, RangeError],
+    [{ queue: 1, copyRange: 0 }, RangeError],
+    [{ queue: 1, copyRange: 65532 }, RangeError],
+    [{ queue: 1, errorVerdict: 2 }, RangeError],
+    [{ queue: 1, gso: 'yes' as unknown as boolean }, TypeError],
+  ])('rejects %o before any native call', (opts, type) => {
+    calls.length = 0;
+    expect(() => new NfQueue(opts, Native)).toThrow(type);
+    expect(calls).toHaveLength(0);
+  });
+
+  it('names the queue and the cause when the kernel says EPERM', () => {
+    class Denied {
+      constructor() {
+        throw Object.assign(new Error('nfqueue 65000: bind: Operation not permitted (EPERM)'), { code: 'EPERM' });
+      }
+    }
+    // Queue 65000 is bound by nobody in this namespace: it must be the missing capability.
+    expect(() => new NfQueue({ queue: 65000 }, Denied as unknown as NativeNfQueueClass)).toThrow(
+      /^nfqueue 65000: permission denied: binding a queue needs CAP_NET_ADMIN/,
+    );
+  });
+
+  it('reads one queue line of /proc/net/netfilter/nfnetlink_queue', () => {
+    const text = '    2  12345     3 2   256     7     9    40000  1\n    7   4242     0 2    64     0     0        5  1\n';
+    expect(kernelQueueStats(7, text)).toEqual({
+      queue: 7, portId: 4242, queued: 0, copyMode: 2, copyRange: 64, queueDropped: 0, userDropped: 0, idSequence: 5,
+    });
+    expect(kernelQueueStats(2, text)).toMatchObject({ queued: 3, queueDropped: 7, userDropped: 9, idSequence: 40000 });
+    expect(kernelQueueStats(3, text)).toBeUndefined();
   });
 });
