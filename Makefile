@@ -1,7 +1,9 @@
 # Two entry points on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 APT_PACKAGES := build-essential python3 libnetfilter-queue-dev libmnl-dev libxdp-dev libbpf-dev \
-                iptables iproute2 ethtool iperf procps
+                iptables iproute2 ethtool iperf netsniff-ng procps
+# node-gyp builds against the headers installed with Node (no download: only npm and Debian are reachable).
 NODE_GYP := node_modules/.bin/node-gyp
+NODEDIR ?= $(shell npm config get nodedir 2>/dev/null | grep -v '^undefined$$' || echo /usr)
 VITEST := node_modules/.bin/vitest
 
 .PHONY: all deps build addon ts test unit integration bench demo clean
@@ -20,7 +22,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 
 addon: node_modules/.package-lock.json
-	$(NODE_GYP) rebuild --silent
+	$(NODE_GYP) rebuild --silent --nodedir=$(NODEDIR)
 
 ts: node_modules/.package-lock.json
 	node_modules/.bin/tsc -p tsconfig.json

@@ -277,7 +277,9 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     for (int i = 0; i < n; i++) {
       char* buf = &rx_[i * slot_];
       size_t len = msgs_[i].msg_len, off = 0;
-      while (len - off >= sizeof(struct nlmsghdr)) {
+      // `off` can step past `len` (the last message need not be padded to 4 bytes), so
+      // compare by addition: `len - off` would wrap around and read past the datagram.
+      while (off + sizeof(struct nlmsghdr) <= len) {
         auto* nlh = reinterpret_cast<struct nlmsghdr*>(buf + off);
         if (nlh->nlmsg_len < sizeof(struct nlmsghdr)) break;
         // Cut by our buffer (MSG_TRUNC): keep the attributes that arrived, so the packet
