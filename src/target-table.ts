@@ -184,7 +184,7 @@ export class TargetTable {
     return this.active[slot] as number;
   }
 
-  /** The text of `nfqlb show` for this table, newline-terminated. */
+  /** The text of `nfqlb show` for this table: five lines, without the final newline. */
   show(name: string): string {
     let lookup = '';
     const shown = Math.min(SHOWN_LOOKUP_ENTRIES, this.M);
@@ -199,7 +199,7 @@ export class TargetTable {
       `  Fw: own=${this.ownFwmark}\n` +
       `  Maglev: M=${this.M}, N=${this.N}\n` +
       `   Lookup:${lookup}...\n` +
-      `   Active:${active}\n`
+      `   Active:${active}`
     );
   }
 

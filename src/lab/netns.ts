@@ -50,3 +50,19 @@ export function removeNs(prefix: string): void {
     } catch { /* raced with another cleanup */ }
   }
 }
+
+/**
+ * Runs many iproute2 commands with one exec (`ip [-n ns] -batch -`): building a lab
+ * with hundreds of `ip` calls would take seconds, a batch per namespace takes milliseconds.
+ * `ns` null means the caller's namespace; only use that for `netns add`/`netns del` lines.
+ */
+export function ipBatch(ns: string | null, lines: readonly string[]): void {
+  if (lines.length === 0) return;
+  run(ns === null ? ['ip', '-batch', '-'] : ['ip', '-n', ns, '-batch', '-'], lines.join('\n') + '\n');
+}
+
+/** Sets sysctls (`key=value`) inside `ns` with one exec. */
+export function sysctlInNs(ns: string, settings: readonly string[]): void {
+  if (settings.length === 0) return;
+  inNs(ns, ['sysctl', '-qw', ...settings]);
+}

@@ -238,7 +238,7 @@ describe('TargetTable show', () => {
         '  Fw: own=0\n' +
         '  Maglev: M=997, N=32\n' +
         '   Lookup: 2 0 0 2 2 1 0 1 0 0 1 2 2 1 2 1 1 0 2 0 2 0 2 1 2...\n' +
-        '   Active: 101(0) 102(1) 103(2)\n',
+        '   Active: 101(0) 102(1) 103(2)',
     );
   });
 
@@ -246,7 +246,7 @@ describe('TargetTable show', () => {
     const t = fresh(17, 5, 201);
     expect(t.show('lb')).toBe(
       'Shm: lb\n  Fw: own=201\n  Maglev: M=17, N=5\n' +
-        '   Lookup: -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1...\n   Active:\n',
+        '   Lookup: -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1...\n   Active:',
     );
     t.setIndex(3, 203);
     expect(t.show('lb').split('\n')[4]).toBe('   Active: 203(3)');

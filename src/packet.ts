@@ -1,0 +1,429 @@
+// IP packet parsing for the load-balancer's hot path: NFQUEUE hands us the IP header first
+// (no Ethernet). Zero allocation: the caller owns one PacketInfo and reuses it. Never throws on
+// packet bytes; every read is bounds-checked against the usable end of the packet.
+//
+// What the flow key is (the reference nfqlb's choices, kept for hash compatibility):
+// - TCP, UDP, SCTP: addresses, protocol and ports.
+// - ICMP/ICMPv6 errors: the quoted packet's addresses and ports, swapped, because the quoted
+//   packet is one the target sent, and the error must reach that target.
+// - ICMP echo request: addresses, protocol and the echo identifier.
+// - anything else (and other ICMP): addresses and protocol.
+// - non-first fragments: addresses only (they carry no ports; the fragment table maps them).
+import {
+  HASH_KEY_BYTES,
+  IPPROTO_SCTP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  KEY_DST,
+  KEY_PORTS,
+  KEY_PROTO,
+  KEY_SRC,
+  KEY_USER,
+  hashAddresses,
+  hashKey,
+} from './hash.js';
+
+const IPPROTO_HOPOPTS = 0;
+const IPPROTO_ICMP = 1;
+const IPPROTO_ROUTING = 43;
+const IPPROTO_FRAGMENT = 44;
+const IPPROTO_AH = 51;
+const IPPROTO_ICMPV6 = 58;
+const IPPROTO_DSTOPTS = 60;
+
+const ICMP_ECHO_REPLY = 0;
+const ICMP_ECHO_REQUEST = 8;
+const ICMP6_ECHO_REQUEST = 128;
+const ICMP6_ECHO_REPLY = 129;
+
+/** A chain longer than this is an attack or garbage; the packet is treated as truncated. */
+const MAX_EXTENSION_HEADERS = 16;
+
+/** The parse result. All fields are numbers or booleans so the object stays monomorphic. */
+export class PacketInfo {
+  /** 0: not an IP packet we can read (too short, bad version or header length); else 4 or 6. */
+  family = 0;
+  /** Offset of the IP header. */
+  l3Off = 0;
+  /** One past the last usable byte: min(off + len, buf.length, end of the IP datagram). */
+  end = 0;
+  /**
+   * Offset of the first byte after the IP header(s) (the transport header, or fragment data
+   * for a non-first fragment); -1 if the IPv6 extension chain could not be walked.
+   */
+  l4Off = -1;
+  /** The outer upper-layer protocol after extension headers (1 or 58 for any ICMP); -1 unknown. */
+  l4Proto = -1;
+
+  /** Flow key protocol: l4Proto, or the quoted packet's for ICMP errors, 132 for SCTP-in-UDP. */
+  proto = -1;
+  /** Offsets of the flow key's addresses in the buffer (the quoted ones, swapped, for ICMP errors). */
+  srcOff = 0;
+  dstOff = 0;
+  /** 4 or 16: the length of the key addresses (0 while family is 0). */
+  addrLen = 0;
+  /** True when sport/dport are part of the flow key. */
+  hasPorts = false;
+  sport = 0;
+  dport = 0;
+  /** The key's user_defined word: the ICMP echo identifier (of the request, or of a quoted reply), else 0. */
+  echoId = 0;
+  /**
+   * The addresses are valid but a header the key needs is cut (transport header, extension
+   * header, ICMP header or quoted packet): hash on the addresses only.
+   */
+  truncated = false;
+
+  /** Fragment (IPv4 MF or offset, IPv6 fragment header other than an atomic one). */
+  isFragment = false;
+  /** Offset 0: carries the transport header; later fragments must follow its target. */
+  firstFragment = false;
+  moreFragments = false;
+  /** IPv4: the 16-bit identification; IPv6: the 32-bit fragment header identification. */
+  fragId = 0;
+  /** Fragment offset in bytes. */
+  fragOffset = 0;
+
+  /** ICMP/ICMPv6 type and code, -1 when not ICMP (or the ICMP header is cut). */
+  icmpType = -1;
+  icmpCode = -1;
+  /** An ICMP error whose quoted packet gave the flow key. */
+  icmpError = false;
+  /** The quoted packet's IP header and transport header offsets (-1 if none). */
+  innerL3Off = -1;
+  innerL4Off = -1;
+  /** UDP to the SCTP encapsulation port: proto is 132 and the ports are the inner SCTP ones. */
+  sctpEncap = false;
+
+  reset(): void {
+    this.family = 0;
+    this.l3Off = 0;
+    this.end = 0;
+    this.l4Off = -1;
+    this.l4Proto = -1;
+    this.proto = -1;
+    this.srcOff = 0;
+    this.dstOff = 0;
+    this.addrLen = 0;
+    this.hasPorts = false;
+    this.sport = 0;
+    this.dport = 0;
+    this.echoId = 0;
+    this.truncated = false;
+    this.isFragment = false;
+    this.firstFragment = false;
+    this.moreFragments = false;
+    this.fragId = 0;
+    this.fragOffset = 0;
+    this.icmpType = -1;
+    this.icmpCode = -1;
+    this.icmpError = false;
+    this.innerL3Off = -1;
+    this.innerL4Off = -1;
+    this.sctpEncap = false;
+  }
+}
+
+function u16(buf: Uint8Array, at: number): number {
+  return (buf[at]! << 8) | buf[at + 1]!;
+}
+
+function u32(buf: Uint8Array, at: number): number {
+  return ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
+}
+
+/**
+ * Parses the IP packet in buf[off, off + len) into p. `sctpEncapPort` (nfqlb's --sctp_encap,
+ * 0 = off) is the UDP port that carries SCTP; such packets are keyed as SCTP.
+ */
+export function parsePacket(buf: Uint8Array, off: number, len: number, p: PacketInfo, sctpEncapPort = 0): void {
+  p.reset();
+  let end = off + len;
+  if (end > buf.length) end = buf.length;
+  if (!(off >= 0) || off >= end) return;
+  const version = buf[off]! >> 4;
+  if (version === 4) parseIPv4(buf, off, end, p, sctpEncapPort);
+  else if (version === 6) parseIPv6(buf, off, end, p, sctpEncapPort);
+}
+
+function parseIPv4(buf: Uint8Array, off: number, end: number, p: PacketInfo, encap: number): void {
+  if (end - off < 20) return;
+  const headerLen = (buf[off]! & 0x0f) * 4;
+  if (headerLen < 20 || off + headerLen > end) return;
+  // Total length 0 is what a GSO super-packet carries: trust the capture then.
+  const totalLen = u16(buf, off + 2);
+  if (totalLen !== 0) {
+    if (totalLen < headerLen) return;
+    if (off + totalLen < end) end = off + totalLen;
+  }
+  p.family = 4;
+  p.l3Off = off;
+  p.end = end;
+  p.addrLen = 4;
+  p.srcOff = off + 12;
+  p.dstOff = off + 16;
+  const proto = buf[off + 9]!;
+  p.l4Proto = proto;
+  p.proto = proto;
+  p.l4Off = off + headerLen;
+  const frag = u16(buf, off + 6);
+  const fragOffset = (frag & 0x1fff) * 8;
+  const more = (frag & 0x2000) !== 0;
+  if (more || fragOffset !== 0) {
+    p.isFragment = true;
+    p.firstFragment = fragOffset === 0;
+    p.moreFragments = more;
+    p.fragId = u16(buf, off + 4);
+    p.fragOffset = fragOffset;
+    if (fragOffset !== 0) return;
+  }
+  parseTransport(buf, p.l4Off, end, proto, p, encap);
+}
+
+function parseIPv6(buf: Uint8Array, off: number, end: number, p: PacketInfo, encap: number): void {
+  if (end - off < 40) return;
+  // Payload length 0 is a jumbogram or a GSO super-packet: trust the capture then.
+  const payloadLen = u16(buf, off + 4);
+  if (payloadLen !== 0 && off + 40 + payloadLen < end) end = off + 40 + payloadLen;
+  p.family = 6;
+  p.l3Off = off;
+  p.end = end;
+  p.addrLen = 16;
+  p.srcOff = off + 8;
+  p.dstOff = off + 24;
+  const l4 = walkExtensions(buf, off + 40, end, buf[off + 6]!);
+  if (walkFragOff >= 0) {
+    const offsetFlags = u16(buf, walkFragOff + 2);
+    const fragOffset = offsetFlags & 0xfff8;
+    const more = (offsetFlags & 1) !== 0;
+    // An atomic fragment (offset 0, no M flag, RFC 6946) is a whole packet.
+    if (more || fragOffset !== 0) {
+      p.isFragment = true;
+      p.firstFragment = fragOffset === 0;
+      p.moreFragments = more;
+      p.fragId = u32(buf, walkFragOff + 4);
+      p.fragOffset = fragOffset;
+    }
+  }
+  if (l4 < 0) {
+    p.truncated = true;
+    return;
+  }
+  p.l4Off = l4;
+  p.l4Proto = walkNext;
+  p.proto = walkNext;
+  if (p.isFragment && !p.firstFragment) return;
+  parseTransport(buf, l4, end, walkNext, p, encap);
+}
+
+// Results of the last walkExtensions call; module state so that walking allocates nothing.
+let walkNext = 0;
+let walkFragOff = -1;
+
+/**
+ * Skips IPv6 extension headers starting with next-header `nh` at `at`. Returns the offset of
+ * the upper-layer header (its protocol in walkNext), or -1 if a header is cut or the chain is
+ * too long. Stops after a non-first fragment header: what follows is fragment data. ESP and
+ * no-next-header end the chain like any upper-layer protocol.
+ */
+function walkExtensions(buf: Uint8Array, at: number, end: number, nh: number): number {
+  walkFragOff = -1;
+  for (let n = 0; n < MAX_EXTENSION_HEADERS; n++) {
+    switch (nh) {
+      case IPPROTO_HOPOPTS:
+      case IPPROTO_ROUTING:
+      case IPPROTO_DSTOPTS:
+        if (at + 2 > end) return -1;
+        nh = buf[at]!;
+        at += (buf[at + 1]! + 1) * 8;
+        break;
+      case IPPROTO_AH:
+        if (at + 2 > end) return -1;
+        nh = buf[at]!;
+        at += (buf[at + 1]! + 2) * 4;
+        break;
+      case IPPROTO_FRAGMENT:
+        if (at + 8 > end) return -1;
+        walkFragOff = at;
+        nh = buf[at]!;
+        at += 8;
+        if ((u16(buf, walkFragOff + 2) & 0xfff8) !== 0) {
+          walkNext = nh;
+          return at <= end ? at : -1;
+        }
+        break;
+      default:
+        if (at > end) return -1;
+        walkNext = nh;
+        return at;
+    }
+  }
+  return -1;
+}
+
+function parseTransport(buf: Uint8Array, l4: number, end: number, proto: number, p: PacketInfo, encap: number): void {
+  if (proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_SCTP) {
+    readPorts(buf, l4, end, proto, p, encap, false);
+  } else if (proto === (p.family === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6)) {
+    parseIcmp(buf, l4, end, p, encap);
+  }
+}
+
+/** Ports at `l4`; `swapped` for a quoted packet, whose source is our destination. */
+function readPorts(
+  buf: Uint8Array,
+  l4: number,
+  end: number,
+  proto: number,
+  p: PacketInfo,
+  encap: number,
+  swapped: boolean,
+): void {
+  if (l4 + 4 > end) {
+    p.truncated = true;
+    return;
+  }
+  let at = l4;
+  if (encap !== 0 && proto === IPPROTO_UDP && u16(buf, swapped ? l4 : l4 + 2) === encap) {
+    at = l4 + 8;
+    if (at + 4 > end) {
+      p.truncated = true;
+      return;
+    }
+    p.proto = IPPROTO_SCTP;
+    p.sctpEncap = true;
+  }
+  const first = u16(buf, at);
+  const second = u16(buf, at + 2);
+  p.sport = swapped ? second : first;
+  p.dport = swapped ? first : second;
+  p.hasPorts = true;
+}
+
+function isIcmpError(family: number, type: number): boolean {
+  // IPv4: destination unreachable (incl. fragmentation needed), source quench, redirect,
+  // time exceeded, parameter problem. IPv6: destination unreachable, packet too big, time
+  // exceeded, parameter problem.
+  if (family === 4) return type === 3 || type === 4 || type === 5 || type === 11 || type === 12;
+  return type >= 1 && type <= 4;
+}
+
+function parseIcmp(buf: Uint8Array, l4: number, end: number, p: PacketInfo, encap: number): void {
+  if (l4 + 8 > end) {
+    p.truncated = true;
+    return;
+  }
+  const type = buf[l4]!;
+  p.icmpType = type;
+  p.icmpCode = buf[l4 + 1]!;
+  if (isIcmpError(p.family, type)) {
+    // A fragmented error is not followed into its quoted packet (the reference drops them):
+    // the key stays the outer addresses and protocol.
+    if (!p.isFragment) parseQuoted(buf, l4 + 8, end, p, encap);
+    return;
+  }
+  if (type === (p.family === 4 ? ICMP_ECHO_REQUEST : ICMP6_ECHO_REQUEST)) p.echoId = u16(buf, l4 + 4);
+}
+
+/** The packet quoted by an ICMP error at `at`; its fields go into the key swapped. */
+function parseQuoted(buf: Uint8Array, at: number, end: number, p: PacketInfo, encap: number): void {
+  let l4: number;
+  let proto: number;
+  let nonFirstFragment: boolean;
+  if (p.family === 4) {
+    if (at + 20 > end || buf[at]! >> 4 !== 4 || (buf[at]! & 0x0f) < 5) {
+      p.truncated = true;
+      return;
+    }
+    proto = buf[at + 9]!;
+    l4 = at + (buf[at]! & 0x0f) * 4;
+    nonFirstFragment = (u16(buf, at + 6) & 0x1fff) !== 0;
+    p.srcOff = at + 16;
+    p.dstOff = at + 12;
+  } else {
+    if (at + 40 > end || buf[at]! >> 4 !== 6) {
+      p.truncated = true;
+      return;
+    }
+    l4 = walkExtensions(buf, at + 40, end, buf[at + 6]!);
+    if (l4 < 0) {
+      p.truncated = true;
+      return;
+    }
+    proto = walkNext;
+    nonFirstFragment = walkFragOff >= 0 && (u16(buf, walkFragOff + 2) & 0xfff8) !== 0;
+    p.srcOff = at + 24;
+    p.dstOff = at + 8;
+  }
+  p.icmpError = true;
+  p.innerL3Off = at;
+  p.proto = proto;
+  if (l4 > end) {
+    p.truncated = true;
+    return;
+  }
+  p.innerL4Off = l4;
+  // A quoted later fragment has no ports: its key is the swapped addresses and protocol.
+  if (nonFirstFragment) return;
+  if (proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_SCTP) {
+    readPorts(buf, l4, end, proto, p, encap, true);
+  } else if (proto === (p.family === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6)) {
+    // An error about an echo reply belongs to the target that got the echo request.
+    const replyType = p.family === 4 ? ICMP_ECHO_REPLY : ICMP6_ECHO_REPLY;
+    if (l4 + 8 <= end && buf[l4] === replyType) p.echoId = u16(buf, l4 + 4);
+  }
+}
+
+/**
+ * Writes the 40-byte nfqlb hash key of a parsed packet (family != 0) at out[o]. The key of a
+ * non-first fragment has no protocol or ports; hash it with hashAddresses.
+ */
+export function writeHashKey(buf: Uint8Array, p: PacketInfo, out: Uint8Array, o = 0): void {
+  out.fill(0, o, o + HASH_KEY_BYTES);
+  if (p.addrLen === 4) {
+    out[o + KEY_SRC + 10] = 0xff;
+    out[o + KEY_SRC + 11] = 0xff;
+    out[o + KEY_DST + 10] = 0xff;
+    out[o + KEY_DST + 11] = 0xff;
+    for (let i = 0; i < 4; i++) {
+      out[o + KEY_SRC + 12 + i] = buf[p.srcOff + i]!;
+      out[o + KEY_DST + 12 + i] = buf[p.dstOff + i]!;
+    }
+  } else if (p.addrLen === 16) {
+    for (let i = 0; i < 16; i++) {
+      out[o + KEY_SRC + i] = buf[p.srcOff + i]!;
+      out[o + KEY_DST + i] = buf[p.dstOff + i]!;
+    }
+  }
+  if (p.isFragment && !p.firstFragment) return;
+  out[o + KEY_USER] = p.echoId >> 8;
+  out[o + KEY_USER + 1] = p.echoId & 0xff;
+  if (p.proto >= 0) out[o + KEY_PROTO] = p.proto;
+  if (p.hasPorts) {
+    out[o + KEY_PORTS] = p.sport >> 8;
+    out[o + KEY_PORTS + 1] = p.sport & 0xff;
+    out[o + KEY_PORTS + 2] = p.dport >> 8;
+    out[o + KEY_PORTS + 3] = p.dport & 0xff;
+  }
+}
+
+// Reused for every packet: hashing allocates nothing.
+const key = new Uint8Array(HASH_KEY_BYTES);
+
+/**
+ * The nfqlb flow hash (uint32) of a parsed packet. Non-first fragments and truncated packets
+ * hash their addresses only; family 0 gives 0 (the caller decides that verdict).
+ */
+export function packetHash(buf: Uint8Array, p: PacketInfo, hashMode: number): number {
+  if (p.family === 0) return 0;
+  writeHashKey(buf, p, key);
+  if (p.truncated || (p.isFragment && !p.firstFragment)) return hashAddresses(key);
+  return hashKey(key, hashMode);
+}
+
+/** The address-only hash (nfqlb hashes fragments so when choosing an LB-tier peer). */
+export function packetAddressHash(buf: Uint8Array, p: PacketInfo): number {
+  if (p.family === 0) return 0;
+  writeHashKey(buf, p, key);
+  return hashAddresses(key);
+}

@@ -1,0 +1,323 @@
+// The NfQueue binding against the real kernel: client -> router -> sink over veth pairs in
+// namespaces tlbq-*. The router sends UDP to the sink through NFQUEUE 7; a child process
+// inside the router namespace runs NfQueue with a small policy (mark = 0x100 + (dport & 15),
+// drop dport 10003, throw on dport 10005); mangle FORWARD counters in the router, which
+// only see packets after their verdict, show which marks the kernel applied.
+import type { ChildProcess } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { addNs, inNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+// The child runs plain node: the modules it needs are transpiled below build/ (inside the
+// checkout, so the addon loader finds package.json and build/Release).
+const childDir = join(root, 'build', 'tlbq-child');
+const CLI = 'tlbq-cli', RTR = 'tlbq-rtr', SNK = 'tlbq-snk';
+const SINK4 = '10.77.2.1', SINK6 = 'fd77:2::1';
+const QUEUE = 7;
+
+const CHILD = `
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { createInterface } from 'node:readline';
+import { NfQueue, DESC, NF_ACCEPT, NF_DROP, kernelQueueStats } from './src/nfqueue.js';
+
+const args = isMainThread ? JSON.parse(process.argv[2]) : workerData;
+const out = isMainThread ? (o) => process.stdout.write(JSON.stringify(o) + '\\n') : (o) => parentPort.postMessage(o);
+
+let q, maxBatch = 0, errors = 0;
+function open() {
+  q = new NfQueue({ queue: args.queue, maxLen: 8192, batch: args.batch, onError: () => errors++ });
+  q.start((count) => {
+    if (count > maxBatch) maxBatch = count;
+    const { desc, data, verdicts } = q;
+    let fail = false;
+    for (let i = 0; i < count; i++) {
+      const off = desc[i * DESC.WORDS + DESC.OFFSET];
+      const l4 = desc[i * DESC.WORDS + DESC.HWPROTO] === 0x0800 ? off + (data[off] & 15) * 4 : off + 40;
+      const dport = (data[l4 + 2] << 8) | data[l4 + 3];
+      verdicts[2 * i] = dport === 10003 ? NF_DROP : NF_ACCEPT;
+      verdicts[2 * i + 1] = 0x100 + (dport & 15);
+      if (dport === 10005) fail = true;
+    }
+    if (fail) throw new Error('policy failure');
+  });
+}
+function handle(cmd) {
+  if (cmd === 'stats') return { stats: q.stats(), maxBatch, errors, kernel: kernelQueueStats(args.queue) ?? null };
+  if (cmd === 'close') {
+    q.stop();
+    q.stop(); // idempotent
+    const released = kernelQueueStats(args.queue) === undefined;
+    open();
+    return { released, reopened: kernelQueueStats(args.queue) ?? null };
+  }
+  if (cmd === 'exit') { q.stop(); process.exit(0); }
+  return { error: 'unknown command ' + cmd };
+}
+
+if (isMainThread && args.worker) {
+  // The queue lives in a worker_thread; 'terminate' ends the worker without closing the
+  // queue, so only the addon's environment cleanup hook can release it.
+  const w = new Worker(new URL(import.meta.url), { workerData: args });
+  w.on('message', out);
+  w.on('error', (e) => out({ error: e.message }));
+  createInterface({ input: process.stdin }).on('line', async (cmd) => {
+    if (cmd !== 'terminate') return w.postMessage(cmd);
+    await w.terminate();
+    out({ terminated: true, kernel: kernelQueueStats(args.queue) ?? null });
+  });
+} else {
+  try {
+    open();
+  } catch (e) {
+    out({ openError: e.message, code: e.code });
+    process.exit(1);
+  }
+  if (isMainThread) createInterface({ input: process.stdin }).on('line', (cmd) => out(handle(cmd)));
+  else parentPort.on('message', (cmd) => out(handle(cmd)));
+  out({ ready: true });
+}
+`;
+
+// Sends n UDP datagrams to each port, as fast as node can.
+const SENDER = `
+import dgram from 'node:dgram';
+const [host, n, ...ports] = process.argv.slice(2);
+const s = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+const buf = Buffer.alloc(18);
+let left = Number(n) * ports.length;
+for (let i = 0; i < Number(n); i++) for (const p of ports) s.send(buf, Number(p), host, () => { if (--left === 0) s.close(); });
+`;
+
+function writeChildFiles(): void {
+  mkdirSync(join(childDir, 'src'), { recursive: true });
+  for (const mod of ['native', 'nfqueue']) {
+    const out = ts.transpileModule(readFileSync(join(root, 'src', `${mod}.ts`), 'utf8'), {
+      compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
+    });
+    writeFileSync(join(childDir, 'src', `${mod}.js`), out.outputText);
+  }
+  writeFileSync(join(childDir, 'child.mjs'), CHILD);
+  writeFileSync(join(childDir, 'send.mjs'), SENDER);
+}
+
+type Reply = Record<string, any>;
+
+/** A child process in the router namespace holding the queue, driven line by line. */
+class QueueChild {
+  readonly proc: ChildProcess;
+  readonly #replies: Reply[] = [];
+  #waiting: ((r: Reply) => void) | undefined;
+  stderr = '';
+
+  constructor(args: { queue: number; batch?: number; worker?: boolean }, prefix: string[] = []) {
+    this.proc = spawnInNs(RTR, [...prefix, 'node', join(childDir, 'child.mjs'), JSON.stringify(args)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.proc.stderr!.on('data', (d) => (this.stderr += String(d)));
+    createInterface({ input: this.proc.stdout! }).on('line', (line) => {
+      const r = JSON.parse(line) as Reply;
+      if (this.#waiting) {
+        const w = this.#waiting;
+        this.#waiting = undefined;
+        w(r);
+      } else {
+        this.#replies.push(r);
+      }
+    });
+  }
+
+  next(timeoutMs = 10_000): Promise<Reply> {
+    const r = this.#replies.shift();
+    if (r) return Promise.resolve(r);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no reply from the queue child; stderr: ${this.stderr}`)), timeoutMs);
+      this.#waiting = (x) => {
+        clearTimeout(t);
+        resolve(x);
+      };
+    });
+  }
+
+  cmd(c: string): Promise<Reply> {
+    this.proc.stdin!.write(c + '\n');
+    return this.next();
+  }
+
+  /** Polls stats until `packets` reaches n (or a timeout); returns the last stats reply. */
+  async waitPackets(n: number): Promise<Reply> {
+    let r = await this.cmd('stats');
+    for (let i = 0; i < 100 && r.stats.packets < n; i++) {
+      await new Promise((res) => setTimeout(res, 50));
+      r = await this.cmd('stats');
+    }
+    return r;
+  }
+
+  exited(): Promise<number | null> {
+    if (this.proc.exitCode !== null) return Promise.resolve(this.proc.exitCode);
+    return new Promise((res) => this.proc.on('exit', (code) => res(code)));
+  }
+
+  kill(): void {
+    if (this.proc.pid !== undefined && this.proc.exitCode === null) this.proc.kill('SIGKILL');
+  }
+}
+
+function send(host: string, n: number, ports: number[]): void {
+  inNs(CLI, ['node', join(childDir, 'send.mjs'), host, String(n), ...ports.map(String)]);
+}
+
+/** Packets per fwmark counted by the router's mangle FORWARD rules, i.e. after the verdict. */
+function forwardedByMark(v6: boolean): Map<number, number> {
+  const out = inNs(RTR, [v6 ? 'ip6tables' : 'iptables', '-t', 'mangle', '-L', 'FORWARD', '-v', '-n', '-x']);
+  const counts = new Map<number, number>();
+  for (const m of out.matchAll(/^\s*(\d+)\s+\d+.*mark match 0x([0-9a-f]+)/gm)) counts.set(parseInt(m[2]!, 16), Number(m[1]));
+  return counts;
+}
+
+function zeroCounters(): void {
+  for (const t of ['iptables', 'ip6tables']) inNs(RTR, [t, '-t', 'mangle', '-Z', 'FORWARD']);
+}
+
+function macOf(ns: string, dev: string): string {
+  return (JSON.parse(inNs(ns, ['ip', '-j', 'link', 'show', 'dev', dev])) as [{ address: string }])[0].address;
+}
+
+function buildTopology(): void {
+  for (const ns of [CLI, RTR, SNK]) addNs(ns);
+  inNs(CLI, ['ip', 'link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'r0', 'netns', RTR]);
+  inNs(RTR, ['ip', 'link', 'add', 'r1', 'type', 'veth', 'peer', 'name', 's0', 'netns', SNK]);
+  const addrs: [string, string, string[]][] = [
+    [CLI, 'c0', ['10.77.1.1/24', 'fd77:1::1/64']],
+    [RTR, 'r0', ['10.77.1.254/24', 'fd77:1::fe/64']],
+    [RTR, 'r1', ['10.77.2.254/24', 'fd77:2::fe/64']],
+    [SNK, 's0', [`${SINK4}/24`, `${SINK6}/64`]],
+  ];
+  for (const [ns, dev, list] of addrs) {
+    for (const a of list) inNs(ns, ['ip', 'addr', 'add', a, 'dev', dev, ...(a.includes(':') ? ['nodad'] : [])]);
+    inNs(ns, ['ip', 'link', 'set', dev, 'up']);
+  }
+  inNs(CLI, ['ip', 'route', 'add', 'default', 'via', '10.77.1.254']);
+  inNs(CLI, ['ip', '-6', 'route', 'add', 'default', 'via', 'fd77:1::fe']);
+  inNs(SNK, ['ip', 'route', 'add', 'default', 'via', '10.77.2.254']);
+  inNs(SNK, ['ip', '-6', 'route', 'add', 'default', 'via', 'fd77:2::fe']);
+  // Static neighbours: no ARP/ND queueing (and loss) of the first packets of a burst.
+  const r0 = macOf(RTR, 'r0'), s0 = macOf(SNK, 's0');
+  for (const via of ['10.77.1.254', 'fd77:1::fe']) inNs(CLI, ['ip', 'neigh', 'replace', via, 'lladdr', r0, 'dev', 'c0', 'nud', 'permanent']);
+  for (const dst of [SINK4, SINK6]) inNs(RTR, ['ip', 'neigh', 'replace', dst, 'lladdr', s0, 'dev', 'r1', 'nud', 'permanent']);
+  inNs(RTR, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+  for (const [t, sink] of [['iptables', SINK4], ['ip6tables', SINK6]] as const) {
+    inNs(RTR, [t, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+    inNs(RTR, [t, '-t', 'mangle', '-A', 'PREROUTING', '-d', sink, '-p', 'udp', '-j', 'NFQUEUE', '--queue-num', String(QUEUE)]);
+    for (const port of [0, 1, 2, 3, 4, 5]) inNs(RTR, [t, '-t', 'mangle', '-A', 'FORWARD', '-m', 'mark', '--mark', `0x${(0x100 + port).toString(16)}`]);
+  }
+}
+
+describe('NfQueue in a router namespace', () => {
+  const children: QueueChild[] = [];
+  let lb: QueueChild;
+  const spawnChild = (args: ConstructorParameters<typeof QueueChild>[0], prefix?: string[]): QueueChild => {
+    const c = new QueueChild(args, prefix);
+    children.push(c);
+    return c;
+  };
+
+  beforeAll(async () => {
+    removeNs('tlbq-');
+    writeChildFiles();
+    buildTopology();
+    lb = spawnChild({ queue: QUEUE });
+    expect(await lb.next()).toEqual({ ready: true });
+  });
+
+  afterAll(() => {
+    for (const c of children) c.kill();
+    removeNs('tlbq-');
+  });
+
+  it.each([
+    ['IPv4', SINK4, false],
+    ['IPv6', SINK6, true],
+  ] as const)('%s: packets get the marks we set, and NF_DROP drops', async (_name, sink, v6) => {
+    zeroCounters();
+    const before = (await lb.cmd('stats')).stats.packets as number;
+    send(sink, 40, [10000, 10001, 10002, 10003]);
+    const r = await lb.waitPackets(before + 160);
+    expect(r.stats.packets - before).toBe(160);
+    expect(r.stats.verdicts).toBe(r.stats.packets);
+    expect(r.stats.verdictErrors).toBe(0);
+    const fwd = forwardedByMark(v6);
+    expect([0x100, 0x101, 0x102, 0x103].map((m) => fwd.get(m))).toEqual([40, 40, 40, 0]);
+  });
+
+  it('a batch whose onBatch throws gets the error verdict (drop) and onError is called', async () => {
+    zeroCounters();
+    const before = await lb.cmd('stats');
+    send(SINK4, 20, [10005]);
+    const r = await lb.waitPackets(before.stats.packets + 20);
+    expect(r.stats.verdicts).toBe(r.stats.packets);
+    expect(r.errors).toBeGreaterThan(before.errors);
+    expect(forwardedByMark(false).get(0x105)).toBe(0);
+  });
+
+  it('a burst of 2000 packets: every packet gets a verdict, many per batch and per send', async () => {
+    zeroCounters();
+    const before = (await lb.cmd('stats')).stats;
+    send(SINK4, 2000, [10001]);
+    const r = await lb.waitPackets(before.packets + 2000);
+    const d = (k: string): number => r.stats[k] - before[k];
+    expect(d('packets')).toBe(2000);
+    expect(d('verdicts')).toBe(2000);
+    expect(d('sendmsgCalls')).toBe(d('batches'));
+    expect(d('batches')).toBeLessThan(2000);
+    expect(r.maxBatch).toBeGreaterThan(1);
+    expect(r.kernel).toMatchObject({ queue: QUEUE, queued: 0, queueDropped: 0, userDropped: 0 });
+    expect(forwardedByMark(false).get(0x101)).toBe(2000);
+    console.log(`burst of 2000: ${d('batches')} batches, ${d('sendmsgCalls')} sends, ${d('recvCalls')} recvmmsg calls, max batch ${r.maxBatch}`);
+  });
+
+  it('a second bind of the same queue fails with a clear error', async () => {
+    const second = spawnChild({ queue: QUEUE });
+    const r = await second.next();
+    expect(r.openError).toMatch(/^nfqueue 7: already bound by another netlink socket \(port id \d+\)/);
+    expect(r.code).toBe('EPERM');
+    expect(await second.exited()).toBe(1);
+  });
+
+  it('binding without CAP_NET_ADMIN fails with a clear error', async () => {
+    const weak = spawnChild({ queue: 8 }, ['setpriv', '--inh-caps=-all', '--bounding-set=-all']);
+    const r = await weak.next();
+    expect(r.openError).toMatch(/^nfqueue 8: permission denied: binding a queue needs CAP_NET_ADMIN/);
+  });
+
+  it('close() releases the queue: it can be bound again and traffic flows', async () => {
+    const r = await lb.cmd('close');
+    expect(r.released).toBe(true);
+    expect(r.reopened).toMatchObject({ queue: QUEUE, copyRange: 256 });
+    zeroCounters();
+    const before = (await lb.cmd('stats')).stats.packets as number;
+    send(SINK6, 10, [10002]);
+    expect((await lb.waitPackets(before + 10)).stats.packets).toBe(before + 10);
+    expect(forwardedByMark(true).get(0x102)).toBe(10);
+  });
+
+  it('runs in a worker_thread, and ending the worker releases the queue', async () => {
+    lb.proc.stdin!.write('exit\n');
+    expect(await lb.exited()).toBe(0);
+    const w = spawnChild({ queue: QUEUE, worker: true, batch: 32 });
+    expect(await w.next()).toEqual({ ready: true });
+    zeroCounters();
+    send(SINK4, 100, [10004]);
+    const r = await w.waitPackets(100);
+    expect(r.stats.packets).toBe(100);
+    expect(r.maxBatch).toBeLessThanOrEqual(32);
+    expect(forwardedByMark(false).get(0x104)).toBe(100);
+    const t = await w.cmd('terminate');
+    expect(t).toEqual({ terminated: true, kernel: null });
+  });
+});
