@@ -4,7 +4,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { log } from '../log.js';
 import { openShm } from '../shm.js';
-import { FrameForwarder } from './forwarder.js';
+import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
 import { XdpTable, parseMac, vipText } from './table.js';
 import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
 
@@ -23,14 +23,8 @@ export interface XdpLbOptions {
   frames?: number;
 }
 
-export interface XdpLbStats {
-  rx: XskStats;
-  tx: XskStats;
-  forwarded: number;
-  noTarget: number;
-  malformed: number;
-  checksums: number;
-}
+/** The forwarding socket's counters (rx, tx, drops, kernel drops) and the forwarder's. */
+export type XdpLbStats = XskStats & ForwarderCounters;
 
 const FRAME_SIZE = 4096;
 const VIP_POLL_MS = 200;
@@ -134,7 +128,7 @@ export class XdpLb {
   }
 
   stats(): XdpLbStats {
-    return { rx: this.rx.stats(), tx: this.tx.stats(), ...this.forwarder.counters };
+    return { ...this.rx.stats(), ...this.forwarder.counters };
   }
 
   /** Detaches the program and releases the sockets (idempotent). */
