@@ -103,6 +103,7 @@ Napi::Function XskSocket::Init(Napi::Env env) {
   return DefineClass(env, "XskSocket",
                      {InstanceMethod<&XskSocket::Start>("start"), InstanceMethod<&XskSocket::Stop>("stop"),
                       InstanceMethod<&XskSocket::Close>("close"), InstanceMethod<&XskSocket::Stats>("stats"),
+                      InstanceMethod<&XskSocket::Transmit>("transmit"),
                       InstanceAccessor<&XskSocket::Fd>("fd")});
 }
 
@@ -283,16 +284,60 @@ void XskSocket::Reclaim() {
 }
 
 // In copy mode one sendto transmits at most 32 frames: kick until the ring is consumed.
-void XskSocket::Kick() {
-  int ofd = out->fd();
+// Completions are recycled into the fill ring while forwarding, else just released.
+void XskSocket::Kick(XskSocket* t, bool recycle) {
+  int tfd = t->fd();
   for (int tries = 0; tries < 1024; tries++) {
-    uint32_t consumer = __atomic_load_n(out->tx.consumer, __ATOMIC_ACQUIRE);
-    if (consumer == out->tx.cached_prod) return;
-    if (sendto(ofd, nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0 && errno != EAGAIN && errno != EBUSY &&
+    uint32_t consumer = __atomic_load_n(t->tx.consumer, __ATOMIC_ACQUIRE);
+    if (consumer == t->tx.cached_prod) return;
+    if (sendto(tfd, nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0 && errno != EAGAIN && errno != EBUSY &&
         errno != ENOBUFS && errno != EINTR)
       return;  // e.g. ENETDOWN: frames stay queued until the device comes back
-    Reclaim();
+    if (recycle)
+      Reclaim();
+    else
+      t->ReleaseCompletions();
   }
+}
+
+void XskSocket::ReleaseCompletions() {
+  uint32_t idx = 0;
+  uint32_t n = xsk_ring_cons__peek(comp, umem->frameCount, &idx);
+  if (n > 0) xsk_ring_cons__release(comp, n);
+}
+
+// transmit(addr: Uint32Array, len: Uint32Array, n): queues frames the caller wrote into the
+// UMEM for sending (a traffic generator); returns how many fit in the tx ring. The frames
+// are the caller's again once sent: a sender does not recycle them into the fill ring.
+Napi::Value XskSocket::Transmit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!xsk || !hasTx) throw Napi::Error::New(env, "XskSocket.transmit: closed or no tx ring");
+  if (poll) throw Napi::Error::New(env, "XskSocket.transmit: the socket is forwarding");
+  if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsNumber())
+    throw Napi::TypeError::New(env, "transmit(addr: Uint32Array, len: Uint32Array, n) expected");
+  Napi::TypedArray a = info[0].As<Napi::TypedArray>(), l = info[1].As<Napi::TypedArray>();
+  if (a.TypedArrayType() != napi_uint32_array || l.TypedArrayType() != napi_uint32_array)
+    throw Napi::TypeError::New(env, "transmit: addr and len must be Uint32Array");
+  uint32_t n = info[2].As<Napi::Number>().Uint32Value();
+  if (n > a.ElementLength() || n > l.ElementLength()) throw Napi::RangeError::New(env, "transmit: n exceeds the arrays");
+  const uint32_t* ad = a.As<Napi::Uint32Array>().Data();
+  const uint32_t* ln = l.As<Napi::Uint32Array>().Data();
+  ReleaseCompletions();
+  uint32_t ntx = std::min(n, xsk_prod_nb_free(&tx, n));
+  uint32_t idx = 0;
+  if (ntx > 0) {
+    xsk_ring_prod__reserve(&tx, ntx, &idx);
+    for (uint32_t i = 0; i < ntx; i++) {
+      xdp_desc* d = xsk_ring_prod__tx_desc(&tx, idx + i);
+      d->addr = ad[i];
+      d->len = std::min(ln[i], umem->frameSize);
+      d->options = 0;
+    }
+    xsk_ring_prod__submit(&tx, ntx);
+    nTx += ntx;
+  }
+  Kick(this, false);
+  return Napi::Number::New(env, ntx);
 }
 
 // Submits the verdicts of a batch of n frames: transmit or recycle.
@@ -322,7 +367,7 @@ void XskSocket::Complete(uint32_t n) {
   if (nfill > 0) xsk_ring_prod__submit(fill, nfill);
   if (ntx > 0) {
     xsk_ring_prod__submit(&out->tx, ntx);
-    Kick();
+    Kick(out, true);
   }
 }
 

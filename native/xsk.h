@@ -61,12 +61,14 @@ class XskSocket : public Napi::ObjectWrap<XskSocket> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Fd(const Napi::CallbackInfo& info);
+  Napi::Value Transmit(const Napi::CallbackInfo& info);
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
   void Drain();
   void Reclaim();
   void Complete(uint32_t n);
-  void Kick();
+  void Kick(XskSocket* t, bool recycle);
+  void ReleaseCompletions();
   void StopPoll();
 
   XskAddon* addon = nullptr;

@@ -145,13 +145,16 @@ export class XdpLb {
   }
 }
 
-/** Runs the lb until SIGINT or SIGTERM. */
+/** Runs the lb until SIGINT or SIGTERM; SIGUSR1 logs the counters. */
 export async function runXdpLb(o: XdpLbOptions): Promise<number> {
   const lb = XdpLb.start(o);
+  const report = (): void => void log.info(lb.stats(), 'xdplb stats');
+  process.on('SIGUSR1', report);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+  process.off('SIGUSR1', report);
   lb.close();
   return 0;
 }

@@ -48,6 +48,11 @@ export interface XskSocket {
   /** Starts forwarding from this (rx) socket to `out` (a tx socket on the same UMEM). */
   start(out: XskSocket, addr: Uint32Array, len: Uint32Array, verdict: Uint8Array, onBatch: BatchHandler): void;
   stop(): void;
+  /**
+   * Queues n frames the caller wrote into the UMEM for sending (a traffic generator, not
+   * while forwarding); returns how many fit in the tx ring.
+   */
+  transmit(addr: Uint32Array, len: Uint32Array, n: number): number;
   close(): void;
   stats(): XskStats;
 }
