@@ -205,7 +205,7 @@ class XdpProgram : public Napi::ObjectWrap<XdpProgram> {
       int err = errno;
       std::string why;
       if (err == EBUSY || err == EEXIST)
-        why = name + " already has an XDP program (a leftover? remove it with 'ip link set dev " + name + " xdp off')";
+        why = name + " already has an XDP program (a leftover? remove it with 'ip link set dev " + name + " xdp off', or xdpgeneric off)";
       else if (mode == "native" && (err == EOPNOTSUPP || err == EINVAL || err == ERANGE))
         why = name + " refuses native XDP (no driver support, or MTU too large: veth needs MTU <= ~3500); try --mode=generic";
       else

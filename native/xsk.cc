@@ -24,6 +24,14 @@ Napi::Error SysError(Napi::Env env, const std::string& what, int err) {
   return e;
 }
 
+// A uv_poll handle whose closing Node waits for when the environment goes away: the close
+// callback lives in this addon, which a worker_thread unloads right after its teardown.
+struct Poller {
+  uv_poll_t handle;  // first member: the callbacks get a pointer to it
+  napi_async_cleanup_hook_handle hook = nullptr;
+  XskSocket* owner = nullptr;  // null once closing
+};
+
 static uint32_t RoundUpPow2(uint32_t v) {
   uint32_t p = 1;
   while (p < v) p <<= 1;
@@ -39,6 +47,7 @@ Napi::Function Umem::Init(Napi::Env env) {
 // new Umem(frameCount, frameSize): page-aligned memory, visible to JS as `.buffer`.
 Umem::Umem(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Umem>(info) {
   Napi::Env env = info.Env();
+  addon = env.GetInstanceData<XskAddon>();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
     throw Napi::TypeError::New(env, "Umem(frameCount, frameSize): numbers expected");
   frameCount = info[0].As<Napi::Number>().Uint32Value();
@@ -78,6 +87,7 @@ Umem::Umem(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Umem>(info) {
   size_t len = size;
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, area, size, [len](Napi::Env, void* p) { munmap(p, len); });
   buffer = Napi::Persistent(ab);
+  addon->umems.insert(this);
   info.This().As<Napi::Object>().DefineProperty(
       Napi::PropertyDescriptor::Value("buffer", ab, napi_enumerable));
 }
@@ -88,6 +98,7 @@ void Umem::Release() {
   if (umem && users == 0) {
     xsk_umem__delete(umem);
     umem = nullptr;
+    if (addon) addon->umems.erase(this);
   }
 }
 
@@ -157,16 +168,33 @@ XskSocket::XskSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<XskSocke
   addon->sockets.insert(this);
 }
 
-XskSocket::~XskSocket() { Release(); }
+XskSocket::~XskSocket() {
+  destroying = true;
+  Release();
+}
 
 int XskSocket::fd() const { return xsk ? xsk_socket__fd(xsk) : -1; }
 
 Napi::Value XskSocket::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd()); }
 
+void XskSocket::ClosePoller(Poller* p) {
+  p->owner = nullptr;
+  uv_poll_stop(&p->handle);
+  uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), [](uv_handle_t* h) {
+    Poller* closed = reinterpret_cast<Poller*>(h);
+    if (closed->hook) napi_remove_async_cleanup_hook(closed->hook);
+    delete closed;
+  });
+}
+
+void XskSocket::OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) {
+  Poller* p = static_cast<Poller*>(arg);
+  if (p->owner) p->owner->Release();  // else its close is already under way
+}
+
 void XskSocket::StopPoll() {
   if (poll) {
-    uv_poll_stop(poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    ClosePoller(poll);
     poll = nullptr;
   }
   if (!onBatch.IsEmpty()) {
@@ -178,7 +206,7 @@ void XskSocket::StopPoll() {
     out = nullptr;
     delete asyncContext;
     asyncContext = nullptr;
-    Unref();  // taken in Start: a forwarding socket is not collected
+    if (!destroying) Unref();  // taken in Start: a forwarding socket is not collected
   }
 }
 
@@ -217,17 +245,22 @@ Napi::Value XskSocket::Start(const Napi::CallbackInfo& info) {
   uint32_t n = std::min({a.ElementLength(), l.ElementLength(), v.ElementLength()});
   if (n == 0) throw Napi::RangeError::New(env, "start: batch arrays are empty");
 
-  poll = new uv_poll_t;
   uv_loop_t* loop = nullptr;
   napi_get_uv_event_loop(env, &loop);
-  int rc = uv_poll_init(loop, poll, fd());
-  if (rc == 0) rc = uv_poll_start(poll, UV_READABLE, &XskSocket::OnPoll);
+  Poller* p = new Poller;
+  int rc = uv_poll_init(loop, &p->handle, fd());
   if (rc != 0) {
-    delete poll;
-    poll = nullptr;
-    throw Napi::Error::New(env, std::string("start: uv_poll: ") + uv_strerror(rc));
+    delete p;
+    throw Napi::Error::New(env, std::string("start: uv_poll_init: ") + uv_strerror(rc));
   }
-  poll->data = this;
+  p->owner = this;
+  rc = uv_poll_start(&p->handle, UV_READABLE, &XskSocket::OnPoll);
+  if (rc != 0) {
+    ClosePoller(p);
+    throw Napi::Error::New(env, std::string("start: uv_poll_start: ") + uv_strerror(rc));
+  }
+  napi_add_async_cleanup_hook(env, &XskSocket::OnEnvCleanup, p, &p->hook);
+  poll = p;
   out = o;
   outRef = Napi::Persistent(oobj);
   auto ua = a.As<Napi::Uint32Array>();
@@ -257,7 +290,8 @@ Napi::Value XskSocket::Close(const Napi::CallbackInfo& info) {
 }
 
 void XskSocket::OnPoll(uv_poll_t* handle, int status, int) {
-  XskSocket* self = static_cast<XskSocket*>(handle->data);
+  XskSocket* self = reinterpret_cast<Poller*>(handle)->owner;
+  if (!self) return;
   if (status < 0) {
     // Stop before reporting, or a broken fd reports forever.
     Napi::Env env = self->Env();
@@ -438,7 +472,16 @@ XskAddon::XskAddon(Napi::Env env, Napi::Object exports) {
   env.AddCleanupHook([this]() {
     std::set<XskSocket*> open;
     open.swap(sockets);
-    for (XskSocket* s : open) s->Release();
+    for (XskSocket* s : open) {
+      s->Release();
+      s->addon = nullptr;  // this struct is freed before the sockets' finalizers run
+    }
+    std::set<Umem*> umemsLeft;
+    umemsLeft.swap(umems);
+    for (Umem* u : umemsLeft) {
+      u->addon = nullptr;
+      u->Release();
+    }
   });
   DefineAddon(exports, {InstanceValue("Umem", u), InstanceValue("XskSocket", s),
                         InstanceValue("XdpProgram", InitXdpProgram(env))});

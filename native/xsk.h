@@ -10,13 +10,16 @@
 #include <string>
 
 class XskSocket;
+class Umem;
+struct Poller;
 
 // Per-environment state, so the addon loads in worker_threads.
 struct XskAddon : public Napi::Addon<XskAddon> {
   XskAddon(Napi::Env env, Napi::Object exports);
   Napi::FunctionReference umemCtor;
   Napi::FunctionReference socketCtor;
-  std::set<XskSocket*> sockets;  // open sockets, closed by the cleanup hook
+  std::set<XskSocket*> sockets;  // open sockets and UMEMs, closed by the cleanup hook
+  std::set<Umem*> umems;
 };
 
 // An Error with .code (e.g. 'EOPNOTSUPP') and .errno, like Node's system errors.
@@ -37,10 +40,11 @@ class Umem : public Napi::ObjectWrap<Umem> {
   uint32_t frameSize = 0;
   uint32_t frameCount = 0;
   int users = 0;  // open sockets
+  XskAddon* addon = nullptr;  // null once the environment is torn down
+  void Release();
 
  private:
   Napi::Value Close(const Napi::CallbackInfo& info);
-  void Release();
   void* area = nullptr;
   size_t size = 0;
   Napi::Reference<Napi::ArrayBuffer> buffer;
@@ -64,6 +68,8 @@ class XskSocket : public Napi::ObjectWrap<XskSocket> {
   Napi::Value Transmit(const Napi::CallbackInfo& info);
 
   static void OnPoll(uv_poll_t* handle, int status, int events);
+  static void OnEnvCleanup(napi_async_cleanup_hook_handle hook, void* arg);
+  static void ClosePoller(Poller* p);
   void Drain();
   void Reclaim();
   void Complete(uint32_t n);
@@ -71,7 +77,8 @@ class XskSocket : public Napi::ObjectWrap<XskSocket> {
   void ReleaseCompletions();
   void StopPoll();
 
-  XskAddon* addon = nullptr;
+  friend struct XskAddon;
+  XskAddon* addon = nullptr;  // null once the environment is torn down
   xsk_socket* xsk = nullptr;
   Umem* umem = nullptr;
   Napi::ObjectReference umemRef;
@@ -83,9 +90,10 @@ class XskSocket : public Napi::ObjectWrap<XskSocket> {
   xsk_ring_cons* comp = nullptr;  // and completion ring
   bool hasRx = false;
   bool hasTx = false;
+  bool destroying = false;
 
   // Set while forwarding (start .. stop): frames arrive here and leave on `out`.
-  uv_poll_t* poll = nullptr;
+  Poller* poll = nullptr;
   XskSocket* out = nullptr;
   Napi::ObjectReference outRef;
   Napi::FunctionReference onBatch;

@@ -107,6 +107,7 @@ export class XdpLb {
     this.vipTimer = setInterval(() => this.syncVips(), VIP_POLL_MS);
     this.vipTimer.unref();
     log.info({ idev: o.idev, edev: o.edev, queue: o.queue, mode: o.mode, shm: o.shm, vips: this.vips() }, 'xdplb forwarding');
+    if (this.vips().length === 0) log.warn('no VIPs yet: all traffic goes to the kernel until `xdplb vip-add`');
   }
 
   /** The VIPs in the XDP program's map. */
