@@ -28,6 +28,32 @@ const after = input.frames.map((f) => prog.testRun(hex(f)));
 console.log(JSON.stringify({ before, after, vips: prog.vips().length, instructions: prog.instructions }));
 sock.close(); umem.close(); prog.close();`;
 
+// Three worker_threads in turn each load the addon and start forwarding on lo, then are
+// terminated: the environment cleanup must close the poll handle before the addon is
+// unloaded, and release socket and UMEM so the next worker can bind the same queue.
+const WORKERS_JS = `
+const { Worker } = require('worker_threads');
+const code = \`
+  const x = require(require('worker_threads').workerData);
+  const u = new x.Umem(64, 4096);
+  const s = new x.XskSocket(u, 'lo', 0, { rx: true, tx: true });
+  const a = new Uint32Array(8), l = new Uint32Array(8), v = new Uint8Array(8);
+  s.start(s, a, l, v, () => {});
+  require('worker_threads').parentPort.postMessage('polling');
+\`;
+(async () => {
+  for (let i = 0; i < 3; i++) {
+    const w = new Worker(code, { eval: true, workerData: process.argv[1] });
+    await new Promise((resolve, reject) => {
+      w.on('message', () => w.terminate());
+      w.on('error', reject);
+      w.on('exit', resolve);
+    });
+    await new Promise((r) => setTimeout(r, 200)); // the kernel frees a UMEM in deferred work
+  }
+  console.log('ok');
+})().catch((e) => { console.error(e.message); process.exit(1); });`;
+
 function eth(ip: Uint8Array, type = ip[0]! >> 4 === 6 ? 0x86dd : 0x0800): Uint8Array {
   const f = new Uint8Array(14 + ip.length);
   f.set([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, type >> 8, type & 0xff]);
@@ -75,5 +101,9 @@ describe('the VIP-filter XDP program', () => {
     expect(got).toEqual(fixtures.map(([name, , before, after]) => [name, before, after]));
     expect(out.vips).toBe(1);
     expect(out.instructions).toBeLessThan(40);
+  });
+
+  it('loads in worker_threads and cleans up when a forwarding worker is terminated', () => {
+    expect(inNs(NS, [process.execPath, '-e', WORKERS_JS, ADDON]).trim()).toBe('ok');
   });
 });
