@@ -214,12 +214,23 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   static void OnPoll(uv_poll_t* handle, int status, int) {
     auto* self = static_cast<NfQueue*>(handle->data);
     Napi::HandleScope scope(self->env_);
-    if (status < 0) {
+    if (status < 0 && !self->ClearOverrun()) {
       self->StopPolling();  // before reporting: a poll error would fire again and again
       self->Report(self->SysError("poll", -status).Value());
       return;
     }
     self->OnReadable();
+  }
+
+  // A receive-buffer overrun sets the socket error, so poll says POLLERR, which libuv
+  // reports as EBADF after stopping the handle. Reading SO_ERROR clears it; then it is
+  // only a count (the kernel counts the lost packets as user_dropped) and we go on.
+  bool ClearOverrun() {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != ENOBUFS) return false;
+    stats_.enobufs++;
+    return uv_poll_start(poll_, UV_READABLE, OnPoll) == 0;
   }
 
   void OnReadable() {
@@ -230,7 +241,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       int count = Drain(&more);
       if (count < 0) {
         StopPolling();
-        Report(SysError("recvmmsg", -count).Value());
+        Report(count == -EBADFD ? Napi::Error::New(env_, "nfqueue " + std::to_string(queue_) + ": desc or data was detached").Value()
+                                : SysError("recvmmsg", -count).Value());
         break;
       }
       if (count > 0) Handle(count);
@@ -246,7 +258,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     auto desc = desc_.Value().As<Napi::Uint32Array>();
     auto data = data_.Value().As<Napi::Uint8Array>();
     // JS could have transferred (detached) the buffers: never write through a stale size.
-    if (desc.ElementLength() != batch_ * kDescWords || data.ElementLength() != batch_ * copyRange_) return -EFAULT;
+    if (desc.ElementLength() != batch_ * kDescWords || data.ElementLength() != batch_ * copyRange_) return -EBADFD;
     int n;
     for (;;) {
       n = recvmmsg(fd_, msgs_.data(), batch_, MSG_DONTWAIT, nullptr);

@@ -19,8 +19,8 @@ import {
   KEY_PROTO,
   KEY_SRC,
   KEY_USER,
-  hashAddresses,
-  hashKey,
+  KEY_ADDRESS_BYTES,
+  HASH_MODE_SCTP_PORTS,
 } from './hash.js';
 
 const IPPROTO_HOPOPTS = 0;
@@ -140,7 +140,8 @@ export function parsePacket(buf: Uint8Array, off: number, len: number, p: Packet
   p.reset();
   let end = off + len;
   if (end > buf.length) end = buf.length;
-  if (!(off >= 0) || off >= end) return;
+  // Also refuses NaN and fractional offsets (a caller's bug must not become a wild read).
+  if (!(off >= 0 && end > off) || (off | 0) !== off) return;
   const version = buf[off]! >> 4;
   if (version === 4) parseIPv4(buf, off, end, p, sctpEncapPort);
   else if (version === 6) parseIPv6(buf, off, end, p, sctpEncapPort);
@@ -407,23 +408,83 @@ export function writeHashKey(buf: Uint8Array, p: PacketInfo, out: Uint8Array, o 
   }
 }
 
-// Reused for every packet: hashing allocates nothing.
-const key = new Uint8Array(HASH_KEY_BYTES);
+// packetHash does not build the key. djb2 is linear: over n bytes,
+//   h = 5381 * 33^n + sum(b[i] * 33^(n-1-i))   (mod 2^32)
+// so each key byte contributes independently. Summing independent products lets the CPU
+// multiply in parallel instead of waiting on a 40-step chain, and the key's zero bytes drop
+// out. The result is bit-identical to djb2 over writeHashKey's key (the fuzz test checks).
+
+/** POW33[k] = 33^k mod 2^32, as int32 (what Math.imul wants). */
+const POW33 = new Int32Array(HASH_KEY_BYTES + 1);
+POW33[0] = 1;
+for (let k = 1; k <= HASH_KEY_BYTES; k++) POW33[k] = Math.imul(POW33[k - 1]!, 33);
+
+function pow33(k: number): number {
+  return POW33[k]!;
+}
 
 /**
- * The nfqlb flow hash (uint32) of a parsed packet. Non-first fragments and truncated packets
- * hash their addresses only; family 0 gives 0 (the caller decides that verdict).
+ * The sum of the address bytes' terms for a key hashed over its first `n` bytes (40 for the
+ * whole key, 32 for addresses only): IPv4 adds its ::ffff: prefix bytes.
+ */
+function addressTerms(buf: Uint8Array, p: PacketInfo, n: number): number {
+  const top = n - 1;
+  let sum = 0;
+  const s = p.srcOff;
+  const d = p.dstOff;
+  if (p.addrLen === 4) {
+    sum = Math.imul(0xff, pow33(top - KEY_SRC - 10) + pow33(top - KEY_SRC - 11) + pow33(top - KEY_DST - 10) + pow33(top - KEY_DST - 11));
+    for (let i = 0; i < 4; i++) {
+      sum += Math.imul(buf[s + i]!, pow33(top - KEY_SRC - 12 - i)) + Math.imul(buf[d + i]!, pow33(top - KEY_DST - 12 - i));
+      sum |= 0;
+    }
+  } else {
+    for (let i = 0; i < 16; i++) {
+      sum += Math.imul(buf[s + i]!, pow33(top - KEY_SRC - i)) + Math.imul(buf[d + i]!, pow33(top - KEY_DST - i));
+      sum |= 0;
+    }
+  }
+  return sum;
+}
+
+/** The ports are the last 4 key bytes in both the whole key and the SCTP ports-only hash. */
+function portTerms(p: PacketInfo): number {
+  return (
+    Math.imul(p.sport >> 8, pow33(3)) +
+    Math.imul(p.sport & 0xff, pow33(2)) +
+    Math.imul(p.dport >> 8, pow33(1)) +
+    Math.imul(p.dport & 0xff, pow33(0))
+  );
+}
+
+const ADDRESS_SEED = Math.imul(5381, POW33[KEY_ADDRESS_BYTES]!);
+const KEY_SEED = Math.imul(5381, POW33[HASH_KEY_BYTES]!);
+const PORTS_SEED = Math.imul(5381, POW33[4]!);
+
+/**
+ * The nfqlb flow hash (uint32) of a parsed packet: djb2 of writeHashKey's key under the
+ * hash_mode (1: SCTP on its ports only). Non-first fragments and truncated packets hash their
+ * addresses only; family 0 gives 0 (the caller decides that verdict).
  */
 export function packetHash(buf: Uint8Array, p: PacketInfo, hashMode: number): number {
   if (p.family === 0) return 0;
-  writeHashKey(buf, p, key);
-  if (p.truncated || (p.isFragment && !p.firstFragment)) return hashAddresses(key);
-  return hashKey(key, hashMode);
+  if (p.truncated || (p.isFragment && !p.firstFragment)) {
+    return (ADDRESS_SEED + addressTerms(buf, p, KEY_ADDRESS_BYTES)) >>> 0;
+  }
+  if (hashMode === HASH_MODE_SCTP_PORTS && p.proto === IPPROTO_SCTP) {
+    return (PORTS_SEED + portTerms(p)) >>> 0;
+  }
+  const proto = p.proto >= 0 ? p.proto : 0;
+  const tail =
+    Math.imul(p.echoId >> 8, pow33(HASH_KEY_BYTES - 1 - KEY_USER)) +
+    Math.imul(p.echoId & 0xff, pow33(HASH_KEY_BYTES - 2 - KEY_USER)) +
+    Math.imul(proto, pow33(HASH_KEY_BYTES - 1 - KEY_PROTO)) +
+    portTerms(p); // 0 without ports
+  return (KEY_SEED + addressTerms(buf, p, HASH_KEY_BYTES) + tail) >>> 0;
 }
 
-/** The address-only hash (nfqlb hashes fragments so when choosing an LB-tier peer). */
+/** The address-only hash: nfqlb uses it for fragments when it picks an LB-tier peer. */
 export function packetAddressHash(buf: Uint8Array, p: PacketInfo): number {
   if (p.family === 0) return 0;
-  writeHashKey(buf, p, key);
-  return hashAddresses(key);
+  return (ADDRESS_SEED + addressTerms(buf, p, KEY_ADDRESS_BYTES)) >>> 0;
 }

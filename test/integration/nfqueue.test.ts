@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, inNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
+import { kernelQueueStats, NfQueue, type NativeNfQueueClass } from '../../src/nfqueue.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The child runs plain node: the modules it needs are transpiled below build/ (inside the
@@ -28,9 +29,9 @@ import { NfQueue, DESC, NF_ACCEPT, NF_DROP, kernelQueueStats } from './src/nfque
 const args = isMainThread ? JSON.parse(process.argv[2]) : workerData;
 const out = isMainThread ? (o) => process.stdout.write(JSON.stringify(o) + '\\n') : (o) => parentPort.postMessage(o);
 
-let q, maxBatch = 0, errors = 0;
+let q, maxBatch = 0, errors = 0, last = null;
 function open() {
-  q = new NfQueue({ queue: args.queue, maxLen: 8192, batch: args.batch, onError: () => errors++ });
+  q = new NfQueue({ queue: args.queue, maxLen: 8192, batch: args.batch, copyRange: args.copyRange, rcvBuf: args.rcvBuf, onError: () => errors++ });
   q.start((count) => {
     if (count > maxBatch) maxBatch = count;
     const { desc, data, verdicts } = q;
@@ -43,11 +44,13 @@ function open() {
       verdicts[2 * i + 1] = 0x100 + (dport & 15);
       if (dport === 10005) fail = true;
     }
+    const d = (count - 1) * DESC.WORDS;
+    last = { len: desc[d + DESC.LEN], caplen: desc[d + DESC.CAPLEN], hwproto: desc[d + DESC.HWPROTO], indev: desc[d + DESC.INDEV] };
     if (fail) throw new Error('policy failure');
   });
 }
 function handle(cmd) {
-  if (cmd === 'stats') return { stats: q.stats(), maxBatch, errors, kernel: kernelQueueStats(args.queue) ?? null };
+  if (cmd === 'stats') return { stats: q.stats(), maxBatch, errors, last, kernel: kernelQueueStats(args.queue) ?? null };
   if (cmd === 'close') {
     q.stop();
     q.stop(); // idempotent
@@ -114,7 +117,7 @@ class QueueChild {
   #waiting: ((r: Reply) => void) | undefined;
   stderr = '';
 
-  constructor(args: { queue: number; batch?: number; worker?: boolean }, prefix: string[] = []) {
+  constructor(args: { queue: number; batch?: number; worker?: boolean; copyRange?: number; rcvBuf?: number }, prefix: string[] = []) {
     this.proc = spawnInNs(RTR, [...prefix, 'node', join(childDir, 'child.mjs'), JSON.stringify(args)], {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
@@ -148,14 +151,18 @@ class QueueChild {
     return this.next();
   }
 
-  /** Polls stats until `packets` reaches n (or a timeout); returns the last stats reply. */
-  async waitPackets(n: number): Promise<Reply> {
+  /** Polls stats until `done` holds (or a timeout); returns the last stats reply. */
+  async waitFor(done: (r: Reply) => boolean): Promise<Reply> {
     let r = await this.cmd('stats');
-    for (let i = 0; i < 100 && r.stats.packets < n; i++) {
+    for (let i = 0; i < 100 && !done(r); i++) {
       await new Promise((res) => setTimeout(res, 50));
       r = await this.cmd('stats');
     }
     return r;
+  }
+
+  waitPackets(n: number): Promise<Reply> {
+    return this.waitFor((r) => r.stats.packets >= n);
   }
 
   exited(): Promise<number | null> {
@@ -178,6 +185,10 @@ function forwardedByMark(v6: boolean): Map<number, number> {
   const counts = new Map<number, number>();
   for (const m of out.matchAll(/^\s*(\d+)\s+\d+.*mark match 0x([0-9a-f]+)/gm)) counts.set(parseInt(m[2]!, 16), Number(m[1]));
   return counts;
+}
+
+function ifindex(ns: string, dev: string): number {
+  return (JSON.parse(inNs(ns, ['ip', '-j', 'link', 'show', 'dev', dev])) as [{ ifindex: number }])[0].ifindex;
 }
 
 function zeroCounters(): void {
@@ -241,9 +252,9 @@ describe('NfQueue in a router namespace', () => {
   });
 
   it.each([
-    ['IPv4', SINK4, false],
-    ['IPv6', SINK6, true],
-  ] as const)('%s: packets get the marks we set, and NF_DROP drops', async (_name, sink, v6) => {
+    ['IPv4', SINK4, false, 0x0800, 20 + 8 + 18],
+    ['IPv6', SINK6, true, 0x86dd, 40 + 8 + 18],
+  ] as const)('%s: packets get the marks we set, and NF_DROP drops', async (_name, sink, v6, hwproto, len) => {
     zeroCounters();
     const before = (await lb.cmd('stats')).stats.packets as number;
     send(sink, 40, [10000, 10001, 10002, 10003]);
@@ -253,6 +264,7 @@ describe('NfQueue in a router namespace', () => {
     expect(r.stats.verdictErrors).toBe(0);
     const fwd = forwardedByMark(v6);
     expect([0x100, 0x101, 0x102, 0x103].map((m) => fwd.get(m))).toEqual([40, 40, 40, 0]);
+    expect(r.last).toEqual({ len, caplen: len, hwproto, indev: ifindex(RTR, 'r0') });
   });
 
   it('a batch whose onBatch throws gets the error verdict (drop) and onError is called', async () => {
@@ -319,5 +331,84 @@ describe('NfQueue in a router namespace', () => {
     expect(forwardedByMark(false).get(0x104)).toBe(100);
     const t = await w.cmd('terminate');
     expect(t).toEqual({ terminated: true, kernel: null });
+  });
+
+  it('copies only copyRange bytes, and counts socket-buffer overflow (ENOBUFS) and keeps going', async () => {
+    // IPv4 + UDP headers are 28 bytes: enough for the policy, less than the packet.
+    const small = spawnChild({ queue: QUEUE, copyRange: 28, rcvBuf: 4096 });
+    expect(await small.next()).toEqual({ ready: true });
+    send(SINK4, 2000, [10001]);
+    const r = await small.waitFor((x) => x.stats.packets + (x.kernel?.userDropped ?? 0) >= 2000);
+    expect(r.last).toMatchObject({ caplen: 28, len: 46 });
+    expect(r.stats.enobufs).toBeGreaterThan(0);
+    // Packets the kernel could not deliver were dropped (and counted) by it, not lost by us.
+    expect(r.kernel.userDropped).toBeGreaterThan(0);
+    expect(r.stats.packets + r.kernel.userDropped).toBe(2000);
+    expect(r.stats.verdicts).toBe(r.stats.packets);
+    const before = r.stats.packets as number;
+    send(SINK4, 1, [10001]);
+    expect((await small.waitPackets(before + 1)).stats.packets).toBe(before + 1);
+  });
+});
+
+describe('NfQueue wrapper (mock native class)', () => {
+  const calls: unknown[][] = [];
+  class Mock {
+    constructor(...args: unknown[]) {
+      calls.push(args);
+    }
+    start(): void {}
+    close(): void {}
+    stats(): never {
+      throw new Error('unused');
+    }
+  }
+  const Native = Mock as unknown as NativeNfQueueClass;
+
+  it('passes defaults and JS-owned arrays sized batch*8, batch*copyRange, batch*2', () => {
+    calls.length = 0;
+    const q = new NfQueue({ queue: 3 }, Native);
+    const [queue, copyRange, maxLen, cfgFlags, rcvBuf, errorVerdict, desc, data, verdicts] = calls[0]!;
+    expect([queue, copyRange, maxLen, cfgFlags, rcvBuf, errorVerdict]).toEqual([3, 256, 1024, 4, 8 << 20, 0]);
+    expect([desc, data, verdicts]).toEqual([q.desc, q.data, q.verdicts]);
+    expect([q.desc.length, q.data.length, q.verdicts.length]).toEqual([128 * 8, 128 * 256, 128 * 2]);
+    new NfQueue({ queue: 3, failOpen: true, gso: false, batch: 4, copyRange: 64 }, Native);
+    expect(calls[1]!.slice(0, 4)).toEqual([3, 64, 1024, 1]);
+  });
+
+  it.each([
+    [{ queue: 65536 }, RangeError],
+    [{ queue: 1.5 }, RangeError],
+    [{ queue: 1, batch: 0 }, RangeError],
+    [{ queue: 1, batch: 1025 }, RangeError],
+    [{ queue: 1, copyRange: 0 }, RangeError],
+    [{ queue: 1, copyRange: 65532 }, RangeError],
+    [{ queue: 1, errorVerdict: 2 }, RangeError],
+    [{ queue: 1, gso: 'yes' as unknown as boolean }, TypeError],
+  ])('rejects %o before any native call', (opts, type) => {
+    calls.length = 0;
+    expect(() => new NfQueue(opts, Native)).toThrow(type);
+    expect(calls).toHaveLength(0);
+  });
+
+  it('names the queue and the cause when the kernel says EPERM', () => {
+    class Denied {
+      constructor() {
+        throw Object.assign(new Error('nfqueue 65000: bind: Operation not permitted (EPERM)'), { code: 'EPERM' });
+      }
+    }
+    // Queue 65000 is bound by nobody in this namespace: it must be the missing capability.
+    expect(() => new NfQueue({ queue: 65000 }, Denied as unknown as NativeNfQueueClass)).toThrow(
+      /^nfqueue 65000: permission denied: binding a queue needs CAP_NET_ADMIN/,
+    );
+  });
+
+  it('reads one queue line of /proc/net/netfilter/nfnetlink_queue', () => {
+    const text = '    2  12345     3 2   256     7     9    40000  1\n    7   4242     0 2    64     0     0        5  1\n';
+    expect(kernelQueueStats(7, text)).toEqual({
+      queue: 7, portId: 4242, queued: 0, copyMode: 2, copyRange: 64, queueDropped: 0, userDropped: 0, idSequence: 5,
+    });
+    expect(kernelQueueStats(2, text)).toMatchObject({ queued: 3, queueDropped: 7, userDropped: 9, idSequence: 40000 });
+    expect(kernelQueueStats(3, text)).toBeUndefined();
   });
 });

@@ -1,7 +1,8 @@
 // Property test: over a million random and mutated packets (seeded, so a failure replays), the
 // parser never throws and what it reports always points inside the packet.
 import { describe, expect, it } from 'vitest';
-import { PacketInfo, packetAddressHash, packetHash, parsePacket } from '../../src/packet.js';
+import { hashAddresses, hashKey } from '../../src/hash.js';
+import { PacketInfo, packetAddressHash, packetHash, parsePacket, writeHashKey } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
 const ROUNDS = 1_000_000;
@@ -42,6 +43,8 @@ const corpus: Uint8Array[] = [
   ipv6({ src: '2000::7', dst: '1000::1' }).ext('dst').proto(50).payload(30).build(),
 ];
 
+const key = new Uint8Array(40);
+
 interface Stats {
   families: number[];
   ports: number;
@@ -59,6 +62,12 @@ function check(buf: Uint8Array, off: number, len: number, p: PacketInfo, stats: 
   stats.families[p.family === 0 ? 0 : p.family === 4 ? 1 : 2]!++;
   for (const h of [h1, h0, ha]) if (!(Number.isInteger(h) && h >= 0 && h <= 0xffffffff)) return `hash ${h}`;
   if (p.family === 0) return h1 === 0 && ha === 0 ? null : 'hash of an unparsed packet';
+  // packetHash sums byte terms; it must equal plain djb2 over the key writeHashKey builds.
+  writeHashKey(buf, p, key);
+  const addressOnly = p.truncated || (p.isFragment && !p.firstFragment);
+  if (h1 !== (addressOnly ? hashAddresses(key) : hashKey(key, 1))) return 'hash mode 1 differs from the key hash';
+  if (h0 !== (addressOnly ? hashAddresses(key) : hashKey(key, 0))) return 'hash mode 0 differs from the key hash';
+  if (ha !== hashAddresses(key)) return 'address hash differs from the key hash';
   if (p.family !== 4 && p.family !== 6) return `family ${p.family}`;
   const limit = Math.min(off + len, buf.length);
   if (p.l3Off !== off) return 'l3Off';

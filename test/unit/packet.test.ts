@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress, toKeyAddress } from '../../src/address.js';
-import { djb2, hashTuple } from '../../src/hash.js';
+import { djb2, hashAddresses, hashKey, hashTuple } from '../../src/hash.js';
 import { PacketInfo, packetAddressHash, packetHash, parsePacket, writeHashKey } from '../../src/packet.js';
 import { PROTO, checksum, crc32c, fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
@@ -432,6 +432,14 @@ describe('parsePacket fixtures', () => {
     expect(pick(p, f.fields)).toEqual(f.fields);
     expect(packetHash(f.packet, p, 1)).toBe(f.hash);
     expect(packetHash(f.packet, p, 0)).toBe(f.hash0 ?? f.hash);
+    if (p.family !== 0) {
+      // The summed-terms hash equals plain djb2 over the key.
+      const key = new Uint8Array(40);
+      writeHashKey(f.packet, p, key);
+      const addressOnly = p.truncated || (p.isFragment && !p.firstFragment);
+      expect(packetHash(f.packet, p, 1)).toBe(addressOnly ? hashAddresses(key) : hashKey(key, 1));
+      expect(packetHash(f.packet, p, 0)).toBe(addressOnly ? hashAddresses(key) : hashKey(key, 0));
+    }
   });
 
   it.each(fixtures)('$name: same result at an offset inside a larger buffer', (f) => {
@@ -537,6 +545,10 @@ describe('parsePacket arguments', () => {
     parsePacket(tcp4, 0, -5, p);
     expect(p.family).toBe(0);
     parsePacket(tcp4, NaN, 40, p);
+    expect(p.family).toBe(0);
+    parsePacket(tcp4, 0, NaN, p);
+    expect(p.family).toBe(0);
+    parsePacket(tcp4, 0.5, 40, p);
     expect(p.family).toBe(0);
   });
 

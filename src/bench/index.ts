@@ -1,0 +1,8 @@
+// `make bench`: figures and ratios against baselines measured in the same run. Not a test.
+import { benchMaglev } from './maglev.js';
+import { benchParse } from './parse.js';
+import { benchNfqlb } from './nfqlb.js';
+
+benchMaglev();
+benchParse();
+await benchNfqlb();
