@@ -212,6 +212,10 @@ void XskSocket::StopPoll() {
 
 void XskSocket::Release() {
   StopPoll();
+  // A socket forwarding into this one must stop before its tx ring goes away.
+  if (addon)
+    for (XskSocket* s : addon->sockets)
+      if (s != this && s->out == this) s->StopPoll();
   if (xsk) {
     xsk_socket__delete(xsk);
     xsk = nullptr;

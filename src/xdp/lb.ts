@@ -139,8 +139,8 @@ export class XdpLb {
     clearInterval(this.vipTimer);
     const stats = this.stats();
     this.program.close(); // detaches first: nothing is redirected to closing sockets
-    if (this.tx !== this.rx) this.tx.close();
     this.rx.close();
+    if (this.tx !== this.rx) this.tx.close();
     this.umem.close();
     log.info(stats, 'xdplb stopped');
   }
