@@ -16,6 +16,11 @@
       "target_name": "nfqueue",
       "sources": ["native/nfqueue.cc"],
       "libraries": ["-lnetfilter_queue", "-lmnl"]
+    },
+    {
+      "target_name": "xsk",
+      "sources": ["native/xsk.cc", "native/xdp_program.cc"],
+      "libraries": ["-lxdp", "-lbpf"]
     }
   ]
 }

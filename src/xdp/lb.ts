@@ -1,0 +1,162 @@
+// `xdplb lb`: the XDP program on the ingress device sends VIP frames to an AF_XDP socket;
+// each batch is decided in TypeScript (FrameForwarder) and sent on the egress device
+// through a second socket on the same UMEM. Non-VIP traffic goes to the kernel.
+import { readFileSync, readdirSync } from 'node:fs';
+import { log } from '../log.js';
+import { openShm } from '../shm.js';
+import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
+import { XdpTable, parseMac, vipText } from './table.js';
+import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
+
+export interface XdpLbOptions {
+  idev: string;
+  edev: string;
+  shm: string;
+  /** The ingress rx queue to serve. */
+  queue: number;
+  mode: XdpMode;
+  /** VIPs added to the shm table at start (the lb follows the table's VIP list). */
+  vips: readonly string[];
+  /** Frames per JS call (default 64). */
+  batch?: number;
+  /** UMEM frames, a power of two (default 4096). */
+  frames?: number;
+}
+
+/** The forwarding socket's counters (rx, tx, drops, kernel drops) and the forwarder's. */
+export type XdpLbStats = XskStats & ForwarderCounters;
+
+const FRAME_SIZE = 4096;
+const VIP_POLL_MS = 200;
+
+function deviceMac(dev: string): Uint8Array {
+  let text: string;
+  try {
+    text = readFileSync(`/sys/class/net/${dev}/address`, 'utf8').trim();
+  } catch {
+    throw new Error(`Unknown interface [${dev}]`);
+  }
+  return parseMac(text);
+}
+
+function rxQueueCount(dev: string): number {
+  try {
+    return readdirSync(`/sys/class/net/${dev}/queues`).filter((q) => q.startsWith('rx-')).length;
+  } catch {
+    return 1;
+  }
+}
+
+export class XdpLb {
+  readonly forwarder: FrameForwarder;
+  private readonly table: XdpTable;
+  private readonly program: XdpProgram;
+  private readonly umem: Umem;
+  private readonly rx: XskSocket;
+  private readonly tx: XskSocket;
+  private readonly vipTimer: NodeJS.Timeout;
+  private vipGeneration = -1;
+  private closed = false;
+
+  /** Sets everything up and starts forwarding; on failure nothing is left attached. */
+  static start(o: XdpLbOptions): XdpLb {
+    return new XdpLb(o);
+  }
+
+  private constructor(private readonly o: XdpLbOptions) {
+    if (o.vips.length > 0) new XdpTable(openShm(o.shm, true)).addVips(o.vips);
+    this.table = new XdpTable(openShm(o.shm, false));
+    const srcMac = deviceMac(o.edev);
+    deviceMac(o.idev);
+    const nq = rxQueueCount(o.idev);
+    if (nq > 1) {
+      log.warn({ idev: o.idev, rxQueues: nq, queue: o.queue }, 'only one rx queue is served; run `ethtool -L <idev> combined 1`');
+    }
+    const addon = xskAddon();
+    const batch = o.batch ?? 64;
+    this.program = new addon.XdpProgram();
+    let umem: Umem | undefined;
+    let rx: XskSocket | undefined;
+    let tx: XskSocket | undefined;
+    try {
+      this.syncVips();
+      umem = new addon.Umem(o.frames ?? 4096, FRAME_SIZE);
+      // One socket can receive and send when both sides are the same device and queue.
+      const same = o.idev === o.edev && o.queue === 0;
+      rx = new addon.XskSocket(umem, o.idev, o.queue, { rx: true, tx: same });
+      tx = same ? rx : new addon.XskSocket(umem, o.edev, 0, { tx: true });
+      this.program.setSocket(o.queue, rx.fd);
+      this.forwarder = new FrameForwarder(new Uint8Array(umem.buffer), this.table, srcMac);
+      const addr = new Uint32Array(batch);
+      const len = new Uint32Array(batch);
+      const verdict = new Uint8Array(batch);
+      const fw = this.forwarder;
+      rx.start(tx, addr, len, verdict, (n) => fw.batch(n, addr, len, verdict));
+      this.program.attach(o.idev, o.mode);
+    } catch (e) {
+      if (tx && tx !== rx) tx.close();
+      rx?.close();
+      umem?.close();
+      this.program.close();
+      throw e;
+    }
+    this.umem = umem;
+    this.rx = rx;
+    this.tx = tx;
+    // VIPs change through the shm (xdplb vip-add / vip-delete in another process).
+    this.vipTimer = setInterval(() => this.syncVips(), VIP_POLL_MS);
+    this.vipTimer.unref();
+    log.info({ idev: o.idev, edev: o.edev, queue: o.queue, mode: o.mode, shm: o.shm, vips: this.vips() }, 'xdplb forwarding');
+    if (this.vips().length === 0) log.warn('no VIPs yet: all traffic goes to the kernel until `xdplb vip-add`');
+  }
+
+  /** The VIPs in the XDP program's map. */
+  vips(): string[] {
+    return this.program.vips().map(vipText);
+  }
+
+  /** Makes the program's VIP map equal to the table's VIP list, when the list changed. */
+  private syncVips(): void {
+    const snap = this.table.vipSnapshot();
+    if (snap === null || snap.generation === this.vipGeneration) return;
+    const want = new Map(snap.keys.map((k) => [vipText(k), k]));
+    for (const have of this.program.vips()) {
+      if (!want.delete(vipText(have))) this.program.removeVip(have);
+    }
+    for (const k of want.values()) this.program.addVip(k);
+    if (this.vipGeneration >= 0) log.info({ vips: this.vips() }, 'VIPs changed');
+    this.vipGeneration = snap.generation;
+  }
+
+  stats(): XdpLbStats {
+    return { ...this.rx.stats(), ...this.forwarder.counters };
+  }
+
+  /** Detaches the program and releases the sockets (idempotent). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.vipTimer);
+    const stats = this.stats();
+    this.program.close(); // detaches first: nothing is redirected to closing sockets
+    this.rx.close();
+    if (this.tx !== this.rx) this.tx.close();
+    this.umem.close();
+    log.info(stats, 'xdplb stopped');
+  }
+}
+
+/** Runs the lb until SIGINT or SIGTERM; SIGUSR1 logs the counters. */
+export async function runXdpLb(o: XdpLbOptions): Promise<number> {
+  const lb = XdpLb.start(o);
+  const report = (): void => void log.info(lb.stats(), 'xdplb stats');
+  process.on('SIGUSR1', report);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  process.off('SIGUSR1', report);
+  lb.close();
+  return 0;
+}
+
