@@ -2,7 +2,9 @@
 import { benchMaglev } from './maglev.js';
 import { benchParse } from './parse.js';
 import { benchNfqlb } from './nfqlb.js';
+import { benchXdp } from './xdp.js';
 
 benchMaglev();
 benchParse();
 await benchNfqlb();
+await benchXdp();
