@@ -36,9 +36,11 @@ unit: build
 integration: build
 	$(VITEST) run --project integration
 
+# Each project also writes a JSON report; the last line sums both as 'N passed, N failed'.
 test: build
-	$(VITEST) run --project unit
-	$(VITEST) run --project integration
+	$(VITEST) run --project unit --reporter=default --reporter=json --outputFile.json=build/vitest-unit.json
+	$(VITEST) run --project integration --reporter=default --reporter=json --outputFile.json=build/vitest-integration.json
+	@node -e 'const r = ["unit", "integration"].map((p) => require("./build/vitest-" + p + ".json")); const n = (k) => r.reduce((s, x) => s + x[k], 0); console.log(`$${n("numPassedTests")} passed, $${n("numFailedTests")} failed, $${n("numPendingTests") + n("numTodoTests")} skipped`)'
 
 bench: build
 	node dist/src/bench/index.js
