@@ -1,0 +1,317 @@
+// The load-balancers of the lab, set up on every router the way the original xcluster
+// load-balancer overlay set up its router VMs: nfqlb (NFQUEUE), kernel ECMP, xdplb (AF_XDP)
+// and IPVS. Each one can take servers out of the load-balancing and put them back (scaling).
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from './netns.js';
+import { VIP, VIP_NET, routerAddr, serverAddr, type Family, type Topology } from './topology.js';
+
+export type LbKind = 'nfqueue' | 'ecmp' | 'xdp' | 'ipvs';
+
+/** What a load-balancer needs from the running lab. */
+export interface LabHandle {
+  readonly topo: Topology;
+  /**
+   * Starts a long-running process in `ns` with its output in the lab's log file `name`.log;
+   * resolves once the output contains `ready`.
+   */
+  daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<void>;
+}
+
+export interface LoadBalancer {
+  readonly kind: LbKind;
+  /** Sets up every router and starts the load-balancer processes. */
+  start(): Promise<void>;
+  /** Takes servers (1-based numbers) out of the load-balancing (scale-in) or puts them back. */
+  setServers(servers: readonly number[], active: boolean): void;
+  /** Shell lines showing how to look at and change the load-balancer by hand. */
+  manual(): string[];
+}
+
+export interface NfqueueOptions {
+  /** Only new connections go to the queue; conntrack's connmark steers the rest (xcluster_SYN_ONLY). */
+  synOnly: boolean;
+}
+
+/** The checkout root (above src/ and dist/src/): where bin/ and build/ are. */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`cannot find package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+  return dir;
+}
+
+const binArgv = (tool: 'nfqlb' | 'xdplb'): string[] => [process.execPath, join(repoRoot(), 'bin', `${tool}.js`)];
+
+const routers = (topo: Topology): number[] => Array.from({ length: topo.nrouters }, (_, k) => k + 1);
+const servers = (topo: Topology): number[] => Array.from({ length: topo.nvm }, (_, k) => k + 1);
+/** `ip route` argument for the given servers on net 1: `via X`, or multipath next-hops. */
+const nexthops = (list: readonly number[], family: Family): string =>
+  list.length === 1 ? `via ${serverAddr(list[0]!, family)}` : list.map((n) => `nexthop via ${serverAddr(n, family)}`).join(' ');
+
+/** Shared memory names are global (/dev/shm is not per namespace): one table per router. */
+export function shmName(topo: Topology, what: 'nfqlb' | 'nfqlbLb' | 'xdplb', router: number): string {
+  return `${topo.prefix}${what}-${200 + router}`;
+}
+
+/** Removes the shared memory tables of the lab with this prefix (also after a crash). */
+export function removeLabShm(prefix: string): void {
+  if (prefix.length < 3) throw new Error(`removeLabShm: prefix '${prefix}' is too short to be safe`);
+  for (const f of readdirSync('/dev/shm')) if (f.startsWith(prefix)) rmSync(join('/dev/shm', f), { force: true });
+}
+
+// ---------------------------------------------------------------------------------------
+// NFQUEUE: nfqlb on every router, exactly as the original router setup (REFERENCE-CLI.md).
+
+const NFQUEUE_NUM = 2;
+const serverFwmark = (n: number): number => 100 + n;
+const lbFwmark = (i: number): number => 200 + i;
+
+/** Options that our `nfqlb lb` lists in its help (the LB-tier table and tun re-injection are newer). */
+function lbOptions(): Set<string> {
+  const help = run([...binArgv('nfqlb'), 'lb', '-h']);
+  return new Set([...help.matchAll(/--([a-z_]+)=/g)].map((m) => m[1]!));
+}
+
+/** iptables-restore input for one family: the VIP chain, optionally the SYN-only connmark chains. */
+function nfqueueRules(family: Family, synOnly: boolean): string {
+  const vipNet = VIP_NET[family];
+  const lines: string[] = [];
+  // Without SYN-only every packet goes to the queue, and conntrack would only get in the way
+  // (it reassembles fragments and costs time); SYN-only needs it to know ESTABLISHED.
+  if (!synOnly) lines.push('*raw', '-A PREROUTING -j NOTRACK', 'COMMIT');
+  lines.push('*mangle', ':VIP - [0:0]');
+  if (synOnly) {
+    lines.push(
+      ':ESTABLISHED - [0:0]',
+      ':VIPOUT - [0:0]',
+      '-A VIP -m conntrack --ctstate ESTABLISHED -j ESTABLISHED',
+      '-A ESTABLISHED -j CONNMARK --restore-mark',
+      '-A ESTABLISHED -j ACCEPT',
+      '-A VIPOUT -m conntrack --ctstate NEW -j CONNMARK --save-mark',
+      `-A POSTROUTING -d ${vipNet} -j VIPOUT`,
+    );
+  }
+  lines.push(`-A VIP -j NFQUEUE --queue-num ${NFQUEUE_NUM}`, `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`, 'COMMIT');
+  return lines.join('\n') + '\n';
+}
+
+export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
+  const { topo } = lab;
+  const nfqlb = (router: number, args: string[]): string => topo.exec(topo.ns.router(router), [...binArgv('nfqlb'), ...args]);
+  let withLbTier = false;
+  return {
+    kind: 'nfqueue',
+    async start() {
+      const supported = lbOptions();
+      withLbTier = supported.has('lbshm');
+      const tun = supported.has('tun');
+      for (const i of routers(topo)) {
+        const ns = topo.ns.router(i);
+        const shm = shmName(topo, 'nfqlb', i);
+        // M=900 as the original (nfqlb rounds it down to the prime 887); N must exceed the highest index.
+        nfqlb(i, ['init', `--shm=${shm}`, '--M=900', `--N=${Math.max(20, topo.nvm + 1)}`]);
+        for (const n of servers(topo)) nfqlb(i, ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]);
+        const routes: Record<Family, string[]> = { 4: [], 6: [] };
+        for (const family of [4, 6] as const) {
+          for (const n of servers(topo)) {
+            const t = serverFwmark(n);
+            routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${serverAddr(n, family)} table ${t}`);
+          }
+        }
+        if (withLbTier) {
+          // The LB tier: fragments are handed to the LB that owns the flow (fwmark 200+j).
+          const lbShm = shmName(topo, 'nfqlbLb', i);
+          nfqlb(i, ['init', `--shm=${lbShm}`, `--ownfw=${lbFwmark(i)}`, '--M=400', `--N=${Math.max(10, topo.nrouters + 1)}`]);
+          for (const j of routers(topo)) {
+            nfqlb(i, ['activate', `--shm=${lbShm}`, `--index=${j}`, String(lbFwmark(j))]);
+            if (j === i) continue;
+            for (const family of [4, 6] as const) {
+              const t = lbFwmark(j);
+              routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${routerAddr(j, 2, family)} table ${t}`);
+            }
+          }
+        }
+        for (const family of [4, 6] as const) topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], routes[family].join('\n') + '\n');
+        topo.exec(ns, ['iptables-restore', '--noflush'], nfqueueRules(4, o.synOnly));
+        topo.exec(ns, ['ip6tables-restore', '--noflush'], nfqueueRules(6, o.synOnly));
+        const args = ['lb', `--tshm=${shm}`, `--queue=${NFQUEUE_NUM}`];
+        if (withLbTier) args.push(`--lbshm=${shmName(topo, 'nfqlbLb', i)}`);
+        if (tun) args.push('--tun=nfqlb0');
+        await lab.daemon(ns, [...binArgv('nfqlb'), ...args], `${topo.ns.router(i)}-nfqlb`, 'serving queue');
+      }
+    },
+    setServers(list, active) {
+      for (const i of routers(topo)) {
+        const shm = shmName(topo, 'nfqlb', i);
+        for (const n of list) {
+          nfqlb(i, active ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))] : ['deactivate', `--shm=${shm}`, `--index=${n}`]);
+        }
+      }
+    },
+    manual() {
+      const cli = binArgv('nfqlb').join(' ');
+      const shm = shmName(topo, 'nfqlb', 1);
+      return [
+        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}:`,
+        `${cli} show --shm=${shm}`,
+        `${cli} deactivate --shm=${shm} --index=1     # scale in server 1`,
+        `${cli} activate --shm=${shm} --index=1 ${serverFwmark(1)}   # and back`,
+        `iptables -t mangle -vnL; ip rule; ip route show table ${serverFwmark(1)}`,
+        ...(withLbTier ? [`${cli} show --shm=${shmName(topo, 'nfqlbLb', 1)}   # the LB tier`] : []),
+      ];
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// ECMP: the kernel's multipath route to the VIP range on every router; scaling changes it.
+
+export function ecmpLb(lab: LabHandle): LoadBalancer {
+  const { topo } = lab;
+  let active = servers(topo);
+  return {
+    kind: 'ecmp',
+    async start() {
+      for (const i of routers(topo)) topo.setRouterVipRoute(i, active);
+    },
+    setServers(list, on) {
+      const next = on ? [...new Set([...active, ...list])].sort((a, b) => a - b) : active.filter((n) => !list.includes(n));
+      if (next.length === 0) throw new RangeError('ecmp: cannot remove every server (a route needs a next-hop)');
+      active = next;
+      for (const i of routers(topo)) {
+        topo.ip(topo.ns.router(i), [4, 6].map((f) => `route change ${VIP_NET[f as Family]} ${nexthops(active, f as Family)}`));
+      }
+    },
+    manual() {
+      return [
+        `# On a router (${topo.ns.router(1)}):`,
+        `ip route show ${VIP_NET[4]}; ip -6 route show ${VIP_NET[6]}`,
+        `ip route change ${VIP_NET[4]} ${nexthops(servers(topo).slice(1), 4)}   # scale in server 1`,
+      ];
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// XDP: xdplb on every router, XDP on eth2 (ingress), AF_XDP out on eth1 to the servers' MACs.
+
+/** Why xdplb cannot run here, or null when it can. */
+export function xdpUnavailable(): string | null {
+  const addon = join(repoRoot(), 'build', 'Release', 'xsk.node');
+  if (!existsSync(addon)) return `xdplb's native addon is not built (${addon}): run 'make build' (needs libxdp-dev libbpf-dev)`;
+  if (!existsSync(join(repoRoot(), 'dist', 'src', 'cli', 'xdplb.js'))) return "xdplb is not compiled: run 'make ts'";
+  return null;
+}
+
+export function xdpLb(lab: LabHandle): LoadBalancer {
+  const { topo } = lab;
+  const xdplb = (router: number, args: string[]): string =>
+    topo.exec(topo.ns.router(router), [...binArgv('xdplb'), ...args, `--shm=${shmName(topo, 'xdplb', router)}`]);
+  return {
+    kind: 'xdp',
+    async start() {
+      const macs = servers(topo).map((n) => topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim());
+      for (const i of routers(topo)) {
+        const ns = topo.ns.router(i);
+        xdplb(i, ['init']);
+        macs.forEach((mac, k) => xdplb(i, ['activate', `--mac=${mac}`, String(k)]));
+        // One socket serves one rx queue: the ingress device must have just one (the original
+        // ran `ethtool -L eth2 combined 1`; a veth counts rx and tx channels instead).
+        topo.exec(ns, ['ethtool', '-L', 'eth2', 'rx', '1', 'tx', '1']);
+        await lab.daemon(ns, [...binArgv('xdplb'), 'lb', '--idev=eth2', '--edev=eth1', `--shm=${shmName(topo, 'xdplb', i)}`,
+          `--vip=${VIP[4]}`, `--vip=${VIP[6]}`], `${ns}-xdplb`, 'xdplb forwarding');
+      }
+    },
+    setServers(list, active) {
+      // xdplb numbers targets from 0: server n is target n-1.
+      for (const i of routers(topo)) for (const n of list) xdplb(i, [active ? 'activate' : 'deactivate', String(n - 1)]);
+    },
+    manual() {
+      const cli = `${binArgv('xdplb').join(' ')} --shm=${shmName(topo, 'xdplb', 1)}`;
+      return [
+        `# On a router (${topo.ns.router(1)}); server n is xdplb target n-1:`,
+        `${cli} show`,
+        `${cli} deactivate 0     # scale in server 1`,
+        `${cli} activate 0       # and back`,
+        'ip -d link show eth2    # the XDP program',
+      ];
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// IPVS: the in-kernel load-balancer in direct-routing mode (-g), one fwmark service per
+// family. Written for kernels that have IPVS; this project's machines have none, so it is
+// only ever stopped by ipvsUnavailable() here.
+
+const IPVS_FWMARK = 1;
+
+/** Why IPVS cannot run here, or null when it can. */
+export function ipvsUnavailable(): string | null {
+  // /proc/net/ip_vs exists in every namespace once the kernel has IPVS (built in or loaded).
+  if (!existsSync('/proc/net/ip_vs')) {
+    return 'IPVS is not available in this kernel (no /proc/net/ip_vs: needs CONFIG_IP_VS, built in or as the loaded ip_vs module)';
+  }
+  try {
+    run(['ipvsadm', '--version']);
+  } catch {
+    return 'ipvsadm is not installed (apt-get install ipvsadm)';
+  }
+  return null;
+}
+
+export function ipvsLb(lab: LabHandle): LoadBalancer {
+  const { topo } = lab;
+  const real = (n: number, family: Family): string[] =>
+    family === 4 ? ['-f', String(IPVS_FWMARK), '-r', serverAddr(n, 4)] : ['-6', '-f', String(IPVS_FWMARK), '-r', `[${serverAddr(n, 6)}]`];
+  return {
+    kind: 'ipvs',
+    async start() {
+      for (const i of routers(topo)) {
+        const ns = topo.ns.router(i);
+        for (const family of [4, 6] as const) {
+          // Mark VIP packets and deliver them locally (IPVS works in LOCAL_IN) without the
+          // router owning the VIP, so the servers' DSR replies are not martians here.
+          topo.exec(ns, [family === 4 ? 'iptables' : 'ip6tables', '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', VIP_NET[family],
+            '-j', 'MARK', '--set-mark', String(IPVS_FWMARK)]);
+          topo.exec(ns, ['ip', `-${family}`, '-batch', '-'],
+            `rule add fwmark ${IPVS_FWMARK} table ${IPVS_FWMARK}\nroute add local default dev lo table ${IPVS_FWMARK}\n`);
+          // mh: the kernel's Maglev scheduler, the same idea as nfqlb's table.
+          topo.exec(ns, ['ipvsadm', '-A', ...(family === 6 ? ['-6'] : []), '-f', String(IPVS_FWMARK), '-s', 'mh']);
+          for (const n of servers(topo)) topo.exec(ns, ['ipvsadm', '-a', ...real(n, family), '-g']);
+        }
+      }
+    },
+    setServers(list, active) {
+      for (const i of routers(topo)) {
+        for (const family of [4, 6] as const) {
+          for (const n of list) topo.exec(topo.ns.router(i), ['ipvsadm', active ? '-a' : '-d', ...real(n, family), ...(active ? ['-g'] : [])]);
+        }
+      }
+    },
+    manual() {
+      return [`# On a router (${topo.ns.router(1)}):`, 'ipvsadm -L -n', `ipvsadm -d ${real(1, 4).join(' ')}   # scale in server 1`];
+    },
+  };
+}
+
+/** Why this kind of load-balancer cannot run here, or null. */
+export function lbUnavailable(kind: LbKind): string | null {
+  if (kind === 'xdp') return xdpUnavailable();
+  if (kind === 'ipvs') return ipvsUnavailable();
+  return null;
+}
+
+export function createLb(kind: LbKind, lab: LabHandle, o: NfqueueOptions): LoadBalancer {
+  switch (kind) {
+    case 'nfqueue': return nfqueueLb(lab, o);
+    case 'ecmp': return ecmpLb(lab);
+    case 'xdp': return xdpLb(lab);
+    case 'ipvs': return ipvsLb(lab);
+  }
+}

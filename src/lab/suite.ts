@@ -1,0 +1,302 @@
+// The test suite of the original xcluster load-balancer overlay, on network namespaces:
+// `nfqueue`, `ecmp`, ... (mconnect over IPv4 and IPv6 reaches every server), `*_scale`,
+// `*_scale_in`, `*_scale_out` (100 long-lived ctraffic connections while servers are removed
+// and added back; loss report and plot), `*_scale_lb` (the same for load-balancers behind ECMP
+// on the tester) and `start_*` (leave the lab up for manual work).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createLb, lbUnavailable, removeLabShm, repoRoot, type LabHandle, type LbKind, type LoadBalancer } from './lb-setup.js';
+import { connectionsSvg } from './plot.js';
+import { lossReport, type LossReport, type ScaleEvent } from './report.js';
+import { CLIENT_CIDR, VIP, createTopology, destroyLab, vmName, type Family, type Topology } from './topology.js';
+import { asStats } from './traffic/stats.js';
+import { toolArgv } from './traffic/tools.js';
+import type { MconnectResult } from './traffic/mconnect.js';
+
+type TestKind = 'basic' | 'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'start';
+
+interface TestSpec {
+  lb: LbKind;
+  kind: TestKind;
+}
+
+/** The tests, named as in the original load-balancer.sh. */
+export const TESTS: Readonly<Record<string, TestSpec>> = {
+  nfqueue: { lb: 'nfqueue', kind: 'basic' },
+  nfqueue_scale: { lb: 'nfqueue', kind: 'scale' },
+  nfqueue_scale_in: { lb: 'nfqueue', kind: 'scale_in' },
+  nfqueue_scale_out: { lb: 'nfqueue', kind: 'scale_out' },
+  nfqueue_scale_lb: { lb: 'nfqueue', kind: 'scale_lb' },
+  ecmp: { lb: 'ecmp', kind: 'basic' },
+  ecmp_scale: { lb: 'ecmp', kind: 'scale' },
+  ecmp_scale_in: { lb: 'ecmp', kind: 'scale_in' },
+  ecmp_scale_out: { lb: 'ecmp', kind: 'scale_out' },
+  ecmp_scale_lb: { lb: 'ecmp', kind: 'scale_lb' },
+  ipvs: { lb: 'ipvs', kind: 'basic' },
+  ipvs_scale: { lb: 'ipvs', kind: 'scale' },
+  xdp: { lb: 'xdp', kind: 'basic' },
+  start_nfqueue: { lb: 'nfqueue', kind: 'start' },
+  start_ecmp: { lb: 'ecmp', kind: 'start' },
+  start_xdp: { lb: 'xdp', kind: 'start' },
+  start_ipvs: { lb: 'ipvs', kind: 'start' },
+};
+
+export interface LabOptions {
+  /** Namespace prefix (also of the lab's shared memory tables). */
+  prefix: string;
+  nvm: number;
+  /** Routers (load-balancers); the *_scale_lb tests need at least 2. */
+  nrouters: number;
+  /** Servers to scale (1..nvm), or routers as 201.. for *_scale_lb; default [1] or [201]. */
+  scale?: number[];
+  /** Address families of the ctraffic runs (mconnect always uses both). */
+  families: Family[];
+  nconn: number;
+  /** ctraffic messages per second over all connections. */
+  rate: number;
+  /** Length of a ctraffic run; default 20 s for *_scale and *_scale_lb, 10 s otherwise. */
+  durationMs?: number;
+  /** Where stats, plots and process logs go. */
+  outDir: string;
+  /** nfqueue: only new connections through the queue (the original's xcluster_SYN_ONLY). */
+  synOnly: boolean;
+  /** Leave the lab up after a test (the original's --no-stop). */
+  noStop: boolean;
+  /** Progress lines. */
+  log(line: string): void;
+}
+
+export interface ScaleRun {
+  family: Family;
+  events: ScaleEvent[];
+  report: LossReport;
+  /** Servers of the lab (the loss report's denominator for "k of N backends"). */
+  nservers: number;
+  statsFile: string;
+  plotFile: string;
+}
+
+export interface TestResult {
+  test: string;
+  ok: boolean;
+  /** Why the test did not run (a missing kernel feature or build), if it did not. */
+  unavailable?: string;
+  /** Problems that made it fail. */
+  problems: string[];
+  mconnect: { family: Family; result: MconnectResult }[];
+  runs: ScaleRun[];
+}
+
+/** When the scale events of a test happen, as fractions of the run (the original's sleeps). */
+const SCHEDULE: Record<'scale' | 'scale_in' | 'scale_out' | 'scale_lb', { durationMs: number; at: number[] }> = {
+  scale: { durationMs: 20_000, at: [0.25, 0.75] }, // in at 5 s, out at 15 s of 20 s
+  scale_lb: { durationMs: 20_000, at: [0.25, 0.75] },
+  scale_in: { durationMs: 10_000, at: [0.4] }, // at 4 s of 10 s
+  scale_out: { durationMs: 10_000, at: [0.4] }, // scaled in before the run, out at 4 s
+};
+
+const vipAddr = (family: Family, port: number): string => (family === 4 ? `${VIP[4]}:${port}` : `[${VIP[6]}]:${port}`);
+const routerName = (i: number): string => vmName(200 + i);
+
+/** Removes a lab left by `start_*`, `--no-stop` or a crash: namespaces, processes, shared memory. */
+export function removeLab(prefix: string): void {
+  destroyLab(prefix);
+  removeLabShm(prefix);
+}
+
+/** A running lab: topology, servers, processes, and a load-balancer. */
+class Lab implements LabHandle {
+  readonly procs: ChildProcess[] = [];
+  readonly topo: Topology;
+  lb!: LoadBalancer;
+  /** Routers in the tester's ECMP route. */
+  private routersUp: number[];
+
+  constructor(readonly o: LabOptions, readonly detached: boolean) {
+    removeLabShm(o.prefix);
+    this.topo = createTopology({ prefix: o.prefix, nvm: o.nvm, nrouters: o.nrouters });
+    this.routersUp = Array.from({ length: o.nrouters }, (_, k) => k + 1);
+  }
+
+  async daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<void> {
+    const logFile = join(this.o.outDir, `${name}.log`);
+    const fd = openSync(logFile, 'w');
+    // Output to a file, not a pipe: a daemon of a lab left up outlives this process.
+    const p = this.topo.spawn(ns, argv, { stdio: ['ignore', fd, fd], detached: this.detached });
+    closeSync(fd);
+    if (this.detached) p.unref();
+    this.procs.push(p);
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (readFileSync(logFile, 'utf8').includes(ready)) return;
+      if (p.exitCode !== null || p.signalCode !== null || Date.now() > deadline) {
+        const out = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
+        throw new Error(`${name}: '${argv.slice(1).join(' ')}' did not start in ${ns}: ${out || 'no output'}`);
+      }
+      await sleep(50);
+    }
+  }
+
+  async start(kind: LbKind): Promise<void> {
+    const { topo, o } = this;
+    for (let n = 1; n <= o.nvm; n++) {
+      await this.daemon(topo.ns.server(n), [...toolArgv('server'), `--name=${vmName(n)}`], `${topo.ns.server(n)}-server`, 'listening');
+    }
+    // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
+    topo.setTesterRoute(this.routersUp);
+    this.lb = createLb(kind, this, { synOnly: o.synOnly });
+    await this.lb.start();
+  }
+
+  /** Ends the processes this lab started and removes it. */
+  destroy(): void {
+    for (const p of this.procs) {
+      if (p.pid !== undefined && p.exitCode === null && p.signalCode === null) {
+        try { process.kill(p.pid, 'SIGKILL'); } catch { /* already gone */ }
+      }
+    }
+    removeLab(this.o.prefix);
+  }
+
+  mconnect(family: Family): MconnectResult {
+    const r = spawnSync('ip', ['netns', 'exec', this.topo.ns.tester, ...toolArgv('mconnect'), `--address=${vipAddr(family, 5001)}`,
+      `--nconn=${this.o.nconn}`, `--srccidr=${CLIENT_CIDR[family]}`, '--output=json'], { encoding: 'utf8' });
+    if (r.status !== 0 && r.status !== 1) throw new Error(`mconnect failed (${r.status}): ${r.stderr.trim()}`);
+    return JSON.parse(r.stdout) as MconnectResult;
+  }
+
+  /** Routers in the tester's ECMP route (scale_lb) or servers in the load-balancing. */
+  scaleTargets(kind: TestKind, list: readonly number[], active: boolean): void {
+    if (kind !== 'scale_lb') {
+      this.lb.setServers(list, active);
+      return;
+    }
+    this.routersUp = active ? [...new Set([...this.routersUp, ...list])].sort((a, b) => a - b) : this.routersUp.filter((i) => !list.includes(i));
+    this.topo.setTesterRoute(this.routersUp);
+  }
+
+  /** One ctraffic run with scale events at fixed times; returns the stats and the events. */
+  async traffic(test: string, kind: Exclude<TestKind, 'basic' | 'start'>, family: Family, list: number[]): Promise<ScaleRun> {
+    const { o, topo } = this;
+    const plan = SCHEDULE[kind];
+    const durationMs = o.durationMs ?? plan.durationMs;
+    const names = list.map((n) => (kind === 'scale_lb' ? routerName(n) : vmName(n)));
+    const base = join(o.outDir, `${test}-ipv${family}`);
+    const statsFile = `${base}.json`;
+    rmSync(statsFile, { force: true });
+    const kinds: ScaleEvent['kind'][] = kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' ? ['scale-in'] : ['scale-in', 'scale-out'];
+    if (kind === 'scale_out') this.scaleTargets(kind, list, false);
+
+    const client = spawn('ip', ['netns', 'exec', topo.ns.tester, ...toolArgv('ctraffic'), `--address=${vipAddr(family, 5003)}`,
+      `--nconn=${o.nconn}`, `--rate=${o.rate}`, `--timeout=${durationMs}ms`, `--srccidr=${CLIENT_CIDR[family]}`, `--stats-file=${statsFile}`],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.procs.push(client);
+    let stderr = '';
+    client.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => client.once('exit', (code) => resolve(code)));
+    const spawned = Date.now();
+    const wall: { at: number; kind: ScaleEvent['kind'] }[] = [];
+    o.log(`  ctraffic IPv${family}: ${o.nconn} connections, ${o.rate} msg/s, ${durationMs / 1000} s`);
+    for (const [k, frac] of plan.at.entries()) {
+      await sleep(Math.max(0, spawned + frac * durationMs - Date.now()));
+      const ev = kinds[k]!;
+      const at = Date.now();
+      this.scaleTargets(kind, list, ev === 'scale-out');
+      wall.push({ at, kind: ev });
+      o.log(`  t=${((at - spawned) / 1000).toFixed(1)}s ${ev} ${names.join(' ')}`);
+    }
+    const code = await exited;
+    if (kind === 'scale_in') this.scaleTargets(kind, list, true); // the next run starts with all targets
+    if (code !== 0 || !existsSync(statsFile)) throw new Error(`ctraffic exited (${code}): ${stderr.trim()}`);
+    const stats = asStats(JSON.parse(readFileSync(statsFile, 'utf8')));
+    const t0 = Date.parse(stats.started);
+    const events = wall.map((w): ScaleEvent => ({ t: w.at - t0, kind: w.kind, targets: names }));
+    const report = lossReport(stats, events, kind !== 'scale_lb');
+    const plotFile = `${base}.svg`;
+    const what = kind === 'scale_lb' ? `${o.nrouters} load-balancers` : `${o.nvm} servers`;
+    writeFileSync(plotFile, connectionsSvg(stats, events, { title: `${test} IPv${family}: ${o.nconn} connections, ${what}` }));
+    return { family, events, report, nservers: kind === 'scale_lb' ? o.nrouters : o.nvm, statsFile, plotFile };
+  }
+}
+
+function checkOptions(test: string, spec: TestSpec, o: LabOptions): number[] {
+  if (spec.kind === 'scale_lb' && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (load-balancers to scale)`);
+  const list = o.scale ?? [spec.kind === 'scale_lb' ? 201 : 1];
+  const isLb = spec.kind === 'scale_lb';
+  const [lo, hi] = isLb ? [201, 200 + o.nrouters] : [1, o.nvm];
+  for (const n of list) {
+    if (!Number.isInteger(n) || n < lo || n > hi) throw new RangeError(`${test}: --scale ${n} is not a ${isLb ? 'router' : 'server'} (${lo}..${hi})`);
+  }
+  if (new Set(list).size >= hi - lo + 1 && spec.kind !== 'basic' && spec.kind !== 'start') {
+    throw new RangeError(`${test}: --scale would remove every ${isLb ? 'router' : 'server'}`);
+  }
+  return isLb ? list.map((n) => n - 200) : list;
+}
+
+/** Shell lines for someone entering the lab by hand (printed by start_* and --no-stop). */
+export function manualText(lab: { topo: Topology; lb: LoadBalancer }, o: LabOptions): string {
+  const { topo } = lab;
+  const last = topo.ns.server(topo.nvm);
+  const tool = (t: 'mconnect' | 'ctraffic'): string => toolArgv(t).join(' ');
+  return [
+    `Lab '${o.prefix}' is up: ${lab.lb.kind}, ${topo.nvm} servers, ${topo.nrouters} router(s). Enter a namespace:`,
+    `  ip netns exec ${topo.ns.tester} bash      # tester vm-221`,
+    `  ip netns exec ${topo.ns.router(1)} bash      # load-balancer vm-201${topo.nrouters > 1 ? ` .. ${topo.ns.router(topo.nrouters)}` : ''}`,
+    `  ip netns exec ${topo.ns.server(1)} bash      # server vm-001${topo.nvm > 1 ? ` .. ${last}` : ''}`,
+    'On the tester:',
+    `  ${tool('mconnect')} --address=${vipAddr(4, 5001)} --nconn=100 --srccidr=${CLIENT_CIDR[4]}`,
+    `  ${tool('mconnect')} --address=${vipAddr(6, 5001)} --nconn=100 --srccidr=${CLIENT_CIDR[6]}`,
+    `  ${tool('ctraffic')} --address=${vipAddr(4, 5003)} --nconn=100 --rate=100 --timeout=30s --srccidr=${CLIENT_CIDR[4]} --monitor`,
+    ...lab.lb.manual().map((l) => `  ${l}`),
+    `Logs: ${o.outDir}/*.log`,
+    `Remove the lab: ${process.execPath} ${join(repoRoot(), 'bin', 'lblab.js')} down --prefix=${o.prefix}`,
+  ].join('\n');
+}
+
+/** Runs one test; the lab is removed afterwards unless it is a start_* test or noStop is set. */
+export async function runTest(test: string, o: LabOptions): Promise<TestResult> {
+  const spec = TESTS[test];
+  if (!spec) throw new RangeError(`unknown test '${test}' (see 'lblab test --list')`);
+  const result: TestResult = { test, ok: false, problems: [], mconnect: [], runs: [] };
+  const list = checkOptions(test, spec, o);
+  const unavailable = lbUnavailable(spec.lb);
+  if (unavailable) {
+    result.unavailable = unavailable;
+    return result;
+  }
+  mkdirSync(o.outDir, { recursive: true });
+  const keep = spec.kind === 'start' || o.noStop;
+  const lab = new Lab(o, keep);
+  let started = false;
+  try {
+    await lab.start(spec.lb);
+    started = true;
+    if (spec.kind === 'start') {
+      result.ok = true;
+      return result;
+    }
+    if (spec.kind === 'basic') {
+      for (const family of [4, 6] as const) {
+        const r = lab.mconnect(family);
+        result.mconnect.push({ family, result: r });
+        if (r.failed_connects + r.failed_reads > 0) result.problems.push(`IPv${family}: ${r.failed_connects} failed connects, ${r.failed_reads} failed reads`);
+        const missed = Array.from({ length: o.nvm }, (_, k) => vmName(k + 1)).filter((h) => !r.hosts[h]);
+        if (missed.length > 0) result.problems.push(`IPv${family}: servers not reached: ${missed.join(' ')}`);
+      }
+    } else {
+      for (const family of o.families) {
+        const run = await lab.traffic(test, spec.kind, family, list);
+        result.runs.push(run);
+        if (run.report.neverConnected > 0) result.problems.push(`IPv${family}: ${run.report.neverConnected} connections never connected`);
+        if (run.report.lostBefore > 0) result.problems.push(`IPv${family}: ${run.report.lostBefore} connections lost before any scaling`);
+      }
+    }
+    result.ok = result.problems.length === 0;
+    return result;
+  } finally {
+    if (keep && started) o.log(manualText(lab, o));
+    else lab.destroy();
+  }
+}
