@@ -5,7 +5,7 @@
 import { dispatch, opt, type CommandTable } from './command.js';
 import { intOption, UsageError, type Parsed } from './options.js';
 import { formatHosts, formatLossReport } from '../lab/report.js';
-import { TESTS, removeLab, runTest, type LabOptions, type TestResult } from '../lab/suite.js';
+import { TESTS, checkTest, removeLab, runTest, type LabOptions, type TestResult } from '../lab/suite.js';
 import { MAX_ROUTERS, MAX_SERVERS, type Family } from '../lab/topology.js';
 import { parseDuration } from '../lab/traffic/common.js';
 
@@ -26,23 +26,25 @@ function scaleList(text: string): number[] {
   return words.map((w) => intOption('scale', w, 1, 220));
 }
 
+/** The original's environment variables (`__nvm=10 ./load-balancer.sh ...`); empty = unset. */
+const env = (name: string): string | undefined => process.env[name] || undefined;
+
 function labOptions(p: Parsed): LabOptions {
-  const env = process.env;
-  const scale = opt(p, 'scale') ?? env.__scale;
+  const scale = opt(p, 'scale') ?? env('__scale');
   const duration = opt(p, 'duration');
   const durationMs = duration === undefined ? undefined : parseDuration(duration);
   if (durationMs !== undefined && durationMs < 2000) throw new UsageError(`--duration: ${duration} is too short (at least 2s)`);
   return {
     prefix: opt(p, 'prefix', DEFAULT_PREFIX),
-    nvm: intOption('nvm', opt(p, 'nvm') ?? env.__nvm ?? '4', 1, MAX_SERVERS),
-    nrouters: intOption('nrouters', opt(p, 'nrouters') ?? env.__nrouters ?? '1', 1, MAX_ROUTERS),
+    nvm: intOption('nvm', opt(p, 'nvm') ?? env('__nvm') ?? '4', 1, MAX_SERVERS),
+    nrouters: intOption('nrouters', opt(p, 'nrouters') ?? env('__nrouters') ?? '1', 1, MAX_ROUTERS),
     scale: scale === undefined ? undefined : scaleList(scale),
     families: families(opt(p, 'family', '4')),
     nconn: intOption('nconn', opt(p, 'nconn', '100'), 1, 10_000),
     rate: intOption('rate', opt(p, 'rate', '100'), 1, 1_000_000),
     durationMs,
     outDir: opt(p, 'out', DEFAULT_OUT),
-    synOnly: p.opts.has('syn-only') || env.xcluster_SYN_ONLY === 'yes',
+    synOnly: p.opts.has('syn-only') || env('xcluster_SYN_ONLY') === 'yes',
     noStop: p.opts.has('no-stop'),
     log: (line) => process.stdout.write(`${line}\n`),
   };
@@ -108,8 +110,8 @@ const commands: CommandTable = {
         return 0;
       }
       if (p.args.length === 0) throw new UsageError("no test given (see 'lblab test --list')");
-      for (const t of p.args) if (!TESTS[t]) throw new UsageError(`unknown test '${t}' (see 'lblab test --list')`);
       const o = labOptions(p);
+      for (const t of p.args) checkTest(t, o); // all of them before the first lab is built
       // Ctrl-C: the lab's processes live in its namespaces; removing the lab ends them all.
       const onSignal = (): void => {
         removeLab(o.prefix);

@@ -221,7 +221,13 @@ class Lab implements LabHandle {
   }
 }
 
-function checkOptions(test: string, spec: TestSpec, o: LabOptions): number[] {
+/**
+ * Checks a test name and the options for it; returns what to scale: server numbers, or router
+ * numbers 1.. (given as 201..) for *_scale_lb.
+ */
+export function checkTest(test: string, o: LabOptions): number[] {
+  const spec = TESTS[test];
+  if (!spec) throw new RangeError(`unknown test '${test}' (see 'lblab test --list')`);
   if (spec.kind === 'scale_lb' && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (load-balancers to scale)`);
   const list = o.scale ?? [spec.kind === 'scale_lb' ? 201 : 1];
   const isLb = spec.kind === 'scale_lb';
@@ -257,10 +263,9 @@ export function manualText(lab: { topo: Topology; lb: LoadBalancer }, o: LabOpti
 
 /** Runs one test; the lab is removed afterwards unless it is a start_* test or noStop is set. */
 export async function runTest(test: string, o: LabOptions): Promise<TestResult> {
-  const spec = TESTS[test];
-  if (!spec) throw new RangeError(`unknown test '${test}' (see 'lblab test --list')`);
+  const list = checkTest(test, o);
+  const spec = TESTS[test]!;
   const result: TestResult = { test, ok: false, problems: [], mconnect: [], runs: [] };
-  const list = checkOptions(test, spec, o);
   const unavailable = lbUnavailable(spec.lb);
   if (unavailable) {
     result.unavailable = unavailable;
