@@ -18,6 +18,14 @@
       "libraries": ["-lnetfilter_queue", "-lmnl"]
     },
     {
+      "target_name": "tun",
+      "sources": ["native/tun.cc"]
+    },
+    {
+      "target_name": "peercred",
+      "sources": ["native/peercred.cc"]
+    },
+    {
       "target_name": "xsk",
       "sources": ["native/xsk.cc", "native/xdp_program.cc"],
       "libraries": ["-lxdp", "-lbpf"]

@@ -2,12 +2,17 @@
 // input before it touches shared memory, so a bad call changes nothing.
 import { renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
+import { connect } from 'node:net';
 import { intOption, UsageError, type Parsed } from './options.js';
 import { primeBelow } from '../maglev.js';
 import { TargetTable } from '../target-table.js';
 import { hashTuple } from '../hash.js';
 import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
-import { runLb, parseQueueRange } from '../nfqlb/run.js';
+import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
+import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../frag-table.js';
+import { flowRequest } from '../nfqlb/flow-client.js';
+import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
+import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../trace.js';
 
 const INT32_MAX = 0x7fffffff;
 
@@ -31,6 +36,70 @@ function indexArg(p: Parsed, t: TargetTable): number | undefined {
 }
 
 const shmOption = { shm: { arg: true, help: 'Shared memory (default nfqlb)' } };
+
+/** Options lb and flowlb share (the reference's names and defaults). */
+const lbOptions = {
+  lbshm: { arg: true, help: 'LB-tier shared memory: fragments go to the LB that owns their addresses' },
+  queue: { arg: true, help: 'NFQUEUE number, or a:b for one worker thread per queue (default 2)' },
+  qlength: { arg: true, help: 'Queue length (default 1024)' },
+  mtu: { arg: true, help: 'MTU, at least that of the ingress device (default 1500)' },
+  tun: { arg: true, help: 'Tun device to re-inject stored fragments through (default none: none stored)' },
+  reassembler: { arg: true, help: 'Reassembler size (default 0; only 0 is supported)' },
+  notargets_fwmark: { arg: true, help: 'fwmark when no target is active (default -1 = drop)' },
+  hash_mode: { arg: true, help: '0: 5-tuple, 1: SCTP ports only (default 1)' },
+  ft_shm: { arg: true, help: 'Frag table; shared memory stats (default ftshm)' },
+  ft_size: { arg: true, help: 'Frag table; size (default 500)' },
+  ft_buckets: { arg: true, help: 'Frag table; extra buckets (default 500)' },
+  ft_frag: { arg: true, help: 'Frag table; stored frags (default 100)' },
+  ft_ttl: { arg: true, help: 'Frag table; ttl milliS (default 200)' },
+  trace_address: { arg: true, help: `Trace server address (default ${DEFAULT_TRACE_ADDRESS})` },
+  batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
+};
+
+function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
+  if (intOption('reassembler', opt(p, 'reassembler', '0'), 0, INT32_MAX) !== 0) {
+    throw new UsageError('--reassembler: user-space reassembly is not supported (the servers reassemble)');
+  }
+  return {
+    lbshm: opt(p, 'lbshm') ?? null,
+    queues: parseQueueRange(opt(p, 'queue', '2')),
+    qlength: intOption('qlength', opt(p, 'qlength', '1024'), 1, 1 << 20),
+    mtu: intOption('mtu', opt(p, 'mtu', '1500'), 576, 65535),
+    tun: opt(p, 'tun') ?? null,
+    notargetsFwmark: intOption('notargets_fwmark', opt(p, 'notargets_fwmark', '-1'), -1, INT32_MAX),
+    hashMode: intOption('hash_mode', opt(p, 'hash_mode', '1'), 0, 1),
+    batch: intOption('batch', opt(p, 'batch', '128'), 1, 1024),
+    ftShm: opt(p, 'ft_shm', 'ftshm'),
+    ftSize: intOption('ft_size', opt(p, 'ft_size', '500'), 1, 1 << 24),
+    ftBuckets: intOption('ft_buckets', opt(p, 'ft_buckets', '500'), 0, 1 << 24),
+    ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
+    ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
+    traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
+  };
+}
+
+/** What selects packets, for flow-set and trace-flow-set. */
+const flowMatchOptions = {
+  protocols: { arg: true, help: 'Protocols. tcp, udp, sctp' },
+  dsts: { arg: true, help: 'Destination CIDRs' },
+  srcs: { arg: true, help: 'Source CIDRs' },
+  dports: { arg: true, help: 'Destination port ranges' },
+  sports: { arg: true, help: 'Source port ranges' },
+  match: { arg: true, help: 'Byte-match statements, e.g. "tcp[2:2] = 5001,udp[0:4] & 0xffff = 5001"' },
+};
+
+const MAX_ARG_LEN = 1000;
+
+function matchParams(p: Parsed): [string, string | undefined][] {
+  const names = ['protocols', 'dsts', 'srcs', 'dports', 'sports', 'match'] as const;
+  for (const n of names) {
+    if ((opt(p, n)?.length ?? 0) > MAX_ARG_LEN) throw new UsageError(`${n} too long`);
+  }
+  if ((opt(p, 'dports') !== undefined || opt(p, 'sports') !== undefined) && opt(p, 'protocols') === undefined) {
+    throw new UsageError('ports specified without protocols');
+  }
+  return names.map((n) => [n, opt(p, n)]);
+}
 
 const commands: CommandTable = {
   init: {
@@ -151,26 +220,177 @@ const commands: CommandTable = {
     synopsis: 'lb [options]\n  Load-balance packets from NFQUEUE by setting the fwmark of the chosen target',
     options: {
       tshm: { arg: true, help: 'Target shared memory (default nfqlb)' },
-      queue: { arg: true, help: 'NFQUEUE number, or a:b for one worker thread per queue (default 2)' },
-      qlength: { arg: true, help: 'Queue length (default 1024)' },
-      mtu: { arg: true, help: 'MTU, at least that of the ingress device (default 1500)' },
-      notargets_fwmark: { arg: true, help: 'fwmark when no target is active (default -1 = drop)' },
-      hash_mode: { arg: true, help: '0: 5-tuple, 1: SCTP ports only (default 1)' },
-      batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
+      sctp_encap: { arg: true, help: 'SCTP UDP encapsulation port (default 0 = none)' },
+      ...lbOptions,
+    },
+    run(p) {
+      return runLb({ ...lbRunOptions(p), tshm: opt(p, 'tshm', 'nfqlb'), sctpEncap: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535) });
+    },
+  },
+  flowlb: {
+    synopsis: 'flowlb [options]\n  Load-balance with flows (set with flow-set; flow channel $NFQLB_FLOW_ADDRESS, default unix:nfqlb)',
+    options: {
+      ...lbOptions,
+      nolb_fwmark: { arg: true, help: 'fwmark when no flow matches (default -1 = drop)' },
+      promiscuous_ping: { help: 'ICMP echo requests match flows on addresses only' },
     },
     run(p) {
       return runLb({
-        tshm: opt(p, 'tshm', 'nfqlb'),
-        queues: parseQueueRange(opt(p, 'queue', '2')),
-        qlength: intOption('qlength', opt(p, 'qlength', '1024'), 1, 1 << 20),
-        mtu: intOption('mtu', opt(p, 'mtu', '1500'), 576, 65535),
-        notargetsFwmark: intOption('notargets_fwmark', opt(p, 'notargets_fwmark', '-1'), -1, INT32_MAX),
-        hashMode: intOption('hash_mode', opt(p, 'hash_mode', '1'), 0, 1),
-        batch: intOption('batch', opt(p, 'batch', '128'), 1, 1024),
+        ...lbRunOptions(p),
+        tshm: null,
+        sctpEncap: 0,
+        flow: {
+          nolbFwmark: intOption('nolb_fwmark', opt(p, 'nolb_fwmark', '-1'), -1, INT32_MAX),
+          promiscuousPing: p.opts.has('promiscuous_ping'),
+        },
       });
     },
   },
+  stats: {
+    synopsis: 'stats [--ft_shm=ftshm]\n  Print the fragment table statistics of a running lb (JSON)',
+    options: { ft_shm: { arg: true, help: 'Frag table statistics shared memory (default ftshm)' } },
+    run(p) {
+      const buf = openShm(opt(p, 'ft_shm', 'ftshm'), false);
+      const blocks = Math.max(1, Math.floor(buf.byteLength / FRAG_STATS_BYTES));
+      if (buf.byteLength < FRAG_STATS_BYTES) throw new UsageError(`--ft_shm: not a fragment statistics file (${buf.byteLength} bytes)`);
+      const views = Array.from({ length: blocks }, (_, i) => new Uint32Array(buf, i * FRAG_STATS_BYTES, FRAG_STAT.WORDS));
+      process.stdout.write(formatFragStats(views) + '\n');
+      return 0;
+    },
+  },
+  'flow-set': {
+    synopsis: 'flow-set [options]\n  Set a flow. An un-defined value means match-all.\n  Use comma separated lists for multiple items (no spaces)',
+    options: {
+      name: { arg: true, required: true, help: 'Name of the flow (letters, digits, -+_)' },
+      target: { arg: true, required: true, help: 'Name of SHM for the load-balancer' },
+      prio: { arg: true, help: 'Priority. 0 has lowest precedence (default)' },
+      ...flowMatchOptions,
+      udpencap: { arg: true, help: 'UDP encapsulation port for SCTP' },
+    },
+    async run(p) {
+      const udpencap = opt(p, 'udpencap');
+      const protocols = opt(p, 'protocols');
+      if (udpencap !== undefined) {
+        intOption('udpencap', udpencap, 1, 65535);
+        if (protocols === undefined) throw new UsageError('udpencap specified without protocols');
+        if (!/sctp/i.test(protocols)) throw new UsageError('udpencap specified without sctp');
+      }
+      if (opt(p, 'prio') !== undefined) intOption('prio', opt(p, 'prio')!, 0, INT32_MAX);
+      return reply(await flowRequest('set', [['name', opt(p, 'name')], ['target', opt(p, 'target')], ['priority', opt(p, 'prio')], ...matchParams(p), ['udpencap', udpencap]]));
+    },
+  },
+  'flow-delete': {
+    synopsis: 'flow-delete --name=\n  Delete a flow',
+    options: { name: { arg: true, required: true, help: 'Name of the flow' } },
+    async run(p) {
+      return reply(await flowRequest('delete', [['name', opt(p, 'name')]]));
+    },
+  },
+  'flow-list': {
+    synopsis: 'flow-list [--name=]\n  List flows (JSON)',
+    options: { name: { arg: true, help: 'Name of a flow' } },
+    async run(p) {
+      process.stdout.write(await flowRequest('list', [['name', opt(p, 'name')]]));
+      return 0;
+    },
+  },
+  'flow-list-names': {
+    synopsis: 'flow-list-names\n  List flow names (JSON)',
+    options: {},
+    async run() {
+      process.stdout.write(await flowRequest('list-names', []));
+      return 0;
+    },
+  },
+  trace: {
+    synopsis: 'trace [options]\n  Initiate trace and direct output to stdout',
+    options: {
+      mask: { arg: true, help: 'Trace mask (32-bit). Most for debug' },
+      selection: { arg: true, help: 'Trace selection. A comma separated list of;\n     log,packet,frag,flow-conf,sctp,target,flows' },
+      trace_address: { arg: true, help: `Trace server address (default ${DEFAULT_TRACE_ADDRESS})` },
+    },
+    run(p) {
+      const maskText = opt(p, 'mask');
+      const selection = opt(p, 'selection');
+      if ((maskText === undefined) === (selection === undefined)) throw new UsageError('Specify one of --mask or --selection');
+      let mask: number;
+      if (selection !== undefined) mask = parseTraceSelection(selection);
+      else {
+        if (!/^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})$/.test(maskText!) || Number(maskText) > 0xffffffff) throw new UsageError(`--mask: '${maskText}' is not a 32-bit number`);
+        mask = Number(maskText);
+      }
+      const addressText = opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS);
+      const address = parseControlAddress(addressText);
+      process.stdout.write(`Mask=0x${mask.toString(16).padStart(8, '0')}\n`);
+      openLogConfig()[MASK_WORD] = mask | 0;
+      return streamTrace(address, addressText);
+    },
+  },
+  loglevel: {
+    synopsis: 'loglevel [level]\n  Set the log level of running lbs (4 warning, 5 notice, 6 info, 7 debug) and print it',
+    options: {},
+    run(p) {
+      if (p.args.length > 1) throw new UsageError('loglevel takes at most one level');
+      const level = p.args[0] === undefined ? undefined : intOption('level', p.args[0], 0, 7);
+      const config = openLogConfig();
+      if (level !== undefined) config[LEVEL_WORD] = level;
+      process.stdout.write(`loglevel=${config[LEVEL_WORD]}\n`);
+      return 0;
+    },
+  },
+  'trace-flow-set': {
+    synopsis: 'trace-flow-set [options]\n  Set a trace flow (trace selection "flows"). An un-defined value means match-all',
+    options: { name: { arg: true, required: true, help: 'Name of the flow' }, ...flowMatchOptions },
+    async run(p) {
+      return reply(await flowRequest('trace-set', [['name', opt(p, 'name')], ...matchParams(p)]));
+    },
+  },
+  'trace-flow-delete': {
+    synopsis: 'trace-flow-delete --name=\n  Delete a trace flow',
+    options: { name: { arg: true, required: true, help: 'Name of the flow' } },
+    async run(p) {
+      return reply(await flowRequest('trace-delete', [['name', opt(p, 'name')]]));
+    },
+  },
+  'trace-flow-list': {
+    synopsis: 'trace-flow-list [--name=]\n  List trace flows (JSON)',
+    options: { name: { arg: true, help: 'Name of a flow' } },
+    async run(p) {
+      process.stdout.write(await flowRequest('trace-list', [['name', opt(p, 'name')]]));
+      return 0;
+    },
+  },
+  'trace-flow-list-names': {
+    synopsis: 'trace-flow-list-names\n  List trace flow names (JSON)',
+    options: {},
+    async run() {
+      process.stdout.write(await flowRequest('trace-list-names', []));
+      return 0;
+    },
+  },
 };
+
+/** Prints a set/delete reply; success is a reply starting with OK. */
+function reply(text: string): number {
+  process.stdout.write(text + '\n');
+  return text.startsWith('OK') ? 0 : 1;
+}
+
+/** Streams the trace server's lines to stdout until it closes or we are interrupted. */
+function streamTrace(address: ReturnType<typeof parseControlAddress>, addressText: string): Promise<number> {
+  return new Promise((resolve) => {
+    const c = connect(socketOptions(address));
+    const stop = () => c.end();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    c.on('data', (d) => process.stdout.write(d));
+    c.on('error', (e) => {
+      process.stderr.write(`nfqlb trace: Trace client connect to ${addressText}: ${e.message}\n`);
+      resolve(1);
+    });
+    c.on('close', () => resolve(0));
+  });
+}
 
 export function main(argv: readonly string[]): Promise<number> {
   return dispatch('nfqlb', commands, argv);

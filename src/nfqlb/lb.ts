@@ -1,9 +1,16 @@
 // The nfqlb data path: every packet from the queue gets the fwmark of the target that owns its
-// flow. Stateless — the choice depends only on the packet and the shared target table, so every
-// load-balancer with the same table sends a flow to the same target.
+// flow. Stateless for whole packets — the choice depends only on the packet and the shared
+// target table, so every load-balancer with the same table sends a flow to the same target.
+// Fragments need the one piece of state: the fragment table remembers the first fragment's
+// verdict for the later ones (which carry no ports).
 import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
-import { PacketInfo, parsePacket, packetHash } from '../packet.js';
+import { PacketInfo, parsePacket, packetHash, packetAddressHash } from '../packet.js';
+import { IPPROTO_SCTP } from '../hash.js';
+import { FRAG_STORED, type FragTable } from '../frag-table.js';
+import { TRACE, type Tracer } from '../trace.js';
+import { formatAddress } from '../address.js';
 import type { TargetTable } from '../target-table.js';
+import type { Tun } from '../tun.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;
@@ -24,28 +31,171 @@ export function serveQueue(queue: NfQueue, fwmarkOf: FwmarkFn): void {
   });
 }
 
+/**
+ * Chooses the target table for a whole packet or first fragment: one fixed table for
+ * `nfqlb lb`, the matching flow's for `nfqlb flowlb`. It may re-parse `p` (a flow with UDP
+ * encapsulated SCTP keys the packet on the inner SCTP ports).
+ */
+export interface TargetSelector {
+  /** The table, or null when no flow matches. */
+  select(buf: Uint8Array, off: number, len: number, p: PacketInfo): TargetTable | null;
+  /** Whether the last selected table is hashed on the addresses only (a flow without protocols). */
+  readonly addressOnly: boolean;
+  /** A name for the last selected table, for traces. */
+  readonly selectedName: string;
+}
+
+/** `nfqlb lb`: every packet goes to the one table. */
+export class SingleTable implements TargetSelector {
+  readonly addressOnly = false;
+  constructor(
+    readonly table: TargetTable,
+    readonly selectedName: string,
+  ) {}
+
+  select(): TargetTable {
+    return this.table;
+  }
+}
+
 export interface BalancerOptions {
   /** 0: 5-tuple hash; 1: SCTP hashed on ports only (multihoming). */
   hashMode: number;
   /** fwmark for packets when no target is active; negative drops them. */
   notargetsFwmark: number;
+  /** fwmark when no flow matches (flowlb's --nolb_fwmark); negative drops them. */
+  nolbFwmark?: number;
+  /** UDP port carrying SCTP (--sctp_encap; 0 = none). */
+  sctpEncap?: number;
+  /** The LB-tier table (--lbshm): fragments are hashed on addresses and sent to the LB that owns them. */
+  lbTable?: TargetTable | null;
+  /** The fragment table; without one, fragments are hashed on their addresses like before. */
+  frags?: FragTable | null;
+  /** Where stored fragments are re-injected (--tun); without it they are not stored. */
+  tun?: Tun | null;
+  tracer?: Tracer | null;
+  /** Milliseconds clock for fragment timeouts (tests pass their own). */
+  now?: () => number;
 }
 
-/** Maglev over the flow hash, as the reference `nfqlb lb`. */
+/** Counters of what the balancer did that the kernel cannot tell. */
+export interface BalancerCounters {
+  fragsToLbTier: number;
+  fragsStored: number;
+  fragsInjected: number;
+  fragsInjectFailed: number;
+  fragsDropped: number;
+}
+
+/** Maglev over the flow hash, as the reference `nfqlb lb` (and `flowlb` with a flow selector). */
 export class Balancer {
   private readonly pkt = new PacketInfo();
+  private readonly hashMode: number;
+  private readonly notargetsFwmark: number;
+  private readonly nolbFwmark: number;
+  private readonly sctpEncap: number;
+  private readonly lbTable: TargetTable | null;
+  private readonly frags: FragTable | null;
+  private readonly tun: Tun | null;
+  private readonly tracer: Tracer | null;
+  private readonly traceMask: Int32Array;
+  private readonly now: () => number;
+  readonly counters: BalancerCounters = { fragsToLbTier: 0, fragsStored: 0, fragsInjected: 0, fragsInjectFailed: 0, fragsDropped: 0 };
 
   constructor(
-    readonly targets: TargetTable,
-    readonly opts: BalancerOptions,
-  ) {}
+    readonly selector: TargetSelector,
+    opts: BalancerOptions,
+  ) {
+    this.hashMode = opts.hashMode;
+    this.notargetsFwmark = opts.notargetsFwmark;
+    this.nolbFwmark = opts.nolbFwmark ?? -1;
+    this.sctpEncap = opts.sctpEncap ?? 0;
+    this.lbTable = opts.lbTable ?? null;
+    this.frags = opts.frags ?? null;
+    this.tun = opts.tun ?? null;
+    this.tracer = opts.tracer ?? null;
+    // Without a tracer the mask is a constant 0 and the check below never passes.
+    this.traceMask = this.tracer?.config ?? new Int32Array(2);
+    this.now = opts.now ?? (() => performance.now());
+  }
+
+  /** The target table of `nfqlb lb` (a Balancer over a SingleTable). */
+  get targets(): TargetTable | null {
+    return this.selector instanceof SingleTable ? this.selector.table : null;
+  }
 
   readonly fwmarkOf: FwmarkFn = (buf, off, len) => {
-    const pkt = this.pkt;
-    parsePacket(buf, off, len, pkt);
+    const p = this.pkt;
+    parsePacket(buf, off, len, p, this.sctpEncap);
     // Not IP, or too short to find the addresses: nothing to balance on.
-    if (pkt.family === 0) return -1;
-    const fw = this.targets.fwmarkOf(packetHash(buf, pkt, this.opts.hashMode));
-    return fw >= 0 ? fw : this.opts.notargetsFwmark;
+    if (p.family === 0) return -1;
+    const fw = p.isFragment ? this.fragment(buf, off, len, p) : this.whole(buf, off, len, p);
+    if (this.traceMask[1] !== 0) this.tracePacket(buf, len, p, fw);
+    return fw;
   };
+
+  private whole(buf: Uint8Array, off: number, len: number, p: PacketInfo): number {
+    const table = this.selector.select(buf, off, len, p);
+    if (table === null) return this.nolbFwmark;
+    const hash = this.selector.addressOnly ? packetAddressHash(buf, p) : packetHash(buf, p, this.hashMode);
+    const fw = table.fwmarkOf(hash);
+    return fw >= 0 ? fw : this.notargetsFwmark;
+  }
+
+  private fragment(buf: Uint8Array, off: number, len: number, p: PacketInfo): number {
+    // In an LB tier every LB sends all fragments of a datagram to the same LB (by addresses,
+    // the only fields every fragment has); that one LB has the first fragment's verdict.
+    const lbTable = this.lbTable;
+    if (lbTable !== null) {
+      const lbFw = lbTable.fwmarkOf(packetAddressHash(buf, p));
+      if (lbFw >= 0 && lbFw !== lbTable.ownFwmark) {
+        this.counters.fragsToLbTier++;
+        return lbFw;
+      }
+    }
+    const frags = this.frags;
+    if (frags === null) return this.whole(buf, off, len, p);
+    if (p.firstFragment) {
+      const fw = this.whole(buf, off, len, p);
+      const injected = frags.insertFirst(buf, p, fw, this.now(), this.inject);
+      if (injected < 0) {
+        this.counters.fragsDropped++;
+        return -1;
+      }
+      return fw;
+    }
+    const fw = frags.lookupOrStore(buf, off, len, p, this.now());
+    if (fw === FRAG_STORED) this.counters.fragsStored++;
+    else if (fw < 0) this.counters.fragsDropped++;
+    return fw < 0 ? -1 : fw;
+  }
+
+  private readonly inject = (pool: Uint8Array, off: number, len: number): void => {
+    const tun = this.tun;
+    if (tun !== null && tun.write(pool, off, len) === len) this.counters.fragsInjected++;
+    else this.counters.fragsInjectFailed++;
+  };
+
+  // Only reached while some trace is selected: allocation is fine here.
+  private tracePacket(buf: Uint8Array, len: number, p: PacketInfo, fw: number): void {
+    const t = this.tracer!;
+    const kind = p.isFragment ? TRACE.FRAG : p.proto === IPPROTO_SCTP ? TRACE.SCTP : TRACE.PACKET;
+    if (!t.on(kind) && !t.on(TRACE.PACKET)) return;
+    const fields: Record<string, unknown> = {
+      len,
+      proto: p.proto,
+      src: formatAddress(buf, p.srcOff, p.addrLen),
+      dst: formatAddress(buf, p.dstOff, p.addrLen),
+      fwmark: fw,
+    };
+    if (p.hasPorts) {
+      fields.sport = p.sport;
+      fields.dport = p.dport;
+    }
+    if (p.icmpError) fields.icmp = { type: p.icmpType, code: p.icmpCode, inner: true };
+    if (p.isFragment) fields.frag = { id: p.fragId, offset: p.fragOffset, more: p.moreFragments };
+    if (p.sctpEncap) fields.sctpEncap = true;
+    if (!p.isFragment || p.firstFragment) fields.target = this.selector.selectedName;
+    t.emit(p.isFragment ? 'FRAG' : p.proto === IPPROTO_SCTP ? 'SCTP' : 'PACKET', fields);
+  }
 }

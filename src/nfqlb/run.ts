@@ -1,21 +1,44 @@
-// `nfqlb lb`: one NFQUEUE per thread. A single queue runs on the main thread; a range a:b runs one
-// worker_thread per queue, so a busy queue never delays another.
+// `nfqlb lb` and `nfqlb flowlb`: one NFQUEUE per thread. A single queue runs on the main thread;
+// a range a:b runs one worker_thread per queue, so a busy queue never delays another. The main
+// thread owns what exists once per process: the tun device, the fragment statistics file, the
+// trace server and (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
+import { renameSync } from 'node:fs';
 import { UsageError } from '../cli/options.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
-import { openShm } from '../shm.js';
+import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
-import { Balancer, serveQueue } from './lb.js';
+import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from '../frag-table.js';
+import { Tun } from '../tun.js';
+import { Tracer, TraceServer, followLogLevel, openLogConfig } from '../trace.js';
+import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js';
+import { parseControlAddress } from './control-address.js';
+import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from '../flow-table.js';
+import { FlowServer } from './flow-server.js';
 
 export interface LbOptions {
-  tshm: string;
+  /** Target table (lb); null for flowlb, whose flows name their tables. */
+  tshm: string | null;
+  /** The LB-tier table (--lbshm), or null. */
+  lbshm: string | null;
   queues: number[];
   qlength: number;
   mtu: number;
   notargetsFwmark: number;
   hashMode: number;
   batch: number;
+  /** Tun device for re-injecting stored fragments, or null (then none are stored). */
+  tun: string | null;
+  sctpEncap: number;
+  ftShm: string;
+  ftSize: number;
+  ftBuckets: number;
+  ftFrag: number;
+  ftTtl: number;
+  traceAddress: string;
+  /** flowlb only. */
+  flow?: { nolbFwmark: number; promiscuousPing: boolean };
 }
 
 /** Parses the reference's `--queue`: `n`, or `a:b` for queues a..b inclusive. */
@@ -27,55 +50,161 @@ export function parseQueueRange(text: string): number[] {
   return Array.from({ length: last - first + 1 }, (_, i) => first + i);
 }
 
-/** Serves one queue until `stop` is called; returns the stop function. */
-export function startQueue(o: LbOptions, queueNum: number): () => void {
-  const balancer = new Balancer(new TargetTable(openShm(o.tshm, false)), o);
+/** What a queue's thread gets from the main thread. */
+export interface QueueContext {
+  queue: number;
+  /** This queue's block in the fragment statistics file. */
+  statsIndex: number;
+  /** The main thread's tun fd, shared (a tun device takes one fd). */
+  tunFd: number | null;
+  /** Trace lines go here (the trace server, or the worker's port to the main thread). */
+  traceSink: (line: string) => void;
+  /** flowlb: match counters of every queue, MAX_FLOW_SLOTS per queue (queue statsIndex's are ours). */
+  flowCounters: SharedArrayBuffer | null;
+}
+
+export interface QueueHandle {
+  stop(): void;
+  /** flowlb: the current flow set (sent on every change). */
+  setFlows?(flows: FlowSpec[], traceFlows: FlowSpec[]): void;
+  balancer: Balancer;
+}
+
+/** Serves one queue until `stop` is called. */
+export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
+  const tracer = new Tracer(openLogConfig(), ctx.traceSink);
+  const flows =
+    o.tshm === null
+      ? new FlowSelector({
+          promiscuousPing: o.flow?.promiscuousPing ?? false,
+          tracer,
+          counters: ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
+        })
+      : null;
+  const selector: TargetSelector = flows ?? new SingleTable(new TargetTable(openShm(o.tshm!, false)), o.tshm!);
+  const statsBuffer = openShm(o.ftShm, true);
+  const frags = new FragTable(
+    { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
+    new Uint32Array(statsBuffer, ctx.statsIndex * FRAG_STATS_BYTES, FRAG_STAT.WORDS),
+  );
+  const balancer = new Balancer(selector, {
+    hashMode: o.hashMode,
+    notargetsFwmark: o.notargetsFwmark,
+    nolbFwmark: o.flow?.nolbFwmark ?? -1,
+    sctpEncap: o.sctpEncap,
+    lbTable: o.lbshm === null ? null : new TargetTable(openShm(o.lbshm, false)),
+    frags,
+    tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
+    tracer,
+  });
   const queue = new NfQueue({
-    queue: queueNum,
+    queue: ctx.queue,
     maxLen: o.qlength,
     batch: o.batch,
-    onError: (e) => log.error({ queue: queueNum, err: e.message }, 'verdict handler failed'),
+    // Stored fragments must be whole; otherwise the headers are all we need.
+    copyRange: o.tun === null ? 256 : o.mtu,
+    onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
   serveQueue(queue, balancer.fwmarkOf);
-  log.info({ queue: queueNum, tshm: o.tshm, M: balancer.targets.M, N: balancer.targets.N }, 'serving queue');
-  return () => {
-    queue.stop();
-    log.info({ queue: queueNum, ...queue.stats(), kernel: kernelQueueStats(queueNum) }, 'queue closed');
+  // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
+  const sweeper = setInterval(() => frags.sweep(performance.now()), 1000);
+  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange }, 'serving queue');
+  return {
+    balancer,
+    setFlows: flows === null ? undefined : (specs, traceSpecs) => flows.setFlows(specs, traceSpecs),
+    stop: () => {
+      clearInterval(sweeper);
+      queue.stop();
+      log.info({ queue: ctx.queue, ...queue.stats(), ...balancer.counters, kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+    },
   };
 }
 
-function startWorker(o: LbOptions, queueNum: number): { done: Promise<void>; stop(): void } {
-  const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { options: o, queue: queueNum } });
+interface WorkerHandle {
+  done: Promise<void>;
+  stop(): void;
+  setFlows(flows: FlowSpec[], traceFlows: FlowSpec[]): void;
+}
+
+function startWorker(o: LbOptions, ctx: Omit<QueueContext, 'traceSink'>, traceSink: (line: string) => void): WorkerHandle {
+  const worker = new Worker(new URL('./queue-worker.js', import.meta.url), { workerData: { options: o, ctx } });
+  worker.on('message', (m: { trace?: string }) => {
+    if (m.trace !== undefined) traceSink(m.trace);
+  });
   const done = new Promise<void>((resolve, reject) => {
     worker.once('error', reject);
-    worker.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`queue ${queueNum} worker exited with ${code}`))));
+    worker.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`queue ${ctx.queue} worker exited with ${code}`))));
   });
-  return { done, stop: () => worker.postMessage('stop') };
+  return { done, stop: () => worker.postMessage({ stop: true }), setFlows: (flows, traceFlows) => worker.postMessage({ flows, traceFlows }) };
+}
+
+/** Creates the fragment statistics file afresh: one block per queue (the reference has one). */
+function createFragStats(name: string, blocks: number): void {
+  const tmp = `.${name}.lb-${process.pid}`;
+  new Uint8Array(createShm(tmp, blocks * FRAG_STATS_BYTES)).fill(0);
+  renameSync(shmPath(tmp), shmPath(name));
 }
 
 /** Runs until SIGINT/SIGTERM, then releases the queues (so --queue-bypass lets traffic pass). */
 export async function runLb(o: LbOptions): Promise<number> {
-  new TargetTable(openShm(o.tshm, false)); // fail fast, with one line, on a missing table
+  // Fail fast, with one line, on a missing table or tun device.
+  if (o.tshm !== null) new TargetTable(openShm(o.tshm, false));
+  if (o.lbshm !== null) new TargetTable(openShm(o.lbshm, false));
+  if (o.sctpEncap !== 0 && o.tshm === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
+  const traceAddress = parseControlAddress(o.traceAddress);
+  let tun: Tun | null = null;
+  if (o.tun !== null) {
+    tun = new Tun(o.tun);
+    const tunMtu = tun.mtu();
+    if (tunMtu < o.mtu) {
+      tun.close();
+      throw new UsageError(`Tun mtu too small; ${tunMtu} < ${o.mtu}`);
+    }
+  }
+  createFragStats(o.ftShm, o.queues.length);
+  const logConfig = openLogConfig();
+  const stopLogLevel = followLogLevel(logConfig);
+  const traceServer = await TraceServer.start(traceAddress, logConfig);
+  const traceSink = (line: string) => traceServer.write(line);
+  const tracer = new Tracer(logConfig, traceSink);
+  log.info(
+    { size: o.ftSize, buckets: o.ftBuckets, frag: tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttl: o.ftTtl, ftShm: o.ftShm },
+    'FragTable',
+  );
+
   const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  if (o.queues.length === 1) {
-    const stop = startQueue(o, o.queues[0]!);
-    await stopped;
-    stop();
-    return 0;
-  }
-  const workers = o.queues.map((q) => startWorker(o, q));
-  const all = Promise.all(workers.map((w) => w.done));
-  // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
+  const tunFd = tun?.fd() ?? null;
+  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
+  const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let failed = false;
-  const fail = (e: Error) => {
-    failed = true;
-    log.error({ err: e.message }, 'queue worker failed');
-  };
-  await Promise.race([stopped, all]).catch(fail);
-  for (const w of workers) w.stop();
-  await all.catch(fail);
+  let flowServer: FlowServer | null = null;
+  try {
+    if (o.queues.length === 1) {
+      const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters });
+      if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters);
+      await stopped;
+      handle.stop();
+    } else {
+      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters }, traceSink));
+      if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters);
+      const all = Promise.all(workers.map((w) => w.done));
+      // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
+      const fail = (e: Error) => {
+        failed = true;
+        log.error({ err: e.message }, 'queue worker failed');
+      };
+      await Promise.race([stopped, all]).catch(fail);
+      for (const w of workers) w.stop();
+      await all.catch(fail);
+    }
+  } finally {
+    await flowServer?.close();
+    await traceServer.close();
+    stopLogLevel();
+    tun?.close();
+  }
   return failed ? 1 : 0;
 }

@@ -1,0 +1,199 @@
+// The flow channel of `nfqlb flowlb`, in the reference's one-shot text protocol so that its
+// client and ours are interchangeable:
+//   request:  action:<set|delete|list|list-names|trace-set|...>\n  <param>:<value>\n ...  eoc:\n
+//   response: text (set/delete: "OK" or "FAIL: <reason>", NUL-terminated), then close.
+// On the unix socket only root may talk to us (the peer's credentials are checked); a tcp
+// address is the operator's choice and is not authenticated (as in the reference).
+import { createServer, type Server, type Socket } from 'node:net';
+import { loadAddon } from '../native.js';
+import { openShm } from '../shm.js';
+import { TargetTable } from '../target-table.js';
+import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from '../flow-table.js';
+import { TRACE, type Tracer } from '../trace.js';
+import { flowAddress, socketOptions, type ControlAddress } from './control-address.js';
+
+/** Longest request we read (the reference's lines are at most 1024 bytes). */
+const MAX_REQUEST = 64 * 1024;
+
+export type ApplyFlows = (flows: FlowSpec[], traceFlows: FlowSpec[]) => void;
+
+/** A request's parameters, first occurrence of each winning (as the reference reads them). */
+export type FlowRequest = Map<string, string>;
+
+export function parseRequest(text: string): FlowRequest | null {
+  const req: FlowRequest = new Map();
+  for (const line of text.split('\n')) {
+    if (line.startsWith('eoc:')) return req;
+    const colon = line.indexOf(':');
+    if (colon < 0) return null;
+    const key = line.slice(0, colon);
+    if (!req.has(key)) req.set(key, line.slice(colon + 1));
+  }
+  return null;
+}
+
+/** The flow a set request describes (lists split on commas, and spaces as the reference does). */
+export function specOfRequest(req: FlowRequest, withTarget: boolean): FlowSpec {
+  const list = (k: string, sep: RegExp) => {
+    const v = req.get(k);
+    return v === undefined ? undefined : v.split(sep).filter((s) => s !== '');
+  };
+  const num = (k: string) => {
+    const v = req.get(k);
+    if (v === undefined) return undefined;
+    if (!/^ *-?[0-9]+ *$/.test(v)) throw new FlowError(`invalid ${k} [${v}]`);
+    return Number(v);
+  };
+  const spec: FlowSpec = { name: req.get('name') ?? '', target: withTarget ? req.get('target') ?? null : null, priority: num('priority') ?? 0 };
+  const protocols = list('protocols', /[, ]/);
+  const dsts = list('dsts', /[, ]/);
+  const srcs = list('srcs', /[, ]/);
+  const match = list('match', /,/);
+  const udpencap = num('udpencap');
+  if (protocols) spec.protocols = protocols;
+  if (dsts) spec.dsts = dsts;
+  if (srcs) spec.srcs = srcs;
+  if (req.has('dports')) spec.dports = req.get('dports')!;
+  if (req.has('sports')) spec.sports = req.get('sports')!;
+  if (match) spec.match = match;
+  if (udpencap !== undefined && udpencap !== 0) spec.udpencap = udpencap;
+  return spec;
+}
+
+export class FlowServer {
+  readonly flows = new FlowSet();
+  readonly traceFlows = new FlowSet();
+
+  private constructor(
+    private readonly server: Server,
+    private readonly address: ControlAddress,
+    private readonly apply: ApplyFlows,
+    private readonly tracer: Tracer | null,
+    /** Per-queue match counters, MAX_FLOW_SLOTS per queue. */
+    private readonly counters: Float64Array,
+  ) {}
+
+  static start(apply: ApplyFlows, tracer: Tracer | null, counters: Float64Array, address: ControlAddress = flowAddress()): Promise<FlowServer> {
+    return new Promise((resolve, reject) => {
+      const server = createServer({ allowHalfOpen: true });
+      const fs = new FlowServer(server, address, apply, tracer, counters);
+      server.on('connection', (c) => fs.accept(c));
+      server.once('error', reject);
+      server.listen(socketOptions(address), () => {
+        server.off('error', reject);
+        resolve(fs);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** matches_count of a flow: the sum over the queues. */
+  count(slot: number): number {
+    let n = 0;
+    for (let q = slot; q < this.counters.length; q += MAX_FLOW_SLOTS) n += this.counters[q]!;
+    return n;
+  }
+
+  private accept(c: Socket): void {
+    c.on('error', () => c.destroy());
+    if (this.address.kind === 'unix' && !isRootPeer(c)) {
+      c.end('FAIL: permission denied (root only)\0');
+      return;
+    }
+    let text = '';
+    c.setEncoding('utf8');
+    c.setTimeout(5000, () => c.destroy());
+    c.on('data', (d: string) => {
+      text += d;
+      if (text.length > MAX_REQUEST) {
+        c.end('FAIL: request too long\0');
+        return;
+      }
+      const req = parseRequest(text);
+      if (req === null) return;
+      c.removeAllListeners('data');
+      c.end(this.handle(req));
+    });
+  }
+
+  /** Executes one request and returns the response text. */
+  handle(req: FlowRequest): string {
+    const action = req.get('action');
+    if (this.tracer?.on(TRACE.FLOW_CONF)) this.tracer.emit('FLOW_CONF', { request: Object.fromEntries(req) });
+    try {
+      switch (action) {
+        case undefined:
+          return 'FAIL: no action\0';
+        case 'set':
+          return this.set(this.flows, specOfRequest(req, true));
+        case 'trace-set':
+          return this.set(this.traceFlows, specOfRequest(req, false));
+        case 'delete':
+        case 'trace-delete': {
+          const name = req.get('name');
+          if (name === undefined) return 'FAIL: no name\0';
+          (action === 'delete' ? this.flows : this.traceFlows).delete(name);
+          this.publish();
+          return 'OK\0';
+        }
+        case 'list':
+        case 'trace-list':
+          return this.list(action === 'list' ? this.flows : this.traceFlows, req.get('name'));
+        case 'list-names':
+        case 'trace-list-names':
+          return JSON.stringify((action === 'list-names' ? this.flows : this.traceFlows).all().map((f) => f.name), null, 2) + '\n';
+        default:
+          return 'FAIL: action unknown\0';
+      }
+    } catch (e) {
+      if (e instanceof FlowError) return `FAIL: ${e.message}\0`;
+      throw e;
+    }
+  }
+
+  private set(set: FlowSet, spec: FlowSpec): string {
+    if (set === this.flows) {
+      if (spec.target === null || spec.target === '') return 'FAIL: no target\0';
+      try {
+        new TargetTable(openShm(spec.target, false));
+      } catch {
+        return "FAIL: Couldn't create load-balancer\0";
+      }
+    }
+    const slots = set.set(spec);
+    if (set === this.flows) for (const slot of slots) for (let q = slot; q < this.counters.length; q += MAX_FLOW_SLOTS) this.counters[q] = 0;
+    this.publish();
+    return 'OK\0';
+  }
+
+  private list(set: FlowSet, name: string | undefined): string {
+    const json = (f: ReturnType<FlowSet['all']>[number]) => f.toJSON(set === this.flows ? this.count(f.slot) : 0);
+    if (name !== undefined) {
+      const f = set.find(name);
+      return f === undefined ? '' : JSON.stringify(json(f), null, 2) + '\n';
+    }
+    return JSON.stringify(set.all().map(json), null, 2) + '\n';
+  }
+
+  private publish(): void {
+    this.apply(this.flows.specs(), this.traceFlows.specs());
+  }
+}
+
+interface PeerCredAddon {
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
+}
+
+/** Whether the peer of a unix socket runs as root (SO_PEERCRED on the libuv handle's fd). */
+function isRootPeer(c: Socket): boolean {
+  const fd = (c as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return false;
+  try {
+    return loadAddon<PeerCredAddon>('peercred').peerCredentials(fd).uid === 0;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,230 @@
+// Fragmented UDP through nfqlb in the kernel: 3000-byte datagrams over MTU 1500, IPv4 and IPv6,
+// conntrack off in the LB namespaces (so the LB sees every fragment). Every datagram must reach
+// the one server its first fragment (the 5-tuple) hashes to, whole: the server reassembles it
+// and answers with its name. In order (the tester's kernel fragments), reordered (the tester
+// writes hand-made fragments, last first, into a tun device), and through an LB tier where
+// router 1 forwards the fragments router 2 owns by address (--lbshm, own fwmark).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { createTopology, routerAddr, serverAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const NFQLB = `${ROOT}bin/nfqlb.js`;
+const PREFIX = 'tlbf-';
+const SHM = 'tlbf-targets';
+const NVM = 4;
+const PORT = 6000;
+
+let topo: Topology;
+const procs: ChildProcess[] = [];
+
+function nfqlb(...args: string[]): string {
+  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
+}
+
+function startLb(router: number, ...args: string[]): Promise<ChildProcess> {
+  const lb = topo.spawn(topo.ns.router(router), ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=tlbf-ft${router}`, ...args]);
+  procs.push(lb);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    lb.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving queue')) resolve(lb);
+    });
+    lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    lb.once('exit', (code) => reject(new Error(`nfqlb lb exited (${code}): ${out}`)));
+  });
+}
+
+/** Stops an lb and returns its last log line's counters (the "queue closed" record). */
+async function stopLb(lb: ChildProcess): Promise<Record<string, number>> {
+  let out = '';
+  lb.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise((r) => lb.once('exit', r));
+  lb.kill('SIGTERM');
+  await exited;
+  const closed = out.split('\n').filter((l) => l.includes('queue closed'));
+  return JSON.parse(closed.at(-1) ?? '{}') as Record<string, number>;
+}
+
+// A UDP server on every server: answers each datagram with "<name> <bytes>".
+const SERVER_JS = `
+import { createSocket } from 'node:dgram';
+const [name, port] = [process.argv[1], Number(process.argv[2])];
+for (const [type, addr] of [['udp4', '${VIP[4]}'], ['udp6', '${VIP[6]}']]) {
+  const s = createSocket(type === 'udp6' ? { type, ipv6Only: true } : { type });
+  s.on('message', (m, r) => s.send(name + ' ' + m.length, r.port, r.address));
+  s.bind(port, addr);
+}`;
+
+// The tester's client. Jobs on stdin: { src, sport, family, frags?: base64[] }. With frags it
+// writes them, in the given order, into tun device "tfrag" (they leave towards the VIP as if
+// forwarded); without, it sends a 3000-byte datagram and lets its kernel fragment it. Prints
+// { "<src>": "<answer>" | null }.
+const CLIENT_JS = `
+import { createSocket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
+const jobs = JSON.parse(readFileSync(0, 'utf8'));
+const tun = jobs.some((j) => j.frags) ? new (await import('${ROOT}dist/src/tun.js')).Tun('tfrag') : null;
+const one = (j) => new Promise((resolve) => {
+  const s = createSocket(j.family === 4 ? { type: 'udp4' } : { type: 'udp6', ipv6Only: true });
+  const timer = setTimeout(() => { s.close(); resolve(null); }, 1500);
+  s.on('message', (m) => { clearTimeout(timer); s.close(); resolve(m.toString()); });
+  s.bind(j.sport, j.src, () => {
+    if (!j.frags) return s.send(Buffer.alloc(3000, 7), ${PORT}, j.family === 4 ? '${VIP[4]}' : '${VIP[6]}');
+    for (const f of j.frags) { const b = Buffer.from(f, 'base64'); tun.write(b, 0, b.length); }
+  });
+});
+const out = {};
+const results = await Promise.all(jobs.map(one));
+jobs.forEach((j, i) => (out[j.src] = results[i]));
+console.log(JSON.stringify(out));
+process.exit(0);`;
+
+interface Job { src: string; sport: number; family: Family; frags?: string[] }
+
+function sources(family: Family, n: number, base: number): string[] {
+  // Within the tester's client ranges 50.0.0.0/16 and 2000::/112.
+  return Array.from({ length: n }, (_, i) => (family === 4 ? `50.0.${base}.${i + 1}` : `2000::${(base * 256 + i + 1).toString(16)}`));
+}
+
+/** Hand-made fragments of a 3000-byte datagram, last first (the first fragment comes last). */
+function reordered(family: Family, src: string, sport: number, id: number): string[] {
+  const dst = VIP[family];
+  const b = family === 4 ? ipv4({ src, dst }) : ipv6({ src, dst });
+  const frags = fragmentPacket(b.udp({ sport, dport: PORT }).payload(3000).build(), 1232, id);
+  return frags.reverse().map((f) => Buffer.from(f).toString('base64'));
+}
+
+function runClient(jobs: Job[]): Record<string, string | null> {
+  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', '--input-type=module', '-e', CLIENT_JS], { input: JSON.stringify(jobs), encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`client failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as Record<string, string | null>;
+}
+
+/** The server nfqlb's hash gives this 5-tuple (the first fragment's), as the reply names it. */
+function expectedServer(family: Family, src: string, sport: number): string {
+  const ep = (a: string, p: number) => (family === 4 ? `${a}:${p}` : `[${a}]:${p}`);
+  const r = JSON.parse(nfqlb('fwmark', `--shm=${SHM}`, '--proto=udp', `--src=${ep(src, sport)}`, `--dst=${ep(VIP[family], PORT)}`)) as { fwmark: number };
+  return `vm-${String(r.fwmark - 100).padStart(3, '0')}`;
+}
+
+function checkAnswers(family: Family, answers: Record<string, string | null>, sport: number): void {
+  const servers = new Set<string>();
+  for (const [src, answer] of Object.entries(answers)) {
+    const name = expectedServer(family, src, sport);
+    expect(answer, `datagram from ${src}`).toBe(`${name} 3000`);
+    servers.add(name);
+  }
+  // The sources spread over the servers: a wrong hash could not hit the right one every time.
+  expect(servers.size).toBeGreaterThan(1);
+}
+
+beforeAll(() => {
+  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 2 });
+  for (let n = 1; n <= NVM; n++) {
+    procs.push(topo.spawn(topo.ns.server(n), ['node', '--input-type=module', '-e', SERVER_JS, `vm-${String(n).padStart(3, '0')}`, String(PORT)]));
+  }
+  for (const i of [1, 2]) {
+    const r = topo.ns.router(i);
+    // Conntrack off (it would reassemble), VIP packets to queue 2 from any interface: stored
+    // fragments come back through the tun device and must be queued again.
+    for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+      topo.exec(r, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+      topo.exec(r, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
+    }
+    topo.exec(r, ['sysctl', '-qw', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth2.send_redirects=0']);
+    topo.ip(r, ['tuntap add dev nfqlb0 mode tun', 'link set nfqlb0 up']);
+    for (const family of [4, 6] as const) {
+      const lines: string[] = [];
+      for (let n = 1; n <= NVM; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
+      // The LB tier: fwmark 200+j is router j (an LB never forwards with its own fwmark).
+      for (const j of [1, 2].filter((j) => j !== i)) lines.push(`rule add fwmark ${200 + j} table ${200 + j}`, `route add default via ${routerAddr(j, 2, family)} table ${200 + j}`);
+      topo.exec(r, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+    }
+  }
+  // The tester's tun for hand-made fragments: it forwards them (their local source is accepted).
+  topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.accept_local=1',
+    'net.ipv4.conf.all.accept_redirects=0', 'net.ipv6.conf.all.accept_redirects=0']);
+  topo.ip(topo.ns.tester, ['tuntap add dev tfrag mode tun', 'link set tfrag up']);
+  topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.conf.tfrag.accept_local=1']);
+  nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
+  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  for (const i of [1, 2]) {
+    nfqlb('init', `--shm=tlbf-lb${i}`, `--ownfw=${200 + i}`, '--M=401', '--N=10');
+    for (const j of [1, 2]) nfqlb('activate', `--shm=tlbf-lb${i}`, `--index=${j}`, String(200 + j));
+  }
+});
+
+afterAll(() => {
+  for (const p of procs) p.kill('SIGKILL');
+  topo?.destroy();
+  for (const shm of [SHM, 'tlbf-lb1', 'tlbf-lb2', 'tlbf-ft1', 'tlbf-ft2']) {
+    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+  }
+  expect(labNamespaces(PREFIX)).toEqual([]);
+});
+
+describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
+  it('reaches the first fragment’s server whole, in order and reordered (--tun)', async () => {
+    const lb = await startLb(1, '--tun=nfqlb0');
+    let counters: Record<string, number>;
+    try {
+      const inOrder = sources(family, 16, 1).map((src): Job => ({ src, sport: 7001, family }));
+      checkAnswers(family, runClient(inOrder), 7001);
+      const late = sources(family, 16, 2).map((src, i): Job => ({ src, sport: 7002, family, frags: reordered(family, src, 7002, 0x100 + i) }));
+      checkAnswers(family, runClient(late), 7002);
+      const stats = JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft1')) as Record<string, number>;
+      // 16 reordered datagrams of 3 fragments: 2 stored each, then re-injected.
+      expect(stats.fragsAllocated).toBe(32);
+      expect(stats.fragsDiscarded).toBe(0);
+      expect(stats.inserts).toBeGreaterThanOrEqual(32);
+      expect(stats).toMatchObject({ hsize: 500, ttlMillis: 200, mtu: 1500, fragsMax: 100, bucketsMax: 500 });
+    } finally {
+      counters = await stopLb(lb);
+    }
+    expect(counters.fragsStored).toBe(32);
+    expect(counters.fragsInjected).toBe(32);
+    expect(counters.fragsInjectFailed).toBe(0);
+  });
+
+  it('loses reordered datagrams without --tun (nothing is stored), in-order ones still arrive', async () => {
+    const lb = await startLb(1);
+    try {
+      const inOrder = sources(family, 8, 3).map((src): Job => ({ src, sport: 7003, family }));
+      checkAnswers(family, runClient(inOrder), 7003);
+      const late = sources(family, 4, 4).map((src, i): Job => ({ src, sport: 7004, family, frags: reordered(family, src, 7004, 0x200 + i) }));
+      expect(Object.values(runClient(late))).toEqual([null, null, null, null]);
+      expect(JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft1'))).toMatchObject({ fragsMax: 0, fragsAllocated: 0 });
+    } finally {
+      await stopLb(lb);
+    }
+  });
+});
+
+describe('LB tier (--lbshm)', () => {
+  it('sends fragments to the LB that owns their addresses; all datagrams arrive whole', async () => {
+    const lb1 = await startLb(1, '--tun=nfqlb0', '--lbshm=tlbf-lb1');
+    const lb2 = await startLb(2, '--tun=nfqlb0', '--lbshm=tlbf-lb2');
+    let c1: Record<string, number>;
+    try {
+      for (const family of [4, 6] as const) {
+        const inOrder = sources(family, 16, 5).map((src): Job => ({ src, sport: 7005, family }));
+        checkAnswers(family, runClient(inOrder), 7005);
+        const late = sources(family, 8, 6).map((src, i): Job => ({ src, sport: 7006, family, frags: reordered(family, src, 7006, 0x300 + i) }));
+        checkAnswers(family, runClient(late), 7006);
+      }
+      // Router 2 only sees what router 1 forwards to it: the fragments it owns.
+      const s2 = JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft2')) as Record<string, number>;
+      expect(s2.inserts).toBeGreaterThan(0);
+    } finally {
+      c1 = await stopLb(lb1);
+      await stopLb(lb2);
+    }
+    expect(c1.fragsToLbTier).toBeGreaterThan(0);
+  });
+});
