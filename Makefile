@@ -45,8 +45,10 @@ test: build
 bench: build
 	node dist/src/bench/index.js
 
+# The lab's main job: 100 connections to 10 servers through nfqlb, servers 1 and 2 scaled in and
+# out again, over IPv4 and IPv6; prints the loss table and the plots' paths, removes the lab.
 demo: build
-	node bin/lblab.js test --nvm=10 --scale="1 2" nfqueue_scale
+	node bin/lblab.js test --nvm=10 --scale="1 2" --family=4,6 --view nfqueue_scale
 
 clean:
 	rm -rf build dist

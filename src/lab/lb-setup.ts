@@ -177,7 +177,16 @@ export function ecmpLb(lab: LabHandle): LoadBalancer {
   return {
     kind: 'ecmp',
     async start() {
-      for (const i of routers(topo)) topo.setRouterVipRoute(i, active);
+      for (const i of routers(topo)) {
+        // Separate machines hash a flow each with a secret of their own, so ECMP routers
+        // disagree on the server; namespaces would all agree: hash policy 1 reuses the L4 hash
+        // that the tester's socket put on the skb (it survives the veths). Policy 3 hashes the
+        // 5-tuple itself (fields 0x37), with a seed per router (net.ipv4's seed serves IPv6 too).
+        topo.exec(topo.ns.router(i), ['sysctl', '-qw', `net.ipv4.fib_multipath_hash_seed=${200 + i}`,
+          'net.ipv4.fib_multipath_hash_policy=3', 'net.ipv4.fib_multipath_hash_fields=0x37',
+          'net.ipv6.fib_multipath_hash_policy=3', 'net.ipv6.fib_multipath_hash_fields=0x37']);
+        topo.setRouterVipRoute(i, active);
+      }
     },
     setServers(list, on) {
       const next = on ? [...new Set([...active, ...list])].sort((a, b) => a - b) : active.filter((n) => !list.includes(n));

@@ -37,6 +37,7 @@ export const TESTS: Readonly<Record<string, TestSpec>> = {
   ipvs: { lb: 'ipvs', kind: 'basic' },
   ipvs_scale: { lb: 'ipvs', kind: 'scale' },
   xdp: { lb: 'xdp', kind: 'basic' },
+  xdp_scale: { lb: 'xdp', kind: 'scale' },
   start_nfqueue: { lb: 'nfqueue', kind: 'start' },
   start_ecmp: { lb: 'ecmp', kind: 'start' },
   start_xdp: { lb: 'xdp', kind: 'start' },

@@ -7,6 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { xdpUnavailable } from '../../src/lab/lb-setup.js';
 import { removeLab, runTest, type LabOptions, type ScaleRun } from '../../src/lab/suite.js';
 import { labNamespaces, vmName } from '../../src/lab/topology.js';
 
@@ -132,6 +133,47 @@ describe('scale tests', () => {
     // About 28% in theory for 10 next-hops (an edge target: 50%).
     expect(scaleIn!.lost).toBeLessThanOrEqual(50);
     expect(Object.keys(scaleIn!.lostByHost).length).toBeGreaterThan(1);
+    expect(labNamespaces(PREFIX)).toEqual([]);
+  });
+
+  test('nfqueue_scale_in, SYN-only: conntrack keeps established connections on their server', async () => {
+    const r = await runTest('nfqueue_scale_in', options({ scale: [1, 2], synOnly: true, durationMs: 5000 }));
+    expect(r.ok, r.problems.join('; ')).toBe(true);
+    const run = r.runs[0]!;
+    expectHealthyRun(run);
+    // Removed from nfqlb's table, vm-001/002 get no new connections, but keep their old ones.
+    expect(run.report.phases[0]).toMatchObject({ lost: 0 });
+    expect(run.report.phases[0]!.ideal).toBeGreaterThan(0);
+    expect(run.report.after).toEqual(run.report.before);
+  });
+
+  test('nfqueue_scale_lb: two nfqlb routers behind ECMP agree on every flow, so none is lost', async () => {
+    const r = await runTest('nfqueue_scale_lb', options({ nrouters: 2, scale: [201], durationMs: 5000 }));
+    expect(r.ok, r.problems.join('; ')).toBe(true);
+    const run = r.runs[0]!;
+    expectHealthyRun(run);
+    expect(run.report.phases.map((p) => [p.event.kind, p.event.targets, p.lost, p.ideal])).toEqual([
+      ['scale-in', ['vm-201'], 0, 0],
+      ['scale-out', ['vm-201'], 0, 0],
+    ]);
+    expect(labNamespaces(PREFIX)).toEqual([]);
+    expect(labShm()).toEqual([]);
+  });
+
+  test('ecmp_scale_lb: ECMP routers hash each with a secret of their own, so moved flows break', async () => {
+    const r = await runTest('ecmp_scale_lb', options({ nrouters: 2, scale: [201], durationMs: 5000 }));
+    expect(r.ok, r.problems.join('; ')).toBe(true);
+    const run = r.runs[0]!;
+    expectHealthyRun(run);
+    // About half the flows came through vm-201; vm-202 sends ~90% of them to another server.
+    expect(run.report.phases[0]!.lost).toBeGreaterThanOrEqual(20);
+    expect(run.report.phases[0]!.lost).toBeLessThanOrEqual(75);
+  });
+
+  test.skipIf(xdpUnavailable() !== null)('xdp: xdplb on the router reaches every server over IPv4 and IPv6', async () => {
+    const r = await runTest('xdp', options({ nvm: 4 }));
+    expect(r.problems).toEqual([]);
+    expect(r.mconnect.map((m) => [m.family, Object.keys(m.result.hosts).sort()])).toEqual([4, 6].map((f) => [f, ALL_SERVERS.slice(0, 4)]));
     expect(labNamespaces(PREFIX)).toEqual([]);
   });
 });
