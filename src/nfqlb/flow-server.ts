@@ -63,6 +63,7 @@ export function specOfRequest(req: FlowRequest, withTarget: boolean): FlowSpec {
 export class FlowServer {
   readonly flows = new FlowSet();
   readonly traceFlows = new FlowSet();
+  private readonly open = new Set<Socket>();
 
   private constructor(
     private readonly server: Server,
@@ -86,8 +87,11 @@ export class FlowServer {
     });
   }
 
+  /** Stops listening and drops connections still open (a client must not keep us alive). */
   close(): Promise<void> {
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const c of this.open) c.destroy();
+    return closed;
   }
 
   /** matches_count of a flow: the sum over the queues. */
@@ -98,8 +102,12 @@ export class FlowServer {
   }
 
   private accept(c: Socket): void {
+    this.open.add(c);
+    c.on('close', () => this.open.delete(c));
     c.on('error', () => c.destroy());
     if (this.address.kind === 'unix' && !isRootPeer(c)) {
+      // Read (and ignore) the request so the connection can finish closing.
+      c.resume();
       c.end('FAIL: permission denied (root only)\0');
       return;
     }
@@ -115,6 +123,7 @@ export class FlowServer {
       const req = parseRequest(text);
       if (req === null) return;
       c.removeAllListeners('data');
+      c.resume();
       c.end(this.handle(req));
     });
   }

@@ -1,0 +1,200 @@
+// nfqlb flowlb through the kernel: flows set over the flow channel steer real TCP connections
+// to different target tables by port, source CIDR, priority and byte match; no match means
+// --nolb_fwmark; flow-list reports counts; the channel works over tcp too and refuses non-root
+// peers on the unix socket.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { createTopology, serverAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const NFQLB = `${ROOT}bin/nfqlb.js`;
+const PREFIX = 'tlbf-';
+const NVM = 4;
+// Two target tables: servers 1-2 and servers 3-4.
+const WEB = 'tlbf-web';
+const OTHER = 'tlbf-other';
+
+let topo: Topology;
+let router: string;
+const procs: ChildProcess[] = [];
+
+function nfqlb(...args: string[]): string {
+  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
+}
+
+/** Runs an nfqlb command in the router namespace (the flow channel is per namespace). */
+function inRouter(args: string[], env: Record<string, string> = {}, prefix: string[] = []): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('ip', ['netns', 'exec', router, ...prefix, 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, ...args], { encoding: 'utf8' });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function flowSet(...args: string[]): string {
+  const r = inRouter(['flow-set', ...args]);
+  expect(r.stdout, r.stderr).toBe('OK\n');
+  return r.stdout;
+}
+
+function startFlowLb(env: Record<string, string>, ...args: string[]): Promise<ChildProcess> {
+  const lb = topo.spawn(router, ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, 'flowlb', '--ft_shm=tlbf-ftflow', ...args]);
+  procs.push(lb);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    lb.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving queue')) resolve(lb);
+    });
+    lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    lb.once('exit', (code) => reject(new Error(`nfqlb flowlb exited (${code}): ${out}`)));
+  });
+}
+
+async function stop(lb: ChildProcess): Promise<void> {
+  const exited = new Promise((r) => lb.once('exit', r));
+  lb.kill('SIGTERM');
+  await exited;
+}
+
+interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }
+
+function mconnect(family: Family, srccidr: string, nconn = 20, timeout = '3s'): MconnectResult {
+  const address = family === 4 ? `${VIP[4]}:5001` : `[${VIP[6]}]:5001`;
+  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', `${ROOT}dist/src/lab/traffic/mconnect.js`,
+    `--address=${address}`, `--nconn=${nconn}`, `--srccidr=${srccidr}`, `--timeout=${timeout}`, '--output=json'], { encoding: 'utf8' });
+  return JSON.parse(r.stdout) as MconnectResult;
+}
+
+const hostName = (n: number) => `vm-${String(n).padStart(3, '0')}`;
+const hostsOf = (r: MconnectResult) => Object.keys(r.hosts).sort();
+
+beforeAll(() => {
+  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
+  router = topo.ns.router(1);
+  for (let n = 1; n <= NVM; n++) {
+    procs.push(topo.spawn(topo.ns.server(n), ['node', `${ROOT}dist/src/lab/traffic/server.js`, `--name=${hostName(n)}`]));
+  }
+  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+    topo.exec(router, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+    topo.exec(router, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
+  }
+  for (const family of [4, 6] as const) {
+    const lines: string[] = [];
+    for (let n = 1; n <= NVM; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
+    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+  }
+  nfqlb('init', `--shm=${WEB}`, '--M=997', '--N=10');
+  nfqlb('activate', `--shm=${WEB}`, '101', '102');
+  nfqlb('init', `--shm=${OTHER}`, '--M=997', '--N=10');
+  nfqlb('activate', `--shm=${OTHER}`, '103', '104');
+});
+
+afterAll(() => {
+  for (const p of procs) p.kill('SIGKILL');
+  topo?.destroy();
+  for (const shm of [WEB, OTHER, 'tlbf-ftflow']) {
+    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+  }
+  expect(labNamespaces(PREFIX)).toEqual([]);
+});
+
+describe('nfqlb flowlb', () => {
+  it('steers connections by flow, priority, source CIDR and byte match; lists and deletes flows', async () => {
+    const lb = await startFlowLb({});
+    try {
+      // No flow: --nolb_fwmark defaults to drop.
+      expect(mconnect(4, '50.0.1.0/24', 5, '1s').failed_connects).toBe(5);
+
+      flowSet('--name=web', `--target=${WEB}`, '--prio=10', '--protocols=tcp', '--dports=5001', '--dsts=10.0.0.0/24,1000::/120');
+      for (const family of [4, 6] as const) {
+        const r = mconnect(family, family === 4 ? '50.0.1.0/24' : '2000::100/120');
+        expect(r.failed_connects + r.failed_reads).toBe(0);
+        expect(hostsOf(r)).toEqual([hostName(1), hostName(2)]);
+      }
+
+      // A higher priority flow with a byte match (TCP destination port 5001) for one source range.
+      flowSet('--name=special', `--target=${OTHER}`, '--prio=20', '--protocols=tcp', '--srcs=50.0.2.0/24', '--match=tcp[2:2] = 5001,tcp[0:4] & 0x0000ffff = 5001');
+      const special = mconnect(4, '50.0.2.0/24');
+      expect(special.failed_connects + special.failed_reads).toBe(0);
+      expect(hostsOf(special)).toEqual([hostName(3), hostName(4)]);
+      expect(hostsOf(mconnect(4, '50.0.1.0/24'))).toEqual([hostName(1), hostName(2)]);
+
+      // A byte match that does not hold leaves the packets to the next flow.
+      flowSet('--name=special', `--target=${OTHER}`, '--prio=20', '--protocols=tcp', '--srcs=50.0.2.0/24', '--match=tcp[2:2] = 5002');
+      expect(hostsOf(mconnect(4, '50.0.2.0/24'))).toEqual([hostName(1), hostName(2)]);
+
+      const names = JSON.parse(inRouter(['flow-list-names']).stdout) as string[];
+      expect(names).toEqual(['special', 'web']);
+      const list = JSON.parse(inRouter(['flow-list']).stdout) as Record<string, unknown>[];
+      expect(list[1]).toMatchObject({
+        name: 'web', priority: 10, protocols: ['tcp'], dests: ['::ffff:10.0.0.0/120', '1000::/120'], dports: ['5001'], user_ref: WEB,
+      });
+      expect(list[0]).toMatchObject({ name: 'special', match: ['tcp[2:2]=0x138a'], srcs: ['::ffff:50.0.2.0/120'] });
+      // Every packet of a connection is counted (SYN, ACKs, FIN): at least 3 per connection.
+      expect(list[1]!.matches_count as number).toBeGreaterThanOrEqual(3 * 80);
+      const one = JSON.parse(inRouter(['flow-list', '--name=web']).stdout) as Record<string, unknown>;
+      expect(one.name).toBe('web');
+
+      expect(inRouter(['flow-delete', '--name=web']).stdout).toBe('OK\n');
+      expect(inRouter(['flow-delete', '--name=special']).stdout).toBe('OK\n');
+      expect(JSON.parse(inRouter(['flow-list']).stdout)).toEqual([]);
+      expect(mconnect(6, '2000::100/120', 5, '1s').failed_connects).toBe(5);
+    } finally {
+      await stop(lb);
+    }
+  });
+
+  it('hashes a flow without protocols on addresses; --nolb_fwmark catches the rest', async () => {
+    const lb = await startFlowLb({}, '--nolb_fwmark=104');
+    try {
+      const none = mconnect(6, '2000::200/120', 10);
+      expect(none.hosts).toEqual({ [hostName(4)]: 10 });
+      flowSet('--name=all', `--target=${WEB}`, '--srcs=50.0.3.0/24');
+      const r = mconnect(4, '50.0.3.0/24', 40);
+      expect(r.failed_connects + r.failed_reads).toBe(0);
+      expect(hostsOf(r)).toEqual([hostName(1), hostName(2)]);
+      // Address-only hash: the server is nfqlb fwmark's without a protocol, for every connection.
+      const viaNoProto = (src: string) =>
+        (JSON.parse(nfqlb('fwmark', `--shm=${WEB}`, `--src=${src}`, `--dst=${VIP[4]}`)) as { fwmark: number }).fwmark;
+      const fws = new Set([1, 2, 3, 4, 5, 6].map((h) => viaNoProto(`50.0.3.${h}`)));
+      expect([...fws].every((fw) => fw === 101 || fw === 102)).toBe(true);
+    } finally {
+      await stop(lb);
+    }
+  });
+
+  it('serves the flow channel on a tcp address and refuses non-root peers on the unix socket', async () => {
+    const env = { NFQLB_FLOW_ADDRESS: 'tcp:[::1]:10033' };
+    const lb = await startFlowLb(env);
+    try {
+      const set = inRouter(['flow-set', '--name=t', `--target=${WEB}`, '--protocols=udp,tcp'], env);
+      expect(set.stdout).toBe('OK\n');
+      expect(JSON.parse(inRouter(['flow-list-names'], env).stdout)).toEqual(['t']);
+      const bad = inRouter(['flow-set', '--name=t2', '--target=tlbf-none'], env);
+      expect(bad.stdout).toBe("FAIL: Couldn't create load-balancer\n");
+      expect(bad.status).toBe(1);
+      const refused = inRouter(['flow-list-names']);
+      expect(refused.status).toBe(1);
+      expect(refused.stderr).toMatch(/Connect failed/);
+    } finally {
+      await stop(lb);
+    }
+    const lb2 = await startFlowLb({});
+    try {
+      const nobody = inRouter(['flow-list-names'], {}, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']);
+      expect(nobody.stdout).toMatch(/^FAIL: permission denied/);
+      expect(JSON.parse(inRouter(['flow-list-names']).stdout)).toEqual([]);
+      // Client-side checks, as the reference's: one line, non-zero, nothing sent.
+      const noProto = inRouter(['flow-set', '--name=x', `--target=${WEB}`, '--dports=80']);
+      expect(noProto.status).toBe(1);
+      expect(noProto.stderr).toMatch(/ports specified without protocols/);
+      const encap = inRouter(['flow-set', '--name=x', `--target=${WEB}`, '--protocols=tcp', '--udpencap=9899']);
+      expect(encap.stderr).toMatch(/udpencap specified without sctp/);
+      const badMatch = inRouter(['flow-set', '--name=x', `--target=${WEB}`, '--match=tcp[40:2] = 1']);
+      expect(badMatch.stdout).toMatch(/^FAIL: match out of bounds/);
+    } finally {
+      await stop(lb2);
+    }
+  });
+});
