@@ -54,7 +54,7 @@ const nexthops = (list: readonly number[], family: Family): string =>
   list.length === 1 ? `via ${serverAddr(list[0]!, family)}` : list.map((n) => `nexthop via ${serverAddr(n, family)}`).join(' ');
 
 /** Shared memory names are global (/dev/shm is not per namespace): one table per router. */
-export function shmName(topo: Topology, what: 'nfqlb' | 'nfqlbLb' | 'xdplb', router: number): string {
+export function shmName(topo: Topology, what: 'nfqlb' | 'nfqlbLb' | 'ftshm' | 'xdplb', router: number): string {
   return `${topo.prefix}${what}-${200 + router}`;
 }
 
@@ -68,14 +68,10 @@ export function removeLabShm(prefix: string): void {
 // NFQUEUE: nfqlb on every router, exactly as the original router setup (REFERENCE-CLI.md).
 
 const NFQUEUE_NUM = 2;
+/** The tun device nfqlb re-injects stored fragments through. */
+const TUN = 'nfqlb0';
 const serverFwmark = (n: number): number => 100 + n;
 const lbFwmark = (i: number): number => 200 + i;
-
-/** Options that our `nfqlb lb` lists in its help (the LB-tier table and tun re-injection are newer). */
-function lbOptions(): Set<string> {
-  const help = run([...binArgv('nfqlb'), 'lb', '-h']);
-  return new Set([...help.matchAll(/--([a-z_]+)=/g)].map((m) => m[1]!));
-}
 
 /** iptables-restore input for one family: the VIP chain, optionally the SYN-only connmark chains. */
 function nfqueueRules(family: Family, synOnly: boolean): string {
@@ -96,20 +92,18 @@ function nfqueueRules(family: Family, synOnly: boolean): string {
       `-A POSTROUTING -d ${vipNet} -j VIPOUT`,
     );
   }
-  lines.push(`-A VIP -j NFQUEUE --queue-num ${NFQUEUE_NUM}`, `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`, 'COMMIT');
+  // Fragments nfqlb stored come back through its tun device and must be queued again.
+  lines.push(`-A VIP -j NFQUEUE --queue-num ${NFQUEUE_NUM}`, `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`,
+    `-A PREROUTING -i ${TUN} -d ${vipNet} -j VIP`, 'COMMIT');
   return lines.join('\n') + '\n';
 }
 
 export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
   const { topo } = lab;
   const nfqlb = (router: number, args: string[]): string => topo.exec(topo.ns.router(router), [...binArgv('nfqlb'), ...args]);
-  let withLbTier = false;
   return {
     kind: 'nfqueue',
     async start() {
-      const supported = lbOptions();
-      withLbTier = supported.has('lbshm');
-      const tun = supported.has('tun');
       for (const i of routers(topo)) {
         const ns = topo.ns.router(i);
         const shm = shmName(topo, 'nfqlb', i);
@@ -123,26 +117,26 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
             routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${serverAddr(n, family)} table ${t}`);
           }
         }
-        if (withLbTier) {
-          // The LB tier: fragments are handed to the LB that owns the flow (fwmark 200+j).
-          const lbShm = shmName(topo, 'nfqlbLb', i);
-          nfqlb(i, ['init', `--shm=${lbShm}`, `--ownfw=${lbFwmark(i)}`, '--M=400', `--N=${Math.max(10, topo.nrouters + 1)}`]);
-          for (const j of routers(topo)) {
-            nfqlb(i, ['activate', `--shm=${lbShm}`, `--index=${j}`, String(lbFwmark(j))]);
-            if (j === i) continue;
-            for (const family of [4, 6] as const) {
-              const t = lbFwmark(j);
-              routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${routerAddr(j, 2, family)} table ${t}`);
-            }
+        // The LB tier: a fragment goes to the LB that owns its addresses (fwmark 200+j), which
+        // holds the flow's first fragment; an LB never forwards with its own fwmark.
+        const lbShm = shmName(topo, 'nfqlbLb', i);
+        nfqlb(i, ['init', `--shm=${lbShm}`, `--ownfw=${lbFwmark(i)}`, '--M=400', `--N=${Math.max(10, topo.nrouters + 1)}`]);
+        for (const j of routers(topo)) {
+          nfqlb(i, ['activate', `--shm=${lbShm}`, `--index=${j}`, String(lbFwmark(j))]);
+          if (j === i) continue;
+          for (const family of [4, 6] as const) {
+            const t = lbFwmark(j);
+            routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${routerAddr(j, 2, family)} table ${t}`);
           }
         }
         for (const family of [4, 6] as const) topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], routes[family].join('\n') + '\n');
+        topo.ip(ns, [`tuntap add dev ${TUN} mode tun`, `link set ${TUN} up`]);
+        // Handing a fragment to another LB sends it out of the interface it came in by: no redirects.
+        topo.exec(ns, ['sysctl', '-qw', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth2.send_redirects=0']);
         topo.exec(ns, ['iptables-restore', '--noflush'], nfqueueRules(4, o.synOnly));
         topo.exec(ns, ['ip6tables-restore', '--noflush'], nfqueueRules(6, o.synOnly));
-        const args = ['lb', `--tshm=${shm}`, `--queue=${NFQUEUE_NUM}`];
-        if (withLbTier) args.push(`--lbshm=${shmName(topo, 'nfqlbLb', i)}`);
-        if (tun) args.push('--tun=nfqlb0');
-        await lab.daemon(ns, [...binArgv('nfqlb'), ...args], `${topo.ns.router(i)}-nfqlb`, 'serving queue');
+        await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shm}`, `--lbshm=${lbShm}`, `--tun=${TUN}`,
+          `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`], `${topo.ns.router(i)}-nfqlb`, 'serving queue');
       }
     },
     setServers(list, active) {
@@ -161,8 +155,9 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
         `${cli} show --shm=${shm}`,
         `${cli} deactivate --shm=${shm} --index=1     # scale in server 1`,
         `${cli} activate --shm=${shm} --index=1 ${serverFwmark(1)}   # and back`,
+        `${cli} show --shm=${shmName(topo, 'nfqlbLb', 1)}   # the LB tier`,
+        `${cli} stats --ft_shm=${shmName(topo, 'ftshm', 1)}   # fragment table`,
         `iptables -t mangle -vnL; ip rule; ip route show table ${serverFwmark(1)}`,
-        ...(withLbTier ? [`${cli} show --shm=${shmName(topo, 'nfqlbLb', 1)}   # the LB tier`] : []),
       ];
     },
   };
