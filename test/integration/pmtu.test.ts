@@ -1,0 +1,173 @@
+// Path MTU discovery through nfqlb, for real: clients sit behind a link with a smaller MTU
+// (1300) than the servers' path (1500). A server's full-size DSR segments make the last router
+// (the tester) send "fragmentation needed" / "packet too big" back to the VIP, so they arrive at
+// the load-balancer like any VIP packet. Only the server that owns the connection can act on
+// it; nfqlb must hash the error on its quoted header, swapped. With 4 servers, a wrong choice
+// stalls the transfer (no PMTU blackhole detection), so every download must complete, and the
+// lb's packet trace must show each error marked for the server that sent the data.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { createTopology, serverAddr, testerAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import { addNs } from '../../src/lab/netns.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const NFQLB = `${ROOT}bin/nfqlb.js`;
+const PREFIX = 'tlbf-';
+const CLIENT = 'tlbf-client';
+const SHM = 'tlbf-pmtu';
+const NVM = 4;
+const PORT = 5010;
+const BYTES = 300_000;
+const CLIENT_ADDR = { 4: '60.0.0.2', 6: '3000::2' } as const;
+
+let topo: Topology;
+let router: string;
+const procs: ChildProcess[] = [];
+
+function nfqlb(...args: string[]): string {
+  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
+}
+
+// On every server: each connection gets "<name>\n" and then BYTES bytes.
+const SERVER_JS = `
+import { createServer } from 'node:net';
+const name = process.argv[1];
+createServer((c) => { c.on('error', () => {}); c.write(name + '\\n'); c.end(Buffer.alloc(${BYTES}, 120)); })
+  .listen({ host: '::', port: ${PORT}, ipv6Only: false });`;
+
+// On the client: n parallel downloads; prints [{ port, server, bytes }] (bytes -1 on timeout).
+const CLIENT_JS = `
+import { connect } from 'node:net';
+const [host, n] = [process.argv[1], Number(process.argv[2])];
+const one = () => new Promise((resolve) => {
+  const c = connect({ host, port: ${PORT} });
+  let data = '';
+  let port = 0;
+  const timer = setTimeout(() => { c.destroy(); resolve({ port, server: data.split('\\n')[0], bytes: -1 }); }, 8000);
+  c.setEncoding('latin1');
+  c.on('connect', () => (port = c.localPort));
+  c.on('data', (d) => (data += d));
+  c.on('error', () => {});
+  c.on('close', () => { clearTimeout(timer); const nl = data.indexOf('\\n'); resolve({ port, server: data.slice(0, nl), bytes: data.length - nl - 1 }); });
+});
+console.log(JSON.stringify(await Promise.all(Array.from({ length: n }, one))));`;
+
+interface Download { port: number; server: string; bytes: number }
+
+function download(family: Family, n: number): Download[] {
+  const r = spawnSync('ip', ['netns', 'exec', CLIENT, 'node', '--input-type=module', '-e', CLIENT_JS, VIP[family], String(n)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`client failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as Download[];
+}
+
+beforeAll(() => {
+  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
+  router = topo.ns.router(1);
+  for (let n = 1; n <= NVM; n++) {
+    procs.push(topo.spawn(topo.ns.server(n), ['node', '--input-type=module', '-e', SERVER_JS, `vm-${String(n).padStart(3, '0')}`]));
+  }
+  // The client behind the tester: the tester's side of the link has MTU 1300, so the tester
+  // cannot forward the servers' 1500-byte packets to it and answers with ICMP.
+  addNs(CLIENT);
+  topo.ip(topo.ns.tester, [
+    `link add tc0 mtu 1300 type veth peer name eth0 netns ${CLIENT}`,
+    'link set tc0 up',
+    'addr add 60.0.0.1/24 dev tc0',
+    'addr add 3000::1/64 dev tc0 nodad',
+  ]);
+  topo.ip(CLIENT, ['link set eth0 up', `addr add ${CLIENT_ADDR[4]}/24 dev eth0`, `addr add ${CLIENT_ADDR[6]}/64 dev eth0 nodad`,
+    'route add default via 60.0.0.1', 'route add default via 3000::1']);
+  // No ICMP rate limit: every error counts, and all of them go to the same destination (the VIP).
+  topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.icmp_ratelimit=0', 'net.ipv6.icmp.ratelimit=0']);
+  topo.ip(router, [`route add 60.0.0.0/24 via ${testerAddr(4)}`, `route add 3000::/64 via ${testerAddr(6)}`]);
+  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+    topo.exec(router, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+    topo.exec(router, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
+  }
+  for (const family of [4, 6] as const) {
+    const lines: string[] = [];
+    for (let n = 1; n <= NVM; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
+    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+  }
+  nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
+  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+});
+
+afterAll(() => {
+  for (const p of procs) p.kill('SIGKILL');
+  topo?.destroy(); // also removes the client namespace: it has the lab prefix
+  for (const shm of [SHM, 'tlbf-ftpmtu']) {
+    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+  }
+  expect(labNamespaces(PREFIX)).toEqual([]);
+});
+
+function startLb(): Promise<ChildProcess> {
+  const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, '--ft_shm=tlbf-ftpmtu']);
+  procs.push(lb);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    lb.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving queue')) resolve(lb);
+    });
+    lb.once('exit', (code) => reject(new Error(`nfqlb lb exited (${code}): ${out}`)));
+  });
+}
+
+interface Trace { lines: () => Record<string, unknown>[]; stop: () => Promise<void> }
+
+/** `nfqlb trace --selection=packet` in the router, once active: the lb's decisions as JSON lines. */
+function startTrace(): Promise<Trace> {
+  const t = spawn('ip', ['netns', 'exec', router, 'node', NFQLB, 'trace', '--selection=packet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(t);
+  let out = '';
+  const active = new Promise<void>((resolve, reject) => {
+    t.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('Trace active')) resolve();
+    });
+    t.once('exit', (code) => reject(new Error(`nfqlb trace exited (${code})`)));
+  });
+  return active.then(() => ({
+    lines: () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
+    stop: async () => {
+      if (t.exitCode !== null || t.signalCode !== null) return;
+      const exited = new Promise((r) => t.once('exit', r));
+      t.kill('SIGINT');
+      await exited;
+    },
+  }));
+}
+
+describe.each([4, 6] as const)('PMTU discovery through nfqlb, IPv%i', (family) => {
+  it('delivers the ICMP error to the server that owns the connection', async () => {
+    const lb = await startLb();
+    const trace = await startTrace();
+    try {
+      const downloads = download(family, 8);
+      for (const d of downloads) expect(d, `download from port ${d.port}`).toMatchObject({ bytes: BYTES });
+      expect(new Set(downloads.map((d) => d.server)).size).toBeGreaterThan(1);
+      // Its output was not read while spawnSync blocked our event loop: let it drain first.
+      await trace.stop();
+      const errors = trace.lines().filter((l) => l.icmp !== undefined);
+      expect(errors.length).toBeGreaterThanOrEqual(downloads.length);
+      const serverOfPort = new Map(downloads.map((d) => [d.port, d.server]));
+      for (const e of errors) {
+        // The error's key is the quoted packet's, swapped: the client's side of the connection.
+        expect(e.icmp).toMatchObject({ type: family === 4 ? 3 : 2, inner: true });
+        expect(e.src).toBe(CLIENT_ADDR[family]);
+        expect(e.dport).toBe(PORT);
+        expect(`vm-${String((e.fwmark as number) - 100).padStart(3, '0')}`).toBe(serverOfPort.get(e.sport as number));
+      }
+    } finally {
+      await trace.stop();
+      const exited = new Promise((r) => lb.once('exit', r));
+      lb.kill('SIGTERM');
+      await exited;
+    }
+  });
+});
