@@ -3,7 +3,7 @@
 // `*_scale_in`, `*_scale_out` (100 long-lived ctraffic connections while servers are removed
 // and added back; loss report and plot), `*_scale_lb` (the same for load-balancers behind ECMP
 // on the tester) and `start_*` (leave the lab up for manual work).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -190,8 +190,8 @@ class Lab implements LabHandle {
     const kinds: ScaleEvent['kind'][] = kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' ? ['scale-in'] : ['scale-in', 'scale-out'];
     if (kind === 'scale_out') this.scaleTargets(kind, list, false);
 
-    const client = spawn('ip', ['netns', 'exec', topo.ns.tester, ...toolArgv('ctraffic'), `--address=${vipAddr(family, 5003)}`,
-      `--nconn=${o.nconn}`, `--rate=${o.rate}`, `--timeout=${durationMs}ms`, `--srccidr=${CLIENT_CIDR[family]}`, `--stats-file=${statsFile}`],
+    const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${vipAddr(family, 5003)}`, `--nconn=${o.nconn}`,
+      `--rate=${o.rate}`, `--timeout=${durationMs}ms`, `--srccidr=${CLIENT_CIDR[family]}`, `--stats-file=${statsFile}`],
     { stdio: ['ignore', 'ignore', 'pipe'] });
     this.procs.push(client);
     let stderr = '';

@@ -109,11 +109,13 @@ describe('scale tests', () => {
       const [scaleIn, scaleOut] = run.report.phases;
       expect(scaleIn!.event).toMatchObject({ kind: 'scale-in', targets: ['vm-001', 'vm-002'] });
       expect(scaleOut!.event.kind).toBe('scale-out');
-      // The connections on vm-001/002 must go; Maglev disturbs a few more, never a third.
+      // The connections on vm-001/002 must go; Maglev disturbs a few more (0-9 in a dozen runs).
       expect(scaleIn!.ideal).toBe((run.report.before['vm-001'] ?? 0) + (run.report.before['vm-002'] ?? 0));
       expect(scaleIn!.ideal).toBeGreaterThan(0);
       expect(scaleIn!.lost).toBeGreaterThanOrEqual(scaleIn!.ideal - 2);
-      expect(scaleIn!.lost).toBeLessThanOrEqual(35);
+      // At most 35 of 100; the random sources sometimes put more than 25 on vm-001/002 alone
+      // (a few % of runs), then at most 10 beyond the ideal.
+      expect(scaleIn!.lost).toBeLessThanOrEqual(Math.max(35, scaleIn!.ideal + 10));
       expect(scaleIn!.lostByHost['vm-001'] ?? 0).toBe(run.report.before['vm-001'] ?? 0);
       // Back in: the table is the original again, so only moved connections can break.
       expect(scaleOut!.lost).toBeLessThanOrEqual(scaleIn!.lost);
