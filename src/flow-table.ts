@@ -12,7 +12,7 @@ import { IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from './hash.js';
 import { parsePacket, type PacketInfo } from './packet.js';
 import { openShm } from './shm.js';
 import { TargetTable } from './target-table.js';
-import { TRACE, type Tracer } from './trace.js';
+import type { Tracer } from './trace.js';
 import type { TargetSelector } from './nfqlb/lb.js';
 
 /** A flow as set with `nfqlb flow-set` (the wire form of the flow channel). */
@@ -411,21 +411,28 @@ export class FlowSelector implements TargetSelector {
 
   select(buf: Uint8Array, off: number, len: number, p: PacketInfo): TargetTable | null {
     let i = this.find(buf, p);
-    if (i < 0) return null;
-    const encap = this.flows[i]!.udpencap;
+    const encap = i < 0 ? 0 : this.flows[i]!.udpencap;
     if (encap !== 0 && !p.sctpEncap && p.proto === IPPROTO_UDP && p.dport === encap) {
       // UDP to an SCTP encapsulation port: re-read it as SCTP and look again.
       parsePacket(buf, off, len, p, encap);
-      if ((p.proto as number) !== IPPROTO_SCTP) return null;
-      i = this.find(buf, p);
-      if (i < 0) return null;
+      i = (p.proto as number) === IPPROTO_SCTP ? this.find(buf, p) : -1;
+    }
+    if (i < 0) {
+      this.selectedName = '';
+      return null;
     }
     const flow = this.flows[i]!;
     this.counters[flow.slot]!++;
     this.addressOnly = flow.protoBits === 0;
     this.selectedName = flow.name;
-    if (this.tracer !== null && this.tracer.mask !== 0) this.traceFlow(buf, p, flow);
     return this.tables[i]!;
+  }
+
+  /** The first trace flow (trace-flow-set) taking the packet, or null. */
+  traceFlowName(buf: Uint8Array, p: PacketInfo): string | null {
+    const ping = isEchoRequest(p);
+    for (const f of this.traceFlows) if (f.matches(buf, p, ping)) return f.name;
+    return null;
   }
 
   private find(buf: Uint8Array, p: PacketInfo): number {
@@ -433,24 +440,6 @@ export class FlowSelector implements TargetSelector {
     const flows = this.flows;
     for (let i = 0; i < flows.length; i++) if (flows[i]!.matches(buf, p, ping)) return i;
     return -1;
-  }
-
-  private traceFlow(buf: Uint8Array, p: PacketInfo, flow: Flow): void {
-    const t = this.tracer!;
-    if (!t.on(TRACE.FLOWS)) return;
-    const ping = isEchoRequest(p);
-    const tf = this.traceFlows.find((f) => f.matches(buf, p, ping));
-    if (tf === undefined) return;
-    t.emit('FLOWS', {
-      traceFlow: tf.name,
-      flow: flow.name,
-      target: flow.target,
-      proto: p.proto,
-      src: formatAddress(buf, p.srcOff, p.addrLen),
-      dst: formatAddress(buf, p.dstOff, p.addrLen),
-      sport: p.sport,
-      dport: p.dport,
-    });
   }
 }
 

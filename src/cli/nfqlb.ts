@@ -331,7 +331,7 @@ const commands: CommandTable = {
     options: {},
     run(p) {
       if (p.args.length > 1) throw new UsageError('loglevel takes at most one level');
-      const level = p.args[0] === undefined ? undefined : intOption('level', p.args[0], 0, 7);
+      const level = p.args[0] === undefined ? undefined : intOption('level', p.args[0], 4, 7);
       const config = openLogConfig();
       if (level !== undefined) config[LEVEL_WORD] = level;
       process.stdout.write(`loglevel=${config[LEVEL_WORD]}\n`);

@@ -41,8 +41,10 @@ export interface TargetSelector {
   select(buf: Uint8Array, off: number, len: number, p: PacketInfo): TargetTable | null;
   /** Whether the last selected table is hashed on the addresses only (a flow without protocols). */
   readonly addressOnly: boolean;
-  /** A name for the last selected table, for traces. */
+  /** A name for the last selected table (lb: the shm, flowlb: the flow), for traces. */
   readonly selectedName: string;
+  /** flowlb: the trace flow (trace-flow-set) taking the packet, for the `flows` trace. */
+  traceFlowName?(buf: Uint8Array, p: PacketInfo): string | null;
 }
 
 /** `nfqlb lb`: every packet goes to the one table. */
@@ -179,8 +181,9 @@ export class Balancer {
   // Only reached while some trace is selected: allocation is fine here.
   private tracePacket(buf: Uint8Array, len: number, p: PacketInfo, fw: number): void {
     const t = this.tracer!;
-    const kind = p.isFragment ? TRACE.FRAG : p.proto === IPPROTO_SCTP ? TRACE.SCTP : TRACE.PACKET;
-    if (!t.on(kind) && !t.on(TRACE.PACKET)) return;
+    const kind = p.isFragment ? 'FRAG' : p.proto === IPPROTO_SCTP ? 'SCTP' : 'PACKET';
+    const traceFlow = t.on(TRACE.FLOWS) && this.selector.traceFlowName !== undefined ? this.selector.traceFlowName(buf, p) : null;
+    if (!t.on(TRACE[kind]) && !t.on(TRACE.PACKET) && traceFlow === null) return;
     const fields: Record<string, unknown> = {
       len,
       proto: p.proto,
@@ -192,10 +195,11 @@ export class Balancer {
       fields.sport = p.sport;
       fields.dport = p.dport;
     }
-    if (p.icmpError) fields.icmp = { type: p.icmpType, code: p.icmpCode, inner: true };
+    if (p.icmpType >= 0) fields.icmp = { type: p.icmpType, code: p.icmpCode, inner: p.icmpError };
     if (p.isFragment) fields.frag = { id: p.fragId, offset: p.fragOffset, more: p.moreFragments };
     if (p.sctpEncap) fields.sctpEncap = true;
-    if (!p.isFragment || p.firstFragment) fields.target = this.selector.selectedName;
-    t.emit(p.isFragment ? 'FRAG' : p.proto === IPPROTO_SCTP ? 'SCTP' : 'PACKET', fields);
+    if (!p.isFragment || p.firstFragment) fields.target = this.selector.selectedName || null;
+    if (traceFlow !== null) t.emit('FLOWS', { traceFlow, ...fields });
+    if (t.on(TRACE[kind]) || t.on(TRACE.PACKET)) t.emit(kind, fields);
   }
 }

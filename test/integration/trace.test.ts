@@ -1,0 +1,191 @@
+// nfqlb trace and loglevel against a running lb/flowlb: packets written into a tun device are
+// queued to it; `nfqlb trace` streams their decisions while it runs and clears the mask when
+// it leaves; trace flows select what the `flows` trace shows; `loglevel` changes a running
+// lb's logging. The level and mask live in the shared `nfqlb-trace` (global, as the
+// reference's), so the test restores the level it found.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
+import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/trace.js';
+import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const NFQLB = `${ROOT}bin/nfqlb.js`;
+const NS = 'tlbf-trc';
+const SHM = 'tlbf-trace-t';
+const procs: ChildProcess[] = [];
+const config = openLogConfig();
+let savedLevel = 5;
+
+function nfqlb(...args: string[]): string {
+  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
+}
+
+function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('ip', ['netns', 'exec', NS, 'node', NFQLB, ...args], { encoding: 'utf8' });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function startLb(...args: string[]): Promise<{ lb: ChildProcess; log: () => string }> {
+  const lb = spawnInNs(NS, ['node', NFQLB, ...args, '--ft_shm=tlbf-fttrace']);
+  procs.push(lb);
+  let out = '';
+  lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  return new Promise((resolve, reject) => {
+    lb.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('serving queue')) resolve({ lb, log: () => out });
+    });
+    lb.once('exit', (code) => reject(new Error(`nfqlb exited (${code}): ${out}`)));
+  });
+}
+
+async function stop(p: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const exited = new Promise((r) => p.once('exit', r));
+  p.kill(signal);
+  await exited;
+}
+
+/** `nfqlb trace` in the namespace, resolved once the lb accepted it. */
+function startTrace(...args: string[]): Promise<{ p: ChildProcess; out: () => string }> {
+  const p = spawn('ip', ['netns', 'exec', NS, 'node', NFQLB, 'trace', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(p);
+  let out = '';
+  return new Promise((resolve, reject) => {
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('Trace active')) resolve({ p, out: () => out });
+    });
+    p.once('exit', (code) => reject(new Error(`nfqlb trace exited (${code}): ${out}`)));
+  });
+}
+
+/** Writes packets into the namespace's tun device (they go to the queue). */
+function send(packets: Uint8Array[]): void {
+  const js = `import { Tun } from '${ROOT}dist/src/tun.js';
+    const t = new Tun('ttrc');
+    for (const p of JSON.parse(process.argv[1])) { const b = Buffer.from(p, 'base64'); t.write(b, 0, b.length); }`;
+  inNs(NS, ['node', '--input-type=module', '-e', js, JSON.stringify(packets.map((p) => Buffer.from(p).toString('base64')))]);
+}
+
+const jsonLines = (text: string) => text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(() => {
+  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  savedLevel = config[LEVEL_WORD]!;
+  removeNs(NS);
+  addNs(NS);
+  inNs(NS, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0', 'net.ipv6.conf.all.forwarding=1']);
+  ipBatch(NS, ['tuntap add dev ttrc mode tun', 'link set ttrc up']);
+  for (const [cmd, vip] of [['iptables', '10.0.0.0/32'], ['ip6tables', '1000::/128']] as const) {
+    inNs(NS, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+    inNs(NS, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
+  }
+  nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=4');
+  nfqlb('activate', `--shm=${SHM}`, '101', '102');
+});
+
+afterAll(async () => {
+  config[LEVEL_WORD] = savedLevel;
+  config[MASK_WORD] = 0;
+  for (const p of procs) p.kill('SIGKILL');
+  removeNs(NS);
+  for (const shm of [SHM, 'tlbf-fttrace']) {
+    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+  }
+});
+
+describe('nfqlb trace', () => {
+  it('streams packet and fragment decisions while it runs, and clears the mask when it leaves', async () => {
+    const { lb } = await startLb('lb', `--tshm=${SHM}`);
+    try {
+      const t = await startTrace('--selection=packet,frag');
+      expect(t.out()).toMatch(/^Mask=0x00000006\nTrace active, mask=0x00000006\n/);
+      expect(config[MASK_WORD]).toBe(6);
+      send([
+        ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).tcp({ sport: 1111, dport: 80 }).build(),
+        ipv6({ src: '2000::1', dst: '1000::' }).udp({ sport: 2222, dport: 53 }).build(),
+        ipv4({ src: '50.0.0.2', dst: '10.0.0.0', id: 9, mf: true }).udp({ sport: 3333, dport: 53 }).payload(64).build(),
+      ]);
+      await tick(300);
+      await stop(t.p, 'SIGINT');
+      const lines = jsonLines(t.out());
+      expect(lines).toHaveLength(3);
+      expect(lines[0]).toMatchObject({ trace: 'packet', proto: 6, src: '50.0.0.1', dst: '10.0.0.0', sport: 1111, dport: 80, target: SHM });
+      expect([101, 102]).toContain(lines[0]!.fwmark);
+      expect(lines[1]).toMatchObject({ trace: 'packet', proto: 17, src: '2000::1', sport: 2222 });
+      expect(lines[2]).toMatchObject({ trace: 'frag', frag: { id: 9, offset: 0, more: true } });
+      await tick(100);
+      expect(config[MASK_WORD]).toBe(0);
+    } finally {
+      await stop(lb);
+    }
+  });
+
+  it('takes --mask, refuses a second client and bad options with one line', async () => {
+    const { lb } = await startLb('lb', `--tshm=${SHM}`);
+    try {
+      const t = await startTrace('--mask=0x2');
+      const second = run(['trace', '--mask=2']);
+      expect(second.stdout).toMatch(/another trace client is connected/);
+      await stop(t.p, 'SIGINT');
+    } finally {
+      await stop(lb);
+    }
+    for (const args of [['trace'], ['trace', '--mask=1', '--selection=log'], ['trace', '--selection=bogus'], ['trace', '--mask=0x1ffffffff']]) {
+      const r = run(args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr.trim().split('\n'), args.join(' ')).toHaveLength(1);
+    }
+    const noServer = run(['trace', '--selection=packet']);
+    expect(noServer.status).toBe(1);
+    expect(noServer.stderr).toMatch(/Trace client connect to unix:nfqlb-trace/);
+  });
+
+  it('shows the flows trace for packets a trace flow takes (flowlb)', async () => {
+    const { lb } = await startLb('flowlb');
+    try {
+      expect(run(['flow-set', '--name=all', `--target=${SHM}`]).stdout).toBe('OK\n');
+      expect(run(['trace-flow-set', '--name=dns', '--protocols=udp', '--dports=53']).stdout).toBe('OK\n');
+      expect(JSON.parse(run(['trace-flow-list-names']).stdout)).toEqual(['dns']);
+      expect(JSON.parse(run(['trace-flow-list']).stdout)).toMatchObject([{ name: 'dns', protocols: ['udp'], dports: ['53'] }]);
+      const t = await startTrace('--selection=flows,flow-conf');
+      expect(run(['flow-list-names']).status).toBe(0); // a flow-conf event
+      send([
+        ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).udp({ sport: 4444, dport: 53 }).build(),
+        ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).udp({ sport: 4444, dport: 54 }).build(),
+      ]);
+      await tick(300);
+      await stop(t.p, 'SIGINT');
+      const lines = jsonLines(t.out());
+      expect(lines.filter((l) => l.trace === 'flow-conf')).toHaveLength(1);
+      const flows = lines.filter((l) => l.trace === 'flows');
+      expect(flows).toHaveLength(1);
+      expect(flows[0]).toMatchObject({ traceFlow: 'dns', dport: 53, target: 'all' });
+      expect(run(['trace-flow-delete', '--name=dns']).stdout).toBe('OK\n');
+      expect(JSON.parse(run(['trace-flow-list-names']).stdout)).toEqual([]);
+    } finally {
+      await stop(lb);
+    }
+  });
+});
+
+describe('nfqlb loglevel', () => {
+  it('prints and sets the shared level; a running lb follows it', async () => {
+    expect(nfqlb('loglevel')).toBe(`loglevel=${savedLevel}\n`);
+    expect(nfqlb('loglevel', '7')).toBe('loglevel=7\n');
+    expect(() => execFileSync('node', [NFQLB, 'loglevel', '9'], { stdio: 'pipe' })).toThrow();
+    nfqlb('loglevel', '5');
+    const { lb, log } = await startLb('lb', `--tshm=${SHM}`);
+    // Warning level: the lb's closing record (info) is no longer written.
+    nfqlb('loglevel', '4');
+    await tick(700);
+    await stop(lb);
+    expect(log()).not.toMatch(/queue closed/);
+    nfqlb('loglevel', String(savedLevel));
+  });
+});
