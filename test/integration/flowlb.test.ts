@@ -197,4 +197,30 @@ describe('nfqlb flowlb', () => {
       await stop(lb2);
     }
   });
+
+  it('serves flows on several queues (one worker each) and sums their matches', async () => {
+    for (const cmd of ['iptables', 'ip6tables']) {
+      topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
+        '-j', 'NFQUEUE', '--queue-balance', '0:1']);
+    }
+    const lb = await startFlowLb({}, '--queue=0:1');
+    try {
+      flowSet('--name=web', `--target=${WEB}`, '--protocols=tcp');
+      for (const family of [4, 6] as const) {
+        const r = mconnect(family, family === 4 ? '50.0.4.0/24' : '2000::400/120', 40);
+        expect(r.failed_connects + r.failed_reads).toBe(0);
+        expect(hostsOf(r)).toEqual([hostName(1), hostName(2)]);
+      }
+      const queues = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']).trim().split('\n').map((l) => l.trim().split(/\s+/));
+      for (const q of ['0', '1']) expect(Number(queues.find((f) => f[0] === q)?.[4])).toBeGreaterThan(0);
+      const [flow] = JSON.parse(inRouter(['flow-list']).stdout) as { matches_count: number }[];
+      expect(flow!.matches_count).toBeGreaterThanOrEqual(3 * 80);
+    } finally {
+      await stop(lb);
+      for (const cmd of ['iptables', 'ip6tables']) {
+        topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
+          '-j', 'NFQUEUE', '--queue-num', '2']);
+      }
+    }
+  });
 });
