@@ -51,7 +51,8 @@ export interface TargetSelector {
 export class SingleTable implements TargetSelector {
   readonly addressOnly = false;
   constructor(
-    readonly table: TargetTable,
+    /** Replaced when `nfqlb init` re-creates the file (see followTable in run.ts). */
+    public table: TargetTable,
     readonly selectedName: string,
   ) {}
 
@@ -96,7 +97,8 @@ export class Balancer {
   private readonly notargetsFwmark: number;
   private readonly nolbFwmark: number;
   private readonly sctpEncap: number;
-  private readonly lbTable: TargetTable | null;
+  /** Replaced when `nfqlb init` re-creates the file (see followTable in run.ts). */
+  lbTable: TargetTable | null;
   private readonly frags: FragTable | null;
   private readonly tun: Tun | null;
   private readonly tracer: Tracer | null;

@@ -3,7 +3,7 @@
 // thread owns what exists once per process: the tun device, the fragment statistics file, the
 // trace server and (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
-import { renameSync } from 'node:fs';
+import { renameSync, statSync } from 'node:fs';
 import { UsageError } from '../cli/options.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
@@ -81,7 +81,8 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
           counters: ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
         })
       : null;
-  const selector: TargetSelector = flows ?? new SingleTable(new TargetTable(openShm(o.tshm!, false)), o.tshm!);
+  const single = o.tshm === null ? null : new SingleTable(new TargetTable(openShm(o.tshm, false)), o.tshm);
+  const selector: TargetSelector = flows ?? single!;
   const statsBuffer = openShm(o.ftShm, true);
   const frags = new FragTable(
     { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
@@ -106,8 +107,15 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
   serveQueue(queue, balancer.fwmarkOf);
-  // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
-  const sweeper = setInterval(() => frags.sweep(performance.now()), 1000);
+  const follow = [
+    ...(single === null ? [] : [followTable(o.tshm!, (t) => (single.table = t))]),
+    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (t) => (balancer.lbTable = t))]),
+  ];
+  const sweeper = setInterval(() => {
+    // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
+    frags.sweep(performance.now());
+    for (const check of follow) check();
+  }, 1000);
   log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange }, 'serving queue');
   return {
     balancer,
@@ -117,6 +125,29 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       queue.stop();
       log.info({ queue: ctx.queue, ...queue.stats(), ...balancer.counters, kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
+  };
+}
+
+/**
+ * `nfqlb init` builds a new file and renames it over the old one, so a running lb never maps
+ * a half-built or shrunken table; this returns a check that switches to the new file once it
+ * appears. Until then, and if it cannot be read, the last good table stays in use.
+ */
+function followTable(name: string, replace: (t: TargetTable) => void): () => void {
+  let ino = statSync(shmPath(name)).ino;
+  let warned = false;
+  return () => {
+    try {
+      const now = statSync(shmPath(name)).ino;
+      if (now === ino) return;
+      replace(new TargetTable(openShm(name, false)));
+      ino = now;
+      warned = false;
+      log.info({ shm: name }, 'table re-created by init: using the new one');
+    } catch (e) {
+      if (!warned) log.warn({ shm: name, err: (e as Error).message }, 'table unreadable: keeping the last good one');
+      warned = true;
+    }
   };
 }
 

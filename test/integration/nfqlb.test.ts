@@ -143,11 +143,15 @@ describe('no active target', () => {
 });
 
 describe('several queues', () => {
-  it('serves --queue=0:1 with one worker per queue and --queue-balance rules', async () => {
+  const queueRule = (...target: string[]) => {
     for (const cmd of ['iptables', 'ip6tables']) {
       topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
-        '-j', 'NFQUEUE', '--queue-balance', '0:1']);
+        '-j', 'NFQUEUE', ...target]);
     }
+  };
+
+  it('serves --queue=0:1 with one worker per queue and --queue-balance rules', async () => {
+    queueRule('--queue-balance', '0:1');
     const lb = await startLb('--queue=0:1');
     try {
       for (const family of [4, 6] as const) {
@@ -161,6 +165,27 @@ describe('several queues', () => {
       expect(seen).toHaveLength(2);
       for (const f of seen) expect(Number(f[4])).toBeGreaterThan(0);
     } finally {
+      await stopLb(lb);
+      queueRule('--queue-num', '2');
+    }
+  });
+});
+
+describe('re-init while lb runs', () => {
+  it('follows a table that init re-created (new size) and keeps the old one until then', async () => {
+    const lb = await startLb();
+    try {
+      // A table of another size is a new file: the running lb must switch to it, not keep
+      // balancing over the old, now unlinked, one.
+      nfqlb('init', `--shm=${SHM}`, '--M=400', '--N=10');
+      nfqlb('activate', `--shm=${SHM}`, '103');
+      await new Promise((r) => setTimeout(r, 1500));
+      const r = mconnect(4, 20);
+      expect(r.failed_connects + r.failed_reads).toBe(0);
+      expect(r.hosts).toEqual({ [hostName(3)]: 20 });
+    } finally {
+      nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=20');
+      for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
       await stopLb(lb);
     }
   });
