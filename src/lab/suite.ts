@@ -196,7 +196,7 @@ class Lab implements LabHandle {
     this.procs.push(client);
     let stderr = '';
     client.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-    const exited = new Promise<number | null>((resolve) => client.once('exit', (code) => resolve(code)));
+    const exited = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
     const spawned = Date.now();
     const wall: { at: number; kind: ScaleEvent['kind'] }[] = [];
     o.log(`  ctraffic IPv${family}: ${o.nconn} connections, ${o.rate} msg/s, ${durationMs / 1000} s`);

@@ -43,7 +43,8 @@ function startLb(router: number, ...args: string[]): Promise<ChildProcess> {
 async function stopLb(lb: ChildProcess): Promise<Record<string, number>> {
   let out = '';
   lb.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise((r) => lb.once('exit', r));
+  // 'close', not 'exit': the last log lines may still be in the pipe when the process exits.
+  const exited = new Promise((r) => lb.once('close', r));
   lb.kill('SIGTERM');
   await exited;
   const closed = out.split('\n').filter((l) => l.includes('queue closed'));

@@ -136,7 +136,8 @@ function startTrace(): Promise<Trace> {
     lines: () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
     stop: async () => {
       if (t.exitCode !== null || t.signalCode !== null) return;
-      const exited = new Promise((r) => t.once('exit', r));
+      // 'close', not 'exit': trace lines may still be in the pipe when the process exits.
+      const exited = new Promise((r) => t.once('close', r));
       t.kill('SIGINT');
       await exited;
     },
