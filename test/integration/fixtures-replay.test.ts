@@ -4,26 +4,19 @@
 // queue in the FORWARD chain reads the fwmark the kernel carries. Stored fragments come back
 // through the lb's own tun device (--tun). Same expectations as the unit test.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import {
   buildTable, expectedFwmark, fixtureGroups, FIXTURE_M, LB_TIER, TABLES, VIP4, VIP6, type LbConfig, type TableName,
 } from '../fixtures/nfqlb-fixtures.js';
 import type { TargetTable } from '../../src/target-table.js';
+import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
 const NS = 'tlbf-fix';
 const shmOf = (t: TableName) => `tlbf-fx-${t}`;
 const LB_SHM = 'tlbf-fx-lb';
 const procs: ChildProcess[] = [];
 const tables: Record<TableName, TargetTable> = { main: buildTable('main'), web: buildTable('web'), other: buildTable('other') };
-
-function nfqlb(...args: string[]): string {
-  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
-}
 
 // In the namespace: writes each fixture's packets into tun "tfix" and collects the marks the
 // observer queue (9) sees, until the expected count arrived (or a short wait for drops).
@@ -56,7 +49,7 @@ q.stop();
 console.log(JSON.stringify(out));
 process.exit(0);`;
 
-function startLb(config: LbConfig): Promise<ChildProcess> {
+function startLb(config: LbConfig): Promise<Daemon> {
   const args = config.mode === 'lb' ? ['lb', `--tshm=${shmOf('main')}`] : ['flowlb'];
   args.push('--tun=nfqlb0', '--ft_shm=tlbf-ftfix', `--hash_mode=${config.hashMode}`);
   if (config.sctpEncap !== undefined) args.push(`--sctp_encap=${config.sctpEncap}`);
@@ -65,25 +58,11 @@ function startLb(config: LbConfig): Promise<ChildProcess> {
   if (config.promiscuousPing) args.push('--promiscuous_ping');
   const lb = spawnInNs(NS, ['node', NFQLB, ...args]);
   procs.push(lb);
-  return new Promise((resolve, reject) => {
-    let out = '';
-    lb.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving queue')) resolve(lb);
-    });
-    lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    lb.once('exit', (code) => reject(new Error(`nfqlb exited (${code}): ${out}`)));
-  });
-}
-
-async function stopLb(lb: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => lb.once('exit', r));
-  lb.kill('SIGTERM');
-  await exited;
+  return startDaemon(lb);
 }
 
 beforeAll(() => {
-  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  requireBuild();
   removeNs(NS);
   addNs(NS);
   inNs(NS, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.rp_filter=0',
@@ -141,7 +120,7 @@ describe.each(fixtureGroups().map((g) => [g.name, g] as const))('nfqlb %s throug
         expect([...seen[i]!].sort(), f.description).toEqual([...expected[i]!].sort());
       });
     } finally {
-      await stopLb(lb);
+      await lb.stop();
     }
   });
 });

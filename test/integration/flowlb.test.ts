@@ -3,13 +3,10 @@
 // --nolb_fwmark; flow-list reports counts; the channel works over tcp too and refuses non-root
 // peers on the unix socket.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { createTopology, serverAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { createTopology, labNamespaces, VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import { NFQLB, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon, type MconnectResult } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
 const PREFIX = 'tlbf-';
 const NVM = 4;
 // Two target tables: servers 1-2 and servers 3-4.
@@ -19,10 +16,6 @@ const OTHER = 'tlbf-other';
 let topo: Topology;
 let router: string;
 const procs: ChildProcess[] = [];
-
-function nfqlb(...args: string[]): string {
-  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
-}
 
 /** Runs an nfqlb command in the router namespace (the flow channel is per namespace). */
 function inRouter(args: string[], env: Record<string, string> = {}, prefix: string[] = []): { status: number | null; stdout: string; stderr: string } {
@@ -36,54 +29,21 @@ function flowSet(...args: string[]): string {
   return r.stdout;
 }
 
-function startFlowLb(env: Record<string, string>, ...args: string[]): Promise<ChildProcess> {
+function startFlowLb(env: Record<string, string>, ...args: string[]): Promise<Daemon> {
   const lb = topo.spawn(router, ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, 'flowlb', '--ft_shm=tlbf-ftflow', ...args]);
   procs.push(lb);
-  return new Promise((resolve, reject) => {
-    let out = '';
-    lb.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving queue')) resolve(lb);
-    });
-    lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    lb.once('exit', (code) => reject(new Error(`nfqlb flowlb exited (${code}): ${out}`)));
-  });
+  return startDaemon(lb);
 }
 
-async function stop(lb: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => lb.once('exit', r));
-  lb.kill('SIGTERM');
-  await exited;
-}
-
-interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }
-
-function mconnect(family: Family, srccidr: string, nconn = 20, timeout = '3s'): MconnectResult {
-  const address = family === 4 ? `${VIP[4]}:5001` : `[${VIP[6]}]:5001`;
-  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', `${ROOT}dist/src/lab/traffic/mconnect.js`,
-    `--address=${address}`, `--nconn=${nconn}`, `--srccidr=${srccidr}`, `--timeout=${timeout}`, '--output=json'], { encoding: 'utf8' });
-  return JSON.parse(r.stdout) as MconnectResult;
-}
-
-const hostName = (n: number) => `vm-${String(n).padStart(3, '0')}`;
+const mconnect = (family: Family, srccidr: string, nconn = 20, timeout = '3s') => mconnectFrom(topo, family, { srccidr, nconn, timeout });
 const hostsOf = (r: MconnectResult) => Object.keys(r.hosts).sort();
 
 beforeAll(() => {
-  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  requireBuild();
   topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
   router = topo.ns.router(1);
-  for (let n = 1; n <= NVM; n++) {
-    procs.push(topo.spawn(topo.ns.server(n), ['node', `${ROOT}dist/src/lab/traffic/server.js`, `--name=${hostName(n)}`]));
-  }
-  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
-    topo.exec(router, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
-    topo.exec(router, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
-  }
-  for (const family of [4, 6] as const) {
-    const lines: string[] = [];
-    for (let n = 1; n <= NVM; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
-    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
-  }
+  procs.push(...startServers(topo, NVM));
+  nfqueueRouter(topo, router, NVM);
   nfqlb('init', `--shm=${WEB}`, '--M=997', '--N=10');
   nfqlb('activate', `--shm=${WEB}`, '101', '102');
   nfqlb('init', `--shm=${OTHER}`, '--M=997', '--N=10');
@@ -141,7 +101,7 @@ describe('nfqlb flowlb', () => {
       expect(JSON.parse(inRouter(['flow-list']).stdout)).toEqual([]);
       expect(mconnect(6, '2000::100/120', 5, '1s').failed_connects).toBe(5);
     } finally {
-      await stop(lb);
+      await lb.stop();
     }
   });
 
@@ -160,7 +120,7 @@ describe('nfqlb flowlb', () => {
       const fws = new Set([1, 2, 3, 4, 5, 6].map((h) => viaNoProto(`50.0.3.${h}`)));
       expect([...fws].every((fw) => fw === 101 || fw === 102)).toBe(true);
     } finally {
-      await stop(lb);
+      await lb.stop();
     }
   });
 
@@ -178,7 +138,7 @@ describe('nfqlb flowlb', () => {
       expect(refused.status).toBe(1);
       expect(refused.stderr).toMatch(/Connect failed/);
     } finally {
-      await stop(lb);
+      await lb.stop();
     }
     const lb2 = await startFlowLb({});
     try {
@@ -194,7 +154,7 @@ describe('nfqlb flowlb', () => {
       const badMatch = inRouter(['flow-set', '--name=x', `--target=${WEB}`, '--match=tcp[40:2] = 1']);
       expect(badMatch.stdout).toMatch(/^FAIL: match out of bounds/);
     } finally {
-      await stop(lb2);
+      await lb2.stop();
     }
   });
 
@@ -216,7 +176,7 @@ describe('nfqlb flowlb', () => {
       const [flow] = JSON.parse(inRouter(['flow-list']).stdout) as { matches_count: number }[];
       expect(flow!.matches_count).toBeGreaterThanOrEqual(3 * 80);
     } finally {
-      await stop(lb);
+      await lb.stop();
       for (const cmd of ['iptables', 'ip6tables']) {
         topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
           '-j', 'NFQUEUE', '--queue-num', '2']);

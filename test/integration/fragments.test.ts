@@ -5,14 +5,11 @@
 // writes hand-made fragments, last first, into a tun device), and through an LB tier where
 // router 1 forwards the fragments router 2 owns by address (--lbshm, own fwmark).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createTopology, routerAddr, serverAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
+import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
 const PREFIX = 'tlbf-';
 const SHM = 'tlbf-targets';
 const NVM = 4;
@@ -21,33 +18,15 @@ const PORT = 6000;
 let topo: Topology;
 const procs: ChildProcess[] = [];
 
-function nfqlb(...args: string[]): string {
-  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
-}
-
-function startLb(router: number, ...args: string[]): Promise<ChildProcess> {
+function startLb(router: number, ...args: string[]): Promise<Daemon> {
   const lb = topo.spawn(topo.ns.router(router), ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=tlbf-ft${router}`, ...args]);
   procs.push(lb);
-  return new Promise((resolve, reject) => {
-    let out = '';
-    lb.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving queue')) resolve(lb);
-    });
-    lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    lb.once('exit', (code) => reject(new Error(`nfqlb lb exited (${code}): ${out}`)));
-  });
+  return startDaemon(lb);
 }
 
 /** Stops an lb and returns its last log line's counters (the "queue closed" record). */
-async function stopLb(lb: ChildProcess): Promise<Record<string, number>> {
-  let out = '';
-  lb.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  // 'close', not 'exit': the last log lines may still be in the pipe when the process exits.
-  const exited = new Promise((r) => lb.once('close', r));
-  lb.kill('SIGTERM');
-  await exited;
-  const closed = out.split('\n').filter((l) => l.includes('queue closed'));
+async function stopLb(lb: Daemon): Promise<Record<string, number>> {
+  const closed = (await lb.stop()).split('\n').filter((l) => l.includes('queue closed'));
   return JSON.parse(closed.at(-1) ?? '{}') as Record<string, number>;
 }
 
@@ -125,7 +104,7 @@ function checkAnswers(family: Family, answers: Record<string, string | null>, sp
 }
 
 beforeAll(() => {
-  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  requireBuild();
   topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 2 });
   for (let n = 1; n <= NVM; n++) {
     procs.push(topo.spawn(topo.ns.server(n), ['node', '--input-type=module', '-e', SERVER_JS, `vm-${String(n).padStart(3, '0')}`, String(PORT)]));

@@ -1,13 +1,10 @@
 // nfqlb through the kernel: real iptables NFQUEUE rules, policy routing by fwmark, and real TCP
 // connections from 100 source addresses to the VIP, over IPv4 and IPv6, with DSR servers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { createTopology, serverAddr, VIP, CLIENT_CIDR, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import type { ChildProcess } from 'node:child_process';
+import { createTopology, labNamespaces, VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import { NFQLB, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
 const PREFIX = 'tlbn-';
 const SHM = 'tlbn-targets';
 const NVM = 10;
@@ -16,62 +13,20 @@ let topo: Topology;
 const procs: ChildProcess[] = [];
 let router: string;
 
-function nfqlb(...args: string[]): string {
-  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
-}
-
-function startLb(...args: string[]): Promise<ChildProcess> {
+function startLb(...args: string[]): Promise<Daemon> {
   const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, ...args]);
   procs.push(lb);
-  return new Promise((resolve, reject) => {
-    let out = '';
-    lb.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving queue')) resolve(lb);
-    });
-    lb.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    lb.once('exit', (code) => reject(new Error(`nfqlb lb exited (${code}): ${out}`)));
-  });
+  return startDaemon(lb);
 }
 
-async function stopLb(lb: ChildProcess): Promise<void> {
-  const exited = new Promise((r) => lb.once('exit', r));
-  lb.kill('SIGTERM');
-  await exited;
-}
-
-interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }
-
-function mconnect(family: Family, nconn = 100, timeout = '3s'): MconnectResult {
-  const address = family === 4 ? `${VIP[4]}:5001` : `[${VIP[6]}]:5001`;
-  // mconnect exits non-zero when connections fail; its JSON report is on stdout either way.
-  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', `${ROOT}dist/src/lab/traffic/mconnect.js`,
-    `--address=${address}`, `--nconn=${nconn}`, `--srccidr=${CLIENT_CIDR[family]}`, `--timeout=${timeout}`, '--output=json'], { encoding: 'utf8' });
-  return JSON.parse(r.stdout) as MconnectResult;
-}
-
-const hostName = (n: number) => `vm-${String(n).padStart(3, '0')}`;
+const mconnect = (family: Family, nconn = 100, timeout = '3s') => mconnectFrom(topo, family, { nconn, timeout });
 
 beforeAll(() => {
-  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  requireBuild();
   topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
   router = topo.ns.router(1);
-  for (let n = 1; n <= NVM; n++) {
-    procs.push(topo.spawn(topo.ns.server(n), ['node', `${ROOT}dist/src/lab/traffic/server.js`, `--name=${hostName(n)}`]));
-  }
-  // The reference router setup: conntrack off, VIP packets to queue 2, one routing table per fwmark.
-  const rules = (cmd: string, vip: string) => [
-    [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK'],
-    [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2'],
-  ];
-  for (const r of [...rules('iptables', `${VIP[4]}/32`), ...rules('ip6tables', `${VIP[6]}/128`)]) topo.exec(router, r);
-  for (const family of [4, 6] as const) {
-    const lines: string[] = [];
-    for (let n = 1; n <= NVM; n++) {
-      lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
-    }
-    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
-  }
+  procs.push(...startServers(topo, NVM));
+  nfqueueRouter(topo, router, NVM);
   nfqlb('init', `--shm=${SHM}`, '--M=900', `--N=20`);
   for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
 });
@@ -93,7 +48,7 @@ describe.each([4, 6] as const)('nfqlb lb, IPv%i', (family) => {
       // Maglev over 10 targets: no server takes a grossly unfair share of 100 random flows.
       for (const count of Object.values(r.hosts)) expect(count).toBeLessThan(30);
     } finally {
-      await stopLb(lb);
+      await lb.stop();
     }
   });
 
@@ -110,7 +65,7 @@ describe.each([4, 6] as const)('nfqlb lb, IPv%i', (family) => {
     } finally {
       nfqlb('activate', `--shm=${SHM}`, '--index=1', '101');
       nfqlb('activate', `--shm=${SHM}`, '--index=2', '102');
-      await stopLb(lb);
+      await lb.stop();
     }
   });
 });
@@ -125,7 +80,7 @@ describe('no active target', () => {
         const r = mconnect(4, 10, '1s');
         expect(r.failed_connects).toBe(10);
       } finally {
-        await stopLb(lb);
+        await lb.stop();
       }
       lb = await startLb('--notargets_fwmark=110');
       try {
@@ -133,7 +88,7 @@ describe('no active target', () => {
         expect(r.failed_connects + r.failed_reads).toBe(0);
         expect(r.hosts).toEqual({ [hostName(10)]: 20 });
       } finally {
-        await stopLb(lb);
+        await lb.stop();
       }
     } finally {
       for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
@@ -165,7 +120,7 @@ describe('several queues', () => {
       expect(seen).toHaveLength(2);
       for (const f of seen) expect(Number(f[4])).toBeGreaterThan(0);
     } finally {
-      await stopLb(lb);
+      await lb.stop();
       queueRule('--queue-num', '2');
     }
   });
@@ -186,7 +141,7 @@ describe('re-init while lb runs', () => {
     } finally {
       nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=20');
       for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
-      await stopLb(lb);
+      await lb.stop();
     }
   });
 });

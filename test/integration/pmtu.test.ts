@@ -6,14 +6,11 @@
 // stalls the transfer (no PMTU blackhole detection), so every download must complete, and the
 // lb's packet trace must show each error marked for the server that sent the data.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { createTopology, serverAddr, testerAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { createTopology, testerAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
 import { addNs } from '../../src/lab/netns.js';
+import { NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, type Daemon } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
 const PREFIX = 'tlbf-';
 const CLIENT = 'tlbf-client';
 const SHM = 'tlbf-pmtu';
@@ -25,10 +22,6 @@ const CLIENT_ADDR = { 4: '60.0.0.2', 6: '3000::2' } as const;
 let topo: Topology;
 let router: string;
 const procs: ChildProcess[] = [];
-
-function nfqlb(...args: string[]): string {
-  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
-}
 
 // On every server: each connection gets "<name>\n" and then BYTES bytes.
 const SERVER_JS = `
@@ -63,7 +56,7 @@ function download(family: Family, n: number): Download[] {
 }
 
 beforeAll(() => {
-  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  requireBuild();
   topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
   router = topo.ns.router(1);
   for (let n = 1; n <= NVM; n++) {
@@ -83,15 +76,7 @@ beforeAll(() => {
   // No ICMP rate limit: every error counts, and all of them go to the same destination (the VIP).
   topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.icmp_ratelimit=0', 'net.ipv6.icmp.ratelimit=0']);
   topo.ip(router, [`route add 60.0.0.0/24 via ${testerAddr(4)}`, `route add 3000::/64 via ${testerAddr(6)}`]);
-  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
-    topo.exec(router, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
-    topo.exec(router, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
-  }
-  for (const family of [4, 6] as const) {
-    const lines: string[] = [];
-    for (let n = 1; n <= NVM; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
-    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
-  }
+  nfqueueRouter(topo, router, NVM);
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
   for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
 });
@@ -105,44 +90,20 @@ afterAll(() => {
   expect(labNamespaces(PREFIX)).toEqual([]);
 });
 
-function startLb(): Promise<ChildProcess> {
+function startLb(): Promise<Daemon> {
   const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, '--ft_shm=tlbf-ftpmtu']);
   procs.push(lb);
-  return new Promise((resolve, reject) => {
-    let out = '';
-    lb.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('serving queue')) resolve(lb);
-    });
-    lb.once('exit', (code) => reject(new Error(`nfqlb lb exited (${code}): ${out}`)));
-  });
+  return startDaemon(lb);
 }
-
-interface Trace { lines: () => Record<string, unknown>[]; stop: () => Promise<void> }
 
 /** `nfqlb trace --selection=packet` in the router, once active: the lb's decisions as JSON lines. */
-function startTrace(): Promise<Trace> {
-  const t = spawn('ip', ['netns', 'exec', router, 'node', NFQLB, 'trace', '--selection=packet'], { stdio: ['ignore', 'pipe', 'pipe'] });
+function startTrace(): Promise<Daemon> {
+  const t = topo.spawn(router, ['node', NFQLB, 'trace', '--selection=packet']);
   procs.push(t);
-  let out = '';
-  const active = new Promise<void>((resolve, reject) => {
-    t.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('Trace active')) resolve();
-    });
-    t.once('exit', (code) => reject(new Error(`nfqlb trace exited (${code})`)));
-  });
-  return active.then(() => ({
-    lines: () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
-    stop: async () => {
-      if (t.exitCode !== null || t.signalCode !== null) return;
-      // 'close', not 'exit': trace lines may still be in the pipe when the process exits.
-      const exited = new Promise((r) => t.once('close', r));
-      t.kill('SIGINT');
-      await exited;
-    },
-  }));
+  return startDaemon(t, 'Trace active');
 }
+
+const traceLines = (out: string) => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe.each([4, 6] as const)('PMTU discovery through nfqlb, IPv%i', (family) => {
   it('delivers the ICMP error to the server that owns the connection', async () => {
@@ -153,8 +114,7 @@ describe.each([4, 6] as const)('PMTU discovery through nfqlb, IPv%i', (family) =
       for (const d of downloads) expect(d, `download from port ${d.port}`).toMatchObject({ bytes: BYTES });
       expect(new Set(downloads.map((d) => d.server)).size).toBeGreaterThan(1);
       // Its output was not read while spawnSync blocked our event loop: let it drain first.
-      await trace.stop();
-      const errors = trace.lines().filter((l) => (l.icmp as { inner?: boolean } | undefined)?.inner === true);
+      const errors = traceLines(await trace.stop('SIGINT')).filter((l) => (l.icmp as { inner?: boolean } | undefined)?.inner === true);
       expect(errors.length).toBeGreaterThanOrEqual(downloads.length);
       const serverOfPort = new Map(downloads.map((d) => [d.port, d.server]));
       for (const e of errors) {
@@ -165,10 +125,8 @@ describe.each([4, 6] as const)('PMTU discovery through nfqlb, IPv%i', (family) =
         expect(`vm-${String((e.fwmark as number) - 100).padStart(3, '0')}`).toBe(serverOfPort.get(e.sport as number));
       }
     } finally {
-      await trace.stop();
-      const exited = new Promise((r) => lb.once('exit', r));
-      lb.kill('SIGTERM');
-      await exited;
+      await trace.stop('SIGINT');
+      await lb.stop();
     }
   });
 });

@@ -1,0 +1,84 @@
+// What the kernel tests of nfqlb share: the CLI built in dist/, daemons started in a namespace
+// (ready when they log a line, stopped by PID), the reference router setup, and mconnect.
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { CLIENT_CIDR, serverAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const NFQLB = `${ROOT}bin/nfqlb.js`;
+
+/** The tests run bin/nfqlb and the traffic tools in namespaces, from dist/. */
+export function requireBuild(): void {
+  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+}
+
+/** Runs an nfqlb command in this (root) namespace; /dev/shm is shared by all of them. */
+export function nfqlb(...args: string[]): string {
+  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
+}
+
+export interface Daemon {
+  readonly proc: ChildProcess;
+  /** stdout and stderr so far. */
+  output(): string;
+  /** Sends the signal, then resolves with all its output once its pipes are closed. */
+  stop(signal?: NodeJS.Signals): Promise<string>;
+}
+
+/** Resolves once the process logs `ready`; rejects with its output if it exits first. */
+export function startDaemon(proc: ChildProcess, ready = 'serving queue'): Promise<Daemon> {
+  let out = '';
+  // 'close', not 'exit': the last lines may still be in the pipe when the process exits.
+  const closed = new Promise<void>((r) => proc.once('close', () => r()));
+  const daemon: Daemon = {
+    proc,
+    output: () => out,
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      await closed;
+      return out;
+    },
+  };
+  return new Promise((resolve, reject) => {
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes(ready)) resolve(daemon);
+    });
+    proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    proc.once('exit', (code) => reject(new Error(`${proc.spawnargs.join(' ')} exited (${code}): ${out}`)));
+  });
+}
+
+/** The traffic server (port 5001 answers with the name) on servers 1..nvm. */
+export function startServers(topo: Topology, nvm: number): ChildProcess[] {
+  return Array.from({ length: nvm }, (_, i) =>
+    topo.spawn(topo.ns.server(i + 1), ['node', `${ROOT}dist/src/lab/traffic/server.js`, `--name=${vmName(i + 1)}`]));
+}
+
+/**
+ * The reference router setup for nvm DSR servers: conntrack off, packets from eth2 to a VIP to
+ * NFQUEUE 2, and fwmark 100+n routed to server n by a table of its own.
+ */
+export function nfqueueRouter(topo: Topology, router: string, nvm: number): void {
+  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+    topo.exec(router, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+    topo.exec(router, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
+  }
+  for (const family of [4, 6] as const) {
+    const lines: string[] = [];
+    for (let n = 1; n <= nvm; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
+    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+  }
+}
+
+export interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }
+
+/** mconnect from the tester to the VIP's port 5001, each connection from another source. */
+export function mconnect(topo: Topology, family: Family, o: { nconn?: number; srccidr?: string; timeout?: string } = {}): MconnectResult {
+  const address = family === 4 ? `${VIP[4]}:5001` : `[${VIP[6]}]:5001`;
+  // mconnect exits non-zero when connections fail; its JSON report is on stdout either way.
+  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', `${ROOT}dist/src/lab/traffic/mconnect.js`, `--address=${address}`,
+    `--nconn=${o.nconn ?? 100}`, `--srccidr=${o.srccidr ?? CLIENT_CIDR[family]}`, `--timeout=${o.timeout ?? '3s'}`, '--output=json'], { encoding: 'utf8' });
+  return JSON.parse(r.stdout) as MconnectResult;
+}
