@@ -15,7 +15,10 @@ const UDP_PAYLOAD = 18; // 18 + 8 UDP + 20 IP + 14 Ethernet = a 60-byte frame
 const TRAFGEN_CONF = `/tmp/${PREFIX}trafgen.cfg`;
 const CLK_TCK = 100;
 
-interface Row { offloads: string; test: string; direct: number; via: number; unit: string; cpu: number; drops: number }
+/** A rate, and for the UDP flood what the generator offered. */
+interface Rate { rate: number; offered?: number }
+
+interface Row { offloads: string; test: string; direct: Rate; via: Rate; unit: string; cpu: number; drops: number }
 
 function counter(topo: Topology, ns: string, dev: string, field: 'rx_packets' | 'tx_packets'): number {
   return Number(topo.exec(ns, ['cat', `/sys/class/net/${dev}/statistics/${field}`]));
@@ -34,9 +37,9 @@ function queueDrops(topo: Topology): number {
 }
 
 /** TCP Gbit/s from iperf2's CSV report (last field: bits per second). */
-function tcpRun(topo: Topology, dst: string): number {
+function tcpRun(topo: Topology, dst: string): Rate {
   const out = topo.exec(topo.ns.tester, ['iperf', '-c', dst, '-t', String(SECONDS), '-y', 'C']).trim().split('\n');
-  return Number(out.at(-1)!.split(',').at(-1)) / 1e9;
+  return { rate: Number(out.at(-1)!.split(',').at(-1)) / 1e9 };
 }
 
 function mac(topo: Topology, ns: string, dev: string): string {
@@ -47,19 +50,23 @@ function mac(topo: Topology, ns: string, dev: string): string {
  * Small UDP packets: trafgen (PF_PACKET, far faster than iperf2's ~100 kpps) floods 60-byte
  * frames from varying source ports on one core; returns the packets per second that reach the server.
  */
-function udpRun(topo: Topology, dst: string): number {
+function udpRun(topo: Topology, dst: string): Rate {
   const [tester, server] = [topo.ns.tester, topo.ns.server(1)];
   writeFileSync(TRAFGEN_CONF, `{ eth(da=${mac(topo, topo.ns.router(1), 'eth2')}, sa=${mac(topo, tester, 'eth1')}),
   ipv4(saddr=50.0.0.1, daddr=${dst}, ttl=64), udp(sp=dinc(1024, 65000), dp=9), fill(0x00, ${UDP_PAYLOAD}) }\n`);
   const before = counter(topo, server, 'eth1', 'rx_packets');
+  const sent = counter(topo, tester, 'eth1', 'tx_packets');
   const t0 = process.hrtime.bigint();
   // trafgen runs until the timeout ends it; that exit status is the expected one.
   spawnSync('ip', ['netns', 'exec', tester, 'timeout', String(SECONDS), 'trafgen', '--dev', 'eth1', '--conf', TRAFGEN_CONF, '--cpus', '1', '-q']);
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  return (counter(topo, server, 'eth1', 'rx_packets') - before) / secs / 1000;
+  return {
+    rate: (counter(topo, server, 'eth1', 'rx_packets') - before) / secs / 1000,
+    offered: (counter(topo, tester, 'eth1', 'tx_packets') - sent) / secs / 1000,
+  };
 }
 
-function measure(topo: Topology, lb: ChildProcess, offloads: string, test: string, unit: string, run: (dst: string) => number): Row {
+function measure(topo: Topology, lb: ChildProcess, offloads: string, test: string, unit: string, run: (dst: string) => Rate): Row {
   const direct = run(serverAddr(1, 4));
   const drops0 = queueDrops(topo);
   const ticks0 = cpuTicks(lb.pid!);
@@ -106,10 +113,12 @@ export async function benchNfqlb(): Promise<void> {
       rows.push(measure(topo, lb, offloads, `UDP ${UDP_PAYLOAD + 42}B`, 'kpps', (dst) => udpRun(topo, dst)));
     }
     console.log(`\nnfqlb: direct (kernel forwarding) vs via VIP through nfqlb lb; iperf2, 1 stream, ${SECONDS} s per run`);
-    console.log('offloads  test        direct            via nfqlb         ratio  lb CPU%  queue drops (user+kernel)');
+    console.log('(UDP: packets/s received by the server "of" those the generator sent, on one core)');
+    console.log('offloads  test        direct                via nfqlb             ratio  lb CPU%  queue drops (user+kernel)');
     for (const r of rows) {
-      const fmt = (v: number) => `${v.toFixed(r.unit === 'kpps' ? 0 : 2)} ${r.unit}`.padEnd(18);
-      console.log(`${r.offloads.padEnd(10)}${r.test.padEnd(12)}${fmt(r.direct)}${fmt(r.via)}${(r.via / r.direct).toFixed(2).padEnd(7)}${r.cpu.toFixed(0).padStart(6)}%  ${r.drops}`);
+      const fmt = (v: Rate) =>
+        `${v.rate.toFixed(r.unit === 'kpps' ? 0 : 2)} ${r.unit}${v.offered === undefined ? '' : ` of ${v.offered.toFixed(0)}`}`.padEnd(22);
+      console.log(`${r.offloads.padEnd(10)}${r.test.padEnd(12)}${fmt(r.direct)}${fmt(r.via)}${(r.via.rate / r.direct.rate).toFixed(2).padEnd(7)}${r.cpu.toFixed(0).padStart(6)}%  ${r.drops}`);
     }
   } finally {
     for (const p of procs) p.kill('SIGKILL');
