@@ -279,29 +279,7 @@ const commands: CommandTable = {
       return reply(await flowRequest('set', [['name', opt(p, 'name')], ['target', opt(p, 'target')], ['priority', opt(p, 'prio')], ...matchParams(p), ['udpencap', udpencap]]));
     },
   },
-  'flow-delete': {
-    synopsis: 'flow-delete --name=\n  Delete a flow',
-    options: { name: { arg: true, required: true, help: 'Name of the flow' } },
-    async run(p) {
-      return reply(await flowRequest('delete', [['name', opt(p, 'name')]]));
-    },
-  },
-  'flow-list': {
-    synopsis: 'flow-list [--name=]\n  List flows (JSON)',
-    options: { name: { arg: true, help: 'Name of a flow' } },
-    async run(p) {
-      process.stdout.write(await flowRequest('list', [['name', opt(p, 'name')]]));
-      return 0;
-    },
-  },
-  'flow-list-names': {
-    synopsis: 'flow-list-names\n  List flow names (JSON)',
-    options: {},
-    async run() {
-      process.stdout.write(await flowRequest('list-names', []));
-      return 0;
-    },
-  },
+  ...flowSetCommands('', 'flow'),
   trace: {
     synopsis: 'trace [options]\n  Initiate trace and direct output to stdout',
     options: {
@@ -345,30 +323,37 @@ const commands: CommandTable = {
       return reply(await flowRequest('trace-set', [['name', opt(p, 'name')], ...matchParams(p)]));
     },
   },
-  'trace-flow-delete': {
-    synopsis: 'trace-flow-delete --name=\n  Delete a trace flow',
-    options: { name: { arg: true, required: true, help: 'Name of the flow' } },
-    async run(p) {
-      return reply(await flowRequest('trace-delete', [['name', opt(p, 'name')]]));
-    },
-  },
-  'trace-flow-list': {
-    synopsis: 'trace-flow-list [--name=]\n  List trace flows (JSON)',
-    options: { name: { arg: true, help: 'Name of a flow' } },
-    async run(p) {
-      process.stdout.write(await flowRequest('trace-list', [['name', opt(p, 'name')]]));
-      return 0;
-    },
-  },
-  'trace-flow-list-names': {
-    synopsis: 'trace-flow-list-names\n  List trace flow names (JSON)',
-    options: {},
-    async run() {
-      process.stdout.write(await flowRequest('trace-list-names', []));
-      return 0;
-    },
-  },
+  ...flowSetCommands('trace-', 'trace flow'),
 };
+
+/** delete, list and list-names: the same commands over the flows and over the trace flows. */
+function flowSetCommands(prefix: '' | 'trace-', what: string): CommandTable {
+  return {
+    [`${prefix}flow-delete`]: {
+      synopsis: `${prefix}flow-delete --name=\n  Delete a ${what}`,
+      options: { name: { arg: true, required: true, help: 'Name of the flow' } },
+      async run(p) {
+        return reply(await flowRequest(`${prefix}delete`, [['name', opt(p, 'name')]]));
+      },
+    },
+    [`${prefix}flow-list`]: {
+      synopsis: `${prefix}flow-list [--name=]\n  List ${what}s (JSON)`,
+      options: { name: { arg: true, help: 'Name of a flow' } },
+      async run(p) {
+        process.stdout.write(await flowRequest(`${prefix}list`, [['name', opt(p, 'name')]]));
+        return 0;
+      },
+    },
+    [`${prefix}flow-list-names`]: {
+      synopsis: `${prefix}flow-list-names\n  List ${what} names (JSON)`,
+      options: {},
+      async run() {
+        process.stdout.write(await flowRequest(`${prefix}list-names`, []));
+        return 0;
+      },
+    },
+  };
+}
 
 /** Prints a set/delete reply; success is a reply starting with OK. */
 function reply(text: string): number {
