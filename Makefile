@@ -36,8 +36,10 @@ unit: build
 integration: build
 	$(VITEST) run --project integration
 
-# Each project also writes a JSON report; the last line sums both as 'N passed, N failed'.
+# Tests are type-checked first (vitest only strips types). Each project also writes a JSON
+# report; the last line sums both as 'N passed, N failed'.
 test: build
+	node_modules/.bin/tsc -p tsconfig.test.json
 	$(VITEST) run --project unit --reporter=default --reporter=json --outputFile.json=build/vitest-unit.json
 	$(VITEST) run --project integration --reporter=default --reporter=json --outputFile.json=build/vitest-integration.json
 	@node -e 'const r = ["unit", "integration"].map((p) => require("./build/vitest-" + p + ".json")); const n = (k) => r.reduce((s, x) => s + x[k], 0); console.log(`$${n("numPassedTests")} passed, $${n("numFailedTests")} failed, $${n("numPendingTests") + n("numTodoTests")} skipped`)'
