@@ -10,6 +10,7 @@ const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const NFQLB = `${ROOT}bin/nfqlb.js`;
 const PREFIX = 'tlbb-';
 const SHM = 'tlbb-targets';
+const FT_SHM = 'tlbb-ftshm';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const UDP_PAYLOAD = 18; // 18 + 8 UDP + 20 IP + 14 Ethernet = a 60-byte frame
 const TRAFGEN_CONF = `/tmp/${PREFIX}trafgen.cfg`;
@@ -78,7 +79,7 @@ function measure(topo: Topology, lb: ChildProcess, offloads: string, test: strin
 }
 
 function startLb(topo: Topology): Promise<ChildProcess> {
-  const lb = topo.spawn(topo.ns.router(1), ['node', NFQLB, 'lb', `--tshm=${SHM}`, '--queue=2']);
+  const lb = topo.spawn(topo.ns.router(1), ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, '--queue=2']);
   return new Promise((resolve, reject) => {
     lb.stdout!.on('data', (d: Buffer) => d.toString().includes('serving queue') && resolve(lb));
     lb.once('exit', (code) => reject(new Error(`nfqlb lb exited with ${code}`)));
@@ -124,6 +125,8 @@ export async function benchNfqlb(): Promise<void> {
     for (const p of procs) p.kill('SIGKILL');
     topo.destroy();
     rmSync(TRAFGEN_CONF, { force: true });
-    try { execFileSync('node', [NFQLB, 'delete', `--shm=${SHM}`]); } catch { /* not created */ }
+    for (const shm of [SHM, FT_SHM]) {
+      try { execFileSync('node', [NFQLB, 'delete', `--shm=${shm}`]); } catch { /* not created */ }
+    }
   }
 }
