@@ -7,6 +7,7 @@ import { NFQLB, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, st
 
 const PREFIX = 'tlbn-';
 const SHM = 'tlbn-targets';
+const FT_SHM = 'tlbn-ftshm';
 const NVM = 10;
 
 let topo: Topology;
@@ -14,7 +15,7 @@ const procs: ChildProcess[] = [];
 let router: string;
 
 function startLb(...args: string[]): Promise<Daemon> {
-  const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, ...args]);
+  const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, ...args]);
   procs.push(lb);
   return startDaemon(lb);
 }
@@ -34,7 +35,9 @@ beforeAll(() => {
 afterAll(() => {
   for (const p of procs) p.kill('SIGKILL');
   topo?.destroy();
-  try { nfqlb('delete', `--shm=${SHM}`); } catch { /* never created */ }
+  for (const shm of [SHM, FT_SHM]) {
+    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+  }
   expect(labNamespaces(PREFIX)).toEqual([]);
 });
 
