@@ -4,19 +4,10 @@
 import { describe, expect, it } from 'vitest';
 import type { TargetTable } from '../../src/target-table.js';
 import { buildTable, fixtureBalancer, fixtureGroups, FIXTURE_M, LB_TIER, TABLES, type TableName } from '../fixtures/nfqlb-fixtures.js';
+import { prng } from '../fixtures/prng.js';
 
 const ROUNDS = 300_000;
 
-/** mulberry32, seeded so that a failure replays. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 const tables: Record<TableName, TargetTable> = { main: buildTable('main'), web: buildTable('web'), other: buildTable('other') };
 const isTableFwmark = (fw: number) => Object.values(TABLES).some((base) => fw >= base && fw < base + FIXTURE_M);

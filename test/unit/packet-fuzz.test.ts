@@ -4,20 +4,11 @@ import { describe, expect, it } from 'vitest';
 import { hashAddresses, hashKey } from '../../src/hash.js';
 import { PacketInfo, packetAddressHash, packetHash, parsePacket, writeHashKey } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
+import { prng } from '../fixtures/prng.js';
 
 const ROUNDS = 1_000_000;
 const SEED = 0x5eed1234;
 
-/** mulberry32: small, fast and good enough to drive a fuzzer. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 const tcp4Reply = ipv4({ src: '10.0.0.1', dst: '50.0.0.7' }).tcp({ sport: 80, dport: 40000 }).payload(200).build();
 const tcp6Reply = ipv6({ src: '1000::1', dst: '2000::7' }).ext('dst').tcp({ sport: 80, dport: 40000 }).payload(200).build();
