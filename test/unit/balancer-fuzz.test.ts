@@ -8,7 +8,6 @@ import { prng } from '../fixtures/prng.js';
 
 const ROUNDS = 300_000;
 
-
 const tables: Record<TableName, TargetTable> = { main: buildTable('main'), web: buildTable('web'), other: buildTable('other') };
 const isTableFwmark = (fw: number) => Object.values(TABLES).some((base) => fw >= base && fw < base + FIXTURE_M);
 

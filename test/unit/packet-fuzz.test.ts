@@ -9,7 +9,6 @@ import { prng } from '../fixtures/prng.js';
 const ROUNDS = 1_000_000;
 const SEED = 0x5eed1234;
 
-
 const tcp4Reply = ipv4({ src: '10.0.0.1', dst: '50.0.0.7' }).tcp({ sport: 80, dport: 40000 }).payload(200).build();
 const tcp6Reply = ipv6({ src: '1000::1', dst: '2000::7' }).ext('dst').tcp({ sport: 80, dport: 40000 }).payload(200).build();
 
