@@ -50,7 +50,7 @@ bench: build
 # The lab's main job: 100 connections to 10 servers through nfqlb, servers 1 and 2 scaled in and
 # out again, over IPv4 and IPv6; prints the loss table and the plots' paths, removes the lab.
 demo: build
-	node bin/lblab.js test --nvm=10 --scale="1 2" --family=4,6 --view nfqueue_scale
+	node bin/lblab test --nvm=10 --scale="1 2" --family=4,6 --view nfqueue_scale
 
 clean:
 	rm -rf build dist

@@ -1,6 +1,6 @@
 // The flow hash of nfqlb. Every instance of a load-balancer tier, ours or the reference C one,
 // must map a flow to the same target, so the key layout and the hash are bit-exact copies of
-// the reference's (pinned by ../shared/conformance/nfqlb-vectors.json).
+// the reference's (pinned by test/conformance/nfqlb-vectors.json).
 //
 // Key (40 bytes, zeroed, then filled):
 //   0  src[16]         IPv4 as ::ffff:a.b.c.d

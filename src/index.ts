@@ -12,12 +12,12 @@ export { XdpTable, XDPLB_M, XDPLB_N, parseMac, formatMac } from './xdp/table.js'
 export { FrameForwarder, type ForwarderCounters } from './xdp/forwarder.js';
 export { XdpLb, runXdpLb, type XdpLbOptions } from './xdp/lb.js';
 export { xskAddon, VERDICT_DROP, VERDICT_TX, type XdpMode, type XskAddon } from './xdp/xsk.js';
-export { FragTable, FRAG_STAT, FRAG_STATS_BYTES, FRAG_STORED, FRAG_DROP, formatFragStats, type FragTableOptions, type InjectFn } from './frag-table.js';
-export { FlowSet, FlowSelector, Flow, FlowError, parseMatch, formatMatch, MAX_FLOW_SLOTS, type FlowSpec, type MatchItem, type FlowSelectorOptions } from './flow-table.js';
+export { FragTable, FRAG_STAT, FRAG_STATS_BYTES, FRAG_STORED, FRAG_DROP, formatFragStats, type FragTableOptions, type InjectFn } from './nfqlb/frag-table.js';
+export { FlowSet, FlowSelector, Flow, FlowError, parseMatch, formatMatch, MAX_FLOW_SLOTS, type FlowSpec, type MatchItem, type FlowSelectorOptions } from './nfqlb/flow-table.js';
 export { SingleTable, type TargetSelector, type BalancerCounters } from './nfqlb/lb.js';
 export { startQueue, type QueueContext, type QueueHandle } from './nfqlb/run.js';
 export { FlowServer, parseRequest, specOfRequest } from './nfqlb/flow-server.js';
 export { flowRequest } from './nfqlb/flow-client.js';
 export { parseControlAddress, flowAddress, DEFAULT_FLOW_ADDRESS, DEFAULT_TRACE_ADDRESS, type ControlAddress } from './nfqlb/control-address.js';
-export { Tracer, TraceServer, TRACE, TRACE_SHM, openLogConfig, parseTraceSelection, pinoLevel } from './trace.js';
-export { Tun } from './tun.js';
+export { Tracer, TraceServer, TRACE, TRACE_SHM, openLogConfig, parseTraceSelection, pinoLevel } from './nfqlb/trace.js';
+export { Tun } from './nfqlb/tun.js';

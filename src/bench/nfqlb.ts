@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
+const NFQLB = `${ROOT}bin/nfqlb`;
 const PREFIX = 'tlbb-';
 const SHM = 'tlbb-targets';
 const FT_SHM = 'tlbb-ftshm';

@@ -11,7 +11,7 @@ import { createTopology, routerAddr, serverAddr, testerAddr, VIP, type Topology 
 import { FRAME_BYTES } from './udp-blaster.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-const XDPLB = `${ROOT}bin/xdplb.js`;
+const XDPLB = `${ROOT}bin/xdplb`;
 const BLASTER = `${ROOT}dist/src/bench/udp-blaster.js`;
 const PREFIX = 'tlbx-b-';
 const SHM = 'tlbx-bench';

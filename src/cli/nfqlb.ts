@@ -9,10 +9,10 @@ import { TargetTable } from '../target-table.js';
 import { hashTuple } from '../hash.js';
 import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
-import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../frag-table.js';
+import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
-import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../trace.js';
+import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../nfqlb/trace.js';
 
 const INT32_MAX = 0x7fffffff;
 

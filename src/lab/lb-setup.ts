@@ -45,7 +45,7 @@ export function repoRoot(): string {
   return dir;
 }
 
-const binArgv = (tool: 'nfqlb' | 'xdplb'): string[] => [process.execPath, join(repoRoot(), 'bin', `${tool}.js`)];
+const binArgv = (tool: 'nfqlb' | 'xdplb'): string[] => [process.execPath, join(repoRoot(), 'bin', tool)];
 
 const routers = (topo: Topology): number[] => Array.from({ length: topo.nrouters }, (_, k) => k + 1);
 const servers = (topo: Topology): number[] => Array.from({ length: topo.nvm }, (_, k) => k + 1);

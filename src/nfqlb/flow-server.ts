@@ -8,8 +8,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { loadAddon } from '../native.js';
 import { openShm } from '../shm.js';
 import { TargetTable } from '../target-table.js';
-import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from '../flow-table.js';
-import { TRACE, type Tracer } from '../trace.js';
+import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
+import { TRACE, type Tracer } from './trace.js';
 import { flowAddress, socketOptions, type ControlAddress } from './control-address.js';
 
 /** Longest request we read (the reference's lines are at most 1024 bytes). */

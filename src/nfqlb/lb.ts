@@ -6,11 +6,11 @@
 import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
 import { PacketInfo, parsePacket, packetHash, packetAddressHash } from '../packet.js';
 import { IPPROTO_SCTP } from '../hash.js';
-import { FRAG_STORED, type FragTable } from '../frag-table.js';
-import { TRACE, type Tracer } from '../trace.js';
+import { FRAG_STORED, type FragTable } from './frag-table.js';
+import { TRACE, type Tracer } from './trace.js';
 import { formatAddress } from '../address.js';
 import type { TargetTable } from '../target-table.js';
-import type { Tun } from '../tun.js';
+import type { Tun } from './tun.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;

@@ -9,12 +9,12 @@ import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
 import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
-import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from '../frag-table.js';
-import { Tun } from '../tun.js';
-import { Tracer, TraceServer, followLogLevel, openLogConfig } from '../trace.js';
+import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from './frag-table.js';
+import { Tun } from './tun.js';
+import { Tracer, TraceServer, followLogLevel, openLogConfig } from './trace.js';
 import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js';
 import { parseControlAddress } from './control-address.js';
-import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from '../flow-table.js';
+import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
 
 export interface LbOptions {

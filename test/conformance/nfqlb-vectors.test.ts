@@ -1,5 +1,5 @@
 // Replays every CLI step recorded from the reference nfqlb on our TargetTable
-// and compares the result bit for bit (see ../../../shared/conformance/README.md).
+// and compares the result bit for bit (see README.md beside this file).
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { TargetTable } from '../../src/target-table.js';
@@ -29,7 +29,7 @@ interface Scenario {
   queries: Query[];
 }
 
-const vectorsUrl = new URL('../../../shared/conformance/nfqlb-vectors.json', import.meta.url);
+const vectorsUrl = new URL('./nfqlb-vectors.json', import.meta.url);
 const { scenarios } = JSON.parse(readFileSync(vectorsUrl, 'utf8')) as { scenarios: Scenario[] };
 
 /** Split a recorded step such as `activate --index=2 102` into command, options and operands. */

@@ -23,7 +23,7 @@ const tables: Record<TableName, TargetTable> = { main: buildTable('main'), web: 
 const REPLAY_JS = `
 import { readFileSync } from 'node:fs';
 import { NfQueue, DESC, NF_DROP } from '${ROOT}dist/src/nfqueue.js';
-import { Tun } from '${ROOT}dist/src/tun.js';
+import { Tun } from '${ROOT}dist/src/nfqlb/tun.js';
 const fixtures = JSON.parse(readFileSync(0, 'utf8'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const tun = new Tun('tfix');

@@ -48,7 +48,7 @@ const CLIENT_JS = `
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 const jobs = JSON.parse(readFileSync(0, 'utf8'));
-const tun = jobs.some((j) => j.frags) ? new (await import('${ROOT}dist/src/tun.js')).Tun('tfrag') : null;
+const tun = jobs.some((j) => j.frags) ? new (await import('${ROOT}dist/src/nfqlb/tun.js')).Tun('tfrag') : null;
 const one = (j) => new Promise((resolve) => {
   const s = createSocket(j.family === 4 ? { type: 'udp4' } : { type: 'udp6', ipv6Only: true });
   const timer = setTimeout(() => { s.close(); resolve(null); }, 1500);

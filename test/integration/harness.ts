@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { CLIENT_CIDR, serverAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const NFQLB = `${ROOT}bin/nfqlb.js`;
+export const NFQLB = `${ROOT}bin/nfqlb`;
 
 /** The tests run bin/nfqlb and the traffic tools in namespaces, from dist/. */
 export function requireBuild(): void {

@@ -18,7 +18,7 @@ const ALL_SERVERS = Array.from({ length: NVM }, (_, k) => vmName(k + 1));
 let out: string;
 
 function lblab(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  return spawnSync(process.execPath, [`${ROOT}bin/lblab.js`, ...args], { encoding: 'utf8', env: { ...process.env, __nvm: '', __scale: '' } });
+  return spawnSync(process.execPath, [`${ROOT}bin/lblab`, ...args], { encoding: 'utf8', env: { ...process.env, __nvm: '', __scale: '' } });
 }
 
 function options(o: Partial<LabOptions>): LabOptions {

@@ -8,11 +8,11 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
-import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/trace.js';
+import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb.js`;
+const NFQLB = `${ROOT}bin/nfqlb`;
 const NS = 'tlbf-trc';
 const SHM = 'tlbf-trace-t';
 const procs: ChildProcess[] = [];
@@ -65,7 +65,7 @@ function startTrace(...args: string[]): Promise<{ p: ChildProcess; out: () => st
 
 /** Writes packets into the namespace's tun device (they go to the queue). */
 function send(packets: Uint8Array[]): void {
-  const js = `import { Tun } from '${ROOT}dist/src/tun.js';
+  const js = `import { Tun } from '${ROOT}dist/src/nfqlb/tun.js';
     const t = new Tun('ttrc');
     for (const p of JSON.parse(process.argv[1])) { const b = Buffer.from(p, 'base64'); t.write(b, 0, b.length); }`;
   inNs(NS, ['node', '--input-type=module', '-e', js, JSON.stringify(packets.map((p) => Buffer.from(p).toString('base64')))]);

@@ -13,7 +13,7 @@ import { deleteShm } from '../../src/shm.js';
 const PREFIX = 'tlbx-';
 const SHM = 'tlbx-xdplb';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const XDPLB = ROOT + 'bin/xdplb.js';
+const XDPLB = ROOT + 'bin/xdplb';
 const SERVERS = [1, 2, 3];
 
 // A TCP server on port 5001 of every address: answers its name and closes.

@@ -1,7 +1,7 @@
 // Flows: validation, priority order, matching (protocols, CIDRs, ports, byte matches,
 // promiscuous ping, UDP-encapsulated SCTP), listing, and the flow channel's request handling.
 import { describe, expect, it } from 'vitest';
-import { Flow, FlowError, FlowSelector, FlowSet, formatMatch, parseMatch, type FlowSpec } from '../../src/flow-table.js';
+import { Flow, FlowError, FlowSelector, FlowSet, formatMatch, parseMatch, type FlowSpec } from '../../src/nfqlb/flow-table.js';
 import { FlowServer, parseRequest, specOfRequest } from '../../src/nfqlb/flow-server.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';

@@ -1,7 +1,7 @@
 // The fragment table on its own: first fragment then the others, the others first (stored and
 // handed back in arrival order), timeouts, full pools, collisions, and the stats format.
 import { describe, expect, it } from 'vitest';
-import { FragTable, FRAG_DROP, FRAG_STAT, FRAG_STORED, formatFragStats } from '../../src/frag-table.js';
+import { FragTable, FRAG_DROP, FRAG_STAT, FRAG_STORED, formatFragStats } from '../../src/nfqlb/frag-table.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 

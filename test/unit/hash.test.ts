@@ -20,7 +20,7 @@ interface Query {
 }
 
 const vectors = JSON.parse(
-  readFileSync(new URL('../../../shared/conformance/nfqlb-vectors.json', import.meta.url), 'utf8'),
+  readFileSync(new URL('../conformance/nfqlb-vectors.json', import.meta.url), 'utf8'),
 ) as { scenarios: { name: string; queries: Query[] }[] };
 const queries = vectors.scenarios.flatMap((s) => s.queries.map((q) => ({ scenario: s.name, ...q })));
 

@@ -1,7 +1,7 @@
 // A tun device nfqlb re-injects stored IP fragments through (`nfqlb lb --tun=nfqlb0`): written
 // packets enter the kernel as if received on the device, so they pass PREROUTING (and the
 // NFQUEUE rule) again, now after their first fragment. The native class only opens and writes.
-import { loadAddon } from './native.js';
+import { loadAddon } from '../native.js';
 
 interface NativeTun {
   write(bytes: Uint8Array, offset: number, length: number): number;

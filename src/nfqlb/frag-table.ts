@@ -9,7 +9,7 @@
 // they time out `ttlMs` after the first fragment (or stored fragment) created them, and are
 // reclaimed when their bucket is next used or by sweep(). Everything is preallocated; no
 // method allocates.
-import type { PacketInfo } from './packet.js';
+import type { PacketInfo } from '../packet.js';
 
 export interface FragTableOptions {
   /** Hash buckets (--ft_size, default 500). */

@@ -6,10 +6,10 @@
 // one typed-array read per packet and nothing else.
 import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync } from 'node:fs';
-import { createShm, openShm, shmPath } from './shm.js';
-import { log } from './log.js';
-import { UsageError } from './cli/options.js';
-import { socketOptions, type ControlAddress } from './nfqlb/control-address.js';
+import { createShm, openShm, shmPath } from '../shm.js';
+import { log } from '../log.js';
+import { UsageError } from '../cli/options.js';
+import { socketOptions, type ControlAddress } from './control-address.js';
 
 export const TRACE = { LOG: 1, PACKET: 2, FRAG: 4, FLOW_CONF: 8, SCTP: 16, TARGET: 32, FLOWS: 64 } as const;
 const SELECTION: Record<string, number> = {
