@@ -148,13 +148,16 @@ export class XdpLb {
 
 /** Runs the lb until SIGINT or SIGTERM; SIGUSR1 logs the counters. */
 export async function runXdpLb(o: XdpLbOptions): Promise<number> {
-  const lb = XdpLb.start(o);
-  const report = (): void => void log.info(lb.stats(), 'xdplb stats');
-  process.on('SIGUSR1', report);
-  await new Promise<void>((resolve) => {
+  // Caught before the program is attached: a SIGTERM right after start (systemd stopping the
+  // unit) must still detach it, or the device's VIP traffic would go to a dead socket.
+  const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+  const lb = XdpLb.start(o);
+  const report = (): void => void log.info(lb.stats(), 'xdplb stats');
+  process.on('SIGUSR1', report);
+  await stopped;
   process.off('SIGUSR1', report);
   lb.close();
   return 0;
