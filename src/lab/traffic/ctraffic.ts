@@ -78,7 +78,7 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
   const started = new Date();
   const t0 = performance.now();
   const now = (): number => Math.round(performance.now() - t0);
-  const totals = { sent: 0, received: 0, dropped: 0, failedConnects: 0, lostEvents: 0 };
+  const totals = { sent: 0, received: 0, dropped: 0, failedConnects: 0, lostEvents: 0, maxWaitMs: 0 };
   const samples: Sample[] = [];
   let stopping = false;
 
@@ -138,6 +138,8 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
     if (echoed > 0) {
       s.record.received += echoed;
       totals.received += echoed;
+      // How long this echo kept the connection waiting: a load-balancer restart shows here.
+      totals.maxWaitMs = Math.max(totals.maxWaitMs, now() - s.progressAt);
       s.progressAt = now();
     }
   };
@@ -248,7 +250,7 @@ export function summary(s: CtrafficStats): Omit<CtrafficStats, 'connections' | '
 
 const USAGE = [
   'usage: ctraffic --address=HOST:PORT [--nconn=1] [--rate=10] [--timeout=10s] [--srccidr=CIDR]',
-  '                [--size=64] [--monitor] [--stats-file=FILE]',
+  '                [--size=64] [--lost-timeout=2s] [--monitor] [--stats-file=FILE]',
   '       ctraffic analyze --stats-file=FILE [--output=text|json]',
 ].join('\n');
 
@@ -277,6 +279,7 @@ export async function main(argv: string[]): Promise<number> {
       timeout: { type: 'string' },
       srccidr: { type: 'string' },
       size: { type: 'string' },
+      'lost-timeout': { type: 'string' },
       monitor: { type: 'boolean' },
       'stats-file': { type: 'string' },
       help: { type: 'boolean' },
@@ -300,6 +303,7 @@ export async function main(argv: string[]): Promise<number> {
     timeoutMs: parseDuration(values.timeout ?? '10s'),
     srccidr: values.srccidr,
     size: parseCount(values.size, '--size', 64),
+    lostTimeoutMs: parseDuration(values['lost-timeout'] ?? '2s'),
     monitor: values.monitor ? (line) => process.stderr.write(`${line}\n`) : undefined,
     statsFile: values['stats-file'],
     signal: ac.signal,
