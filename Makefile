@@ -6,7 +6,7 @@ NODE_GYP := node_modules/.bin/node-gyp
 NODEDIR ?= $(shell npm config get nodedir 2>/dev/null | grep -v '^undefined$$' || echo /usr)
 VITEST := node_modules/.bin/vitest
 
-.PHONY: all deps build addon ts test unit integration bench demo clean
+.PHONY: all deps build addon ts test unit integration bench soak demo clean
 
 all: build
 
@@ -46,6 +46,11 @@ test: build
 
 bench: build
 	node dist/src/bench/index.js
+
+# nfqlb lb under steady traffic with a target toggled every 3 s, for SOAK_SECONDS (default 600):
+# fails if the lb's memory grows. Not part of `make test`.
+soak: build
+	node dist/src/bench/soak.js
 
 # The lab's main job: 100 connections to 10 servers through nfqlb, servers 1 and 2 scaled in and
 # out again, over IPv4 and IPv6; prints the loss table and the plots' paths, removes the lab.

@@ -24,6 +24,8 @@ export interface LbOptions {
   lbshm: string | null;
   queues: number[];
   qlength: number;
+  /** A full queue lets packets through unmarked (NFQA_CFG_F_FAIL_OPEN) instead of dropping them. */
+  failOpen: boolean;
   mtu: number;
   notargetsFwmark: number;
   hashMode: number;
@@ -101,6 +103,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const queue = new NfQueue({
     queue: ctx.queue,
     maxLen: o.qlength,
+    failOpen: o.failOpen,
     batch: o.batch,
     // Stored fragments must be whole; otherwise the headers are all we need.
     copyRange: o.tun === null ? 256 : o.mtu,
