@@ -1,6 +1,6 @@
 # Two entry points on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 APT_PACKAGES := build-essential python3 libnetfilter-queue-dev libmnl-dev libxdp-dev libbpf-dev \
-                iptables iproute2 ethtool iperf netsniff-ng procps
+                iptables iproute2 ethtool iperf netsniff-ng procps clang
 # node-gyp builds against the headers installed with Node (no download: only npm and Debian are reachable).
 NODE_GYP := node_modules/.bin/node-gyp
 NODEDIR ?= $(shell npm config get nodedir 2>/dev/null | grep -v '^undefined$$' || echo /usr)
@@ -21,8 +21,12 @@ deps:
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 
+# The offload program (BPF C) goes next to the addons: node-gyp rebuild empties build/.
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpmachine)
+
 addon: node_modules/.package-lock.json
 	$(NODE_GYP) rebuild --silent --nodedir=$(NODEDIR)
+	clang $(BPF_CFLAGS) -c native/bpf/tc_offload.bpf.c -o build/Release/tc_offload.bpf.o
 
 ts: node_modules/.package-lock.json
 	node_modules/.bin/tsc -p tsconfig.json

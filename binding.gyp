@@ -29,6 +29,11 @@
       "target_name": "xsk",
       "sources": ["native/xsk.cc", "native/xdp_program.cc"],
       "libraries": ["-lxdp", "-lbpf"]
+    },
+    {
+      "target_name": "tc_offload",
+      "sources": ["native/tc_offload.cc"],
+      "libraries": ["-lbpf"]
     }
   ]
 }
