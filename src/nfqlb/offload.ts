@@ -8,7 +8,7 @@
 // lb keeps it in step with the shared-memory table by polling it (activate/deactivate write
 // the shm in place; init replaces the file) and publishes every change as a whole new map
 // swapped in at once, so a packet never sees half a table.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadAddon, packageRoot } from '../native.js';
 import { parseAddress, toKeyAddress } from '../address.js';
@@ -126,7 +126,9 @@ export class Offload {
         throw new Error(`--offload: ${dev} already has an offload program at tc ingress (BPF prog id ${ours.id}): another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf`);
       }
     }
-    const program = new addon.TcOffload(offloadObjectFile(), hashMode, sctpEncap);
+    const file = offloadObjectFile();
+    if (!existsSync(file)) throw new Error(`the offload program is not built (${file}): run 'make build' (needs apt package clang)`);
+    const program = new addon.TcOffload(file, hashMode, sctpEncap);
     try {
       return new Offload(program, o, tshm);
     } catch (e) {

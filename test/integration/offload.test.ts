@@ -134,6 +134,25 @@ describe('the program goes with the lb', () => {
   });
 });
 
+describe('re-init while lb --offload runs', () => {
+  it('follows a table that init re-created (another size)', async () => {
+    const lb = await startLb();
+    try {
+      nfqlb('init', `--shm=${SHM}`, '--M=400', '--N=10');
+      nfqlb('activate', `--shm=${SHM}`, '103');
+      await new Promise((r) => setTimeout(r, 300));
+      const r = mconnect(topo, 6, { nconn: 20 });
+      expect(r.failed_connects + r.failed_reads).toBe(0);
+      expect(r.hosts).toEqual({ [vmName(3)]: 20 });
+      expect(queued()).toBe(0);
+    } finally {
+      nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=20');
+      for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+      await stopLb(lb);
+    }
+  });
+});
+
 // Long-lived connections from fixed source addresses and ports (so the test knows each one's
 // hash), one echo message per connection every 50 ms. Prints "ready" once every connection
 // got its server's greeting; on stdin's end prints [{ host, lost }], lost meaning reset or
