@@ -21,12 +21,8 @@ deps:
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 
-# The offload program (BPF C) goes next to the addons: node-gyp rebuild empties build/.
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpmachine)
-
 addon: node_modules/.package-lock.json
 	$(NODE_GYP) rebuild --silent --nodedir=$(NODEDIR)
-	clang $(BPF_CFLAGS) -c native/bpf/tc_offload.bpf.c -o build/Release/tc_offload.bpf.o
 
 ts: node_modules/.package-lock.json
 	node_modules/.bin/tsc -p tsconfig.json
