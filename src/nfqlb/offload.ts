@@ -147,9 +147,19 @@ export class Offload {
     this.checkInit = followTable(tshm, (t) => (this.table = t));
     this.sync();
     for (const dev of o.devs) program.attach(dev);
+    let failing = false;
     this.timer = setInterval(() => {
       this.checkInit();
-      this.sync();
+      // A failed publish (e.g. no memory for the map) is retried on the next tick; meanwhile
+      // the program keeps the last table it had.
+      try {
+        this.sync();
+        if (failing) log.info('offload table published again');
+        failing = false;
+      } catch (e) {
+        if (!failing) log.error({ err: (e as Error).message }, 'offload table not published: retrying');
+        failing = true;
+      }
     }, FOLLOW_MS);
     this.timer.unref();
     log.info({ devs: o.devs, vips: o.vips, program: OFFLOAD_PROGRAM }, 'offload attached at tc ingress');
