@@ -38,7 +38,7 @@ export interface OffloadCounters {
   declined: number;
 }
 
-interface TcOffloadNative {
+export interface TcOffloadNative {
   attach(ifname: string): void;
   detach(ifname: string): void;
   addVip(key: Uint8Array): void;
@@ -48,14 +48,18 @@ interface TcOffloadNative {
   close(): void;
 }
 
-interface TcOffloadAddon {
+export interface TcOffloadAddon {
   TcOffload: new (objectFile: string, hashMode: number, sctpEncap: number) => TcOffloadNative;
   /** Programs attached at tcx ingress of a device. */
   tcxIngress(ifname: string): { id: number; name?: string }[];
 }
 
+/** The addon, once the compiled program it loads is known to be there. */
 export function offloadAddon(): TcOffloadAddon {
-  return loadAddon<TcOffloadAddon>('tc_offload');
+  const addon = loadAddon<TcOffloadAddon>('tc_offload');
+  const file = offloadObjectFile();
+  if (!existsSync(file)) throw new Error(`the offload program is not built (${file}): run 'make build' (needs apt package clang)`);
+  return addon;
 }
 
 /** The compiled program, built by `make build` next to the addons. */
@@ -113,12 +117,14 @@ export class Offload {
   private readonly checkInit: () => void;
   private readonly timer: NodeJS.Timeout;
 
-  /** Loads, fills and attaches the program; on failure nothing stays attached. */
-  static start(o: OffloadOptions, tshm: string, hashMode: number, sctpEncap: number): Offload {
+  /**
+   * Loads, fills and attaches the program; on failure nothing stays attached. `addon` is
+   * replaceable so the table-following logic can be tested without the kernel.
+   */
+  static start(o: OffloadOptions, tshm: string, hashMode: number, sctpEncap: number, addon: TcOffloadAddon = offloadAddon()): Offload {
     for (const dev of o.devs) {
       if (deviceType(dev) !== ARPHRD_ETHER) throw new UsageError(`--offload: ${dev} is not an Ethernet device`);
     }
-    const addon = offloadAddon();
     for (const dev of o.devs) {
       const ours = addon.tcxIngress(dev).find((p) => p.name === OFFLOAD_PROGRAM);
       // tcx links end with their process, so this is a live lb (or a link someone pinned).
@@ -126,9 +132,7 @@ export class Offload {
         throw new Error(`--offload: ${dev} already has an offload program at tc ingress (BPF prog id ${ours.id}): another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf`);
       }
     }
-    const file = offloadObjectFile();
-    if (!existsSync(file)) throw new Error(`the offload program is not built (${file}): run 'make build' (needs apt package clang)`);
-    const program = new addon.TcOffload(file, hashMode, sctpEncap);
+    const program = new addon.TcOffload(offloadObjectFile(), hashMode, sctpEncap);
     try {
       return new Offload(program, o, tshm);
     } catch (e) {
