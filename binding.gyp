@@ -1,4 +1,5 @@
-# One addon per kernel facility, so a machine without libxdp can still run nfqlb.
+# One addon per kernel facility, so a machine without libxdp can still run nfqlb. The offload
+# program (BPF C, clang -target bpf) is built here too, so `npm install` gets it as well.
 {
   "target_defaults": {
     "cflags!": ["-fno-exceptions"],
@@ -29,6 +30,23 @@
       "target_name": "xsk",
       "sources": ["native/xsk.cc", "native/xdp_program.cc"],
       "libraries": ["-lxdp", "-lbpf"]
+    },
+    {
+      "target_name": "tc_offload",
+      "sources": ["native/tc_offload.cc"],
+      "libraries": ["-lbpf"],
+      "dependencies": ["tc_offload_bpf"]
+    },
+    {
+      "target_name": "tc_offload_bpf",
+      "type": "none",
+      "actions": [{
+        "action_name": "clang_target_bpf",
+        "inputs": ["native/bpf/tc_offload.bpf.c"],
+        "outputs": ["<(PRODUCT_DIR)/tc_offload.bpf.o"],
+        "action": ["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-I/usr/include/<!(gcc -dumpmachine)",
+                   "-c", "native/bpf/tc_offload.bpf.c", "-o", "<(PRODUCT_DIR)/tc_offload.bpf.o"]
+      }]
     }
   ]
 }

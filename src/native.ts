@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 const require = createRequire(import.meta.url);
 
 /** The checkout root: src/ and dist/src/ both sit below it. */
-function packageRoot(): string {
+export function packageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, 'package.json'))) {
     const up = dirname(dir);
@@ -22,6 +22,7 @@ const aptPackage: Record<string, string> = {
   shm: 'build-essential',
   nfqueue: 'libnetfilter-queue-dev libmnl-dev',
   xsk: 'libxdp-dev libbpf-dev',
+  tc_offload: 'libbpf-dev clang',
 };
 
 const loaded = new Map<string, unknown>();

@@ -9,6 +9,7 @@ import { TargetTable } from '../target-table.js';
 import { hashTuple } from '../hash.js';
 import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
+import { parseOffloadOptions } from '../nfqlb/offload.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
@@ -223,10 +224,17 @@ const commands: CommandTable = {
     options: {
       tshm: { arg: true, help: 'Target shared memory (default nfqlb)' },
       sctp_encap: { arg: true, help: 'SCTP UDP encapsulation port (default 0 = none)' },
+      offload: { arg: true, help: 'Mark whole VIP packets at tc ingress of these devices (DEV[,DEV...]); queue only unmarked ones' },
+      vip: { arg: true, multiple: true, help: 'VIPs for --offload (ADDR[,ADDR...], repeatable)' },
       ...lbOptions,
     },
     run(p) {
-      return runLb({ ...lbRunOptions(p), tshm: opt(p, 'tshm', 'nfqlb'), sctpEncap: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535) });
+      return runLb({
+        ...lbRunOptions(p),
+        tshm: opt(p, 'tshm', 'nfqlb'),
+        sctpEncap: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535),
+        offload: parseOffloadOptions(opt(p, 'offload'), p.opts.get('vip') ?? []),
+      });
     },
   },
   flowlb: {

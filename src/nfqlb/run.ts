@@ -16,6 +16,7 @@ import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js'
 import { parseControlAddress } from './control-address.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
+import { Offload, type OffloadOptions } from './offload.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -41,6 +42,8 @@ export interface LbOptions {
   traceAddress: string;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
+  /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
+  offload?: OffloadOptions;
 }
 
 /** Parses the reference's `--queue`: `n`, or `a:b` for queues a..b inclusive. */
@@ -136,7 +139,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
  * a half-built or shrunken table; this returns a check that switches to the new file once it
  * appears. Until then, and if it cannot be read, the last good table stays in use.
  */
-function followTable(name: string, replace: (t: TargetTable) => void): () => void {
+export function followTable(name: string, replace: (t: TargetTable) => void): () => void {
   let ino = statSync(shmPath(name)).ino;
   let warned = false;
   return () => {
@@ -195,6 +198,8 @@ export async function runLb(o: LbOptions): Promise<number> {
       throw new UsageError(`Tun mtu too small; ${tunMtu} < ${o.mtu}`);
     }
   }
+  // Checked and attached before anything else is created (a kernel that dies with us detaches it).
+  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.tshm!, o.hashMode, o.sctpEncap);
   createFragStats(o.ftShm, o.queues.length);
   const logConfig = openLogConfig();
   const stopLogLevel = followLogLevel(logConfig);
@@ -235,6 +240,7 @@ export async function runLb(o: LbOptions): Promise<number> {
       await all.catch(fail);
     }
   } finally {
+    offload?.close();
     await flowServer?.close();
     await traceServer.close();
     stopLogLevel();

@@ -8,12 +8,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { createTopology, routerAddr, serverAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
-import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
+import { NFQLB, UDP_PORT, nfqlb, requireBuild, sources, startDaemon, startUdpServers, udpRoundTrips, type Daemon, type UdpJob as Job } from './harness.js';
 
 const PREFIX = 'tlbf-';
 const SHM = 'tlbf-targets';
 const NVM = 4;
-const PORT = 6000;
+const PORT = UDP_PORT;
 
 let topo: Topology;
 const procs: ChildProcess[] = [];
@@ -30,59 +30,12 @@ async function stopLb(lb: Daemon): Promise<Record<string, number>> {
   return JSON.parse(closed.at(-1) ?? '{}') as Record<string, number>;
 }
 
-// A UDP server on every server: answers each datagram with "<name> <bytes>".
-const SERVER_JS = `
-import { createSocket } from 'node:dgram';
-const [name, port] = [process.argv[1], Number(process.argv[2])];
-for (const [type, addr] of [['udp4', '${VIP[4]}'], ['udp6', '${VIP[6]}']]) {
-  const s = createSocket(type === 'udp6' ? { type, ipv6Only: true } : { type });
-  s.on('message', (m, r) => s.send(name + ' ' + m.length, r.port, r.address));
-  s.bind(port, addr);
-}`;
-
-// The tester's client. Jobs on stdin: { src, sport, family, frags?: base64[] }. With frags it
-// writes them, in the given order, into tun device "tfrag" (they leave towards the VIP as if
-// forwarded); without, it sends a 3000-byte datagram and lets its kernel fragment it. Prints
-// { "<src>": "<answer>" | null }.
-const CLIENT_JS = `
-import { createSocket } from 'node:dgram';
-import { readFileSync } from 'node:fs';
-const jobs = JSON.parse(readFileSync(0, 'utf8'));
-const tun = jobs.some((j) => j.frags) ? new (await import('${ROOT}dist/src/nfqlb/tun.js')).Tun('tfrag') : null;
-const one = (j) => new Promise((resolve) => {
-  const s = createSocket(j.family === 4 ? { type: 'udp4' } : { type: 'udp6', ipv6Only: true });
-  const timer = setTimeout(() => { s.close(); resolve(null); }, 1500);
-  s.on('message', (m) => { clearTimeout(timer); s.close(); resolve(m.toString()); });
-  s.bind(j.sport, j.src, () => {
-    if (!j.frags) return s.send(Buffer.alloc(3000, 7), ${PORT}, j.family === 4 ? '${VIP[4]}' : '${VIP[6]}');
-    for (const f of j.frags) { const b = Buffer.from(f, 'base64'); tun.write(b, 0, b.length); }
-  });
-});
-const out = {};
-const results = await Promise.all(jobs.map(one));
-jobs.forEach((j, i) => (out[j.src] = results[i]));
-console.log(JSON.stringify(out));
-process.exit(0);`;
-
-interface Job { src: string; sport: number; family: Family; frags?: string[] }
-
-function sources(family: Family, n: number, base: number): string[] {
-  // Within the tester's client ranges 50.0.0.0/16 and 2000::/112.
-  return Array.from({ length: n }, (_, i) => (family === 4 ? `50.0.${base}.${i + 1}` : `2000::${(base * 256 + i + 1).toString(16)}`));
-}
-
 /** Hand-made fragments of a 3000-byte datagram, last first (the first fragment comes last). */
 function reordered(family: Family, src: string, sport: number, id: number): string[] {
   const dst = VIP[family];
   const b = family === 4 ? ipv4({ src, dst }) : ipv6({ src, dst });
   const frags = fragmentPacket(b.udp({ sport, dport: PORT }).payload(3000).build(), 1232, id);
   return frags.reverse().map((f) => Buffer.from(f).toString('base64'));
-}
-
-function runClient(jobs: Job[]): Record<string, string | null> {
-  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', '--input-type=module', '-e', CLIENT_JS], { input: JSON.stringify(jobs), encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`client failed: ${r.stderr}`);
-  return JSON.parse(r.stdout) as Record<string, string | null>;
 }
 
 /** The server nfqlb's hash gives this 5-tuple (the first fragment's), as the reply names it. */
@@ -106,9 +59,7 @@ function checkAnswers(family: Family, answers: Record<string, string | null>, sp
 beforeAll(() => {
   requireBuild();
   topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 2 });
-  for (let n = 1; n <= NVM; n++) {
-    procs.push(topo.spawn(topo.ns.server(n), ['node', '--input-type=module', '-e', SERVER_JS, `vm-${String(n).padStart(3, '0')}`, String(PORT)]));
-  }
+  procs.push(...startUdpServers(topo, NVM));
   for (const i of [1, 2]) {
     const r = topo.ns.router(i);
     // Conntrack off (it would reassemble), VIP packets to queue 2 from any interface: stored
@@ -155,9 +106,9 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
     let counters: Record<string, number>;
     try {
       const inOrder = sources(family, 16, 1).map((src): Job => ({ src, sport: 7001, family }));
-      checkAnswers(family, runClient(inOrder), 7001);
+      checkAnswers(family, udpRoundTrips(topo, inOrder), 7001);
       const late = sources(family, 16, 2).map((src, i): Job => ({ src, sport: 7002, family, frags: reordered(family, src, 7002, 0x100 + i) }));
-      checkAnswers(family, runClient(late), 7002);
+      checkAnswers(family, udpRoundTrips(topo, late), 7002);
       const stats = JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft1')) as Record<string, number>;
       // 16 reordered datagrams of 3 fragments: 2 stored each, then re-injected.
       expect(stats.fragsAllocated).toBe(32);
@@ -176,9 +127,9 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
     const lb = await startLb(1);
     try {
       const inOrder = sources(family, 8, 3).map((src): Job => ({ src, sport: 7003, family }));
-      checkAnswers(family, runClient(inOrder), 7003);
+      checkAnswers(family, udpRoundTrips(topo, inOrder), 7003);
       const late = sources(family, 4, 4).map((src, i): Job => ({ src, sport: 7004, family, frags: reordered(family, src, 7004, 0x200 + i) }));
-      expect(Object.values(runClient(late))).toEqual([null, null, null, null]);
+      expect(Object.values(udpRoundTrips(topo, late))).toEqual([null, null, null, null]);
       expect(JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft1'))).toMatchObject({ fragsMax: 0, fragsAllocated: 0 });
     } finally {
       await stopLb(lb);
@@ -194,9 +145,9 @@ describe('LB tier (--lbshm)', () => {
     try {
       for (const family of [4, 6] as const) {
         const inOrder = sources(family, 16, 5).map((src): Job => ({ src, sport: 7005, family }));
-        checkAnswers(family, runClient(inOrder), 7005);
+        checkAnswers(family, udpRoundTrips(topo, inOrder), 7005);
         const late = sources(family, 8, 6).map((src, i): Job => ({ src, sport: 7006, family, frags: reordered(family, src, 7006, 0x300 + i) }));
-        checkAnswers(family, runClient(late), 7006);
+        checkAnswers(family, udpRoundTrips(topo, late), 7006);
       }
       // Router 2 only sees what router 1 forwards to it: the fragments it owns.
       const s2 = JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft2')) as Record<string, number>;

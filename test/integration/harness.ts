@@ -82,3 +82,60 @@ export function mconnect(topo: Topology, family: Family, o: { nconn?: number; sr
     `--nconn=${o.nconn ?? 100}`, `--srccidr=${o.srccidr ?? CLIENT_CIDR[family]}`, `--timeout=${o.timeout ?? '3s'}`, '--output=json'], { encoding: 'utf8' });
   return JSON.parse(r.stdout) as MconnectResult;
 }
+
+/** The UDP port of startUdpServers. */
+export const UDP_PORT = 6000;
+
+// A UDP server on every server, bound to the VIPs (DSR): answers each datagram with
+// "<name> <bytes>", so a client sees which server got it and whether it arrived whole.
+const UDP_SERVER_JS = `
+import { createSocket } from 'node:dgram';
+const [name, port] = [process.argv[1], Number(process.argv[2])];
+for (const [type, addr] of [['udp4', '${VIP[4]}'], ['udp6', '${VIP[6]}']]) {
+  const s = createSocket(type === 'udp6' ? { type, ipv6Only: true } : { type });
+  s.on('message', (m, r) => s.send(name + ' ' + m.length, r.port, r.address));
+  s.bind(port, addr);
+}`;
+
+export function startUdpServers(topo: Topology, nvm: number): ChildProcess[] {
+  return Array.from({ length: nvm }, (_, i) =>
+    topo.spawn(topo.ns.server(i + 1), ['node', '--input-type=module', '-e', UDP_SERVER_JS, vmName(i + 1), String(UDP_PORT)]));
+}
+
+// The tester's client. Jobs on stdin: { src, sport, family, frags?: base64[] }. With frags it
+// writes them, in the given order, into tun device "tfrag" (they leave towards the VIP as if
+// forwarded); without, it sends a 3000-byte datagram and lets its kernel fragment it. Prints
+// { "<src>": "<answer>" | null }.
+const UDP_CLIENT_JS = `
+import { createSocket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
+const jobs = JSON.parse(readFileSync(0, 'utf8'));
+const tun = jobs.some((j) => j.frags) ? new (await import('${ROOT}dist/src/nfqlb/tun.js')).Tun('tfrag') : null;
+const one = (j) => new Promise((resolve) => {
+  const s = createSocket(j.family === 4 ? { type: 'udp4' } : { type: 'udp6', ipv6Only: true });
+  const timer = setTimeout(() => { s.close(); resolve(null); }, 1500);
+  s.on('message', (m) => { clearTimeout(timer); s.close(); resolve(m.toString()); });
+  s.bind(j.sport, j.src, () => {
+    if (!j.frags) return s.send(Buffer.alloc(3000, 7), ${UDP_PORT}, j.family === 4 ? '${VIP[4]}' : '${VIP[6]}');
+    for (const f of j.frags) { const b = Buffer.from(f, 'base64'); tun.write(b, 0, b.length); }
+  });
+});
+const out = {};
+const results = await Promise.all(jobs.map(one));
+jobs.forEach((j, i) => (out[j.src] = results[i]));
+console.log(JSON.stringify(out));
+process.exit(0);`;
+
+export interface UdpJob { src: string; sport: number; family: Family; frags?: string[] }
+
+/** Runs the UDP client in the tester: each job's answer (or null) by source address. */
+export function udpRoundTrips(topo: Topology, jobs: UdpJob[]): Record<string, string | null> {
+  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', '--input-type=module', '-e', UDP_CLIENT_JS], { input: JSON.stringify(jobs), encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`client failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as Record<string, string | null>;
+}
+
+/** n source addresses in the tester's client ranges 50.0.0.0/16 and 2000::/112. */
+export function sources(family: Family, n: number, base: number): string[] {
+  return Array.from({ length: n }, (_, i) => (family === 4 ? `50.0.${base}.${i + 1}` : `2000::${(base * 256 + i + 1).toString(16)}`));
+}

@@ -1,0 +1,196 @@
+// `nfqlb lb --offload=DEV`: the in-kernel fast path. A tc ingress program (native/bpf/
+// tc_offload.bpf.c) marks whole TCP/UDP/SCTP packets to the VIPs with the fwmark this lb
+// would give them; the iptables rule queues only unmarked packets (`-m mark --mark 0`), so
+// NFQUEUE sees only what the program declines (fragments, ICMP, other protocols, cut or
+// unusual headers, no active target).
+//
+// The program reads a mirror of the Maglev lookup: fwmark per lookup entry (hash % M). The
+// lb keeps it in step with the shared-memory table by polling it (activate/deactivate write
+// the shm in place; init replaces the file) and publishes every change as a whole new map
+// swapped in at once, so a packet never sees half a table.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadAddon, packageRoot } from '../native.js';
+import { parseAddress, toKeyAddress } from '../address.js';
+import { openShm } from '../shm.js';
+import { TargetTable } from '../target-table.js';
+import { UsageError } from '../cli/options.js';
+import { log } from '../log.js';
+import { followTable } from './run.js';
+
+/** The program's name in the kernel (`bpftool prog`, leftover checks). */
+export const OFFLOAD_PROGRAM = 'tslb_offload';
+/** How often the shm table is compared with the published mirror. */
+const FOLLOW_MS = 20;
+const ARPHRD_ETHER = 1;
+
+export interface OffloadOptions {
+  /** Devices whose tc ingress gets the program (the lb's ingress, e.g. eth2). */
+  devs: string[];
+  /** VIP addresses, IPv4 or IPv6; packets to other addresses are not touched. */
+  vips: string[];
+}
+
+export interface OffloadCounters {
+  /** Packets the program marked (they never reach the queue). */
+  marked: number;
+  /** VIP packets it left unmarked for the queue. */
+  declined: number;
+}
+
+export interface TcOffloadNative {
+  attach(ifname: string): void;
+  detach(ifname: string): void;
+  addVip(key: Uint8Array): void;
+  publish(fwmarks: Int32Array): void;
+  counters(): OffloadCounters;
+  testRun(frame: Uint8Array): { retval: number; mark: number };
+  close(): void;
+}
+
+export interface TcOffloadAddon {
+  TcOffload: new (objectFile: string, hashMode: number, sctpEncap: number) => TcOffloadNative;
+  /** Programs attached at tcx ingress of a device. */
+  tcxIngress(ifname: string): { id: number; name?: string }[];
+}
+
+/** The addon, once the compiled program it loads is known to be there. */
+export function offloadAddon(): TcOffloadAddon {
+  const addon = loadAddon<TcOffloadAddon>('tc_offload');
+  const file = offloadObjectFile();
+  if (!existsSync(file)) throw new Error(`the offload program is not built (${file}): run 'make build' (needs apt package clang)`);
+  return addon;
+}
+
+/** The compiled program, built by `make build` next to the addons. */
+export function offloadObjectFile(): string {
+  return join(packageRoot(), 'build', 'Release', 'tc_offload.bpf.o');
+}
+
+/** Parses `--offload=DEV[,DEV...]` and `--vip=ADDR[,ADDR...]` (repeatable); one line on bad input. */
+export function parseOffloadOptions(devs: string | undefined, vips: readonly string[]): OffloadOptions | undefined {
+  const vipList = vips.flatMap((v) => v.split(','));
+  if (devs === undefined) {
+    if (vipList.length > 0) throw new UsageError('--vip is for --offload');
+    return undefined;
+  }
+  const devList = devs.split(',');
+  if (devList.some((d) => !/^[^\s/]{1,15}$/.test(d))) throw new UsageError(`--offload: '${devs}' is not a list of device names`);
+  if (vipList.length === 0) throw new UsageError('--offload needs the VIPs: --vip=ADDR[,ADDR...]');
+  for (const v of vipList) {
+    try {
+      parseAddress(v);
+    } catch {
+      throw new UsageError(`--vip: '${v}' is not an IPv4 or IPv6 address`);
+    }
+  }
+  return { devs: devList, vips: vipList };
+}
+
+/** What the program reads: the fwmark of each lookup entry, -1 where none is active. */
+export function lookupFwmarks(t: TargetTable, out: Int32Array): void {
+  const { lookup, active } = t;
+  for (let i = 0; i < out.length; i++) {
+    const slot = lookup[i]!;
+    out[i] = slot >= 0 && slot < active.length ? active[slot]! : -1;
+  }
+}
+
+function sameValues(a: Int32Array, b: Int32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function deviceType(dev: string): number {
+  try {
+    return Number(readFileSync(`/sys/class/net/${dev}/type`, 'utf8'));
+  } catch {
+    throw new UsageError(`--offload: Unknown interface [${dev}]`);
+  }
+}
+
+export class Offload {
+  private published = new Int32Array(0);
+  private scratch = new Int32Array(0);
+  private table: TargetTable;
+  private readonly checkInit: () => void;
+  private readonly timer: NodeJS.Timeout;
+
+  /**
+   * Loads, fills and attaches the program; on failure nothing stays attached. `addon` is
+   * replaceable so the table-following logic can be tested without the kernel.
+   */
+  static start(o: OffloadOptions, tshm: string, hashMode: number, sctpEncap: number, addon: TcOffloadAddon = offloadAddon()): Offload {
+    for (const dev of o.devs) {
+      if (deviceType(dev) !== ARPHRD_ETHER) throw new UsageError(`--offload: ${dev} is not an Ethernet device`);
+    }
+    for (const dev of o.devs) {
+      const ours = addon.tcxIngress(dev).find((p) => p.name === OFFLOAD_PROGRAM);
+      // tcx links end with their process, so this is a live lb (or a link someone pinned).
+      if (ours !== undefined) {
+        throw new Error(`--offload: ${dev} already has an offload program at tc ingress (BPF prog id ${ours.id}): another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf`);
+      }
+    }
+    const program = new addon.TcOffload(offloadObjectFile(), hashMode, sctpEncap);
+    try {
+      return new Offload(program, o, tshm);
+    } catch (e) {
+      program.close();
+      throw e;
+    }
+  }
+
+  private constructor(
+    private readonly program: TcOffloadNative,
+    readonly o: OffloadOptions,
+    tshm: string,
+  ) {
+    for (const v of o.vips) program.addVip(toKeyAddress(parseAddress(v)));
+    this.table = new TargetTable(openShm(tshm, false));
+    this.checkInit = followTable(tshm, (t) => (this.table = t));
+    this.sync();
+    for (const dev of o.devs) program.attach(dev);
+    let failing = false;
+    this.timer = setInterval(() => {
+      this.checkInit();
+      // A failed publish (e.g. no memory for the map) is retried on the next tick; meanwhile
+      // the program keeps the last table it had.
+      try {
+        this.sync();
+        if (failing) log.info('offload table published again');
+        failing = false;
+      } catch (e) {
+        if (!failing) log.error({ err: (e as Error).message }, 'offload table not published: retrying');
+        failing = true;
+      }
+    }, FOLLOW_MS);
+    this.timer.unref();
+    log.info({ devs: o.devs, vips: o.vips, program: OFFLOAD_PROGRAM }, 'offload attached at tc ingress');
+  }
+
+  /** Publishes the table when its lookup differs from what the program has. */
+  sync(): void {
+    const M = this.table.M;
+    if (this.scratch.length !== M) this.scratch = new Int32Array(M);
+    lookupFwmarks(this.table, this.scratch);
+    const old = this.published;
+    if (sameValues(old, this.scratch)) return;
+    this.program.publish(this.scratch);
+    // The scratch array becomes the published copy; the old one is the next scratch.
+    this.published = this.scratch;
+    this.scratch = old.length === M ? old : new Int32Array(M);
+  }
+
+  counters(): OffloadCounters {
+    return this.program.counters();
+  }
+
+  /** Detaches from every device (the kernel does the same if the process dies). */
+  close(): void {
+    clearInterval(this.timer);
+    const counters = this.program.counters();
+    this.program.close();
+    log.info({ devs: this.o.devs, ...counters }, 'offload detached');
+  }
+}

@@ -1,0 +1,181 @@
+// The offload program (native/bpf/tc_offload.bpf.c) run by the kernel with BPF_PROG_TEST_RUN
+// against the TypeScript Balancer: every packet it marks must carry exactly the fwmark the
+// Balancer gives, and it may leave unmarked (for the queue) only what it is meant to decline:
+// fragments, ICMP, other protocols, cut headers, packets not to a VIP, no active target.
+import { afterEach, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { parseAddress, toKeyAddress } from '../../src/address.js';
+import { PacketInfo, parsePacket } from '../../src/packet.js';
+import { TargetTable } from '../../src/target-table.js';
+import { Balancer, SingleTable } from '../../src/nfqlb/lb.js';
+import { lookupFwmarks, offloadAddon, offloadObjectFile } from '../../src/nfqlb/offload.js';
+import { buildTable, fixtureBalancer, fixtureGroups, SCTP_ENCAP, VIP4, VIP6, type TableName } from '../fixtures/nfqlb-fixtures.js';
+import { fragmentPacket, ipv4, ipv6, PROTO, type ExtKind } from '../fixtures/packet-builder.js';
+import { prng } from '../fixtures/prng.js';
+
+const TCX_NEXT = -1;
+
+type Program = InstanceType<ReturnType<typeof offloadAddon>['TcOffload']>;
+const programs: Program[] = [];
+
+function load(hashMode: number, sctpEncap: number, vips: string[], table: TargetTable): Program {
+  const p = new (offloadAddon().TcOffload)(offloadObjectFile(), hashMode, sctpEncap);
+  programs.push(p);
+  for (const v of vips) p.addVip(toKeyAddress(parseAddress(v)));
+  const fw = new Int32Array(table.M);
+  lookupFwmarks(table, fw);
+  p.publish(fw);
+  return p;
+}
+
+afterEach(() => {
+  for (const p of programs.splice(0)) p.close();
+});
+
+/** At tc ingress the frame starts at the Ethernet header. */
+function eth(ip: Uint8Array): Uint8Array {
+  const type = ip[0]! >> 4 === 6 ? 0x86dd : 0x0800;
+  const f = new Uint8Array(14 + ip.length);
+  f.set([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, type >> 8, type & 0xff]);
+  f.set(ip, 14);
+  return f;
+}
+
+/** The program's mark for a packet (0: declined); it always lets the packet continue. */
+function markOf(p: Program, pkt: Uint8Array): number {
+  const r = p.testRun(eth(pkt));
+  expect(r.retval).toBe(TCX_NEXT);
+  return r.mark;
+}
+
+/** Whether the program should mark this packet: a whole TCP/UDP/SCTP packet with its ports. */
+function offloadable(pkt: Uint8Array, sctpEncap: number): boolean {
+  const p = new PacketInfo();
+  parsePacket(pkt, 0, pkt.length, p, sctpEncap);
+  return p.family !== 0 && !p.isFragment && !p.truncated && p.hasPorts && !p.icmpError &&
+    (p.l4Proto === PROTO.tcp || p.l4Proto === PROTO.udp || p.l4Proto === PROTO.sctp);
+}
+
+describe('offload program vs the Balancer: the nfqlb fixtures', () => {
+  for (const group of fixtureGroups().filter((g) => g.config.mode === 'lb')) {
+    it(`${group.name}: marks whole packets with the Balancer's fwmark, declines the rest`, () => {
+      const tables = { main: buildTable('main'), web: buildTable('web'), other: buildTable('other') } as Record<TableName, TargetTable>;
+      const balancer = fixtureBalancer(group.config, tables, []);
+      const sctpEncap = group.config.sctpEncap ?? 0;
+      const prog = load(group.config.hashMode, sctpEncap, [VIP4, VIP6], tables.main);
+      let marked = 0;
+      for (const f of group.fixtures) {
+        for (const pkt of f.packets) {
+          const fw = balancer.fwmarkOf(pkt, 0, pkt.length);
+          const mark = markOf(prog, pkt);
+          if (offloadable(pkt, sctpEncap)) {
+            expect(mark, f.description).toBe(fw);
+            marked++;
+          } else {
+            expect(mark, `${f.description}: declined`).toBe(0);
+          }
+        }
+      }
+      // Each group has whole TCP/UDP/SCTP packets: the comparison above is not vacuous.
+      expect(marked).toBeGreaterThan(0);
+      expect(prog.counters().marked).toBe(marked);
+    });
+  }
+});
+
+describe('offload program: the reference conformance vectors', () => {
+  interface Query { proto: 'tcp' | 'udp' | 'sctp' | null; src: string; dst: string; hashMode: number; expect: { fwmark: number } }
+  interface Scenario { name: string; states: { M?: number; N?: number; ownFwmark?: number; lookup: number[]; active: number[] }[]; queries: Query[] }
+  const { scenarios } = JSON.parse(readFileSync(new URL('../conformance/nfqlb-vectors.json', import.meta.url), 'utf8')) as { scenarios: Scenario[] };
+  const protoNumber = { tcp: PROTO.tcp, udp: PROTO.udp, sctp: PROTO.sctp };
+
+  function endpoint(text: string): { addr: string; port: number } {
+    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(text)!;
+    return { addr: m[1]!, port: Number(m[2]) };
+  }
+
+  for (const scenario of scenarios) {
+    it(`${scenario.name}: the reference's fwmark for every query with ports`, () => {
+      // The reference's final table, as recorded.
+      const init = scenario.states[0]!;
+      const last = scenario.states.at(-1)!;
+      const table = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(init.M!, init.N!)), init.M!, init.N!, init.ownFwmark ?? 0);
+      table.lookup.set(last.lookup);
+      table.active.set(last.active);
+      const queries = scenario.queries.filter((q) => q.proto !== null);
+      expect(queries.length).toBeGreaterThan(10);
+      const vips = [...new Set(queries.map((q) => endpoint(q.dst).addr))];
+      const progs = [0, 1].map((mode) => load(mode, 0, vips, table));
+      const balancers = [0, 1].map((mode) => new Balancer(new SingleTable(table, 'conformance'), { hashMode: mode, notargetsFwmark: -1 }));
+      for (const q of queries) {
+        const s = endpoint(q.src);
+        const d = endpoint(q.dst);
+        const family = parseAddress(s.addr).family;
+        const b = family === 4 ? ipv4({ src: s.addr, dst: d.addr }) : ipv6({ src: s.addr, dst: d.addr });
+        const ports = { sport: s.port, dport: d.port };
+        const pkt = (q.proto === 'tcp' ? b.tcp(ports) : q.proto === 'udp' ? b.udp(ports) : b.sctp(ports)).payload(8).build();
+        expect(pkt[family === 4 ? 9 : 6]).toBe(protoNumber[q.proto!]);
+        const mark = markOf(progs[q.hashMode]!, pkt);
+        // No active target behind the entry: declined, and the lb decides (--notargets_fwmark).
+        expect(mark, `${q.proto} ${q.src} -> ${q.dst}`).toBe(Math.max(q.expect.fwmark, 0));
+        expect(balancers[q.hashMode]!.fwmarkOf(pkt, 0, pkt.length)).toBe(q.expect.fwmark);
+      }
+    });
+  }
+});
+
+describe('offload program: random whole packets and what it must decline', () => {
+  const table = buildTable('main');
+
+  it('marks 2000 random TCP/UDP/SCTP packets (IPv4 options, IPv6 extension headers) like the Balancer', () => {
+    const rnd = prng(12);
+    for (const hashMode of [0, 1]) {
+      const prog = load(hashMode, SCTP_ENCAP, [VIP4, VIP6], table);
+      const balancer = new Balancer(new SingleTable(table, 'main'), { hashMode, notargetsFwmark: -1, sctpEncap: SCTP_ENCAP });
+      for (let i = 0; i < 1000; i++) {
+        const r = rnd();
+        const v6 = (r & 1) !== 0;
+        const src = v6 ? `2000::${(r >>> 8).toString(16).slice(0, 4)}:${(r & 0xffff).toString(16)}` : `50.${(r >>> 24) & 255}.${(r >>> 16) & 255}.${(r >>> 8) & 255}`;
+        const b = v6 ? ipv6({ src, dst: VIP6 }) : ipv4({ src, dst: VIP4, options: (r & 2) !== 0 ? new Uint8Array([1, 1, 1, 0]) : undefined });
+        if (v6) for (let e = 0; e < ((r >>> 2) & 3); e++) b.ext((['hop', 'dst', 'routing', 'ah'] as ExtKind[])[(r >>> (4 + 2 * e)) & 3]!);
+        const ports = { sport: rnd() & 0xffff, dport: (r & 4) !== 0 ? SCTP_ENCAP : rnd() & 0xffff };
+        const kind = rnd() % 3;
+        const pkt = (kind === 0 ? b.tcp(ports) : kind === 1 ? b.udp(ports) : b.sctp(ports)).payload(16).build();
+        const fw = balancer.fwmarkOf(pkt, 0, pkt.length);
+        expect(fw).toBeGreaterThan(0);
+        expect(markOf(prog, pkt), `packet ${i}`).toBe(fw);
+      }
+    }
+  });
+
+  it('declines fragments, ICMP, other protocols, cut or lying headers, other addresses, and no target', () => {
+    const prog = load(1, 0, [VIP4, VIP6], table);
+    const whole4 = ipv4({ src: '50.0.0.1', dst: VIP4 }).udp({ sport: 1, dport: 2 }).payload(3000).build();
+    const whole6 = ipv6({ src: '2000::1', dst: VIP6 }).udp({ sport: 1, dport: 2 }).payload(3000).build();
+    const declined: Array<[string, Uint8Array]> = [
+      ['IPv4 first fragment', fragmentPacket(whole4, 1232)[0]!],
+      ['IPv4 last fragment', fragmentPacket(whole4, 1232)[2]!],
+      ['IPv6 first fragment', fragmentPacket(whole6, 1232)[0]!],
+      ['IPv6 atomic fragment (a fragment header, offset 0, no M)', ipv6({ src: '2000::1', dst: VIP6 }).ext('frag').udp({ sport: 1, dport: 2 }).build()],
+      ['ICMP echo', ipv4({ src: '50.0.0.1', dst: VIP4 }).icmp(8, 0, { id: 1 }).build()],
+      ['ICMPv6 packet too big', ipv6({ src: '1000::1:1', dst: VIP6 }).icmp(2, 0, { rest: 1280 }).inner(whole6.subarray(0, 48)).build()],
+      ['GRE', ipv4({ src: '50.0.0.1', dst: VIP4 }).proto(47).payload(24).build()],
+      ['TCP header cut to 2 bytes', ipv4({ src: '50.0.0.1', dst: VIP4 }).proto(PROTO.tcp).payload(2).build()],
+      ['IPv4 total length shorter than the ports', ipv4({ src: '50.0.0.1', dst: VIP4, totalLength: 22 }).tcp({ sport: 1, dport: 2 }).build()],
+      ['IPv6 payload length shorter than the ports', ipv6({ src: '2000::1', dst: VIP6, payloadLength: 2 }).tcp({ sport: 1, dport: 2 }).build()],
+      ['TCP to another address', ipv4({ src: '50.0.0.1', dst: '10.0.0.1' }).tcp({ sport: 1, dport: 2 }).build()],
+      ['TCP over IPv6 to another address', ipv6({ src: '2000::1', dst: '1000::1' }).tcp({ sport: 1, dport: 2 }).build()],
+    ];
+    for (const [what, pkt] of declined) expect(markOf(prog, pkt), what).toBe(0);
+    // The ones to a VIP are counted for the queue; the others are not ours at all.
+    expect(prog.counters()).toEqual({ marked: 0, declined: declined.length - 2 });
+
+    const tcp = ipv4({ src: '50.0.0.1', dst: VIP4 }).tcp({ sport: 1, dport: 2 }).build();
+    const balancer = new Balancer(new SingleTable(table, 'main'), { hashMode: 1, notargetsFwmark: -1 });
+    expect(markOf(prog, tcp)).toBe(balancer.fwmarkOf(tcp, 0, tcp.length));
+    // No active target: every entry -1; the lb applies --notargets_fwmark.
+    prog.publish(new Int32Array(table.M).fill(-1));
+    expect(markOf(prog, tcp)).toBe(0);
+  });
+});
+
