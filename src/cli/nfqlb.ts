@@ -54,6 +54,8 @@ const lbOptions = {
   ft_ttl: { arg: true, help: 'Frag table; ttl milliS (default 200)' },
   trace_address: { arg: true, help: `Trace server address (default ${DEFAULT_TRACE_ADDRESS})` },
   batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
+  announce: { arg: true, help: 'Create and hold this device while serving; a routing daemon announces the VIPs through it' },
+  drain: { arg: true, help: 'With --announce: ms to keep serving after withdrawing on SIGTERM (default 2000)' },
 };
 
 function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
@@ -75,6 +77,8 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
     ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
+    announce: opt(p, 'announce') ?? null,
+    drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
   };
 }
 

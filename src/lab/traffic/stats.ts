@@ -46,6 +46,8 @@ export interface CtrafficStats {
   failedConnects: number;
   /** Lost-connection events (a slot can lose several connections). */
   lostEvents: number;
+  /** Longest wait (ms) for an echo that came: the outage a client saw (absent in old files). */
+  maxDelay?: number;
   connections: ConnectionRecord[];
   samples: Sample[];
 }
