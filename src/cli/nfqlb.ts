@@ -11,6 +11,7 @@ import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
+import { checkAnnounceDevice } from '../nfqlb/announce.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../nfqlb/trace.js';
 
@@ -77,7 +78,7 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
     ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
-    announce: opt(p, 'announce') ?? null,
+    announce: opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!),
     drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
   };
 }

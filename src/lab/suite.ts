@@ -355,6 +355,11 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
         // Behind BGP a stateless tier loses nothing when an LB leaves or comes back, however it leaves.
         const lost = run.report.phases.reduce((n, p) => n + p.lost, 0);
         if (o.bgp && isLbKind(spec.kind) && lost > 0) result.problems.push(`IPv${family}: ${lost} connections lost (expected 0)`);
+        // A resilient group moves only the removed next-hop's buckets: the ideal, give or take a few.
+        const scaleIn = run.report.phases.find((p) => p.event.kind === 'scale-in');
+        if (o.resilient && scaleIn && scaleIn.lost > scaleIn.ideal + 5) {
+          result.problems.push(`IPv${family}: scale-in lost ${scaleIn.lost}, more than the ideal ${scaleIn.ideal} + 5 (resilient next-hops)`);
+        }
       }
     }
     result.ok = result.problems.length === 0;

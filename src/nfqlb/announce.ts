@@ -10,6 +10,14 @@ import { UsageError } from '../cli/options.js';
 import { log } from '../log.js';
 import { Tun } from './tun.js';
 
+/** Checks an --announce device name: valid, and no such device yet (we must own it). Throws one line. */
+export function checkAnnounceDevice(name: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new UsageError(`--announce: bad device name '${name}'`);
+  // Attaching to an existing (persistent) device would leave it behind when we die.
+  if (existsSync(`/sys/class/net/${name}`)) throw new UsageError(`--announce: device ${name} exists; the lb must create it`);
+  return name;
+}
+
 export class Announcement {
   #tun: Tun | null;
 
@@ -19,9 +27,7 @@ export class Announcement {
 
   /** Creates the device and sets it up (the daemon's route needs it up); throws one line. */
   static open(name: string): Announcement {
-    // Attaching to an existing (persistent) device would leave it behind when we die.
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new UsageError(`--announce: bad device name '${name}'`);
-    if (existsSync(`/sys/class/net/${name}`)) throw new UsageError(`--announce: device ${name} exists; the lb must create it`);
+    checkAnnounceDevice(name);
     const tun = new Tun(name);
     try {
       execFileSync('ip', ['link', 'set', 'dev', name, 'up'], { stdio: ['ignore', 'ignore', 'pipe'] });
