@@ -71,7 +71,7 @@ describe('BGP tier', () => {
         expect(learned?.nexthops).toHaveLength(2);
       }
       // The lab's static route to the VIP range is gone: nothing but BIRD leads to the VIPs.
-      expect(execFileSync('ip', ['-n', tester, 'route', 'show', '10.0.0.0/24', 'exact'], { encoding: 'utf8' }).trim()).toBe('');
+      expect(execFileSync('ip', ['-n', tester, 'route', 'show', 'exact', '10.0.0.0/24'], { encoding: 'utf8' }).trim()).toBe('');
       // Each BIRD has its own socket; the gateway's sessions are up, with BFD.
       const show = (what: string): string => execFileSync('birdc', ['-s', join(birdDir(PREFIX), 'gateway.ctl'), 'show', ...what.split(' ')], { encoding: 'utf8' });
       expect(show('protocols').match(/Established/g)).toHaveLength(4);
