@@ -1,7 +1,7 @@
 // `nfqlb lb` and `nfqlb flowlb`: one NFQUEUE per thread. A single queue runs on the main thread;
 // a range a:b runs one worker_thread per queue, so a busy queue never delays another. The main
-// thread owns what exists once per process: the tun device, the fragment statistics file, the
-// trace server and (flowlb) the flow server.
+// thread owns what exists once per process: the tun device, the announcement device (--announce,
+// see announce.ts), the fragment statistics file, the trace server and (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
 import { renameSync, statSync } from 'node:fs';
 import { UsageError } from '../cli/options.js';

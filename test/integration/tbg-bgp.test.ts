@@ -104,6 +104,21 @@ describe('BGP tier', () => {
   });
 });
 
+describe('lblab refusals', () => {
+  test.each([
+    [['--nrouters=2', 'nfqueue_crash_lb'], 'nfqueue_crash_lb: needs --bgp'],
+    [['--bgp', 'ecmp_scale'], 'ecmp_scale: --bgp is for the nfqueue tests'],
+    [['--resilient', 'nfqueue_scale'], 'nfqueue_scale: --resilient is for the ecmp tests'],
+    [['--bgp', 'nfqueue_crash_lb'], 'needs --nrouters >= 2'],
+  ])('lblab test %j: one line, nothing created', (args, message) => {
+    const r = spawnSync(process.execPath, [`${ROOT}bin/lblab`, 'test', `--prefix=${PREFIX}`, ...args], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain(message);
+    expectGone();
+  });
+});
+
 describe('resilient ECMP', () => {
   test('ecmp_scale_in --resilient, an edge target: loses no more than the ideal + 5', async () => {
     const r = await runTest('ecmp_scale_in', options({ bgp: false, resilient: true, nvm: 10, nrouters: 1, durationMs: 6000 }));
