@@ -298,7 +298,7 @@ export function checkTest(test: string, o: LabOptions): number[] {
 }
 
 /** Shell lines for someone entering the lab by hand (printed by start_* and --no-stop). */
-export function manualText(lab: { topo: Topology; lb: LoadBalancer }, o: LabOptions): string {
+export function manualText(lab: { topo: Topology; lb: LoadBalancer; bgp?: BgpTier | null }, o: LabOptions): string {
   const { topo } = lab;
   const last = topo.ns.server(topo.nvm);
   const tool = (t: 'mconnect' | 'ctraffic'): string => toolArgv(t).join(' ');
@@ -312,6 +312,11 @@ export function manualText(lab: { topo: Topology; lb: LoadBalancer }, o: LabOpti
     `  ${tool('mconnect')} --address=${vipAddr(6, 5001)} --nconn=100 --srccidr=${CLIENT_CIDR[6]}`,
     `  ${tool('ctraffic')} --address=${vipAddr(4, 5003)} --nconn=100 --rate=100 --timeout=30s --srccidr=${CLIENT_CIDR[4]} --monitor`,
     ...lab.lb.manual().map((l) => `  ${l}`),
+    ...(lab.bgp ? [
+      '  # The BGP tier: the gateway (tester) learns one multipath route; each BIRD has its own socket:',
+      `  ip -n ${topo.ns.tester} route show ${VIP[4]}/32; ip -n ${topo.ns.tester} -6 route show ${VIP[6]}/128`,
+      `  birdc -s ${lab.bgp.socket('gateway')} show protocols; birdc -s ${lab.bgp.socket('lb-201')} show route`,
+    ] : []),
     `Logs: ${o.outDir}/*.log`,
     `Remove the lab: ${process.execPath} ${join(repoRoot(), 'bin', 'lblab.js')} down --prefix=${o.prefix}`,
   ].join('\n');
