@@ -1,6 +1,6 @@
 # Two entry points on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 APT_PACKAGES := build-essential python3 libnetfilter-queue-dev libmnl-dev libxdp-dev libbpf-dev \
-                iptables iproute2 ethtool iperf netsniff-ng procps systemd clang
+                iptables iproute2 ethtool iperf netsniff-ng procps systemd clang bird2
 # node-gyp builds against the headers installed with Node (no download: only npm and Debian are reachable).
 NODE_GYP := node_modules/.bin/node-gyp
 NODEDIR ?= $(shell npm config get nodedir 2>/dev/null | grep -v '^undefined$$' || echo /usr)
@@ -10,13 +10,16 @@ VITEST := node_modules/.bin/vitest
 
 all: build
 
-# Install only what is missing, so a developer's re-run does not hit the network.
+# Install only what is missing, so a developer's re-run does not hit the network. bird2's package
+# starts a BIRD in the root namespace: stop and disable it (the lab runs its own in namespaces).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	fi; \
+	case "$$missing" in *bird2*) systemctl disable --now bird 2>/dev/null || \
+	  { service bird stop; update-rc.d bird disable; } >/dev/null 2>&1 || true;; esac
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund

@@ -44,7 +44,7 @@ try {
       let out = '';
       p.stdout!.on('data', (d: Buffer) => {
         if (out.length < 1 << 16) out += d.toString();
-        if (out.includes(ready)) resolve();
+        if (out.includes(ready)) resolve(p);
       });
       p.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
       p.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}): ${out}`)));

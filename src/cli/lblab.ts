@@ -5,7 +5,7 @@
 import { dispatch, opt, type CommandTable } from './command.js';
 import { intOption, UsageError, type Parsed } from './options.js';
 import { formatHosts, formatLossReport } from '../lab/report.js';
-import { TESTS, checkTest, removeLab, runTest, type LabOptions, type TestResult } from '../lab/suite.js';
+import { TESTS, checkTest, formatMs, removeLab, runTest, type LabOptions, type TestResult } from '../lab/suite.js';
 import { MAX_ROUTERS, MAX_SERVERS, type Family } from '../lab/topology.js';
 import { parseDuration } from '../lab/traffic/common.js';
 
@@ -46,6 +46,8 @@ function labOptions(p: Parsed): LabOptions {
     outDir: opt(p, 'out', DEFAULT_OUT),
     synOnly: p.opts.has('syn-only') || env('xcluster_SYN_ONLY') === 'yes',
     noStop: p.opts.has('no-stop'),
+    bgp: p.opts.has('bgp'),
+    resilient: p.opts.has('resilient'),
     log: (line) => process.stdout.write(`${line}\n`),
   };
 }
@@ -60,6 +62,8 @@ function printResult(r: TestResult, view: boolean): void {
   for (const run of r.runs) {
     out.push(`${r.test} IPv${run.family}: ${run.report.nconn} connections`);
     out.push(formatLossReport(run.report, run.nservers));
+    for (const c of run.convergence) out.push(`  Convergence, ${c.kind} (${c.how} -> gateway route changed): ${formatMs(c.ms)}`);
+    if (run.maxDelay !== undefined) out.push(`  Longest message delay: ${run.maxDelay} ms`);
     out.push(`  Plot: ${run.plotFile}`);
     if (view) out.push(`  View: open file://${run.plotFile} in a browser (stats: ${run.statsFile})`);
   }
@@ -86,7 +90,7 @@ const commands: CommandTable = {
   test: {
     synopsis: [
       'test --list',
-      'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--no-stop] [opt...] <test...>',
+      'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--no-stop] [--bgp] [--resilient] [opt...] <test...>',
       '  Run tests (names as the original load-balancer.sh); start_* leave the lab up',
     ].join('\n'),
     options: {
@@ -98,6 +102,8 @@ const commands: CommandTable = {
       view: { help: 'Print where to view each plot' },
       'syn-only': { help: 'nfqueue: only new connections go through the queue (or xcluster_SYN_ONLY=yes)' },
       'no-stop': { help: 'Leave the lab up after the test' },
+      bgp: { help: 'nfqueue: LBs behind a BGP gateway (BIRD on the tester and every LB) instead of static ECMP' },
+      resilient: { help: 'ecmp: kernel resilient next-hop groups instead of hash-threshold multipath' },
       nconn: { arg: true, help: 'ctraffic/mconnect connections (default 100)' },
       rate: { arg: true, help: 'ctraffic messages per second, all connections together (default 100)' },
       duration: { arg: true, help: 'ctraffic run length (default 20s for *_scale, 10s for *_scale_in/out)' },

@@ -12,6 +12,7 @@ import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
 import { parseOffloadOptions } from '../nfqlb/offload.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
+import { checkAnnounceDevice } from '../nfqlb/announce.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../nfqlb/trace.js';
 
@@ -56,6 +57,8 @@ const lbOptions = {
   ft_ttl: { arg: true, help: 'Frag table; ttl milliS (default 200)' },
   trace_address: { arg: true, help: `Trace server address (default ${DEFAULT_TRACE_ADDRESS})` },
   batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
+  announce: { arg: true, help: 'Create and hold this device while serving; a routing daemon announces the VIPs through it' },
+  drain: { arg: true, help: 'With --announce: ms to keep serving after withdrawing on SIGTERM (default 2000)' },
 };
 
 function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
@@ -78,6 +81,8 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
     ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
+    announce: opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!),
+    drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
   };
 }
 

@@ -1,6 +1,7 @@
 // The load-balancers of the lab, set up on every router the way the original xcluster
 // load-balancer overlay set up its router VMs: nfqlb (NFQUEUE), kernel ECMP, xdplb (AF_XDP)
 // and IPVS. Each one can take servers out of the load-balancing and put them back (scaling).
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +17,7 @@ export interface LabHandle {
    * Starts a long-running process in `ns` with its output in the lab's log file `name`.log;
    * resolves once the output contains `ready`.
    */
-  daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<void>;
+  daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<ChildProcess>;
 }
 
 export interface LoadBalancer {
@@ -27,11 +28,22 @@ export interface LoadBalancer {
   setServers(servers: readonly number[], active: boolean): void;
   /** Shell lines showing how to look at and change the load-balancer by hand. */
   manual(): string[];
+  /** nfqueue: signals router i's lb process; resolves when it has exited. */
+  stopRouter?(router: number, signal: NodeJS.Signals): Promise<void>;
+  /** nfqueue: starts router i's lb process again (after stopRouter). */
+  startRouter?(router: number): Promise<void>;
 }
 
 export interface NfqueueOptions {
   /** Only new connections go to the queue; conntrack's connmark steers the rest (xcluster_SYN_ONLY). */
   synOnly: boolean;
+  /** `nfqlb lb --announce=` device for a routing daemon (the BGP tier), or none. */
+  announce?: string;
+}
+
+/** Kernel resilient next-hop groups instead of hash-threshold multipath (ECMP). */
+export interface EcmpOptions {
+  resilient: boolean;
 }
 
 /** The checkout root (above src/ and dist/src/): where bin/ and build/ are. */
@@ -101,6 +113,16 @@ function nfqueueRules(family: Family, synOnly: boolean): string {
 export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
   const { topo } = lab;
   const nfqlb = (router: number, args: string[]): string => topo.exec(topo.ns.router(router), [...binArgv('nfqlb'), ...args]);
+  const procs = new Map<number, ChildProcess>();
+  let starts = 0;
+  const startLb = async (i: number): Promise<void> => {
+    const ns = topo.ns.router(i);
+    // A restart logs to a file of its own: the ready line of the first run is still in the old one.
+    const log = `${ns}-nfqlb${starts++ < topo.nrouters ? '' : `-${starts}`}`;
+    procs.set(i, await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shmName(topo, 'nfqlb', i)}`, `--lbshm=${shmName(topo, 'nfqlbLb', i)}`,
+      `--tun=${TUN}`, `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`, ...(o.announce ? [`--announce=${o.announce}`] : [])],
+    log, 'serving queue'));
+  };
   return {
     kind: 'nfqueue',
     async start() {
@@ -135,10 +157,17 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
         topo.exec(ns, ['sysctl', '-qw', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth2.send_redirects=0']);
         topo.exec(ns, ['iptables-restore', '--noflush'], nfqueueRules(4, o.synOnly));
         topo.exec(ns, ['ip6tables-restore', '--noflush'], nfqueueRules(6, o.synOnly));
-        await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shm}`, `--lbshm=${lbShm}`, `--tun=${TUN}`,
-          `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`], `${topo.ns.router(i)}-nfqlb`, 'serving queue');
+        await startLb(i);
       }
     },
+    stopRouter(i, signal) {
+      const p = procs.get(i);
+      if (p === undefined || p.exitCode !== null || p.signalCode !== null) return Promise.reject(new Error(`router ${i}: no lb running`));
+      const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
+      p.kill(signal);
+      return exited;
+    },
+    startRouter: startLb,
     setServers(list, active) {
       for (const i of routers(topo)) {
         const shm = shmName(topo, 'nfqlb', i);
@@ -166,7 +195,19 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
 // ---------------------------------------------------------------------------------------
 // ECMP: the kernel's multipath route to the VIP range on every router; scaling changes it.
 
-export function ecmpLb(lab: LabHandle): LoadBalancer {
+// Resilient groups: next-hop n (server n) has id n for IPv4 and 1000+n for IPv6, the groups
+// RESILIENT_GROUP[family]. Removing a member moves only its buckets; an added member gets only
+// buckets idle for idle_timer s (unbalanced_timer 0: never forced), so no flow moves to it.
+const RESILIENT_GROUP: Readonly<Record<Family, number>> = { 4: 4000, 6: 6000 };
+const RESILIENT_TYPE = 'type resilient buckets 128 idle_timer 10 unbalanced_timer 0';
+const nexthopId = (n: number, family: Family): number => (family === 4 ? n : 1000 + n);
+
+/** `ip nexthop` lines that set family's resilient group to the given servers. */
+function resilientGroup(list: readonly number[], family: Family): string {
+  return `nexthop replace id ${RESILIENT_GROUP[family]} group ${list.map((n) => nexthopId(n, family)).join('/')} ${RESILIENT_TYPE}`;
+}
+
+export function ecmpLb(lab: LabHandle, o: EcmpOptions): LoadBalancer {
   const { topo } = lab;
   let active = servers(topo);
   return {
@@ -180,7 +221,15 @@ export function ecmpLb(lab: LabHandle): LoadBalancer {
         topo.exec(topo.ns.router(i), ['sysctl', '-qw', `net.ipv4.fib_multipath_hash_seed=${200 + i}`,
           'net.ipv4.fib_multipath_hash_policy=3', 'net.ipv4.fib_multipath_hash_fields=0x37',
           'net.ipv6.fib_multipath_hash_policy=3', 'net.ipv6.fib_multipath_hash_fields=0x37']);
-        topo.setRouterVipRoute(i, active);
+        if (o.resilient) {
+          topo.ip(topo.ns.router(i), [
+            ...[4, 6].flatMap((f) => servers(topo).map((n) => `nexthop add id ${nexthopId(n, f as Family)} via ${serverAddr(n, f as Family)} dev eth1`)),
+            ...[4, 6].map((f) => resilientGroup(active, f as Family)),
+            ...[4, 6].map((f) => `route replace ${VIP_NET[f as Family]} nhid ${RESILIENT_GROUP[f as Family]}`),
+          ]);
+        } else {
+          topo.setRouterVipRoute(i, active);
+        }
       }
     },
     setServers(list, on) {
@@ -188,12 +237,14 @@ export function ecmpLb(lab: LabHandle): LoadBalancer {
       if (next.length === 0) throw new RangeError('ecmp: cannot remove every server (a route needs a next-hop)');
       active = next;
       for (const i of routers(topo)) {
-        topo.ip(topo.ns.router(i), [4, 6].map((f) => `route change ${VIP_NET[f as Family]} ${nexthops(active, f as Family)}`));
+        if (o.resilient) topo.ip(topo.ns.router(i), [4, 6].map((f) => resilientGroup(active, f as Family)));
+        else topo.ip(topo.ns.router(i), [4, 6].map((f) => `route change ${VIP_NET[f as Family]} ${nexthops(active, f as Family)}`));
       }
     },
     manual() {
       return [
-        `# On a router (${topo.ns.router(1)}):`,
+        `# On a router (${topo.ns.router(1)})${o.resilient ? `; resilient groups ${RESILIENT_GROUP[4]} (IPv4), ${RESILIENT_GROUP[6]} (IPv6)` : ''}:`,
+        ...(o.resilient ? [`ip nexthop show; ip nexthop bucket show id ${RESILIENT_GROUP[4]}`] : []),
         `ip route show ${VIP_NET[4]}; ip -6 route show ${VIP_NET[6]}`,
         `ip route change ${VIP_NET[4]} ${nexthops(servers(topo).slice(1), 4)}   # scale in server 1`,
       ];
@@ -311,10 +362,10 @@ export function lbUnavailable(kind: LbKind): string | null {
   return null;
 }
 
-export function createLb(kind: LbKind, lab: LabHandle, o: NfqueueOptions): LoadBalancer {
+export function createLb(kind: LbKind, lab: LabHandle, o: NfqueueOptions & EcmpOptions): LoadBalancer {
   switch (kind) {
     case 'nfqueue': return nfqueueLb(lab, o);
-    case 'ecmp': return ecmpLb(lab);
+    case 'ecmp': return ecmpLb(lab, o);
     case 'xdp': return xdpLb(lab);
     case 'ipvs': return ipvsLb(lab);
   }

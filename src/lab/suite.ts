@@ -2,20 +2,23 @@
 // `nfqueue`, `ecmp`, ... (mconnect over IPv4 and IPv6 reaches every server), `*_scale`,
 // `*_scale_in`, `*_scale_out` (100 long-lived ctraffic connections while servers are removed
 // and added back; loss report and plot), `*_scale_lb` (the same for load-balancers behind ECMP
-// on the tester) and `start_*` (leave the lab up for manual work).
+// on the tester) and `start_*` (leave the lab up for manual work). With `--bgp` the LBs sit
+// behind a BGP gateway (./bgp.ts): `*_scale_lb` stops and starts the lb processes themselves and
+// `nfqueue_crash_lb` kills one, and the gateway's routes follow.
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createLb, lbUnavailable, removeLabShm, repoRoot, type LabHandle, type LbKind, type LoadBalancer } from './lb-setup.js';
 import { connectionsSvg } from './plot.js';
+import { ANNOUNCE_IF, BgpTier, bgpUnavailable, removeBirdFiles } from './bgp.js';
 import { lossReport, type LossReport, type ScaleEvent } from './report.js';
 import { CLIENT_CIDR, VIP, createTopology, destroyLab, vmName, type Family, type Topology } from './topology.js';
 import { asStats } from './traffic/stats.js';
 import { toolArgv } from './traffic/tools.js';
 import type { MconnectResult } from './traffic/mconnect.js';
 
-type TestKind = 'basic' | 'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'start';
+type TestKind = 'basic' | 'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'crash_lb' | 'start';
 
 interface TestSpec {
   lb: LbKind;
@@ -29,6 +32,7 @@ export const TESTS: Readonly<Record<string, TestSpec>> = {
   nfqueue_scale_in: { lb: 'nfqueue', kind: 'scale_in' },
   nfqueue_scale_out: { lb: 'nfqueue', kind: 'scale_out' },
   nfqueue_scale_lb: { lb: 'nfqueue', kind: 'scale_lb' },
+  nfqueue_crash_lb: { lb: 'nfqueue', kind: 'crash_lb' },
   ecmp: { lb: 'ecmp', kind: 'basic' },
   ecmp_scale: { lb: 'ecmp', kind: 'scale' },
   ecmp_scale_in: { lb: 'ecmp', kind: 'scale_in' },
@@ -65,6 +69,10 @@ export interface LabOptions {
   synOnly: boolean;
   /** Leave the lab up after a test (the original's --no-stop). */
   noStop: boolean;
+  /** The LBs behind a BGP gateway (BIRD) instead of the tester's static ECMP route. */
+  bgp?: boolean;
+  /** ecmp: kernel resilient next-hop groups instead of hash-threshold multipath. */
+  resilient?: boolean;
   /** Progress lines. */
   log(line: string): void;
 }
@@ -77,6 +85,17 @@ export interface ScaleRun {
   nservers: number;
   statsFile: string;
   plotFile: string;
+  /** --bgp LB tests: lb stopped/started -> gateway route changed, per event. */
+  convergence: Convergence[];
+  /** Longest wait for an echo in the run (ms): the outage the clients saw. */
+  maxDelay?: number;
+}
+
+export interface Convergence {
+  kind: ScaleEvent['kind'];
+  how: string;
+  /** ms from the signal (or start) to the gateway's IPv4 and IPv6 VIP routes having changed. */
+  ms: Record<Family, number>;
 }
 
 export interface TestResult {
@@ -91,9 +110,10 @@ export interface TestResult {
 }
 
 /** When the scale events of a test happen, as fractions of the run (the original's sleeps). */
-const SCHEDULE: Record<'scale' | 'scale_in' | 'scale_out' | 'scale_lb', { durationMs: number; at: number[] }> = {
+const SCHEDULE: Record<'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'crash_lb', { durationMs: number; at: number[] }> = {
   scale: { durationMs: 20_000, at: [0.25, 0.75] }, // in at 5 s, out at 15 s of 20 s
   scale_lb: { durationMs: 20_000, at: [0.25, 0.75] },
+  crash_lb: { durationMs: 10_000, at: [0.4] }, // SIGKILL at 4 s of 10 s
   scale_in: { durationMs: 10_000, at: [0.4] }, // at 4 s of 10 s
   scale_out: { durationMs: 10_000, at: [0.4] }, // scaled in before the run, out at 4 s
 };
@@ -105,13 +125,20 @@ const routerName = (i: number): string => vmName(200 + i);
 export function removeLab(prefix: string): void {
   destroyLab(prefix);
   removeLabShm(prefix);
+  removeBirdFiles(prefix);
 }
+
+export const formatMs = (ms: Record<Family, number>): string => `IPv4 ${ms[4]} ms, IPv6 ${ms[6]} ms`;
+
+/** LB tests: the targets are load-balancers (routers), not servers. */
+const isLbKind = (kind: TestKind): boolean => kind === 'scale_lb' || kind === 'crash_lb';
 
 /** A running lab: topology, servers, processes, and a load-balancer. */
 class Lab implements LabHandle {
   readonly procs: ChildProcess[] = [];
   readonly topo: Topology;
   lb!: LoadBalancer;
+  bgp: BgpTier | null = null;
   /** Routers in the tester's ECMP route. */
   private routersUp: number[];
 
@@ -121,7 +148,7 @@ class Lab implements LabHandle {
     this.routersUp = Array.from({ length: o.nrouters }, (_, k) => k + 1);
   }
 
-  async daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<void> {
+  async daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<ChildProcess> {
     const logFile = join(this.o.outDir, `${name}.log`);
     const fd = openSync(logFile, 'w');
     // Output to a file, not a pipe: a daemon of a lab left up outlives this process.
@@ -131,7 +158,7 @@ class Lab implements LabHandle {
     this.procs.push(p);
     const deadline = Date.now() + 20_000;
     for (;;) {
-      if (readFileSync(logFile, 'utf8').includes(ready)) return;
+      if (readFileSync(logFile, 'utf8').includes(ready)) return p;
       if (p.exitCode !== null || p.signalCode !== null || Date.now() > deadline) {
         const out = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
         throw new Error(`${name}: '${argv.slice(1).join(' ')}' did not start in ${ns}: ${out || 'no output'}`);
@@ -145,10 +172,17 @@ class Lab implements LabHandle {
     for (let n = 1; n <= o.nvm; n++) {
       await this.daemon(topo.ns.server(n), [...toolArgv('server'), `--name=${vmName(n)}`], `${topo.ns.server(n)}-server`, 'listening');
     }
-    // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
-    topo.setTesterRoute(this.routersUp);
-    this.lb = createLb(kind, this, { synOnly: o.synOnly });
+    if (o.bgp) {
+      this.bgp = new BgpTier(this);
+      await this.bgp.start();
+    } else {
+      // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
+      topo.setTesterRoute(this.routersUp);
+    }
+    this.lb = createLb(kind, this, { synOnly: o.synOnly, resilient: o.resilient === true, announce: o.bgp ? ANNOUNCE_IF : undefined });
     await this.lb.start();
+    const t = Date.now();
+    if (this.bgp) o.log(`  BGP: every LB announced, ${formatMs(await this.bgp.converge(this.routersUp.length, t))}`);
   }
 
   /** Ends the processes this lab started and removes it. */
@@ -168,14 +202,29 @@ class Lab implements LabHandle {
     return JSON.parse(r.stdout) as MconnectResult;
   }
 
-  /** Routers in the tester's ECMP route (scale_lb) or servers in the load-balancing. */
-  scaleTargets(kind: TestKind, list: readonly number[], active: boolean): void {
-    if (kind !== 'scale_lb') {
+  /**
+   * Routers in the tester's ECMP route (scale_lb), lb processes behind the BGP gateway
+   * (scale_lb, crash_lb with --bgp), or servers in the load-balancing. With BGP, returns how
+   * long the gateway took to follow.
+   */
+  async scaleTargets(kind: TestKind, list: readonly number[], active: boolean): Promise<Convergence | null> {
+    if (!isLbKind(kind)) {
       this.lb.setServers(list, active);
-      return;
+      return null;
     }
     this.routersUp = active ? [...new Set([...this.routersUp, ...list])].sort((a, b) => a - b) : this.routersUp.filter((i) => !list.includes(i));
-    this.topo.setTesterRoute(this.routersUp);
+    if (!this.bgp) {
+      this.topo.setTesterRoute(this.routersUp);
+      return null;
+    }
+    const t = Date.now();
+    const how = active ? 'lb started' : kind === 'crash_lb' ? 'lb SIGKILLed' : 'lb SIGTERMed';
+    // A graceful stop withdraws first and drains for 2 s: the route changes long before the exit.
+    const exits = active ? list.map((i) => this.lb.startRouter!(i)) : list.map((i) => this.lb.stopRouter!(i, kind === 'crash_lb' ? 'SIGKILL' : 'SIGTERM'));
+    const ms = await this.bgp.converge(this.routersUp.length, t);
+    await Promise.all(exits);
+    this.o.log(`    gateway converged (${how} -> route changed): ${formatMs(ms)}`);
+    return { kind: active ? 'scale-out' : 'scale-in', how, ms };
   }
 
   /** One ctraffic run with scale events at fixed times; returns the stats and the events. */
@@ -183,12 +232,13 @@ class Lab implements LabHandle {
     const { o, topo } = this;
     const plan = SCHEDULE[kind];
     const durationMs = o.durationMs ?? plan.durationMs;
-    const names = list.map((n) => (kind === 'scale_lb' ? routerName(n) : vmName(n)));
+    const names = list.map((n) => (isLbKind(kind) ? routerName(n) : vmName(n)));
     const base = join(o.outDir, `${test}-ipv${family}`);
     const statsFile = `${base}.json`;
     rmSync(statsFile, { force: true });
-    const kinds: ScaleEvent['kind'][] = kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' ? ['scale-in'] : ['scale-in', 'scale-out'];
-    if (kind === 'scale_out') this.scaleTargets(kind, list, false);
+    const kinds: ScaleEvent['kind'][] = kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' || kind === 'crash_lb' ? ['scale-in'] : ['scale-in', 'scale-out'];
+    if (kind === 'scale_out') await this.scaleTargets(kind, list, false);
+    const convergence: Convergence[] = [];
 
     const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${vipAddr(family, 5003)}`, `--nconn=${o.nconn}`,
       `--rate=${o.rate}`, `--timeout=${durationMs}ms`, `--srccidr=${CLIENT_CIDR[family]}`, `--stats-file=${statsFile}`],
@@ -204,21 +254,23 @@ class Lab implements LabHandle {
       await sleep(Math.max(0, spawned + frac * durationMs - Date.now()));
       const ev = kinds[k]!;
       const at = Date.now();
-      this.scaleTargets(kind, list, ev === 'scale-out');
-      wall.push({ at, kind: ev });
       o.log(`  t=${((at - spawned) / 1000).toFixed(1)}s ${ev} ${names.join(' ')}`);
+      wall.push({ at, kind: ev });
+      const c = await this.scaleTargets(kind, list, ev === 'scale-out');
+      if (c) convergence.push(c);
     }
     const code = await exited;
-    if (kind === 'scale_in') this.scaleTargets(kind, list, true); // the next run starts with all targets
+    // The next run starts with all targets.
+    if (kind === 'scale_in' || kind === 'crash_lb') await this.scaleTargets(kind, list, true);
     if (code !== 0 || !existsSync(statsFile)) throw new Error(`ctraffic exited (${code}): ${stderr.trim()}`);
     const stats = asStats(JSON.parse(readFileSync(statsFile, 'utf8')));
     const t0 = Date.parse(stats.started);
     const events = wall.map((w): ScaleEvent => ({ t: w.at - t0, kind: w.kind, targets: names }));
-    const report = lossReport(stats, events, kind !== 'scale_lb');
+    const report = lossReport(stats, events, !isLbKind(kind));
     const plotFile = `${base}.svg`;
-    const what = kind === 'scale_lb' ? `${o.nrouters} load-balancers` : `${o.nvm} servers`;
+    const what = isLbKind(kind) ? `${o.nrouters} load-balancers${o.bgp ? ' behind BGP' : ''}` : `${o.nvm} servers`;
     writeFileSync(plotFile, connectionsSvg(stats, events, { title: `${test} IPv${family}: ${o.nconn} connections, ${what}` }));
-    return { family, events, report, nservers: kind === 'scale_lb' ? o.nrouters : o.nvm, statsFile, plotFile };
+    return { family, events, report, nservers: isLbKind(kind) ? o.nrouters : o.nvm, statsFile, plotFile, convergence, maxDelay: stats.maxDelay };
   }
 }
 
@@ -229,9 +281,12 @@ class Lab implements LabHandle {
 export function checkTest(test: string, o: LabOptions): number[] {
   const spec = TESTS[test];
   if (!spec) throw new RangeError(`unknown test '${test}' (see 'lblab test --list')`);
-  if (spec.kind === 'scale_lb' && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (load-balancers to scale)`);
-  const list = o.scale ?? [spec.kind === 'scale_lb' ? 201 : 1];
-  const isLb = spec.kind === 'scale_lb';
+  const isLb = isLbKind(spec.kind);
+  if (isLb && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (load-balancers to scale)`);
+  if (spec.kind === 'crash_lb' && !o.bgp) throw new RangeError(`${test}: needs --bgp (without a routing daemon nothing withdraws a dead LB)`);
+  if (o.bgp && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --bgp is for the nfqueue tests (the announcement follows 'nfqlb lb')`);
+  if (o.resilient && spec.lb !== 'ecmp') throw new RangeError(`${test}: --resilient is for the ecmp tests`);
+  const list = o.scale ?? [isLb ? 201 : 1];
   const [lo, hi] = isLb ? [201, 200 + o.nrouters] : [1, o.nvm];
   for (const n of list) {
     if (!Number.isInteger(n) || n < lo || n > hi) throw new RangeError(`${test}: --scale ${n} is not a ${isLb ? 'router' : 'server'} (${lo}..${hi})`);
@@ -243,7 +298,7 @@ export function checkTest(test: string, o: LabOptions): number[] {
 }
 
 /** Shell lines for someone entering the lab by hand (printed by start_* and --no-stop). */
-export function manualText(lab: { topo: Topology; lb: LoadBalancer }, o: LabOptions): string {
+export function manualText(lab: { topo: Topology; lb: LoadBalancer; bgp?: BgpTier | null }, o: LabOptions): string {
   const { topo } = lab;
   const last = topo.ns.server(topo.nvm);
   const tool = (t: 'mconnect' | 'ctraffic'): string => toolArgv(t).join(' ');
@@ -257,6 +312,11 @@ export function manualText(lab: { topo: Topology; lb: LoadBalancer }, o: LabOpti
     `  ${tool('mconnect')} --address=${vipAddr(6, 5001)} --nconn=100 --srccidr=${CLIENT_CIDR[6]}`,
     `  ${tool('ctraffic')} --address=${vipAddr(4, 5003)} --nconn=100 --rate=100 --timeout=30s --srccidr=${CLIENT_CIDR[4]} --monitor`,
     ...lab.lb.manual().map((l) => `  ${l}`),
+    ...(lab.bgp ? [
+      '  # The BGP tier: the gateway (tester) learns one multipath route; each BIRD has its own socket:',
+      `  ip -n ${topo.ns.tester} route show ${VIP[4]}/32; ip -n ${topo.ns.tester} -6 route show ${VIP[6]}/128`,
+      `  birdc -s ${lab.bgp.socket('gateway')} show protocols; birdc -s ${lab.bgp.socket('lb-201')} show route`,
+    ] : []),
     `Logs: ${o.outDir}/*.log`,
     `Remove the lab: ${process.execPath} ${join(repoRoot(), 'bin', 'lblab.js')} down --prefix=${o.prefix}`,
   ].join('\n');
@@ -267,7 +327,7 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
   const list = checkTest(test, o);
   const spec = TESTS[test]!;
   const result: TestResult = { test, ok: false, problems: [], mconnect: [], runs: [] };
-  const unavailable = lbUnavailable(spec.lb);
+  const unavailable = lbUnavailable(spec.lb) ?? (o.bgp ? bgpUnavailable() : null);
   if (unavailable) {
     result.unavailable = unavailable;
     return result;
@@ -297,6 +357,14 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
         result.runs.push(run);
         if (run.report.neverConnected > 0) result.problems.push(`IPv${family}: ${run.report.neverConnected} connections never connected`);
         if (run.report.lostBefore > 0) result.problems.push(`IPv${family}: ${run.report.lostBefore} connections lost before any scaling`);
+        // Behind BGP a stateless tier loses nothing when an LB leaves or comes back, however it leaves.
+        const lost = run.report.phases.reduce((n, p) => n + p.lost, 0);
+        if (o.bgp && isLbKind(spec.kind) && lost > 0) result.problems.push(`IPv${family}: ${lost} connections lost (expected 0)`);
+        // A resilient group moves only the removed next-hop's buckets: the ideal, give or take a few.
+        const scaleIn = run.report.phases.find((p) => p.event.kind === 'scale-in');
+        if (o.resilient && scaleIn && scaleIn.lost > scaleIn.ideal + 5) {
+          result.problems.push(`IPv${family}: scale-in lost ${scaleIn.lost}, more than the ideal ${scaleIn.ideal} + 5 (resilient next-hops)`);
+        }
       }
     }
     result.ok = result.problems.length === 0;

@@ -1,7 +1,7 @@
 // `nfqlb lb` and `nfqlb flowlb`: one NFQUEUE per thread. A single queue runs on the main thread;
 // a range a:b runs one worker_thread per queue, so a busy queue never delays another. The main
-// thread owns what exists once per process: the tun device, the fragment statistics file, the
-// trace server and (flowlb) the flow server.
+// thread owns what exists once per process: the tun device, the announcement device (--announce,
+// see announce.ts), the fragment statistics file, the trace server and (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
 import { renameSync, statSync } from 'node:fs';
 import { UsageError } from '../cli/options.js';
@@ -17,6 +17,7 @@ import { parseControlAddress } from './control-address.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
 import { Offload, type OffloadOptions } from './offload.js';
+import { Announcement } from './announce.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -40,6 +41,10 @@ export interface LbOptions {
   ftFrag: number;
   ftTtl: number;
   traceAddress: string;
+  /** Device held while serving, for a routing daemon's VIP announcement (--announce), or null. */
+  announce: string | null;
+  /** With announce: ms to keep serving after withdrawing on SIGTERM/SIGINT (--drain). */
+  drainMs: number;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
@@ -211,10 +216,12 @@ export async function runLb(o: LbOptions): Promise<number> {
     'FragTable',
   );
 
+  // Announced once the queues are bound; a graceful stop withdraws, drains, then stops them.
+  let announcement: Announcement | null = null;
   const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
-  });
+  }).then(() => announcement?.withdraw(o.drainMs));
   const tunFd = tun?.fd() ?? null;
   const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
   const counters = flowCounters === null ? null : new Float64Array(flowCounters);
@@ -223,11 +230,13 @@ export async function runLb(o: LbOptions): Promise<number> {
   try {
     if (o.queues.length === 1) {
       const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters });
+      if (o.announce !== null) announcement = Announcement.open(o.announce);
       if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters);
       await stopped;
       handle.stop();
     } else {
       const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters }, traceSink));
+      if (o.announce !== null) announcement = Announcement.open(o.announce);
       if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters);
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
@@ -245,6 +254,7 @@ export async function runLb(o: LbOptions): Promise<number> {
     await traceServer.close();
     stopLogLevel();
     tun?.close();
+    announcement?.close();
   }
   return failed ? 1 : 0;
 }

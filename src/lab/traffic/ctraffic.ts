@@ -78,7 +78,8 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
   const started = new Date();
   const t0 = performance.now();
   const now = (): number => Math.round(performance.now() - t0);
-  const totals = { sent: 0, received: 0, dropped: 0, failedConnects: 0, lostEvents: 0, maxWaitMs: 0 };
+  // maxDelay: the longest a connection waited for an echo it then got (the outage a client saw).
+  const totals = { sent: 0, received: 0, dropped: 0, failedConnects: 0, lostEvents: 0, maxDelay: 0 };
   const samples: Sample[] = [];
   let stopping = false;
 
@@ -138,8 +139,7 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
     if (echoed > 0) {
       s.record.received += echoed;
       totals.received += echoed;
-      // How long this echo kept the connection waiting: a load-balancer restart shows here.
-      totals.maxWaitMs = Math.max(totals.maxWaitMs, now() - s.progressAt);
+      totals.maxDelay = Math.max(totals.maxDelay, now() - s.progressAt);
       s.progressAt = now();
     }
   };

@@ -46,8 +46,8 @@ export interface CtrafficStats {
   failedConnects: number;
   /** Lost-connection events (a slot can lose several connections). */
   lostEvents: number;
-  /** The longest a connection waited for an echo (ms): a stall of the path shows here. */
-  maxWaitMs?: number;
+  /** Longest wait (ms) for an echo that came: the outage a client saw (absent in old files). */
+  maxDelay?: number;
   connections: ConnectionRecord[];
   samples: Sample[];
 }
