@@ -3,10 +3,12 @@
 // malformed or refused message at warn. The audit logger keeps level info whatever
 // `nfqlb loglevel` does to the rest, so a change is never lost to a quiet log level; the
 // warnings go through a token bucket so a flood of bad messages cannot fill the disk.
+import { pino } from 'pino';
 import { log } from '../log.js';
 import type { Peer } from './control-auth.js';
 
-const audit = log.child({ audit: true }, { level: log.levelVal > 30 ? log.level : 'info' });
+// Its own logger (same name, same stdout): a child would follow the parent's level changes.
+const audit = pino({ name: 'tslb', base: { pid: process.pid, audit: true }, level: log.levelVal > 30 ? log.level : 'info' });
 
 /**
  * A token bucket: `burst` lines at once, then `perSecond`. What it holds back is counted
