@@ -374,8 +374,12 @@ function streamTrace(address: ReturnType<typeof parseControlAddress>, addressTex
     const c = connect(socketOptions(address), () => {
       if (address.kind !== 'tcp') return;
       const k = clientKey();
+      // Without a key an empty line gets the refusal at once rather than after the server's timeout.
       if ('key' in k) c.write(`auth:${k.key}\n`);
-      else noKey = ` (${k.missing})`;
+      else {
+        noKey = ` (${k.missing})`;
+        c.write('\n');
+      }
     });
     const stop = () => c.end();
     process.once('SIGINT', stop);

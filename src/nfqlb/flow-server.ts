@@ -155,7 +155,7 @@ export class FlowServer {
   handle(req: FlowRequest, peer: Peer = {}): string {
     const reply = this.execute(req);
     const action = req.get('action');
-    const fields = { channel: 'flow', action, name: req.get('name') };
+    const fields = { channel: 'flow', action, flow: req.get('name') };
     if (reply.startsWith('FAIL')) auditRefusal(peer, { ...fields, reason: reply.slice(6).replace(/\0$/, '') }, 'flow channel: request failed');
     else if (CHANGES.has(action ?? '')) auditChange(peer, { ...fields, request: changeOf(req) }, `flow channel: ${action} ${req.get('name')}`);
     return reply;

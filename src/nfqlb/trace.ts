@@ -169,7 +169,10 @@ export class TraceServer {
     if (this.key === null) return this.admit(c, peer);
     // tcp: the first line must be the key.
     let first = '';
-    c.setTimeout(5000, () => refuse('no control key within 5 s'));
+    c.setTimeout(5000, () => {
+      c.off('data', onData);
+      refuse('no control key within 5 s');
+    });
     const onData = (d: Buffer) => {
       first += d.toString('latin1');
       const nl = first.indexOf('\n');

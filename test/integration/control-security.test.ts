@@ -116,7 +116,7 @@ describe('tcp control channels', () => {
       await until(() => audit(lb).filter((l) => l.msg === 'flow channel: trace-set dns').length > 0);
       const records = audit(lb);
       const changes = records.filter((l) => l.level === 30 && l.channel === 'flow');
-      expect(changes.map((l) => [l.action, l.name])).toEqual([['set', 'web'], ['delete', 'web'], ['trace-set', 'dns']]);
+      expect(changes.map((l) => [l.action, l.flow])).toEqual([['set', 'web'], ['delete', 'web'], ['trace-set', 'dns']]);
       expect(changes[0]).toMatchObject({ peer: { address: expect.stringMatching(/^::1:\d+$/) }, request: { target: TABLE, protocols: 'tcp', dports: '80' } });
       const refusals = records.filter((l) => l.level === 40);
       expect(refusals.map((l) => l.msg)).toEqual([
@@ -160,7 +160,7 @@ describe('tcp control channels', () => {
       await until(() => audit(lb).some((l) => l.msg === 'flow channel: request failed'));
       const warnings = audit(lb).filter((l) => l.level === 40);
       expect(warnings.length).toBeLessThanOrEqual(25);
-      expect(warnings.at(-1)).toMatchObject({ msg: 'flow channel: request failed', reason: "Couldn't create load-balancer", name: 'x' });
+      expect(warnings.at(-1)).toMatchObject({ msg: 'flow channel: request failed', reason: "Couldn't create load-balancer", flow: 'x' });
       // Every refusal is either logged or counted (with the next line let through, or on the 10 s flush).
       const logged = warnings.filter((l) => l.msg === 'flow channel: refused: wrong control key').length;
       const counted = warnings.reduce((n, l) => n + ((l.suppressed as number | undefined) ?? 0), 0);
