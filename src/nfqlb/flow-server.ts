@@ -86,12 +86,13 @@ export class FlowServer {
       const server = createServer({ allowHalfOpen: true });
       const fs = new FlowServer(server, address, apply, tracer, counters, key);
       server.on('connection', (c) => fs.accept(c));
-      server.once('error', (e: NodeJS.ErrnoException) => {
+      const failed = (e: NodeJS.ErrnoException) => {
         const taken = `flow address ${formatControlAddress(address)} is taken (another flowlb in this network namespace?): give each flowlb its own NFQLB_FLOW_ADDRESS, e.g. unix:nfqlb-2`;
         reject(e.code === 'EADDRINUSE' ? Object.assign(new Error(taken), { code: e.code }) : e);
-      });
+      };
+      server.once('error', failed);
       server.listen(socketOptions(address), () => {
-        server.off('error', reject);
+        server.off('error', failed);
         resolve(fs);
       });
     });

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
-import { NFQLB, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
+import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
 
 const NS = 'tsc-ctl';
 const TABLE = 'tsc-web';
@@ -28,8 +28,10 @@ interface Result { status: number | null; stdout: string; stderr: string }
 
 /** Runs `argv` in the namespace with `env`, as root or (user 'nobody') as nobody. */
 function inNs(argv: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root'): Result {
+  // A time limit: an lb that failed to start must exit, not hang on a queue it still holds.
   const r = spawnSync('ip', ['netns', 'exec', NS, ...(user === 'nobody' ? NOBODY : []), 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], {
     encoding: 'utf8',
+    timeout: 20_000,
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -225,6 +227,25 @@ describe('unix control channels', () => {
   });
 });
 
+describe('shared memory tables', () => {
+  it('nobody cannot change an xdplb or nfqlb table: one line, exit 1, bytes unchanged', () => {
+    const XDP = 'tsc-xdp';
+    inNs(['node', `${ROOT}bin/xdplb`, 'init', `--shm=${XDP}`]);
+    try {
+      for (const file of [XDP, TABLE]) {
+        const before = readFileSync(`/dev/shm/${file}`);
+        const argv = file === XDP ? [`${ROOT}bin/xdplb`, 'vip-add', '10.0.0.1', `--shm=${XDP}`] : [NFQLB, 'activate', '102', `--shm=${TABLE}`];
+        const r = inNs(['node', ...argv], {}, 'nobody');
+        expect(r.status).toBe(1);
+        expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/: EACCES: permission denied, open '\/dev\/shm\/tsc-/)]);
+        expect(readFileSync(`/dev/shm/${file}`).equals(before)).toBe(true);
+      }
+    } finally {
+      rmSync(`/dev/shm/${XDP}`, { force: true });
+    }
+  });
+});
+
 describe('several lbs in one namespace', () => {
   it('run side by side; the second traces on its own address; a taken queue or address is named', async () => {
     const first = await start(['lb', '--queue=5', `--tshm=${TABLE}`, '--ft_shm=tsc-ft5']);
@@ -248,6 +269,10 @@ describe('several lbs in one namespace', () => {
       expect(flow2.stderr.trim().split('\n')).toEqual([
         'nfqlb flowlb: flow address unix:nfqlb is taken (another flowlb in this network namespace?): give each flowlb its own NFQLB_FLOW_ADDRESS, e.g. unix:nfqlb-2',
       ]);
+      // With one worker per queue too: the workers are stopped and the lb exits.
+      const flow3 = cli(['flowlb', '--queue=8:9', '--ft_shm=tsc-ft8']);
+      expect(flow3.status).toBe(1);
+      expect(flow3.stderr).toMatch(/^nfqlb flowlb: flow address unix:nfqlb is taken/);
       const trace = cli(['lb', '--queue=8', `--tshm=${TABLE}`, '--ft_shm=tsc-ft8', '--trace_address=unix:nfqlb-trace-6']);
       expect(trace.stderr.trim().split('\n')).toEqual(['nfqlb lb: --trace_address=unix:nfqlb-trace-6 is taken (another lb in this network namespace?)']);
       // All three still serve.
