@@ -14,6 +14,7 @@ import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-tabl
 import { flowRequest } from '../nfqlb/flow-client.js';
 import { checkAnnounceDevice } from '../nfqlb/announce.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
+import { clientKey } from '../nfqlb/control-auth.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../nfqlb/trace.js';
 
 const INT32_MAX = 0x7fffffff;
@@ -59,6 +60,7 @@ const lbOptions = {
   batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
   announce: { arg: true, help: 'Create and hold this device while serving; a routing daemon announces the VIPs through it' },
   drain: { arg: true, help: 'With --announce: ms to keep serving after withdrawing on SIGTERM (default 2000)' },
+  allow_remote: { help: 'Accept a tcp flow/trace address that is not loopback (clients still need the control key)' },
 };
 
 function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
@@ -83,6 +85,7 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
     announce: opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!),
     drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
+    allowRemote: p.opts.has('allow_remote'),
   };
 }
 
@@ -376,19 +379,49 @@ function reply(text: string): number {
   return text.startsWith('OK') ? 0 : 1;
 }
 
-/** Streams the trace server's lines to stdout until it closes or we are interrupted. */
+/**
+ * Streams the trace server's lines to stdout until it closes or we are interrupted. On tcp
+ * the control key goes first; a server that turns us away says why in one JSON line.
+ */
 function streamTrace(address: ReturnType<typeof parseControlAddress>, addressText: string): Promise<number> {
   return new Promise((resolve) => {
-    const c = connect(socketOptions(address));
+    let noKey = '';
+    const c = connect(socketOptions(address), () => {
+      if (address.kind !== 'tcp') return;
+      const k = clientKey();
+      // Without a key an empty line gets the refusal at once rather than after the server's timeout.
+      if ('key' in k) c.write(`auth:${k.key}\n`);
+      else {
+        noKey = ` (${k.missing})`;
+        c.write('\n');
+      }
+    });
     const stop = () => c.end();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
-    c.on('data', (d) => process.stdout.write(d));
+    let first = true;
+    let code = 0;
+    c.on('data', (d: Buffer) => {
+      if (first && d[0] === 0x7b) {
+        const line = d.toString().split('\n')[0]!;
+        let error = line;
+        try {
+          error = String((JSON.parse(line) as { error?: unknown }).error);
+        } catch {
+          // Not JSON after all: show it as it came.
+        }
+        process.stderr.write(`nfqlb trace: ${addressText}: ${error}${noKey}\n`);
+        code = 1;
+        return;
+      }
+      first = false;
+      process.stdout.write(d);
+    });
     c.on('error', (e) => {
       process.stderr.write(`nfqlb trace: Trace client connect to ${addressText}: ${e.message}\n`);
       resolve(1);
     });
-    c.on('close', () => resolve(0));
+    c.on('close', () => resolve(code));
   });
 }
 

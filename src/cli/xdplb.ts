@@ -1,11 +1,12 @@
 // `xdplb`: the original xcluster xdplb's commands (init, activate, deactivate, show, lb)
 // plus VIP management, so no bpftool is needed. Every command validates all of its input
 // before it touches shared memory, so a bad call changes nothing.
-import { renameSync } from 'node:fs';
+import { existsSync, readdirSync, renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { intOption, UsageError, type Parsed } from './options.js';
 import { createShm, openShm, shmPath } from '../shm.js';
-import { XdpTable, parseMac, vipKey } from '../xdp/table.js';
+import { TargetTable } from '../target-table.js';
+import { XDPLB_M, XDPLB_N, XdpTable, parseMac, vipKey } from '../xdp/table.js';
 import { runXdpLb } from '../xdp/lb.js';
 
 const DEFAULT_SHM = 'xdplb';
@@ -23,23 +24,66 @@ function indexArg(p: Parsed, t: XdpTable): number {
   return i;
 }
 
-/** <addr...>, all parsed before anything changes. */
+/**
+ * A VIP's key; throws for text that is not one unicast address (a CIDR, an addr:port, a
+ * multicast, broadcast, loopback or unspecified address cannot be a VIP).
+ */
+function checkVip(text: string): Uint8Array {
+  const key = vipKey(text);
+  const v4 = key.subarray(0, 10).every((b) => b === 0) && key[10] === 0xff && key[11] === 0xff;
+  let kind: string | null = null;
+  if (v4) {
+    if (key[12]! >= 224) kind = 'multicast or broadcast';
+    else if (key[12] === 127) kind = 'loopback';
+    else if (key[12] === 0) kind = 'unspecified';
+  } else if (key[0] === 0xff) kind = 'multicast';
+  else if (key.subarray(0, 15).every((b) => b === 0) && key[15]! <= 1) kind = 'unspecified or loopback';
+  if (kind !== null) throw new UsageError(`Invalid VIP [${text}]: a ${kind} address`);
+  return key;
+}
+
+/** <addr...>, all checked before anything changes. */
 function vipArgs(p: Parsed): string[] {
   if (p.args.length === 0) throw new UsageError('no VIP address given');
-  for (const a of p.args) vipKey(a);
+  for (const a of p.args) checkVip(a);
   return p.args;
+}
+
+/** A network device of this namespace, checked before the lb touches the table. */
+function deviceArg(p: Parsed, name: 'idev' | 'edev'): string {
+  const dev = opt(p, name, '');
+  if (!/^[^/\s:]{1,15}$/.test(dev) || dev === '.' || dev === '..') throw new UsageError(`--${name}: '${dev}' is not a device name`);
+  if (!existsSync(`/sys/class/net/${dev}`)) throw new UsageError(`--${name}: unknown device [${dev}] in this network namespace`);
+  return dev;
+}
+
+/** The rx queue to serve: one the ingress device has. */
+function queueArg(p: Parsed, idev: string): number {
+  const queue = intOption('queue', opt(p, 'queue', '0'), 0, 65535);
+  const rx = readdirSync(`/sys/class/net/${idev}/queues`).filter((q) => q.startsWith('rx-')).length;
+  if (queue >= Math.max(rx, 1)) throw new UsageError(`--queue=${queue}: ${idev} has ${rx} rx queue${rx === 1 ? '' : 's'} (0..${rx - 1})`);
+  return queue;
 }
 
 const commands: CommandTable = {
   init: {
-    synopsis: `init [--shm=${DEFAULT_SHM}]\n  Create the table (M=997, N=20) in /dev/shm`,
-    options: shmOption,
+    synopsis: `init [--shm=${DEFAULT_SHM}] [--M=${XDPLB_M}] [--N=${XDPLB_N}]\n  Create the table in /dev/shm`,
+    options: {
+      ...shmOption,
+      M: { arg: true, help: `Maglev lookup table size, rounded down to a prime (default ${XDPLB_M})` },
+      N: { arg: true, help: `Max number of targets, 1..M (default ${XDPLB_N})` },
+    },
     run(p) {
       const name = opt(p, 'shm', DEFAULT_SHM);
+      const wantM = intOption('M', opt(p, 'M', String(XDPLB_M)), 2, 1 << 24);
+      const N = intOption('N', opt(p, 'N', String(XDPLB_N)), 1, 1 << 16);
+      const M = TargetTable.adjustM(wantM);
+      if (N > M) throw new UsageError(`N can't be larger than M (${N} > ${M})`);
+      if (M !== wantM) process.stdout.write(`M adjusted; ${wantM} -> ${M}\n`);
       // Built under a temporary name and renamed over an old one: a running lb keeps its
       // mapping instead of seeing the file truncated under its feet.
       const tmp = `.${name}.init-${process.pid}`;
-      XdpTable.initialize(createShm(tmp, XdpTable.byteLength()));
+      XdpTable.initialize(createShm(tmp, XdpTable.byteLength(M, N)), M, N);
       renameSync(shmPath(tmp), shmPath(name));
       return 0;
     },
@@ -58,6 +102,8 @@ const commands: CommandTable = {
     run(p) {
       const text = opt(p, 'mac');
       const mac = text === undefined ? undefined : parseMac(text);
+      // A target is one host: its MAC is unicast (I/G bit clear) and not all zeros.
+      if (mac !== undefined && ((mac[0]! & 1) === 1 || mac.every((x) => x === 0))) throw new UsageError(`Invalid MAC [${text}]: not a unicast address`);
       const t = openTable(p, true);
       t.activate(indexArg(p, t), mac);
       return 0;
@@ -115,17 +161,15 @@ const commands: CommandTable = {
       const mode = opt(p, 'mode', 'native');
       if (mode !== 'native' && mode !== 'generic') throw new UsageError(`--mode: '${mode}' is not native or generic`);
       const vips = p.opts.get('vip') ?? [];
-      for (const v of vips) vipKey(v);
+      for (const v of vips) checkVip(v);
       if (p.args.length > 0) throw new UsageError(`unexpected argument '${p.args[0]}'`);
-      return runXdpLb({
-        idev: opt(p, 'idev', ''),
-        edev: opt(p, 'edev', ''),
-        shm: opt(p, 'shm', DEFAULT_SHM),
-        queue: intOption('queue', opt(p, 'queue', '0'), 0, 65535),
-        mode,
-        vips,
-        batch: intOption('batch', opt(p, 'batch', '64'), 1, 1024),
-      });
+      const batch = intOption('batch', opt(p, 'batch', '64'), 1, 1024);
+      const idev = deviceArg(p, 'idev');
+      const edev = deviceArg(p, 'edev');
+      const queue = queueArg(p, idev);
+      // The table must be there (and be one) before the lb adds the --vip addresses to it.
+      openTable(p, false);
+      return runXdpLb({ idev, edev, shm: opt(p, 'shm', DEFAULT_SHM), queue, mode, vips, batch });
     },
   },
 };

@@ -46,6 +46,11 @@ export function flowAddress(): ControlAddress {
   return parseControlAddress(process.env.NFQLB_FLOW_ADDRESS ?? DEFAULT_FLOW_ADDRESS);
 }
 
+/** The address in the notation it was given in. */
+export function formatControlAddress(a: ControlAddress): string {
+  return a.kind === 'unix' ? `unix:${a.path.slice(1)}` : a.host.includes(':') ? `tcp:[${a.host}]:${a.port}` : `tcp:${a.host}:${a.port}`;
+}
+
 /** Options for net.createServer().listen() / net.connect(). */
 export function socketOptions(a: ControlAddress): { path: string } | { host: string; port: number } {
   return a.kind === 'unix' ? { path: a.path } : { host: a.host, port: a.port };

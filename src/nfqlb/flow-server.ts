@@ -2,15 +2,16 @@
 // client and ours are interchangeable:
 //   request:  action:<set|delete|list|list-names|trace-set|...>\n  <param>:<value>\n ...  eoc:\n
 //   response: text (set/delete: "OK" or "FAIL: <reason>", NUL-terminated), then close.
-// On the unix socket only root may talk to us (the peer's credentials are checked); a tcp
-// address is the operator's choice and is not authenticated (as in the reference).
+// Who may talk to us is control-auth.ts's business (root on the unix socket, the control key
+// on tcp); every change and every refusal goes to the audit log.
 import { createServer, type Server, type Socket } from 'node:net';
-import { loadAddon } from '../native.js';
 import { openShm } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { TRACE, type Tracer } from './trace.js';
-import { flowAddress, socketOptions, type ControlAddress } from './control-address.js';
+import { flowAddress, formatControlAddress, socketOptions, type ControlAddress } from './control-address.js';
+import { REFUSED, checkListenAddress, keyMatches, peerOf, serverKey, unixRefusal, type Peer } from './control-auth.js';
+import { auditChange, auditRefusal } from './audit.js';
 
 /** Longest request we read (the reference's lines are at most 1024 bytes). */
 const MAX_REQUEST = 64 * 1024;
@@ -72,16 +73,26 @@ export class FlowServer {
     private readonly tracer: Tracer | null,
     /** Per-queue match counters, MAX_FLOW_SLOTS per queue. */
     private readonly counters: Float64Array,
+    /** The control key a tcp client must present (null on a unix socket). */
+    private readonly key: Buffer | null,
   ) {}
 
-  static start(apply: ApplyFlows, tracer: Tracer | null, counters: Float64Array, address: ControlAddress = flowAddress()): Promise<FlowServer> {
+  /** Listens on `address` (default $NFQLB_FLOW_ADDRESS); a tcp one must be loopback unless `allowRemote`. */
+  static start(apply: ApplyFlows, tracer: Tracer | null, counters: Float64Array, o: { address?: ControlAddress; allowRemote?: boolean } = {}): Promise<FlowServer> {
+    const address = o.address ?? flowAddress();
+    checkListenAddress(address, o.allowRemote ?? false, 'flow address');
+    const key = address.kind === 'tcp' ? serverKey() : null;
     return new Promise((resolve, reject) => {
       const server = createServer({ allowHalfOpen: true });
-      const fs = new FlowServer(server, address, apply, tracer, counters);
+      const fs = new FlowServer(server, address, apply, tracer, counters, key);
       server.on('connection', (c) => fs.accept(c));
-      server.once('error', reject);
+      const failed = (e: NodeJS.ErrnoException) => {
+        const taken = `flow address ${formatControlAddress(address)} is taken (another flowlb in this network namespace?): give each flowlb its own NFQLB_FLOW_ADDRESS, e.g. unix:nfqlb-2`;
+        reject(e.code === 'EADDRINUSE' ? Object.assign(new Error(taken), { code: e.code }) : e);
+      };
+      server.once('error', failed);
       server.listen(socketOptions(address), () => {
-        server.off('error', reject);
+        server.off('error', failed);
         resolve(fs);
       });
     });
@@ -105,31 +116,53 @@ export class FlowServer {
     this.open.add(c);
     c.on('close', () => this.open.delete(c));
     c.on('error', () => c.destroy());
-    if (this.address.kind === 'unix' && !isRootPeer(c)) {
-      // Read (and ignore) the request so the connection can finish closing.
+    const peer = peerOf(c, this.address);
+    const refuse = (reason: string, fields: Record<string, unknown> = {}) => {
+      auditRefusal(peer, { channel: 'flow', ...fields }, `flow channel: refused: ${reason}`);
+      // Read (and ignore) the rest so the connection can finish closing.
       c.resume();
-      c.end('FAIL: permission denied (root only)\0');
-      return;
-    }
+      c.end(`${REFUSED}${reason}\0`);
+    };
+    const refusal = unixRefusal(peer, this.address);
+    if (refusal !== null) return refuse(refusal);
     let text = '';
     c.setEncoding('utf8');
-    c.setTimeout(5000, () => c.destroy());
+    c.setTimeout(5000, () => {
+      auditRefusal(peer, { channel: 'flow', received: text.length }, 'flow channel: incomplete request (no eoc: within 5 s)');
+      c.destroy();
+    });
     c.on('data', (d: string) => {
       text += d;
       if (text.length > MAX_REQUEST) {
-        c.end('FAIL: request too long\0');
-        return;
+        c.removeAllListeners('data');
+        return refuse('request too long', { received: text.length });
       }
       const req = parseRequest(text);
       if (req === null) return;
       c.removeAllListeners('data');
+      c.setTimeout(0);
+      const auth = req.get('auth');
+      // The key never reaches a trace or a log line.
+      req.delete('auth');
+      if (this.key !== null && !keyMatches(this.key, auth)) {
+        return refuse(auth === undefined ? 'no control key (send auth:<key>; see NFQLB_CONTROL_KEY)' : 'wrong control key', { action: req.get('action') });
+      }
       c.resume();
-      c.end(this.handle(req));
+      c.end(this.handle(req, peer));
     });
   }
 
-  /** Executes one request and returns the response text. */
-  handle(req: FlowRequest): string {
+  /** Executes one request from `peer`, logs what it changed or why it failed, and returns the response text. */
+  handle(req: FlowRequest, peer: Peer = {}): string {
+    const reply = this.execute(req);
+    const action = req.get('action');
+    const fields = { channel: 'flow', action, flow: req.get('name') };
+    if (reply.startsWith('FAIL')) auditRefusal(peer, { ...fields, reason: reply.slice(6).replace(/\0$/, '') }, 'flow channel: request failed');
+    else if (CHANGES.has(action ?? '')) auditChange(peer, { ...fields, request: changeOf(req) }, `flow channel: ${action} ${req.get('name')}`);
+    return reply;
+  }
+
+  private execute(req: FlowRequest): string {
     const action = req.get('action');
     if (this.tracer?.on(TRACE.FLOW_CONF)) this.tracer.emit('FLOW_CONF', { request: Object.fromEntries(req) });
     try {
@@ -192,17 +225,12 @@ export class FlowServer {
   }
 }
 
-interface PeerCredAddon {
-  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
-}
+/** Actions that change state: the ones the audit log records. */
+const CHANGES = new Set(['set', 'delete', 'trace-set', 'trace-delete']);
 
-/** Whether the peer of a unix socket runs as root (SO_PEERCRED on the libuv handle's fd). */
-function isRootPeer(c: Socket): boolean {
-  const fd = (c as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return false;
-  try {
-    return loadAddon<PeerCredAddon>('peercred').peerCredentials(fd).uid === 0;
-  } catch {
-    return false;
-  }
+/** What a change request asked for, without the protocol's own keys. */
+function changeOf(req: FlowRequest): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of req) if (k !== 'action' && k !== 'name') out[k] = v;
+  return out;
 }

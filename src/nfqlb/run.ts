@@ -11,9 +11,8 @@ import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from './frag-table.js';
 import { Tun } from './tun.js';
-import { Tracer, TraceServer, followLogLevel, openLogConfig } from './trace.js';
+import { Tracer, claimLogConfig, followLogLevel, openLogConfig, startTraceServer } from './trace.js';
 import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js';
-import { parseControlAddress } from './control-address.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
 import { Offload, type OffloadOptions } from './offload.js';
@@ -45,6 +44,8 @@ export interface LbOptions {
   announce: string | null;
   /** With announce: ms to keep serving after withdrawing on SIGTERM/SIGINT (--drain). */
   drainMs: number;
+  /** Accept a tcp control address that is not loopback (--allow_remote). */
+  allowRemote?: boolean;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
@@ -193,7 +194,6 @@ export async function runLb(o: LbOptions): Promise<number> {
   if (o.tshm !== null) new TargetTable(openShm(o.tshm, false));
   if (o.lbshm !== null) new TargetTable(openShm(o.lbshm, false));
   if (o.sctpEncap !== 0 && o.tshm === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
-  const traceAddress = parseControlAddress(o.traceAddress);
   let tun: Tun | null = null;
   if (o.tun !== null) {
     tun = new Tun(o.tun);
@@ -206,10 +206,10 @@ export async function runLb(o: LbOptions): Promise<number> {
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
   const offload = o.offload === undefined ? null : Offload.start(o.offload, o.tshm!, o.hashMode, o.sctpEncap);
   createFragStats(o.ftShm, o.queues.length);
-  const logConfig = openLogConfig();
+  const logConfig = claimLogConfig();
   const stopLogLevel = followLogLevel(logConfig);
-  const traceServer = await TraceServer.start(traceAddress, logConfig);
-  const traceSink = (line: string) => traceServer.write(line);
+  const traceServer = await startTraceServer(o.traceAddress, o.queues, logConfig, o.allowRemote);
+  const traceSink = (line: string) => traceServer?.write(line);
   const tracer = new Tracer(logConfig, traceSink);
   log.info(
     { size: o.ftSize, buckets: o.ftBuckets, frag: tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttl: o.ftTtl, ftShm: o.ftShm },
@@ -230,28 +230,34 @@ export async function runLb(o: LbOptions): Promise<number> {
   try {
     if (o.queues.length === 1) {
       const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters });
-      if (o.announce !== null) announcement = Announcement.open(o.announce);
-      if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters);
-      await stopped;
-      handle.stop();
+      try {
+        if (o.announce !== null) announcement = Announcement.open(o.announce);
+        if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters, { allowRemote: o.allowRemote });
+        await stopped;
+      } finally {
+        handle.stop();
+      }
     } else {
       const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters }, traceSink));
-      if (o.announce !== null) announcement = Announcement.open(o.announce);
-      if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters);
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
       const fail = (e: Error) => {
         failed = true;
         log.error({ err: e.message }, 'queue worker failed');
       };
-      await Promise.race([stopped, all]).catch(fail);
-      for (const w of workers) w.stop();
-      await all.catch(fail);
+      try {
+        if (o.announce !== null) announcement = Announcement.open(o.announce);
+        if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters, { allowRemote: o.allowRemote });
+        await Promise.race([stopped, all]).catch(fail);
+      } finally {
+        for (const w of workers) w.stop();
+        await all.catch(fail);
+      }
     }
   } finally {
     offload?.close();
     await flowServer?.close();
-    await traceServer.close();
+    await traceServer?.close();
     stopLogLevel();
     tun?.close();
     announcement?.close();

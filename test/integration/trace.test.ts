@@ -131,7 +131,8 @@ describe('nfqlb trace', () => {
     try {
       const t = await startTrace('--mask=0x2');
       const second = run(['trace', '--mask=2']);
-      expect(second.stdout).toMatch(/another trace client is connected/);
+      expect(second.status).toBe(1);
+      expect(second.stderr).toMatch(/^nfqlb trace: unix:nfqlb-trace: another trace client is connected\n$/);
       await stop(t.p, 'SIGINT');
     } finally {
       await stop(lb);
