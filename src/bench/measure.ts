@@ -94,6 +94,8 @@ export interface Row {
   genUs: number | null;
   /** lb CPU µs per received packet; null without an lb. */
   lbUs: number | null;
+  /** The lb's CPU time as % of one core: below its core's busy %, something else ran there too. */
+  lbCpu: number | null;
   /** Busy % per core. */
   cores: number[];
   notes: string[];
@@ -112,6 +114,7 @@ export async function measure(p: Probe, path: string, tcp: boolean, during: () =
     path, gbps, notes: [],
     genUs: p.gen ? perPacket(b.gen - a.gen, sent) : null,
     lbUs: p.lb ? perPacket(b.lb - a.lb, received) : null,
+    lbCpu: p.lb ? ((b.lb - a.lb) / CLK_TCK / secs) * 100 : null,
     offered: tcp ? null : sent / secs / 1000,
     received: received / secs / 1000,
     cores: b.cores.map(([busy, total], i) => ((busy - a.cores[i]![0]) / (total - a.cores[i]![1])) * 100),
@@ -127,7 +130,7 @@ export async function measureFlood(p: Probe & { gen: ChildProcess }, path: strin
   const exited = new Promise((r) => generator.once('exit', r));
   try {
     await sleep(WARMUP_MS);
-    if (generator.exitCode !== null) throw new Error(`bench: the generator exited with ${generator.exitCode}`);
+    if (generator.exitCode !== null) throw new Error(`bench: '${generator.spawnargs.join(' ')}' exited with ${generator.exitCode}`);
     return await measure(p, path, false, async () => {
       await sleep(SECONDS * 1000);
       return null;
@@ -139,16 +142,17 @@ export async function measureFlood(p: Probe & { gen: ChildProcess }, path: strin
 }
 
 const fix = (v: number | null, digits: number, width: number): string => (v === null ? '-' : v.toFixed(digits)).padStart(width);
+const pct = (v: number | null, width: number): string => (v === null ? '-' : `${v.toFixed(0)}%`).padStart(width);
 
 /** Prints rows; `base` (a row of the same run) gives the received and CPU-per-packet ratios. */
 export function printRows(rows: readonly Row[], base: Row | null): void {
   const cores = rows[0]?.cores.map((_, i) => `cpu${i}`.padStart(6)).join('') ?? '';
-  console.log(`${'path'.padEnd(38)}offered  received  Gbit/s  gen µs/pkt  lb µs/pkt${cores}  rx×base  µs×base  notes`);
+  console.log(`${'path'.padEnd(38)}offered  received  Gbit/s  gen µs/pkt  lb µs/pkt  lb cpu${cores}  rx×base  µs×base  notes`);
   for (const r of rows) {
     const ratio = (v: number | null, b: number | null | undefined): string =>
       fix(v !== null && b ? v / b : null, 2, 9);
-    console.log(`${r.path.padEnd(38)}${fix(r.offered, 0, 7)}${fix(r.received, 0, 10)}${fix(r.gbps, 2, 8)}${fix(r.genUs, 2, 12)}${fix(r.lbUs, 2, 11)}` +
-      `${r.cores.map((c) => `${c.toFixed(0)}%`.padStart(6)).join('')}` +
+    console.log(`${r.path.padEnd(38)}${fix(r.offered, 0, 7)}${fix(r.received, 0, 10)}${fix(r.gbps, 2, 8)}${fix(r.genUs, 2, 12)}${fix(r.lbUs, 2, 11)}${pct(r.lbCpu, 8)}` +
+      `${r.cores.map((c) => pct(c, 6)).join('')}` +
       `${ratio(r.received, base?.received)}${ratio(r.lbUs, base?.lbUs)}  ${r.notes.join(', ')}`);
   }
 }

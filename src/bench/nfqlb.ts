@@ -54,7 +54,7 @@ function tests(topo: Topology, gen: Generator): Test[] {
   return [
     { title: `${UDP_PAYLOAD + 42}-byte UDP, ${FLOWS} flows from ${gen.name} (kpps)`, offloads: true, run: udp },
     { title: 'TCP, iperf2, 1 stream, veth offloads on (received: kpps of segments)', offloads: true, run: tcp },
-    { title: 'TCP, iperf2, 1 stream, veth offloads off', offloads: false, run: tcp },
+    { title: 'TCP, iperf2, 1 stream, veth offloads off (received: kpps of segments)', offloads: false, run: tcp },
   ];
 }
 

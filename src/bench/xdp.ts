@@ -76,7 +76,7 @@ export async function benchXdp(gen: Generator): Promise<void> {
     console.log(`${UDP_PAYLOAD + 42}-byte UDP, ${FLOWS} flows from ${gen.name} (kpps):`);
     printRows(rows, native);
     for (const [i, r] of tcpRows.entries()) {
-      console.log(`TCP, iperf2, 1 stream, veth offloads ${i === 0 ? 'on' : 'off'}:`);
+      console.log(`TCP, iperf2, 1 stream, veth offloads ${i === 0 ? 'on' : 'off'} (received: kpps of segments):`);
       printRows(r, r[1]!);
     }
   } finally {
