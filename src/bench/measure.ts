@@ -20,6 +20,8 @@ const WARMUP_MS = 1000;
 const CLK_TCK = 100; // USER_HZ, the unit of /proc/stat and /proc/<pid>/stat
 /** received ≥ 98% of offered: the lb kept up, so the row measures the generator. */
 const GENERATOR_BOUND = 0.98;
+/** Busy points on the lb's core beyond the lb's own time that make a row say its core was shared. */
+const SHARED_LB_CPU = 10;
 
 /** argv that runs `argv` on one core; threads started later inherit the affinity. */
 export function onCpu(cpu: number, argv: readonly string[]): string[] {
@@ -121,6 +123,8 @@ export async function measure(p: Probe, path: string, tcp: boolean, during: () =
   };
   if (row.offered !== null && row.received >= GENERATOR_BOUND * row.offered) row.notes.push('generator-bound');
   if (p.drops && b.drops > a.drops) row.notes.push(`queue drops ${b.drops - a.drops}`);
+  const others = row.lbCpu === null ? 0 : row.cores[LB_CPU]! - row.lbCpu;
+  if (others > SHARED_LB_CPU) row.notes.push(`cpu${LB_CPU} ${others.toFixed(0)}% busy outside the lb`);
   return row;
 }
 
