@@ -47,7 +47,10 @@ test: build
 	$(VITEST) run --project integration --reporter=default --reporter=json --outputFile.json=build/vitest-integration.json
 	@node -e 'const r = ["unit", "integration"].map((p) => require("./build/vitest-" + p + ".json")); const n = (k) => r.reduce((s, x) => s + x[k], 0); console.log(`$${n("numPassedTests")} passed, $${n("numFailedTests")} failed, $${n("numPendingTests") + n("numTodoTests")} skipped`)'
 
+# The bench owns the machine: on a shared one, run it under the same lock as the kernel tests.
+# udp-flood is the sendmmsg generator (one of the candidates the bench measures).
 bench: build
+	cc -O2 -Wall -Wextra -o build/udp-flood src/bench/udp-flood.c
 	node dist/src/bench/index.js
 
 # nfqlb lb under steady traffic with a target toggled every 3 s, for SOAK_SECONDS (default 600):

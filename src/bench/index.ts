@@ -1,10 +1,18 @@
 // `make bench`: figures and ratios against baselines measured in the same run. Not a test.
+// It owns the machine while it runs: other load on either core shows in every figure.
+import { execFileSync } from 'node:child_process';
 import { benchMaglev } from './maglev.js';
 import { benchParse } from './parse.js';
+import { pickGenerator } from './generators.js';
 import { benchNfqlb } from './nfqlb.js';
 import { benchXdp } from './xdp.js';
+import { checkCpus, GEN_CPU } from './measure.js';
 
+checkCpus();
+// The bench itself (counter reads, execs) stays off the lb's core; every thread, not just main.
+execFileSync('taskset', ['-apc', String(GEN_CPU), String(process.pid)], { stdio: 'ignore' });
 benchMaglev();
 benchParse();
-await benchNfqlb();
-await benchXdp();
+const gen = await pickGenerator();
+await benchNfqlb(gen);
+await benchXdp(gen);

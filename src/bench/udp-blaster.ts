@@ -1,10 +1,9 @@
 // A small-packet generator for the benchmarks: 60-byte UDP/IPv4 frames sent through an
 // AF_XDP socket (the xsk addon's transmit), from 64 source ports so flows spread over
-// targets. iperf2 cannot offer more than a few hundred kpps of small packets here; this
-// offers about as much as a copy-mode AF_XDP path can take.
+// targets; one of the candidates generators.ts measures.
 //
-// Standalone: node dist/src/bench/udp-blaster.js <dev> <dstMac> <src> <dst> <seconds>
-// prints {"sent": n, "seconds": s}.
+// Standalone: node dist/src/bench/udp-blaster.js <dev> <dstMac> <src> <dst> [seconds]
+// prints {"sent": n, "seconds": s}; without seconds it sends until a signal ends it.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseIPv4 } from '../address.js';
@@ -51,7 +50,7 @@ export interface BlastResult {
   seconds: number;
 }
 
-/** Sends as fast as possible for `seconds` on `dev` (run it inside the sender's namespace). */
+/** Sends as fast as possible for `seconds` (Infinity: until killed) on `dev`, inside the sender's namespace. */
 export function blastUdp(dev: string, dstMac: string, src: string, dst: string, seconds: number): BlastResult {
   const s = parseIPv4(src);
   const d = parseIPv4(dst);
@@ -70,9 +69,9 @@ export function blastUdp(dev: string, dstMac: string, src: string, dst: string, 
     let next = 0;
     let sent = 0;
     const t0 = process.hrtime.bigint();
-    const end = t0 + BigInt(Math.round(seconds * 1e9));
+    const end = Number.isFinite(seconds) ? t0 + BigInt(Math.round(seconds * 1e9)) : null;
     let now = t0;
-    while (now < end) {
+    while (end === null || now < end) {
       for (let i = 0; i < BATCH; i++) addr[i] = ((next + i) % FRAMES) * FRAME_SIZE;
       const n = sock.transmit(addr, len, BATCH);
       next = (next + n) % FRAMES;
@@ -92,6 +91,6 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     process.stderr.write('usage: udp-blaster <dev> <dstMac> <srcIPv4> <dstIPv4> [seconds]\n');
     process.exitCode = 1;
   } else {
-    console.log(JSON.stringify(blastUdp(dev, dstMac, src, dst, Number(seconds ?? 5))));
+    console.log(JSON.stringify(blastUdp(dev, dstMac, src, dst, seconds === undefined ? Infinity : Number(seconds))));
   }
 }
