@@ -3,7 +3,7 @@
 import { renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { connect } from 'node:net';
-import { intOption, UsageError, type Parsed } from './options.js';
+import { intOption, metricsOption, UsageError, type Parsed } from './options.js';
 import { primeBelow } from '../maglev.js';
 import { TargetTable } from '../target-table.js';
 import { hashTuple } from '../hash.js';
@@ -54,6 +54,7 @@ const lbOptions = {
   ft_ttl: { arg: true, help: 'Frag table; ttl milliS (default 200)' },
   trace_address: { arg: true, help: `Trace server address (default ${DEFAULT_TRACE_ADDRESS})` },
   batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
+  metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
 };
 
 function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
@@ -75,6 +76,7 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
     ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
+    metrics: metricsOption(p),
   };
 }
 

@@ -1,10 +1,10 @@
 // `nfqlb lb` and `nfqlb flowlb`: one NFQUEUE per thread. A single queue runs on the main thread;
 // a range a:b runs one worker_thread per queue, so a busy queue never delays another. The main
 // thread owns what exists once per process: the tun device, the fragment statistics file, the
-// trace server and (flowlb) the flow server.
+// trace server, the metrics endpoint and (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
 import { renameSync, statSync } from 'node:fs';
-import { UsageError } from '../cli/options.js';
+import { UsageError, type MetricsAddress } from '../cli/options.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
 import { createShm, openShm, shmPath } from '../shm.js';
@@ -16,6 +16,9 @@ import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js'
 import { parseControlAddress } from './control-address.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
+import { QUEUE_COUNTER, QueueCounters } from './counters.js';
+import { MetricsServer, newRegistry } from '../metrics.js';
+import { registerNfqlbMetrics } from './metrics.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -37,6 +40,8 @@ export interface LbOptions {
   ftFrag: number;
   ftTtl: number;
   traceAddress: string;
+  /** Where to serve Prometheus metrics and /healthz (--metrics), or null: no endpoint, no per-packet counting. */
+  metrics: MetricsAddress | null;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
 }
@@ -61,6 +66,8 @@ export interface QueueContext {
   traceSink: (line: string) => void;
   /** flowlb: match counters of every queue, MAX_FLOW_SLOTS per queue (queue statsIndex's are ours). */
   flowCounters: SharedArrayBuffer | null;
+  /** Every queue's QueueCounters block (block statsIndex is ours). */
+  counters: SharedArrayBuffer;
 }
 
 export interface QueueHandle {
@@ -88,7 +95,9 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
     new Uint32Array(statsBuffer, ctx.statsIndex * FRAG_STATS_BYTES, FRAG_STAT.WORDS),
   );
+  const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
   const balancer = new Balancer(selector, {
+    counters: counters.counters,
     hashMode: o.hashMode,
     notargetsFwmark: o.notargetsFwmark,
     nolbFwmark: o.flow?.nolbFwmark ?? -1,
@@ -106,7 +115,14 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     copyRange: o.tun === null ? 256 : o.mtu,
     onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
-  serveQueue(queue, balancer.fwmarkOf);
+  serveQueue(queue, balancer.fwmarkOf, o.metrics === null ? null : counters);
+  counters.counters[QUEUE_COUNTER.bound] = 1;
+  // The addon's own counters, copied for the metrics reader (which may be another thread).
+  const copyNative = () => {
+    const n = queue.stats();
+    counters.counters[QUEUE_COUNTER.enobufs] = n.enobufs;
+    counters.counters[QUEUE_COUNTER.verdictErrors] = n.verdictErrors;
+  };
   const follow = [
     ...(single === null ? [] : [followTable(o.tshm!, (t) => (single.table = t))]),
     ...(o.lbshm === null ? [] : [followTable(o.lbshm, (t) => (balancer.lbTable = t))]),
@@ -115,6 +131,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
     frags.sweep(performance.now());
     for (const check of follow) check();
+    copyNative();
   }, 1000);
   log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange }, 'serving queue');
   return {
@@ -123,7 +140,10 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     stop: () => {
       clearInterval(sweeper);
       queue.stop();
-      log.info({ queue: ctx.queue, ...queue.stats(), ...balancer.counters, kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      counters.counters[QUEUE_COUNTER.bound] = 0;
+      copyNative();
+      // The addon's packets and batches win: ours are counted only with --metrics.
+      log.info({ queue: ctx.queue, ...counters.record(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
   };
 }
@@ -192,6 +212,14 @@ export async function runLb(o: LbOptions): Promise<number> {
       throw new UsageError(`Tun mtu too small; ${tunMtu} < ${o.mtu}`);
     }
   }
+  const counterBlocks = QueueCounters.allocate(o.queues.length);
+  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
+  const counters = flowCounters === null ? null : new Float64Array(flowCounters);
+  let flowServer: FlowServer | null = null;
+  const metrics = o.metrics === null ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
+    tun?.close();
+    throw e;
+  });
   createFragStats(o.ftShm, o.queues.length);
   const logConfig = openLogConfig();
   const stopLogLevel = followLogLevel(logConfig);
@@ -208,18 +236,15 @@ export async function runLb(o: LbOptions): Promise<number> {
     process.once('SIGTERM', resolve);
   });
   const tunFd = tun?.fd() ?? null;
-  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
-  const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let failed = false;
-  let flowServer: FlowServer | null = null;
   try {
     if (o.queues.length === 1) {
-      const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters });
+      const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters, counters: counterBlocks });
       if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters);
       await stopped;
       handle.stop();
     } else {
-      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters }, traceSink));
+      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
       if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters);
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
@@ -232,10 +257,34 @@ export async function runLb(o: LbOptions): Promise<number> {
       await all.catch(fail);
     }
   } finally {
+    await metrics?.close();
     await flowServer?.close();
     await traceServer.close();
     stopLogLevel();
     tun?.close();
   }
   return failed ? 1 : 0;
+}
+
+/** Listens on --metrics before any queue is bound, so a bad address changes nothing. */
+async function startMetrics(o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null): Promise<MetricsServer> {
+  const flows = () => flowServer()?.flows.all() ?? [];
+  const registry = newRegistry();
+  const { health, stop } = registerNfqlbMetrics(registry, {
+    queues: o.queues,
+    counters,
+    tables: () => {
+      const names = o.tshm !== null ? [o.tshm] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
+      if (o.lbshm !== null) names.push(o.lbshm);
+      return [...new Set(names)];
+    },
+    // '#' flows are internal (the UDP side of an SCTP encapsulation).
+    flows: o.tshm !== null ? undefined : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
+  });
+  try {
+    return await MetricsServer.start(address, registry, health, stop);
+  } catch (e) {
+    stop();
+    throw e;
+  }
 }
