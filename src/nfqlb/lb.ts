@@ -181,7 +181,8 @@ export class Balancer {
       const fw = this.whole(buf, off, len, p);
       const injected = frags.insertFirst(buf, p, fw, this.now(), this.inject);
       if (injected < 0) {
-        this.counters[QC.fragsDropped]!++;
+        // A first fragment without a target was counted as such in whole().
+        if (fw >= 0) this.counters[QC.fragsDropped]!++;
         return -1;
       }
       return fw;
