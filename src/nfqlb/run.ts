@@ -40,8 +40,8 @@ export interface LbOptions {
   ftFrag: number;
   ftTtl: number;
   traceAddress: string;
-  /** Where to serve Prometheus metrics and /healthz (--metrics), or null: no endpoint, no per-packet counting. */
-  metrics: MetricsAddress | null;
+  /** Where to serve Prometheus metrics and /healthz (--metrics); without: no endpoint, no per-packet counting. */
+  metrics?: MetricsAddress | null;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
 }
@@ -115,7 +115,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     copyRange: o.tun === null ? 256 : o.mtu,
     onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
-  serveQueue(queue, balancer.fwmarkOf, o.metrics === null ? null : counters);
+  serveQueue(queue, balancer.fwmarkOf, o.metrics ? counters : null);
   counters.counters[QUEUE_COUNTER.bound] = 1;
   // The addon's own counters, copied for the metrics reader (which may be another thread).
   const copyNative = () => {
@@ -216,7 +216,7 @@ export async function runLb(o: LbOptions): Promise<number> {
   const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
   const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let flowServer: FlowServer | null = null;
-  const metrics = o.metrics === null ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
+  const metrics = !o.metrics ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
     tun?.close();
     throw e;
   });
