@@ -60,6 +60,9 @@ export class MetricsServer {
       });
       server.listen(address.port, address.host, () => resolve());
     });
+    // The endpoint serves while the lb runs but never keeps the process alive on its own (if
+    // the lb fails to start after this, it still exits).
+    server.unref();
     log.info({ metrics: address }, 'serving metrics');
     return new MetricsServer(server, address, onClose);
   }
