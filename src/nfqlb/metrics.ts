@@ -26,6 +26,7 @@ export interface QueueMetric {
 export const QUEUE_METRICS: readonly QueueMetric[] = [
   { name: 'nfqlb_packets_total', help: 'Packets received from the queue', type: 'counter', perQueue: true, series: { '': [QC.packets] } },
   { name: 'nfqlb_batches_total', help: 'Batches received from the queue (one recvmmsg and one verdict send each)', type: 'counter', perQueue: true, series: { '': [QC.batches] } },
+  { name: 'nfqlb_queue_bound', help: '1 while the queue is bound and served by the lb', type: 'gauge', perQueue: true, series: { '': [QC.bound] } },
   { name: 'nfqlb_enobufs_total', help: 'Socket receive-buffer overflows (the kernel dropped packets for us; updated every second)', type: 'counter', perQueue: true, series: { '': [QC.enobufs] } },
   {
     name: 'nfqlb_drops_total',

@@ -173,6 +173,7 @@ describe('nfqlb lb --metrics, one queue', () => {
     expect(s.sum('nfqlb_nfqueue_dropped_total', { queue: '2', reason: 'queue_full' })).toBe(k.queueDropped);
     expect(s.sum('nfqlb_nfqueue_dropped_total', { queue: '2', reason: 'user' })).toBe(k.userDropped);
     expect(s.series('nfqlb_nfqueue_queue_length', { queue: '2' })).toHaveLength(1);
+    expect(s.sum('nfqlb_queue_bound', { queue: '2' })).toBe(1);
     expect(s.sum('nfqlb_targets_active', { table: SHM })).toBe(NVM);
     expect(s.sum('nfqlb_table_size', { table: SHM })).toBe(887);
     // prom-client's process metrics are there too.
@@ -261,6 +262,7 @@ describe('nfqlb lb --metrics --queue=0:1 (worker threads)', () => {
         const packets = s.sum('nfqlb_packets_total', { queue: String(q) });
         expect(packets).toBeGreaterThan(0);
         expect(packets).toBe(k.idSequence - k.userDropped);
+        expect(s.sum('nfqlb_queue_bound', { queue: String(q) })).toBe(1);
       }
       expect(s.sum('nfqlb_target_packets_total')).toBe(s.sum('nfqlb_packets_total'));
     } finally {

@@ -141,6 +141,7 @@ describe('the nfqlb metrics', () => {
     const [q0, q1] = [new QueueCounters(buffer, 0), new QueueCounters(buffer, 1)];
     q0.counters[QC.packets] = 10;
     q1.counters[QC.packets] = 7;
+    q1.counters[QC.bound] = 1;
     q0.counters[QC.noTarget] = 2;
     q1.counters[QC.noTarget] = 3;
     q1.counters[QC.handlerErrors] = 1;
@@ -162,6 +163,8 @@ describe('the nfqlb metrics', () => {
       for (const line of [
         'nfqlb_packets_total{queue="4"} 10',
         'nfqlb_packets_total{queue="5"} 7',
+        'nfqlb_queue_bound{queue="5"} 1',
+        'nfqlb_queue_bound{queue="4"} 0',
         'nfqlb_drops_total{reason="no_target"} 5',
         'nfqlb_drops_total{reason="verdict_error"} 5',
         'nfqlb_drops_total{reason="frag_discarded"} 3',
@@ -174,7 +177,7 @@ describe('the nfqlb metrics', () => {
         '# TYPE nfqlb_drops_total counter',
         '# TYPE nfqlb_nfqueue_queue_length gauge',
       ]) expect(text.split('\n')).toContain(line);
-      // Neither queue is bound (no kernel here).
+      // Neither queue is bound in the kernel (there is none here).
       expect(health()).toBe('queue 4 not bound; queue 5 not bound');
     } finally {
       stop();
