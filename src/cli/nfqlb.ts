@@ -3,7 +3,7 @@
 import { renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { connect } from 'node:net';
-import { intOption, UsageError, type Parsed } from './options.js';
+import { intOption, metricsOption, UsageError, type Parsed } from './options.js';
 import { primeBelow } from '../maglev.js';
 import { TargetTable } from '../target-table.js';
 import { hashTuple } from '../hash.js';
@@ -61,6 +61,7 @@ const lbOptions = {
   announce: { arg: true, help: 'Create and hold this device while serving; a routing daemon announces the VIPs through it' },
   drain: { arg: true, help: 'With --announce: ms to keep serving after withdrawing on SIGTERM (default 2000)' },
   allow_remote: { help: 'Accept a tcp flow/trace address that is not loopback (clients still need the control key)' },
+  metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
 };
 
 function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
@@ -86,6 +87,7 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     announce: opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!),
     drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
     allowRemote: p.opts.has('allow_remote'),
+    metrics: metricsOption(p),
   };
 }
 

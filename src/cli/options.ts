@@ -1,6 +1,7 @@
 // Command-line options the way the reference parses them (getopt_long_only): `--name=value`,
 // `--name value`, a single dash, and any unique prefix of a long name. Errors are thrown as
 // UsageError so the CLI prints exactly one line and exits non-zero.
+import { isIPv4, isIPv6 } from 'node:net';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -82,4 +83,29 @@ export function intOption(name: string, text: string, min: number, max: number):
   const n = Number(text);
   if (n < min || n > max) throw new UsageError(`--${name}: ${n} is out of range ${min}..${max}`);
   return n;
+}
+
+export interface MetricsAddress {
+  host: string;
+  port: number;
+}
+
+/** `PORT` (loopback), `ADDR:PORT` or `[IPv6]:PORT`; ADDR is an IP address, not a name. */
+export function parseMetricsAddress(text: string): MetricsAddress {
+  const m = /^(?:(\[[^\]]*\]|[^:[\]]*):)?(\d{1,5})$/.exec(text);
+  const bad = (why: string) => new UsageError(`--metrics: '${text}' ${why}`);
+  if (!m) throw bad('is not [ADDR:]PORT (e.g. 9110, 0.0.0.0:9110, [::]:9110)');
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw bad('has a port out of range 1..65535');
+  const addr = m[1];
+  if (addr === undefined) return { host: '127.0.0.1', port };
+  const host = addr.startsWith('[') ? addr.slice(1, -1) : addr;
+  if (addr.startsWith('[') ? !isIPv6(host) : !isIPv4(host)) throw bad('has no valid IPv4 address or [IPv6] address');
+  return { host, port };
+}
+
+/** `--metrics=[ADDR:]PORT` of the lb commands, or null when not given. */
+export function metricsOption(p: Parsed): MetricsAddress | null {
+  const text = p.opts.get('metrics')?.at(-1);
+  return text === undefined ? null : parseMetricsAddress(text);
 }

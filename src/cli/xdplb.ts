@@ -3,7 +3,7 @@
 // before it touches shared memory, so a bad call changes nothing.
 import { existsSync, readdirSync, renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
-import { intOption, UsageError, type Parsed } from './options.js';
+import { intOption, metricsOption, UsageError, type Parsed } from './options.js';
 import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { XDPLB_M, XDPLB_N, XdpTable, parseMac, vipKey } from '../xdp/table.js';
@@ -146,7 +146,7 @@ const commands: CommandTable = {
   },
   lb: {
     synopsis:
-      'lb --idev=eth2 --edev=eth1 [--shm=] [--queue=0] [--mode=native|generic] [--vip=addr]...\n' +
+      'lb --idev=eth2 --edev=eth1 [--shm=] [--queue=0] [--mode=native|generic] [--vip=addr]... [--metrics=[ADDR:]PORT]\n' +
       '  Load-balance VIP traffic arriving on idev to the active targets, out on edev (L2 DSR)',
     options: {
       ...shmOption,
@@ -156,6 +156,7 @@ const commands: CommandTable = {
       mode: { arg: true, help: 'XDP attach mode: native (default) or generic' },
       vip: { arg: true, multiple: true, help: 'A VIP to add to the table at start (repeatable)' },
       batch: { arg: true, help: 'Frames per batch (default 64)' },
+      metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
     },
     run(p) {
       const mode = opt(p, 'mode', 'native');
@@ -169,7 +170,8 @@ const commands: CommandTable = {
       const queue = queueArg(p, idev);
       // The table must be there (and be one) before the lb adds the --vip addresses to it.
       openTable(p, false);
-      return runXdpLb({ idev, edev, shm: opt(p, 'shm', DEFAULT_SHM), queue, mode, vips, batch });
+      const metrics = metricsOption(p);
+      return runXdpLb({ idev, edev, shm: opt(p, 'shm', DEFAULT_SHM), queue, mode, vips, batch, metrics });
     },
   },
 };

@@ -11,6 +11,7 @@ import { TRACE, type Tracer } from './trace.js';
 import { formatAddress } from '../address.js';
 import type { TargetTable } from '../target-table.js';
 import type { Tun } from './tun.js';
+import { QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;
@@ -18,15 +19,29 @@ export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;
 /**
  * Hands every batch from the queue to `fwmarkOf` and returns the verdicts: accept with the
  * fwmark, or drop. One JS call per batch; the addon sends all verdicts in one sendmsg.
+ * With `counters`, also counts packets, batches, and packets and bytes (the length the kernel
+ * reported, not the copied part) per fwmark.
  */
-export function serveQueue(queue: NfQueue, fwmarkOf: FwmarkFn): void {
+export function serveQueue(queue: NfQueue, fwmarkOf: FwmarkFn, counters: QueueCounters | null = null): void {
   const { desc, data, verdicts } = queue;
   queue.start((count) => {
-    for (let i = 0; i < count; i++) {
-      const d = i * DESC.WORDS;
-      const fw = fwmarkOf(data, desc[d + DESC.OFFSET]!, desc[d + DESC.CAPLEN]!);
-      verdicts[2 * i] = fw < 0 ? NF_DROP : NF_ACCEPT;
-      verdicts[2 * i + 1] = fw;
+    try {
+      for (let i = 0; i < count; i++) {
+        const d = i * DESC.WORDS;
+        const fw = fwmarkOf(data, desc[d + DESC.OFFSET]!, desc[d + DESC.CAPLEN]!);
+        verdicts[2 * i] = fw < 0 ? NF_DROP : NF_ACCEPT;
+        verdicts[2 * i + 1] = fw;
+        if (fw >= 0 && counters !== null) counters.countTarget(fw, desc[d + DESC.LEN]!);
+      }
+    } catch (e) {
+      // The addon gives the whole batch the error verdict.
+      if (counters !== null) counters.counters[QC.handlerErrors]! += count;
+      throw e;
+    } finally {
+      if (counters !== null) {
+        counters.counters[QC.packets]! += count;
+        counters.counters[QC.batches]!++;
+      }
     }
   });
 }
@@ -79,15 +94,8 @@ export interface BalancerOptions {
   tracer?: Tracer | null;
   /** Milliseconds clock for fragment timeouts (tests pass their own). */
   now?: () => number;
-}
-
-/** Counters of what the balancer did that the kernel cannot tell. */
-export interface BalancerCounters {
-  fragsToLbTier: number;
-  fragsStored: number;
-  fragsInjected: number;
-  fragsInjectFailed: number;
-  fragsDropped: number;
+  /** QUEUE_COUNTER words (a queue's shared block) for drops and fragments; default private. */
+  counters?: Float64Array;
 }
 
 /** Maglev over the flow hash, as the reference `nfqlb lb` (and `flowlb` with a flow selector). */
@@ -104,7 +112,8 @@ export class Balancer {
   private readonly tracer: Tracer | null;
   private readonly traceMask: Int32Array;
   private readonly now: () => number;
-  readonly counters: BalancerCounters = { fragsToLbTier: 0, fragsStored: 0, fragsInjected: 0, fragsInjectFailed: 0, fragsDropped: 0 };
+  /** What the balancer did that the kernel cannot tell: drops by reason, fragments (QUEUE_COUNTER words). */
+  readonly counters: Float64Array;
 
   constructor(
     readonly selector: TargetSelector,
@@ -121,6 +130,7 @@ export class Balancer {
     // Without a tracer the mask is a constant 0 and the check below never passes.
     this.traceMask = this.tracer?.config ?? new Int32Array(2);
     this.now = opts.now ?? (() => performance.now());
+    this.counters = opts.counters ?? new QueueCounters().counters;
   }
 
   /** The target table of `nfqlb lb` (a Balancer over a SingleTable). */
@@ -132,7 +142,10 @@ export class Balancer {
     const p = this.pkt;
     parsePacket(buf, off, len, p, this.sctpEncap);
     // Not IP, or too short to find the addresses: nothing to balance on.
-    if (p.family === 0) return -1;
+    if (p.family === 0) {
+      this.counters[QC.parseErrors]!++;
+      return -1;
+    }
     const fw = p.isFragment ? this.fragment(buf, off, len, p) : this.whole(buf, off, len, p);
     if (this.traceMask[1] !== 0) this.tracePacket(buf, len, p, fw);
     return fw;
@@ -140,10 +153,15 @@ export class Balancer {
 
   private whole(buf: Uint8Array, off: number, len: number, p: PacketInfo): number {
     const table = this.selector.select(buf, off, len, p);
-    if (table === null) return this.nolbFwmark;
+    if (table === null) {
+      if (this.nolbFwmark < 0) this.counters[QC.noFlowMatch]!++;
+      return this.nolbFwmark;
+    }
     const hash = this.selector.addressOnly ? packetAddressHash(buf, p) : packetHash(buf, p, this.hashMode);
     const fw = table.fwmarkOf(hash);
-    return fw >= 0 ? fw : this.notargetsFwmark;
+    if (fw >= 0) return fw;
+    if (this.notargetsFwmark < 0) this.counters[QC.noTarget]!++;
+    return this.notargetsFwmark;
   }
 
   private fragment(buf: Uint8Array, off: number, len: number, p: PacketInfo): number {
@@ -153,7 +171,7 @@ export class Balancer {
     if (lbTable !== null) {
       const lbFw = lbTable.fwmarkOf(packetAddressHash(buf, p));
       if (lbFw >= 0 && lbFw !== lbTable.ownFwmark) {
-        this.counters.fragsToLbTier++;
+        this.counters[QC.fragsToLbTier]!++;
         return lbFw;
       }
     }
@@ -163,21 +181,22 @@ export class Balancer {
       const fw = this.whole(buf, off, len, p);
       const injected = frags.insertFirst(buf, p, fw, this.now(), this.inject);
       if (injected < 0) {
-        this.counters.fragsDropped++;
+        // A first fragment without a target was counted as such in whole().
+        if (fw >= 0) this.counters[QC.fragsDropped]!++;
         return -1;
       }
       return fw;
     }
     const fw = frags.lookupOrStore(buf, off, len, p, this.now());
-    if (fw === FRAG_STORED) this.counters.fragsStored++;
-    else if (fw < 0) this.counters.fragsDropped++;
+    if (fw === FRAG_STORED) this.counters[QC.fragsStored]!++;
+    else if (fw < 0) this.counters[QC.fragsDropped]!++;
     return fw < 0 ? -1 : fw;
   }
 
   private readonly inject = (pool: Uint8Array, off: number, len: number): void => {
     const tun = this.tun;
-    if (tun !== null && tun.write(pool, off, len) === len) this.counters.fragsInjected++;
-    else this.counters.fragsInjectFailed++;
+    if (tun !== null && tun.write(pool, off, len) === len) this.counters[QC.fragsInjected]!++;
+    else this.counters[QC.fragsInjectFailed]!++;
   };
 
   // Only reached while some trace is selected: allocation is fine here.

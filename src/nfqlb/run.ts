@@ -1,10 +1,11 @@
 // `nfqlb lb` and `nfqlb flowlb`: one NFQUEUE per thread. A single queue runs on the main thread;
 // a range a:b runs one worker_thread per queue, so a busy queue never delays another. The main
 // thread owns what exists once per process: the tun device, the announcement device (--announce,
-// see announce.ts), the fragment statistics file, the trace server and (flowlb) the flow server.
+// see announce.ts), the fragment statistics file, the trace server, the metrics endpoint and
+// (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
 import { renameSync, statSync } from 'node:fs';
-import { UsageError } from '../cli/options.js';
+import { UsageError, type MetricsAddress } from '../cli/options.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
 import { createShm, openShm, shmPath } from '../shm.js';
@@ -17,6 +18,9 @@ import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
 import { Offload, type OffloadOptions } from './offload.js';
 import { Announcement } from './announce.js';
+import { QUEUE_COUNTER, QueueCounters } from './counters.js';
+import { MetricsServer, newRegistry } from '../metrics.js';
+import { registerNfqlbMetrics } from './metrics.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -46,6 +50,8 @@ export interface LbOptions {
   drainMs: number;
   /** Accept a tcp control address that is not loopback (--allow_remote). */
   allowRemote?: boolean;
+  /** Where to serve Prometheus metrics and /healthz (--metrics); without: no endpoint, no per-packet counting. */
+  metrics?: MetricsAddress | null;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
@@ -72,6 +78,8 @@ export interface QueueContext {
   traceSink: (line: string) => void;
   /** flowlb: match counters of every queue, MAX_FLOW_SLOTS per queue (queue statsIndex's are ours). */
   flowCounters: SharedArrayBuffer | null;
+  /** Every queue's QueueCounters block (block statsIndex is ours). */
+  counters: SharedArrayBuffer;
 }
 
 export interface QueueHandle {
@@ -99,7 +107,9 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
     new Uint32Array(statsBuffer, ctx.statsIndex * FRAG_STATS_BYTES, FRAG_STAT.WORDS),
   );
+  const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
   const balancer = new Balancer(selector, {
+    counters: counters.counters,
     hashMode: o.hashMode,
     notargetsFwmark: o.notargetsFwmark,
     nolbFwmark: o.flow?.nolbFwmark ?? -1,
@@ -118,7 +128,14 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     copyRange: o.tun === null ? 256 : o.mtu,
     onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
-  serveQueue(queue, balancer.fwmarkOf);
+  serveQueue(queue, balancer.fwmarkOf, o.metrics ? counters : null);
+  counters.counters[QUEUE_COUNTER.bound] = 1;
+  // The addon's own counters, copied for the metrics reader (which may be another thread).
+  const copyNative = () => {
+    const n = queue.stats();
+    counters.counters[QUEUE_COUNTER.enobufs] = n.enobufs;
+    counters.counters[QUEUE_COUNTER.verdictErrors] = n.verdictErrors;
+  };
   const follow = [
     ...(single === null ? [] : [followTable(o.tshm!, (t) => (single.table = t))]),
     ...(o.lbshm === null ? [] : [followTable(o.lbshm, (t) => (balancer.lbTable = t))]),
@@ -127,6 +144,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
     frags.sweep(performance.now());
     for (const check of follow) check();
+    copyNative();
   }, 1000);
   log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange }, 'serving queue');
   return {
@@ -135,7 +153,10 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     stop: () => {
       clearInterval(sweeper);
       queue.stop();
-      log.info({ queue: ctx.queue, ...queue.stats(), ...balancer.counters, kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      counters.counters[QUEUE_COUNTER.bound] = 0;
+      copyNative();
+      // The addon's packets and batches win: ours are counted only with --metrics.
+      log.info({ queue: ctx.queue, ...counters.record(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
   };
 }
@@ -203,6 +224,14 @@ export async function runLb(o: LbOptions): Promise<number> {
       throw new UsageError(`Tun mtu too small; ${tunMtu} < ${o.mtu}`);
     }
   }
+  const counterBlocks = QueueCounters.allocate(o.queues.length);
+  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
+  const counters = flowCounters === null ? null : new Float64Array(flowCounters);
+  let flowServer: FlowServer | null = null;
+  const metrics = !o.metrics ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
+    tun?.close();
+    throw e;
+  });
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
   const offload = o.offload === undefined ? null : Offload.start(o.offload, o.tshm!, o.hashMode, o.sctpEncap);
   createFragStats(o.ftShm, o.queues.length);
@@ -223,13 +252,10 @@ export async function runLb(o: LbOptions): Promise<number> {
     process.once('SIGTERM', resolve);
   }).then(() => announcement?.withdraw(o.drainMs));
   const tunFd = tun?.fd() ?? null;
-  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
-  const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let failed = false;
-  let flowServer: FlowServer | null = null;
   try {
     if (o.queues.length === 1) {
-      const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters });
+      const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters, counters: counterBlocks });
       try {
         if (o.announce !== null) announcement = Announcement.open(o.announce);
         if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters, { allowRemote: o.allowRemote });
@@ -238,7 +264,7 @@ export async function runLb(o: LbOptions): Promise<number> {
         handle.stop();
       }
     } else {
-      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters }, traceSink));
+      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
       const fail = (e: Error) => {
@@ -256,6 +282,7 @@ export async function runLb(o: LbOptions): Promise<number> {
     }
   } finally {
     offload?.close();
+    await metrics?.close();
     await flowServer?.close();
     await traceServer?.close();
     stopLogLevel();
@@ -263,4 +290,27 @@ export async function runLb(o: LbOptions): Promise<number> {
     announcement?.close();
   }
   return failed ? 1 : 0;
+}
+
+/** Listens on --metrics before any queue is bound, so a bad address changes nothing. */
+async function startMetrics(o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null): Promise<MetricsServer> {
+  const flows = () => flowServer()?.flows.all() ?? [];
+  const registry = newRegistry();
+  const { health, stop } = registerNfqlbMetrics(registry, {
+    queues: o.queues,
+    counters,
+    tables: () => {
+      const names = o.tshm !== null ? [o.tshm] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
+      if (o.lbshm !== null) names.push(o.lbshm);
+      return [...new Set(names)];
+    },
+    // '#' flows are internal (the UDP side of an SCTP encapsulation).
+    flows: o.tshm !== null ? undefined : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
+  });
+  try {
+    return await MetricsServer.start(address, registry, health, stop);
+  } catch (e) {
+    stop();
+    throw e;
+  }
 }

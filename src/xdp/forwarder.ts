@@ -25,6 +25,8 @@ export interface ForwarderCounters {
 
 export class FrameForwarder {
   readonly counters: ForwarderCounters = { forwarded: 0, noTarget: 0, malformed: 0, checksums: 0 };
+  /** Frames sent to each target, by table index (read by the metrics collector). */
+  readonly targetFrames: Float64Array;
   private readonly p = new PacketInfo();
   private readonly lookup: Int32Array;
   private readonly active: Int32Array;
@@ -47,6 +49,7 @@ export class FrameForwarder {
     this.macs = table.macs;
     this.M = table.M;
     this.N = table.N;
+    this.targetFrames = new Float64Array(table.N);
   }
 
   /** The handler for a batch of n frames (XskSocket.start's onBatch). */
@@ -99,6 +102,7 @@ export class FrameForwarder {
     f[off + 11] = s[5]!;
     if (completePartialChecksum(f, p)) c.checksums++;
     c.forwarded++;
+    this.targetFrames[slot]!++;
     return VERDICT_TX;
   }
 }

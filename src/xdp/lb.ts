@@ -7,6 +7,9 @@ import { openShm } from '../shm.js';
 import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
 import { XdpTable, parseMac, vipText } from './table.js';
 import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
+import type { MetricsAddress } from '../cli/options.js';
+import { MetricsServer, newRegistry } from '../metrics.js';
+import { registerXdpMetrics } from './metrics.js';
 
 export interface XdpLbOptions {
   idev: string;
@@ -21,6 +24,8 @@ export interface XdpLbOptions {
   batch?: number;
   /** UMEM frames, a power of two (default 4096). */
   frames?: number;
+  /** Where to serve Prometheus metrics and /healthz (--metrics); default none. */
+  metrics?: MetricsAddress | null;
 }
 
 /** The forwarding socket's counters (rx, tx, drops, kernel drops) and the forwarder's. */
@@ -128,6 +133,11 @@ export class XdpLb {
     this.vipGeneration = snap.generation;
   }
 
+  /** Attached and forwarding (until close). */
+  get running(): boolean {
+    return !this.closed;
+  }
+
   stats(): XdpLbStats {
     return { ...this.rx.stats(), ...this.forwarder.counters };
   }
@@ -154,12 +164,26 @@ export async function runXdpLb(o: XdpLbOptions): Promise<number> {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  const lb = XdpLb.start(o);
+  // Listening first: a bad --metrics address fails before anything is attached.
+  let started: XdpLb | null = null;
+  let metrics: MetricsServer | null = null;
+  if (o.metrics) {
+    const registry = newRegistry();
+    metrics = await MetricsServer.start(o.metrics, registry, registerXdpMetrics(registry, () => started, o.shm));
+  }
+  let lb: XdpLb;
+  try {
+    lb = started = XdpLb.start(o);
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
   const report = (): void => void log.info(lb.stats(), 'xdplb stats');
   process.on('SIGUSR1', report);
   await stopped;
   process.off('SIGUSR1', report);
   lb.close();
+  await metrics?.close();
   return 0;
 }
 

@@ -139,3 +139,40 @@ export function udpRoundTrips(topo: Topology, jobs: UdpJob[]): Record<string, st
 export function sources(family: Family, n: number, base: number): string[] {
   return Array.from({ length: n }, (_, i) => (family === 4 ? `50.0.${base}.${i + 1}` : `2000::${(base * 256 + i + 1).toString(16)}`));
 }
+
+// GET a URL; prints the status, then the body (a line "error <message>" if the request failed).
+const HTTP_GET_JS = `fetch(process.argv[1]).then(async (r) => console.log(r.status + '\\n' + await r.text()), (e) => console.log('error ' + e.message));`;
+
+/** GET http://127.0.0.1:port/path from inside namespace `ns` (where --metrics binds to loopback). */
+export function httpGet(topo: Topology, ns: string, port: number, path: string): { status: number; body: string } {
+  const out = topo.exec(ns, ['node', '-e', HTTP_GET_JS, `http://127.0.0.1:${port}${path}`]);
+  const nl = out.indexOf('\n');
+  if (out.startsWith('error')) throw new Error(`GET ${path} in ${ns}: ${out.trim()}`);
+  // console.log added a newline to the body.
+  return { status: Number(out.slice(0, nl)), body: out.slice(nl + 1, -1) };
+}
+
+/** Samples of a Prometheus text exposition. */
+export class Scrape {
+  private readonly samples: { name: string; labels: Record<string, string>; value: number }[] = [];
+
+  constructor(readonly text: string) {
+    for (const line of text.split('\n')) {
+      const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+      if (!m) continue;
+      const labels: Record<string, string> = {};
+      for (const [, k, v] of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[k!] = v!;
+      this.samples.push({ name: m[1]!, labels, value: Number(m[3]) });
+    }
+  }
+
+  /** The samples of `name` whose labels include `labels`. */
+  series(name: string, labels: Record<string, string> = {}): { labels: Record<string, string>; value: number }[] {
+    return this.samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+  }
+
+  /** The sum of those samples (0 when there are none). */
+  sum(name: string, labels: Record<string, string> = {}): number {
+    return this.series(name, labels).reduce((n, s) => n + s.value, 0);
+  }
+}

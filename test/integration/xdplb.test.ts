@@ -9,12 +9,14 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { CLIENT_CIDR, VIP, createTopology, destroyLab, routerAddr, type Family, type Topology } from '../../src/lab/topology.js';
 import { deleteShm } from '../../src/shm.js';
+import { httpGet, Scrape } from './harness.js';
 
 const PREFIX = 'tlbx-';
 const SHM = 'tlbx-xdplb';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const XDPLB = ROOT + 'bin/xdplb';
 const SERVERS = [1, 2, 3];
+const METRICS_PORT = 9111;
 
 // A TCP server on port 5001 of every address: answers its name and closes.
 const SERVER_JS = `
@@ -90,7 +92,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       const mac = topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
       xdplb('activate', `--mac=${mac}`, String(n - 1));
     }
-    lb = topo.spawn(router(), [process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, '--vip=10.0.0.0', '--vip=1000::']);
+    lb = topo.spawn(router(), [process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, '--vip=10.0.0.0', '--vip=1000::', `--metrics=${METRICS_PORT}`]);
     lb.stdout!.on('data', (d) => (lbOut += String(d)));
     lb.stderr!.on('data', (d) => (lbOut += String(d)));
     const started = await Promise.race([
@@ -137,6 +139,22 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     expect(connect(4, 2, 800)).toEqual(['timeout', 'timeout']);
     xdplb('activate', '1');
     expect(new Set(connect(6, 5))).toEqual(new Set(['vm-002']));
+  });
+
+  test('--metrics: every received frame is counted once, per target or per drop reason', () => {
+    const r = httpGet(topo, router(), METRICS_PORT, '/metrics');
+    expect(r.status).toBe(200);
+    const s = new Scrape(r.body);
+    const rx = s.sum('xdplb_packets_total', { direction: 'rx' });
+    const perTarget = SERVERS.map((n) => s.sum('xdplb_target_packets_total', { target: String(n - 1) }));
+    for (const n of perTarget) expect(n).toBeGreaterThan(0);
+    const forwarded = perTarget.reduce((a, b) => a + b, 0);
+    expect(forwarded).toBe(s.sum('xdplb_packets_total', { direction: 'tx' }) + s.sum('xdplb_drops_total', { reason: 'tx_ring_full' }));
+    // The connections tried while no target was active: a SYN and its retries each.
+    expect(s.sum('xdplb_drops_total', { reason: 'no_target' })).toBeGreaterThanOrEqual(2);
+    expect(rx).toBe(forwarded + s.sum('xdplb_drops_total', { reason: 'no_target' }) + s.sum('xdplb_drops_total', { reason: 'parse_error' }));
+    expect(s.series('process_resident_memory_bytes')).toHaveLength(1);
+    expect(httpGet(topo, router(), METRICS_PORT, '/healthz')).toEqual({ status: 200, body: 'ok\n' });
   });
 
   test('a VIP removed from the table goes to the kernel again', async () => {

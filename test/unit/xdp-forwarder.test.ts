@@ -71,17 +71,20 @@ describe('FrameForwarder', () => {
     expect(f.counters).toMatchObject({ forwarded: 1, checksums: 0 });
   });
 
-  it('spreads flows over every active target and never uses an inactive one', () => {
+  it('spreads flows over every active target, never uses an inactive one, and counts frames per target', () => {
     const t = table([1, 4, 9]);
     const u = umem();
     const f = new FrameForwarder(u.mem, t, EGRESS_MAC);
-    const seen = new Set<string>();
+    const seen = new Map<string, number>();
     for (let port = 1000; port < 1100; port++) {
       const [off, len] = u.put(0, ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).udp({ sport: port, dport: 53 }).build());
       expect(f.forward(off, len)).toBe(VERDICT_TX);
-      seen.add(formatMac(u.mem, off));
+      seen.set(formatMac(u.mem, off), (seen.get(formatMac(u.mem, off)) ?? 0) + 1);
     }
-    expect([...seen].sort()).toEqual(['00:00:00:01:01:01', '00:00:00:01:01:04', '00:00:00:01:01:09']);
+    expect([...seen.keys()].sort()).toEqual(['00:00:00:01:01:01', '00:00:00:01:01:04', '00:00:00:01:01:09']);
+    // The per-target counts behind xdplb_target_packets_total{target}: index i has MAC ...:0i.
+    for (const i of [0, 2, 3, 5, 6, 7, 8]) expect(f.targetFrames[i]).toBe(0);
+    for (const i of [1, 4, 9]) expect(f.targetFrames[i]).toBe(seen.get(`00:00:00:01:01:0${i}`));
   });
 
   it('drops when no target is active, leaving the frame as it was', () => {

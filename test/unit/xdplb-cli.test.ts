@@ -58,6 +58,7 @@ describe('xdplb CLI', () => {
     [['lb', '--idev=eth2'], /missing option --edev/],
     [['lb', '--idev=eth2', '--edev=eth1', '--mode=turbo'], /--mode/],
     [['lb', '--idev=eth2', '--edev=eth1', '--vip=10.0.0'], /Invalid address/],
+    [['lb', '--idev=eth2', '--edev=eth1', '--metrics=localhost:9110'], /--metrics: 'localhost:9110' has no valid IPv4/],
     [['show', '--bogus'], /unknown option --bogus/],
     // init: M and N out of range replace nothing.
     [['init', '--M=1'], /--M: 1 is out of range/],

@@ -1,0 +1,48 @@
+// The Prometheus metrics of `xdplb lb --metrics`: read from the forwarder's counters and the
+// AF_XDP sockets' (ours and the kernel's XDP_STATISTICS) when Prometheus scrapes.
+import { existsSync } from 'node:fs';
+import { Counter, type Registry } from 'prom-client';
+import { shmPath } from '../shm.js';
+import type { HealthCheck } from '../metrics.js';
+import type { XdpLb } from './lb.js';
+
+/** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
+export function registerXdpMetrics(registry: Registry, lb: () => XdpLb | null, shm: string): HealthCheck {
+  const counter = (name: string, help: string, labelNames: string[], fill: (l: XdpLb, put: (labels: Record<string, string>, v: number) => void) => void) =>
+    new Counter({
+      name, help, labelNames, registers: [registry],
+      collect() {
+        this.reset();
+        const l = lb();
+        if (l !== null) fill(l, (labels, v) => this.inc(labels, v));
+      },
+    });
+  counter('xdplb_packets_total', 'Frames received on the ingress socket (rx) and sent to targets (tx)', ['direction'], (l, put) => {
+    const s = l.stats();
+    put({ direction: 'rx' }, s.rx);
+    put({ direction: 'tx' }, s.tx);
+  });
+  counter('xdplb_target_packets_total', 'Frames sent to each target, by table index', ['target'], (l, put) => {
+    l.forwarder.targetFrames.forEach((n, i) => {
+      if (n > 0) put({ target: String(i) }, n);
+    });
+  });
+  counter('xdplb_drops_total', 'Frames dropped, by reason (rx_ring_full, rx_dropped, rx_invalid, tx_invalid: the kernel\'s counts)', ['reason'], (l, put) => {
+    const s = l.stats();
+    put({ reason: 'no_target' }, s.noTarget);
+    put({ reason: 'parse_error' }, s.malformed);
+    put({ reason: 'tx_ring_full' }, s.txRingFull);
+    put({ reason: 'rx_ring_full' }, s.kernelRxRingFull ?? 0);
+    put({ reason: 'rx_dropped' }, s.kernelRxDropped ?? 0);
+    put({ reason: 'rx_invalid' }, s.kernelRxInvalid ?? 0);
+    put({ reason: 'tx_invalid' }, s.kernelTxInvalid ?? 0);
+  });
+  counter('xdplb_fill_ring_empty_total', 'Times the kernel found the fill ring empty (frames then count as rx_dropped)', [], (l, put) => {
+    put({}, l.stats().kernelFillRingEmpty ?? 0);
+  });
+  return () => {
+    const l = lb();
+    if (l === null || !l.running) return 'not forwarding';
+    return existsSync(shmPath(shm)) ? null : `table ${shm} is gone`;
+  };
+}
