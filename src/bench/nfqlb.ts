@@ -2,7 +2,7 @@
 // server directly (to the server's address: kernel forwarding) and via the VIP through
 // `nfqlb lb` on the router (NFQUEUE, fwmark, policy route, DSR). Every lb variant in VARIANTS
 // gets the same rows, with ratios against the first one (plain `nfqlb lb`) of the same run.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
 import { FLOWS, startGenerator, UDP_PAYLOAD, type Generator } from './generators.js';
@@ -34,8 +34,30 @@ export interface LbVariant {
   teardown?(lab: NfqlbLab): void | Promise<void>;
 }
 
+const METRICS_PORT = 9110;
+let scraper: ChildProcess | null = null;
+
 export const VARIANTS: readonly LbVariant[] = [
   { label: 'nfqlb lb', args: [] },
+  {
+    // Scraped every second (Prometheus usually waits 15 s), so the row carries the scrapes too.
+    label: 'lb --metrics',
+    args: [`--metrics=${METRICS_PORT}`],
+    setup: ({ topo, router }) => {
+      scraper = topo.spawn(router, onCpu(GEN_CPU, ['node', '-e',
+        `setInterval(() => fetch('http://127.0.0.1:${METRICS_PORT}/metrics').then((r) => r.text(), () => {}), 1000)`]), { stdio: 'ignore' });
+    },
+    teardown: () => {
+      scraper?.kill();
+      scraper = null;
+    },
+  },
+  {
+    // Whole VIP packets are marked at tc ingress and skip the queue (see the README's offload section).
+    label: 'lb --offload',
+    args: ['--offload=eth2', `--vip=${VIP[4]}`],
+    queueMatch: ['-m', 'mark', '--mark', '0'],
+  },
 ];
 
 interface Test {
