@@ -165,12 +165,12 @@ const commands: CommandTable = {
       for (const v of vips) checkVip(v);
       if (p.args.length > 0) throw new UsageError(`unexpected argument '${p.args[0]}'`);
       const batch = intOption('batch', opt(p, 'batch', '64'), 1, 1024);
+      const metrics = metricsOption(p);
       const idev = deviceArg(p, 'idev');
       const edev = deviceArg(p, 'edev');
       const queue = queueArg(p, idev);
       // The table must be there (and be one) before the lb adds the --vip addresses to it.
       openTable(p, false);
-      const metrics = metricsOption(p);
       return runXdpLb({ idev, edev, shm: opt(p, 'shm', DEFAULT_SHM), queue, mode, vips, batch, metrics });
     },
   },
