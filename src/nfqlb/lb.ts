@@ -2,7 +2,8 @@
 // flow. Stateless for whole packets — the choice depends only on the packet and the shared
 // target table, so every load-balancer with the same table sends a flow to the same target.
 // Fragments need the one piece of state: the fragment table remembers the first fragment's
-// verdict for the later ones (which carry no ports).
+// verdict for the later ones (which carry no ports). With --conntrack (conntrack.ts) a flow
+// keeps the target it was first given, at the price of per-LB state.
 import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
 import { PacketInfo, parsePacket, packetHash, packetAddressHash } from '../packet.js';
 import { IPPROTO_SCTP } from '../hash.js';
@@ -11,6 +12,7 @@ import { TRACE, type Tracer } from './trace.js';
 import { formatAddress } from '../address.js';
 import type { TargetTable } from '../target-table.js';
 import type { Tun } from './tun.js';
+import type { ConnTrack } from './conntrack.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;
@@ -77,6 +79,8 @@ export interface BalancerOptions {
   /** Where stored fragments are re-injected (--tun); without it they are not stored. */
   tun?: Tun | null;
   tracer?: Tracer | null;
+  /** Connection tracking (--conntrack): flows keep their recorded target; null is stateless. */
+  conntrack?: ConnTrack | null;
   /** Milliseconds clock for fragment timeouts (tests pass their own). */
   now?: () => number;
 }
@@ -104,6 +108,7 @@ export class Balancer {
   private readonly tracer: Tracer | null;
   private readonly traceMask: Int32Array;
   private readonly now: () => number;
+  readonly conntrack: ConnTrack | null;
   readonly counters: BalancerCounters = { fragsToLbTier: 0, fragsStored: 0, fragsInjected: 0, fragsInjectFailed: 0, fragsDropped: 0 };
 
   constructor(
@@ -121,6 +126,7 @@ export class Balancer {
     // Without a tracer the mask is a constant 0 and the check below never passes.
     this.traceMask = this.tracer?.config ?? new Int32Array(2);
     this.now = opts.now ?? (() => performance.now());
+    this.conntrack = opts.conntrack ?? null;
   }
 
   /** The target table of `nfqlb lb` (a Balancer over a SingleTable). */
@@ -141,8 +147,10 @@ export class Balancer {
   private whole(buf: Uint8Array, off: number, len: number, p: PacketInfo): number {
     const table = this.selector.select(buf, off, len, p);
     if (table === null) return this.nolbFwmark;
-    const hash = this.selector.addressOnly ? packetAddressHash(buf, p) : packetHash(buf, p, this.hashMode);
-    const fw = table.fwmarkOf(hash);
+    const addressOnly = this.selector.addressOnly;
+    const hash = addressOnly ? packetAddressHash(buf, p) : packetHash(buf, p, this.hashMode);
+    const ct = this.conntrack;
+    const fw = ct === null ? table.fwmarkOf(hash) : ct.fwmarkOf(buf, p, hash, table, addressOnly, this.hashMode);
     return fw >= 0 ? fw : this.notargetsFwmark;
   }
 

@@ -16,6 +16,8 @@ import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js'
 import { parseControlAddress } from './control-address.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
+import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
+import { DrainList } from './drain.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -37,6 +39,9 @@ export interface LbOptions {
   ftFrag: number;
   ftTtl: number;
   traceAddress: string;
+  /** Connection tracking: entries per queue (0: stateless) and timeouts. */
+  conntrack: number;
+  ctTimeouts: ConnTrackTimeouts;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
 }
@@ -73,15 +78,24 @@ export interface QueueHandle {
 /** Serves one queue until `stop` is called. */
 export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const tracer = new Tracer(openLogConfig(), ctx.traceSink);
+  const conntrack = o.conntrack > 0 ? new ConnTrack({ size: o.conntrack, timeouts: o.ctTimeouts, now: performance.now() }) : null;
+  // With conntrack, each target table comes with its drain list (created here if missing, so a
+  // later `deactivate` writes into the file this lb already maps).
+  const openTarget = (name: string): TargetTable => {
+    const t = new TargetTable(openShm(name, false));
+    conntrack?.attachDrain(t, DrainList.create(name));
+    return t;
+  };
   const flows =
     o.tshm === null
       ? new FlowSelector({
           promiscuousPing: o.flow?.promiscuousPing ?? false,
           tracer,
           counters: ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
+          openTable: openTarget,
         })
       : null;
-  const single = o.tshm === null ? null : new SingleTable(new TargetTable(openShm(o.tshm, false)), o.tshm);
+  const single = o.tshm === null ? null : new SingleTable(openTarget(o.tshm), o.tshm);
   const selector: TargetSelector = flows ?? single!;
   const statsBuffer = openShm(o.ftShm, true);
   const frags = new FragTable(
@@ -97,6 +111,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     frags,
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
     tracer,
+    conntrack,
   });
   const queue = new NfQueue({
     queue: ctx.queue,
@@ -108,22 +123,24 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   });
   serveQueue(queue, balancer.fwmarkOf);
   const follow = [
-    ...(single === null ? [] : [followTable(o.tshm!, (t) => (single.table = t))]),
-    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (t) => (balancer.lbTable = t))]),
+    ...(single === null ? [] : [followTable(o.tshm!, openTarget, (t) => (single.table = t))]),
+    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (name) => new TargetTable(openShm(name, false)), (t) => (balancer.lbTable = t))]),
   ];
   const sweeper = setInterval(() => {
     // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
     frags.sweep(performance.now());
+    conntrack?.tick(performance.now());
     for (const check of follow) check();
   }, 1000);
-  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange }, 'serving queue');
+  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange,
+    conntrack: conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) } }, 'serving queue');
   return {
     balancer,
     setFlows: flows === null ? undefined : (specs, traceSpecs) => flows.setFlows(specs, traceSpecs),
     stop: () => {
       clearInterval(sweeper);
       queue.stop();
-      log.info({ queue: ctx.queue, ...queue.stats(), ...balancer.counters, kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      log.info({ queue: ctx.queue, ...queue.stats(), ...balancer.counters, conntrack: conntrack?.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
   };
 }
@@ -133,14 +150,14 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
  * a half-built or shrunken table; this returns a check that switches to the new file once it
  * appears. Until then, and if it cannot be read, the last good table stays in use.
  */
-function followTable(name: string, replace: (t: TargetTable) => void): () => void {
+function followTable(name: string, open: (name: string) => TargetTable, replace: (t: TargetTable) => void): () => void {
   let ino = statSync(shmPath(name)).ino;
   let warned = false;
   return () => {
     try {
       const now = statSync(shmPath(name)).ino;
       if (now === ino) return;
-      replace(new TargetTable(openShm(name, false)));
+      replace(open(name));
       ino = now;
       warned = false;
       log.info({ shm: name }, 'table re-created by init: using the new one');
