@@ -36,7 +36,8 @@ export const CT_STATE = { FREE: 0, SYN_SEEN: 1, ESTABLISHED: 2, CLOSING: 3, OTHE
 
 /**
  * Counters, by index into ConnTrack.counters. ENTRIES is a gauge; the rest count packets
- * (HITS..MISS_OTHER: every tracked packet is exactly one of them) or entries.
+ * (every packet the table sees, all but later fragments, cut headers and ICMP errors without
+ * an entry, is exactly one of HITS..MISS_OTHER) or entries.
  */
 export const CT_STAT = {
   /** Entries in use (expired ones count until swept, within a few seconds). */
@@ -57,7 +58,7 @@ export const CT_STAT = {
   EVICTIONS: 7,
   /** Entries that timed out. */
   EXPIRED: 8,
-  /** New flows not recorded because their bucket was full of active flows: balanced statelessly. */
+  /** Misses not recorded because their bucket was full of active flows: balanced statelessly. */
   NO_ROOM: 9,
   WORDS: 10,
 } as const;
@@ -201,6 +202,7 @@ export class ConnTrack {
     }
     // Errors follow flows, never start one.
     if (p.icmpError) return table.fwmarkOf(hash);
+    counters[flags < 0 ? CT_STAT.MISS_OTHER : bareSyn ? CT_STAT.MISS_SYN : CT_STAT.MISS_NON_SYN]!++;
     const { lookup, active } = table;
     // As TargetTable.fwmarkOf: another process may be writing the table, so check the slot.
     const slot = lookup[(hash >>> 0) % lookup.length]!;
@@ -216,7 +218,6 @@ export class ConnTrack {
         return fw;
       }
     }
-    counters[flags < 0 ? CT_STAT.MISS_OTHER : bareSyn ? CT_STAT.MISS_SYN : CT_STAT.MISS_NON_SYN]!++;
     if (states[i] === CT_STATE.FREE) counters[CT_STAT.ENTRIES]!++;
     this.keys.set(this.key, i * KEY_WORDS);
     this.hashes[i] = hash | 0;

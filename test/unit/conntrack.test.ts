@@ -35,7 +35,7 @@ function setup(o: { size?: number; t?: TargetTable } = {}) {
   ct.attachDrain(t, drain);
   const lb = new Balancer(new SingleTable(t, 't'), { hashMode: 1, notargetsFwmark: -1, conntrack: ct });
   const send = (pkt: Uint8Array) => lb.fwmarkOf(pkt, 0, pkt.length);
-  const c = (k: keyof typeof CT_STAT) => ct.counters[CT_STAT[k]];
+  const c = (k: keyof typeof CT_STAT): number => ct.counters[CT_STAT[k]]!;
   return { t, ct, drain, lb, send, c };
 }
 
