@@ -1,6 +1,7 @@
 // The load-balancers of the lab, set up on every router the way the original xcluster
 // load-balancer overlay set up its router VMs: nfqlb (NFQUEUE), kernel ECMP, xdplb (AF_XDP)
 // and IPVS. Each one can take servers out of the load-balancing and put them back (scaling).
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,15 +17,18 @@ export interface LabHandle {
    * Starts a long-running process in `ns` with its output in the lab's log file `name`.log;
    * resolves once the output contains `ready`.
    */
-  daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<void>;
+  daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<ChildProcess>;
 }
 
 export interface LoadBalancer {
   readonly kind: LbKind;
   /** Sets up every router and starts the load-balancer processes. */
   start(): Promise<void>;
-  /** Takes servers (1-based numbers) out of the load-balancing (scale-in) or puts them back. */
-  setServers(servers: readonly number[], active: boolean): void;
+  /**
+   * Takes servers (1-based numbers) out of the load-balancing (scale-in) or puts them back.
+   * `now`: the servers are gone (stopped), so nothing drains to them (nfqlb `deactivate --now`).
+   */
+  setServers(servers: readonly number[], active: boolean, now?: boolean): void;
   /** Shell lines showing how to look at and change the load-balancer by hand. */
   manual(): string[];
 }
@@ -32,6 +36,8 @@ export interface LoadBalancer {
 export interface NfqueueOptions {
   /** Only new connections go to the queue; conntrack's connmark steers the rest (xcluster_SYN_ONLY). */
   synOnly: boolean;
+  /** nfqlb --conntrack entries per queue (0: stateless); scale-in then drains. */
+  conntrack: number;
 }
 
 /** The checkout root (above src/ and dist/src/): where bin/ and build/ are. */
@@ -136,14 +142,16 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
         topo.exec(ns, ['iptables-restore', '--noflush'], nfqueueRules(4, o.synOnly));
         topo.exec(ns, ['ip6tables-restore', '--noflush'], nfqueueRules(6, o.synOnly));
         await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shm}`, `--lbshm=${lbShm}`, `--tun=${TUN}`,
-          `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`], `${topo.ns.router(i)}-nfqlb`, 'serving queue');
+          `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`, ...(o.conntrack > 0 ? [`--conntrack=${o.conntrack}`] : [])],
+        `${topo.ns.router(i)}-nfqlb`, 'serving queue');
       }
     },
-    setServers(list, active) {
+    setServers(list, active, now = false) {
       for (const i of routers(topo)) {
         const shm = shmName(topo, 'nfqlb', i);
         for (const n of list) {
-          nfqlb(i, active ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))] : ['deactivate', `--shm=${shm}`, `--index=${n}`]);
+          nfqlb(i, active ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]
+            : ['deactivate', `--shm=${shm}`, `--index=${n}`, ...(now ? ['--now'] : [])]);
         }
       }
     },
@@ -151,9 +159,9 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
       const cli = binArgv('nfqlb').join(' ');
       const shm = shmName(topo, 'nfqlb', 1);
       return [
-        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}:`,
+        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}${o.conntrack > 0 ? ', with conntrack' : ''}:`,
         `${cli} show --shm=${shm}`,
-        `${cli} deactivate --shm=${shm} --index=1     # scale in server 1`,
+        `${cli} deactivate --shm=${shm} --index=1     # scale in server 1${o.conntrack > 0 ? ' (drains; --now removes at once)' : ''}`,
         `${cli} activate --shm=${shm} --index=1 ${serverFwmark(1)}   # and back`,
         `${cli} show --shm=${shmName(topo, 'nfqlbLb', 1)}   # the LB tier`,
         `${cli} stats --ft_shm=${shmName(topo, 'ftshm', 1)}   # fragment table`,

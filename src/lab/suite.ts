@@ -63,6 +63,10 @@ export interface LabOptions {
   outDir: string;
   /** nfqueue: only new connections through the queue (the original's xcluster_SYN_ONLY). */
   synOnly: boolean;
+  /** nfqueue: nfqlb --conntrack with this many entries (0: stateless); a scale-in then drains. */
+  conntrack?: number;
+  /** Scale-in stops the servers (and removes them at once); scale-out starts them again. */
+  stopServers?: boolean;
   /** Leave the lab up after a test (the original's --no-stop). */
   noStop: boolean;
   /** Progress lines. */
@@ -114,6 +118,8 @@ class Lab implements LabHandle {
   lb!: LoadBalancer;
   /** Routers in the tester's ECMP route. */
   private routersUp: number[];
+  /** The traffic server process of each server, by number. */
+  private readonly serverProcs = new Map<number, ChildProcess>();
 
   constructor(readonly o: LabOptions, readonly detached: boolean) {
     removeLabShm(o.prefix);
@@ -121,7 +127,7 @@ class Lab implements LabHandle {
     this.routersUp = Array.from({ length: o.nrouters }, (_, k) => k + 1);
   }
 
-  async daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<void> {
+  async daemon(ns: string, argv: readonly string[], name: string, ready: string): Promise<ChildProcess> {
     const logFile = join(this.o.outDir, `${name}.log`);
     const fd = openSync(logFile, 'w');
     // Output to a file, not a pipe: a daemon of a lab left up outlives this process.
@@ -131,7 +137,7 @@ class Lab implements LabHandle {
     this.procs.push(p);
     const deadline = Date.now() + 20_000;
     for (;;) {
-      if (readFileSync(logFile, 'utf8').includes(ready)) return;
+      if (readFileSync(logFile, 'utf8').includes(ready)) return p;
       if (p.exitCode !== null || p.signalCode !== null || Date.now() > deadline) {
         const out = readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
         throw new Error(`${name}: '${argv.slice(1).join(' ')}' did not start in ${ns}: ${out || 'no output'}`);
@@ -142,13 +148,16 @@ class Lab implements LabHandle {
 
   async start(kind: LbKind): Promise<void> {
     const { topo, o } = this;
-    for (let n = 1; n <= o.nvm; n++) {
-      await this.daemon(topo.ns.server(n), [...toolArgv('server'), `--name=${vmName(n)}`], `${topo.ns.server(n)}-server`, 'listening');
-    }
+    for (let n = 1; n <= o.nvm; n++) await this.startServer(n);
     // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
     topo.setTesterRoute(this.routersUp);
-    this.lb = createLb(kind, this, { synOnly: o.synOnly });
+    this.lb = createLb(kind, this, { synOnly: o.synOnly, conntrack: o.conntrack ?? 0 });
     await this.lb.start();
+  }
+
+  private async startServer(n: number): Promise<void> {
+    const ns = this.topo.ns.server(n);
+    this.serverProcs.set(n, await this.daemon(ns, [...toolArgv('server'), `--name=${vmName(n)}`], `${ns}-server`, 'listening'));
   }
 
   /** Ends the processes this lab started and removes it. */
@@ -168,10 +177,22 @@ class Lab implements LabHandle {
     return JSON.parse(r.stdout) as MconnectResult;
   }
 
-  /** Routers in the tester's ECMP route (scale_lb) or servers in the load-balancing. */
-  scaleTargets(kind: TestKind, list: readonly number[], active: boolean): void {
+  /**
+   * Routers in the tester's ECMP route (scale_lb) or servers in the load-balancing; with
+   * --stop-servers the servers are stopped (a crash: their connections break) and removed at
+   * once, and started again before they are put back.
+   */
+  async scaleTargets(kind: TestKind, list: readonly number[], active: boolean): Promise<void> {
     if (kind !== 'scale_lb') {
-      this.lb.setServers(list, active);
+      if (this.o.stopServers && active) for (const n of list) if (!this.serverProcs.has(n)) await this.startServer(n);
+      if (this.o.stopServers && !active) {
+        for (const n of list) {
+          const p = this.serverProcs.get(n);
+          this.serverProcs.delete(n);
+          if (p?.pid !== undefined && p.exitCode === null) process.kill(p.pid, 'SIGKILL');
+        }
+      }
+      this.lb.setServers(list, active, this.o.stopServers === true);
       return;
     }
     this.routersUp = active ? [...new Set([...this.routersUp, ...list])].sort((a, b) => a - b) : this.routersUp.filter((i) => !list.includes(i));
@@ -188,7 +209,7 @@ class Lab implements LabHandle {
     const statsFile = `${base}.json`;
     rmSync(statsFile, { force: true });
     const kinds: ScaleEvent['kind'][] = kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' ? ['scale-in'] : ['scale-in', 'scale-out'];
-    if (kind === 'scale_out') this.scaleTargets(kind, list, false);
+    if (kind === 'scale_out') await this.scaleTargets(kind, list, false);
 
     const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${vipAddr(family, 5003)}`, `--nconn=${o.nconn}`,
       `--rate=${o.rate}`, `--timeout=${durationMs}ms`, `--srccidr=${CLIENT_CIDR[family]}`, `--stats-file=${statsFile}`],
@@ -204,12 +225,12 @@ class Lab implements LabHandle {
       await sleep(Math.max(0, spawned + frac * durationMs - Date.now()));
       const ev = kinds[k]!;
       const at = Date.now();
-      this.scaleTargets(kind, list, ev === 'scale-out');
+      await this.scaleTargets(kind, list, ev === 'scale-out');
       wall.push({ at, kind: ev });
       o.log(`  t=${((at - spawned) / 1000).toFixed(1)}s ${ev} ${names.join(' ')}`);
     }
     const code = await exited;
-    if (kind === 'scale_in') this.scaleTargets(kind, list, true); // the next run starts with all targets
+    if (kind === 'scale_in') await this.scaleTargets(kind, list, true); // the next run starts with all targets
     if (code !== 0 || !existsSync(statsFile)) throw new Error(`ctraffic exited (${code}): ${stderr.trim()}`);
     const stats = asStats(JSON.parse(readFileSync(statsFile, 'utf8')));
     const t0 = Date.parse(stats.started);
