@@ -184,7 +184,8 @@ export class ConnTrack {
       const state = states[i]!;
       const live = ((now - seen[i]!) | 0) <= this.timeouts[state]!;
       // A SYN on an entry past its handshake is a new connection on the same ports.
-      if (live && !(bareSyn && state !== CT_STATE.SYN_SEEN)) {
+      const reopened = bareSyn && state !== CT_STATE.SYN_SEEN;
+      if (live && !reopened) {
         const fw = this.fwmarks[i]!;
         if (this.reachable(table, i, fw)) {
           // An ICMP error follows its flow's target but is not the flow's own packet.
@@ -195,13 +196,13 @@ export class ConnTrack {
           counters[CT_STAT.HITS]!++;
           return fw;
         }
-        counters[CT_STAT.REPLACED]!++;
-      } else if (!live) {
-        counters[CT_STAT.EXPIRED]!++;
       }
+      if (p.icmpError) return table.fwmarkOf(hash);
+      if (!live) counters[CT_STAT.EXPIRED]!++;
+      else if (!reopened) counters[CT_STAT.REPLACED]!++;
+    } else if (p.icmpError) {
+      return table.fwmarkOf(hash); // errors follow flows, never start one
     }
-    // Errors follow flows, never start one.
-    if (p.icmpError) return table.fwmarkOf(hash);
     counters[flags < 0 ? CT_STAT.MISS_OTHER : bareSyn ? CT_STAT.MISS_SYN : CT_STAT.MISS_NON_SYN]!++;
     const { lookup, active } = table;
     // As TargetTable.fwmarkOf: another process may be writing the table, so check the slot.
