@@ -56,7 +56,7 @@ const lbOptions = {
   ft_ttl: { arg: true, help: 'Frag table; ttl milliS (default 200)' },
   trace_address: { arg: true, help: `Trace server address (default ${DEFAULT_TRACE_ADDRESS})` },
   batch: { arg: true, help: 'Packets handled per wake-up (default 128)' },
-  conntrack: { arg: true, help: 'Connection tracking: flow entries per queue, 57 bytes each (default 0 = stateless)' },
+  conntrack: { arg: true, help: 'Connection tracking: flow entries per queue, 64 bytes each (default 0 = stateless)' },
   ct_syn_timeout: { arg: true, help: `Conntrack; seconds a TCP flow lives after a SYN (default ${CT_DEFAULT_TIMEOUTS.synMs / 1000})` },
   ct_established_timeout: { arg: true, help: `Conntrack; idle seconds of an established TCP flow (default ${CT_DEFAULT_TIMEOUTS.establishedMs / 1000})` },
   ct_close_timeout: { arg: true, help: `Conntrack; seconds after FIN or RST (default ${CT_DEFAULT_TIMEOUTS.closeMs / 1000})` },

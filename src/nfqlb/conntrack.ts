@@ -7,9 +7,10 @@
 // The state is per load-balancer: in a tier, a flow that ECMP moves to another LB finds no
 // entry there and falls back to consistent hashing (the same target unless the set changed).
 //
-// The table is allocated once: SIZE entries in buckets of WAYS, in typed arrays (structure of
-// arrays, 57 bytes an entry), keyed on the same 40-byte flow key the hash covers and indexed by
-// the flow hash. A full bucket evicts its least recently seen entry, unless even that one was
+// The table is allocated once: SIZE entries in buckets of WAYS, one Int32Array of 16-word
+// (64-byte, one cache line's worth) entries, so a lookup touches one or two lines of a large
+// table rather than one per field; keyed on the same 40-byte flow key the hash covers and
+// indexed by the flow hash. A full bucket evicts its least recently seen entry, unless even that one was
 // seen within MIN_EVICT_AGE_MS: then the packet is balanced statelessly (counted), so a flood
 // of new flows cannot push out active ones. The table never drops a packet and never allocates
 // per packet.
@@ -26,8 +27,17 @@ import type { DrainList } from './drain.js';
 /** Entries per bucket: one bucket is a few cache lines of each array. */
 export const CT_WAYS = 8;
 const KEY_WORDS = HASH_KEY_BYTES / 4;
-/** Bytes per entry: key 40, hash 4, fwmark 4, active slot 4, last seen 4, state 1. */
-export const CT_BYTES_PER_ENTRY = HASH_KEY_BYTES + 4 + 4 + 4 + 4 + 1;
+// Entry words: the flow hash, state, last seen, fwmark, the target's active[] slot when last
+// checked (the fast "still in the table" test), the key; one word spare.
+const E_HASH = 0;
+const E_STATE = 1;
+const E_SEEN = 2;
+const E_FWMARK = 3;
+const E_SLOT = 4;
+const E_KEY = 5;
+const ENTRY_WORDS = 16;
+/** Bytes per entry. */
+export const CT_BYTES_PER_ENTRY = 4 * ENTRY_WORDS;
 /** An entry seen this recently is never evicted: its flow is alive. */
 export const MIN_EVICT_AGE_MS = 1000;
 
@@ -96,13 +106,8 @@ export class ConnTrack {
   /** The clock (milliseconds modulo 2^32, as an int32), advanced by tick(). */
   now: number;
   private readonly buckets: number;
-  private readonly keys: Int32Array;
-  private readonly hashes: Int32Array;
-  private readonly fwmarks: Int32Array;
-  /** The active[] slot the target had when last checked: the fast "still in the table" test. */
-  private readonly slots: Int32Array;
-  private readonly seen: Int32Array;
-  private readonly states: Uint8Array;
+  /** ENTRY_WORDS per entry; entry i of bucket b is b * CT_WAYS + i. */
+  private readonly table: Int32Array;
   /** Timeout per state (index CT_STATE). */
   private readonly timeouts = new Int32Array(5);
   private readonly key = new Int32Array(KEY_WORDS);
@@ -113,12 +118,7 @@ export class ConnTrack {
     if (!Number.isInteger(o.size) || o.size < 1) throw new RangeError(`conntrack size must be a positive integer, got ${o.size}`);
     this.buckets = Math.ceil(o.size / CT_WAYS);
     const n = (this.capacity = this.buckets * CT_WAYS);
-    this.keys = new Int32Array(n * KEY_WORDS);
-    this.hashes = new Int32Array(n);
-    this.fwmarks = new Int32Array(n);
-    this.slots = new Int32Array(n);
-    this.seen = new Int32Array(n);
-    this.states = new Uint8Array(n);
+    this.table = new Int32Array(n * ENTRY_WORDS);
     const t = o.timeouts ?? CT_DEFAULT_TIMEOUTS;
     for (const ms of [t.synMs, t.establishedMs, t.closeMs, t.otherMs]) {
       if (!Number.isInteger(ms) || ms < 1 || ms > 0x7fffffff) throw new RangeError(`conntrack timeout must be 1..2^31-1 ms, got ${ms}`);
@@ -151,18 +151,26 @@ export class ConnTrack {
 
   /** Frees the timed-out entries among the next `count`. */
   sweep(count: number): void {
-    const { states, seen, timeouts, counters } = this;
+    const { table: t, timeouts, counters } = this;
     const now = this.now;
     let i = this.sweepCursor;
     for (let k = 0; k < count; k++) {
-      const s = states[i]!;
-      if (s !== CT_STATE.FREE && ((now - seen[i]!) | 0) > timeouts[s]!) {
-        this.free(i);
+      const e = i * ENTRY_WORDS;
+      const s = t[e + E_STATE]!;
+      if (s !== CT_STATE.FREE && ((now - t[e + E_SEEN]!) | 0) > timeouts[s]!) {
+        this.free(e);
         counters[CT_STAT.EXPIRED]!++;
       }
       if (++i === this.capacity) i = 0;
     }
     this.sweepCursor = i;
+  }
+
+  /** Entries in use, counted (O(capacity), for checks; the ENTRIES counter is the cheap gauge). */
+  countInUse(): number {
+    let n = 0;
+    for (let e = E_STATE; e < this.table.length; e += ENTRY_WORDS) if (this.table[e] !== CT_STATE.FREE) n++;
+    return n;
   }
 
   /**
@@ -176,22 +184,22 @@ export class ConnTrack {
     this.buildKey(buf, p, addressOnly, hashMode);
     const flags = p.proto === IPPROTO_TCP && !p.icmpError && p.l4Proto === IPPROTO_TCP && p.l4Off >= 0 && p.l4Off + 14 <= p.end ? buf[p.l4Off + 13]! : -1;
     const bareSyn = flags >= 0 && (flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN;
-    const { states, seen, counters } = this;
+    const { table: t, counters } = this;
     const now = this.now;
     const base = this.bucketOf(hash) * CT_WAYS;
-    let i = this.find(base, hash | 0);
-    if (i >= 0) {
-      const state = states[i]!;
-      const live = ((now - seen[i]!) | 0) <= this.timeouts[state]!;
+    let e = this.find(base, hash | 0);
+    if (e >= 0) {
+      const state = t[e + E_STATE]!;
+      const live = ((now - t[e + E_SEEN]!) | 0) <= this.timeouts[state]!;
       // A SYN on an entry past its handshake is a new connection on the same ports.
       const reopened = bareSyn && state !== CT_STATE.SYN_SEEN;
       if (live && !reopened) {
-        const fw = this.fwmarks[i]!;
-        if (this.reachable(table, i, fw)) {
+        const fw = t[e + E_FWMARK]!;
+        if (this.reachable(table, e, fw)) {
           // An ICMP error follows its flow's target but is not the flow's own packet.
           if (!p.icmpError) {
-            seen[i] = now;
-            states[i] = nextState(state, flags);
+            t[e + E_SEEN] = now;
+            t[e + E_STATE] = nextState(state, flags);
           }
           counters[CT_STAT.HITS]!++;
           return fw;
@@ -209,23 +217,23 @@ export class ConnTrack {
     const slot = lookup[(hash >>> 0) % lookup.length]!;
     const fw = slot >= 0 && slot < active.length ? active[slot]! : -1;
     if (fw < 0) {
-      if (i >= 0) this.free(i);
+      if (e >= 0) this.free(e);
       return -1;
     }
-    if (i < 0) {
-      i = this.room(base);
-      if (i < 0) {
+    if (e < 0) {
+      e = this.room(base);
+      if (e < 0) {
         counters[CT_STAT.NO_ROOM]!++;
         return fw;
       }
     }
-    if (states[i] === CT_STATE.FREE) counters[CT_STAT.ENTRIES]!++;
-    this.keys.set(this.key, i * KEY_WORDS);
-    this.hashes[i] = hash | 0;
-    this.fwmarks[i] = fw;
-    this.slots[i] = slot;
-    seen[i] = now;
-    states[i] = nextState(CT_STATE.FREE, flags);
+    if (t[e + E_STATE] === CT_STATE.FREE) counters[CT_STAT.ENTRIES]!++;
+    t.set(this.key, e + E_KEY);
+    t[e + E_HASH] = hash | 0;
+    t[e + E_FWMARK] = fw;
+    t[e + E_SLOT] = slot;
+    t[e + E_SEEN] = now;
+    t[e + E_STATE] = nextState(CT_STATE.FREE, flags);
     return fw;
   }
 
@@ -289,36 +297,40 @@ export class ConnTrack {
     return Math.floor((h * this.buckets) / 4294967296);
   }
 
+  /** The word offset of the entry holding the key just built, or -1. */
   private find(base: number, hash: number): number {
-    const { states, hashes, keys, key } = this;
-    for (let i = base; i < base + CT_WAYS; i++) {
-      if (states[i] === CT_STATE.FREE || hashes[i] !== hash) continue;
-      const k = i * KEY_WORDS;
+    const { table: t, key } = this;
+    for (let e = base * ENTRY_WORDS, end = e + CT_WAYS * ENTRY_WORDS; e < end; e += ENTRY_WORDS) {
+      if (t[e + E_HASH] !== hash || t[e + E_STATE] === CT_STATE.FREE) continue;
+      const k = e + E_KEY;
       if (
-        keys[k + 9] === key[9] && keys[k] === key[0] && keys[k + 1] === key[1] && keys[k + 2] === key[2] && keys[k + 3] === key[3] &&
-        keys[k + 4] === key[4] && keys[k + 5] === key[5] && keys[k + 6] === key[6] && keys[k + 7] === key[7] && keys[k + 8] === key[8]
-      ) return i;
+        t[k + 9] === key[9] && t[k] === key[0] && t[k + 1] === key[1] && t[k + 2] === key[2] && t[k + 3] === key[3] &&
+        t[k + 4] === key[4] && t[k + 5] === key[5] && t[k + 6] === key[6] && t[k + 7] === key[7] && t[k + 8] === key[8]
+      ) return e;
     }
     return -1;
   }
 
-  /** A place for a new entry in the bucket: free, timed out, or the least recently seen (evicted); -1 if all are active. */
+  /**
+   * A place (word offset) for a new entry in the bucket: free, timed out, or the least recently
+   * seen (evicted); -1 if all are active.
+   */
   private room(base: number): number {
-    const { states, seen, timeouts, counters } = this;
+    const { table: t, timeouts, counters } = this;
     const now = this.now;
     let oldest = -1;
     let oldestAge = -1;
-    for (let i = base; i < base + CT_WAYS; i++) {
-      const s = states[i]!;
-      if (s === CT_STATE.FREE) return i;
-      const age = (now - seen[i]!) | 0;
+    for (let e = base * ENTRY_WORDS, end = e + CT_WAYS * ENTRY_WORDS; e < end; e += ENTRY_WORDS) {
+      const s = t[e + E_STATE]!;
+      if (s === CT_STATE.FREE) return e;
+      const age = (now - t[e + E_SEEN]!) | 0;
       if (age > timeouts[s]!) {
         counters[CT_STAT.EXPIRED]!++;
-        return i;
+        return e;
       }
       if (age > oldestAge) {
         oldestAge = age;
-        oldest = i;
+        oldest = e;
       }
     }
     if (oldestAge < MIN_EVICT_AGE_MS) return -1;
@@ -327,12 +339,12 @@ export class ConnTrack {
   }
 
   /** Whether recorded target `fw` may still take the flow: in the table (anywhere) or draining. */
-  private reachable(table: TargetTable, i: number, fw: number): boolean {
+  private reachable(table: TargetTable, e: number, fw: number): boolean {
     const active = table.active;
-    if (active[this.slots[i]!] === fw) return true;
+    if (active[this.table[e + E_SLOT]!] === fw) return true;
     const at = active.indexOf(fw);
     if (at >= 0) {
-      this.slots[i] = at; // re-activated in another slot
+      this.table[e + E_SLOT] = at; // re-activated in another slot
       return true;
     }
     if (this.drains.get(table)?.has(fw) === true) {
@@ -342,9 +354,9 @@ export class ConnTrack {
     return false;
   }
 
-  private free(i: number): void {
-    if (this.states[i] === CT_STATE.FREE) return;
-    this.states[i] = CT_STATE.FREE;
+  private free(e: number): void {
+    if (this.table[e + E_STATE] === CT_STATE.FREE) return;
+    this.table[e + E_STATE] = CT_STATE.FREE;
     this.counters[CT_STAT.ENTRIES]!--;
   }
 }
