@@ -39,9 +39,9 @@ export interface LbOptions {
   ftFrag: number;
   ftTtl: number;
   traceAddress: string;
-  /** Connection tracking: entries per queue (0: stateless) and timeouts. */
-  conntrack: number;
-  ctTimeouts: ConnTrackTimeouts;
+  /** Connection tracking: entries per queue (absent or 0: stateless) and timeouts (default Cilium's). */
+  conntrack?: number;
+  ctTimeouts?: ConnTrackTimeouts;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
 }
@@ -78,7 +78,7 @@ export interface QueueHandle {
 /** Serves one queue until `stop` is called. */
 export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const tracer = new Tracer(openLogConfig(), ctx.traceSink);
-  const conntrack = o.conntrack > 0 ? new ConnTrack({ size: o.conntrack, timeouts: o.ctTimeouts, now: performance.now() }) : null;
+  const conntrack = (o.conntrack ?? 0) > 0 ? new ConnTrack({ size: o.conntrack!, timeouts: o.ctTimeouts, now: performance.now() }) : null;
   // With conntrack, each target table comes with its drain list (created here if missing, so a
   // later `deactivate` writes into the file this lb already maps).
   const openTarget = (name: string): TargetTable => {
