@@ -251,6 +251,7 @@ export function checkTest(test: string, o: LabOptions): number[] {
   const spec = TESTS[test];
   if (!spec) throw new RangeError(`unknown test '${test}' (see 'lblab test --list')`);
   if (spec.kind === 'scale_lb' && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (load-balancers to scale)`);
+  if ((o.conntrack ?? 0) > 0 && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --conntrack is for the nfqueue tests (nfqlb)`);
   const list = o.scale ?? [spec.kind === 'scale_lb' ? 201 : 1];
   const isLb = spec.kind === 'scale_lb';
   const [lo, hi] = isLb ? [201, 200 + o.nrouters] : [1, o.nvm];

@@ -215,6 +215,17 @@ describe('ConnTrack', () => {
     expect(ct.entries).toBe(1);
   });
 
+  it('keys SCTP on its ports under hash_mode 1: a multihomed association is one entry', () => {
+    const { send, c, ct } = setup();
+    const path = (src: string) => ipv4({ src, dst: '10.0.0.0' }).sctp({ sport: 7000, dport: 5001 }).build();
+    const fw = send(path('50.0.0.1'));
+    expect(send(path('60.0.0.9'))).toBe(fw);
+    expect([c('MISS_OTHER'), c('HITS'), ct.entries]).toEqual([1, 1, 1]);
+    // Other ports: another association.
+    send(ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).sctp({ sport: 7001, dport: 5001 }).build());
+    expect(ct.entries).toBe(2);
+  });
+
   it('gives every fixture packet the stateless verdict while the targets do not change', () => {
     for (const group of fixtureGroups()) {
       const tables = { main: buildTable('main'), web: buildTable('web'), other: buildTable('other') } as Record<TableName, TargetTable>;
