@@ -22,3 +22,5 @@ export { flowRequest } from './nfqlb/flow-client.js';
 export { parseControlAddress, flowAddress, DEFAULT_FLOW_ADDRESS, DEFAULT_TRACE_ADDRESS, type ControlAddress } from './nfqlb/control-address.js';
 export { Tracer, TraceServer, TRACE, TRACE_SHM, openLogConfig, parseTraceSelection, pinoLevel } from './nfqlb/trace.js';
 export { Tun } from './nfqlb/tun.js';
+export { ConnTrack, CT_STAT, CT_STAT_NAMES, CT_STATE, CT_DEFAULT_TIMEOUTS, type ConnTrackOptions, type ConnTrackTimeouts } from './nfqlb/conntrack.js';
+export { DrainList, drainShmName } from './nfqlb/drain.js';

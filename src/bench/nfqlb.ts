@@ -52,6 +52,8 @@ export const VARIANTS: readonly LbVariant[] = [
       scraper = null;
     },
   },
+  // The generator's 64 flows fit any table: this row is the cost of a hit.
+  { label: 'lb --conntrack', args: ['--conntrack=1000000'] },
   {
     // Whole VIP packets are marked at tc ingress and skip the queue (see the README's offload section).
     label: 'lb --offload',

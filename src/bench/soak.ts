@@ -50,7 +50,7 @@ try {
       p.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}): ${out}`)));
     }),
   };
-  const lb = nfqueueLb(lab, { synOnly: false });
+  const lb = nfqueueLb(lab, { synOnly: false, conntrack: 0 });
   await lb.start();
 
   const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${VIP[4]}:5003`, `--nconn=${NCONN}`, `--rate=${RATE}`,

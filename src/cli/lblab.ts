@@ -11,6 +11,8 @@ import { parseDuration } from '../lab/traffic/common.js';
 
 const DEFAULT_PREFIX = 'lblab-';
 const DEFAULT_OUT = '/tmp/lblab';
+/** Flow entries of `nfqlb lb --conntrack` in the lab: far more than its connections. */
+const LAB_CONNTRACK_SIZE = 65536;
 
 const prefixOption = { prefix: { arg: true, help: `Namespace prefix of the lab (default ${DEFAULT_PREFIX})` } };
 
@@ -45,6 +47,8 @@ function labOptions(p: Parsed): LabOptions {
     durationMs,
     outDir: opt(p, 'out', DEFAULT_OUT),
     synOnly: p.opts.has('syn-only') || env('xcluster_SYN_ONLY') === 'yes',
+    conntrack: p.opts.has('conntrack') ? LAB_CONNTRACK_SIZE : 0,
+    stopServers: p.opts.has('stop-servers'),
     noStop: p.opts.has('no-stop'),
     bgp: p.opts.has('bgp'),
     resilient: p.opts.has('resilient'),
@@ -90,7 +94,7 @@ const commands: CommandTable = {
   test: {
     synopsis: [
       'test --list',
-      'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--no-stop] [--bgp] [--resilient] [opt...] <test...>',
+      'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--conntrack] [--stop-servers] [--no-stop] [--bgp] [--resilient] [opt...] <test...>',
       '  Run tests (names as the original load-balancer.sh); start_* leave the lab up',
     ].join('\n'),
     options: {
@@ -101,6 +105,8 @@ const commands: CommandTable = {
       family: { arg: true, help: 'Address families of the scale runs: 4, 6 or 4,6 (default 4)' },
       view: { help: 'Print where to view each plot' },
       'syn-only': { help: 'nfqueue: only new connections go through the queue (or xcluster_SYN_ONLY=yes)' },
+      conntrack: { help: `nfqueue: nfqlb lb --conntrack=${LAB_CONNTRACK_SIZE}: established flows keep their server, scale-in drains` },
+      'stop-servers': { help: 'Scale-in stops the servers (and removes them at once: deactivate --now); scale-out restarts them' },
       'no-stop': { help: 'Leave the lab up after the test' },
       bgp: { help: 'nfqueue: LBs behind a BGP gateway (BIRD on the tester and every LB) instead of static ECMP' },
       resilient: { help: 'ecmp: kernel resilient next-hop groups instead of hash-threshold multipath' },
@@ -128,7 +134,8 @@ const commands: CommandTable = {
       const results: TestResult[] = [];
       try {
         for (const test of p.args) {
-          o.log(`=== lblab: ${test} (${o.nvm} servers, ${o.nrouters} router${o.nrouters > 1 ? 's' : ''}${o.scale ? `, scale ${o.scale.join(' ')}` : ''})`);
+          o.log(`=== lblab: ${test} (${o.nvm} servers, ${o.nrouters} router${o.nrouters > 1 ? 's' : ''}${o.scale ? `, scale ${o.scale.join(' ')}` : ''}` +
+            `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''})`);
           const r = await runTest(test, o);
           results.push(r);
           printResult(r, p.opts.has('view'));

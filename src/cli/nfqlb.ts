@@ -10,6 +10,8 @@ import { hashTuple } from '../hash.js';
 import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
 import { parseOffloadOptions } from '../nfqlb/offload.js';
+import { DrainList } from '../nfqlb/drain.js';
+import { CT_DEFAULT_TIMEOUTS } from '../nfqlb/conntrack.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
 import { checkAnnounceDevice } from '../nfqlb/announce.js';
@@ -62,7 +64,18 @@ const lbOptions = {
   drain: { arg: true, help: 'With --announce: ms to keep serving after withdrawing on SIGTERM (default 2000)' },
   allow_remote: { help: 'Accept a tcp flow/trace address that is not loopback (clients still need the control key)' },
   metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
+  conntrack: { arg: true, help: 'Connection tracking: flow entries per queue, 64 bytes each (default 0 = stateless)' },
+  ct_syn_timeout: { arg: true, help: `Conntrack; seconds a TCP flow lives after a SYN (default ${CT_DEFAULT_TIMEOUTS.synMs / 1000})` },
+  ct_established_timeout: { arg: true, help: `Conntrack; idle seconds of an established TCP flow (default ${CT_DEFAULT_TIMEOUTS.establishedMs / 1000})` },
+  ct_close_timeout: { arg: true, help: `Conntrack; seconds after FIN or RST (default ${CT_DEFAULT_TIMEOUTS.closeMs / 1000})` },
+  ct_other_timeout: { arg: true, help: `Conntrack; idle seconds of UDP and other flows (default ${CT_DEFAULT_TIMEOUTS.otherMs / 1000})` },
 };
+
+const MAX_CT_TIMEOUT_S = 7 * 86400;
+
+function ctTimeout(p: Parsed, name: string, dfltMs: number): number {
+  return 1000 * intOption(name, opt(p, name, String(dfltMs / 1000)), 1, MAX_CT_TIMEOUT_S);
+}
 
 function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
   if (intOption('reassembler', opt(p, 'reassembler', '0'), 0, INT32_MAX) !== 0) {
@@ -88,6 +101,13 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
     drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
     allowRemote: p.opts.has('allow_remote'),
     metrics: metricsOption(p),
+    conntrack: intOption('conntrack', opt(p, 'conntrack', '0'), 0, 1 << 24),
+    ctTimeouts: {
+      synMs: ctTimeout(p, 'ct_syn_timeout', CT_DEFAULT_TIMEOUTS.synMs),
+      establishedMs: ctTimeout(p, 'ct_established_timeout', CT_DEFAULT_TIMEOUTS.establishedMs),
+      closeMs: ctTimeout(p, 'ct_close_timeout', CT_DEFAULT_TIMEOUTS.closeMs),
+      otherMs: ctTimeout(p, 'ct_other_timeout', CT_DEFAULT_TIMEOUTS.otherMs),
+    },
   };
 }
 
@@ -131,12 +151,15 @@ const commands: CommandTable = {
       const M = TargetTable.adjustM(wantM);
       if (N > M) throw new UsageError(`N can't be larger than M (${N} > ${M})`);
       if (TargetTable.byteLength(M, N) > 2 ** 30) throw new UsageError(`M=${M}, N=${N} needs more than 1 GiB of shared memory`);
+      // A fresh table has no targets, so nothing drains from it (checked before anything changes).
+      const drain = DrainList.open(name, true);
       if (M !== wantM) process.stdout.write(`M adjusted; ${wantM} -> ${M}\n`);
       // Built under a temporary name and renamed over the old one: a running lb keeps its
       // mapping of the old file instead of seeing it truncated under its feet.
       const tmp = `.${name}.init-${process.pid}`;
       TargetTable.initialize(createShm(tmp, TargetTable.byteLength(M, N)), M, N, ownFw);
       renameSync(shmPath(tmp), shmPath(name));
+      drain?.clear();
       return 0;
     },
   },
@@ -145,6 +168,7 @@ const commands: CommandTable = {
     options: { shm: { arg: true, required: true, help: 'Shared memory' } },
     run(p) {
       deleteShm(opt(p, 'shm', ''));
+      DrainList.delete(opt(p, 'shm', ''));
       return 0;
     },
   },
@@ -162,24 +186,53 @@ const commands: CommandTable = {
     options: { ...shmOption, index: { arg: true, help: 'Slot in the active table (< N)' } },
     run(p) {
       const fwmarks = p.args.map(fwmarkArg);
-      const t = openTable(opt(p, 'shm', 'nfqlb'), true);
+      const name = opt(p, 'shm', 'nfqlb');
+      const t = openTable(name, true);
       const index = indexArg(p, t);
+      const drain = DrainList.open(name, true);
       if (index === undefined) t.activate(fwmarks);
       else if (fwmarks.length === 1) t.setIndex(index, fwmarks[0]!);
       else throw new UsageError('--index takes exactly one fwmark');
+      // Back in the table: no longer draining (removed only now, so it is never in neither).
+      for (const fw of fwmarks) drain?.remove(fw);
       return 0;
     },
   },
   deactivate: {
-    synopsis: 'deactivate [--shm=] <fwmarks...>\ndeactivate [--shm=] --index=#\n  Deactivate targets',
-    options: { ...shmOption, index: { arg: true, help: 'Slot in the active table (< N)' } },
+    synopsis: [
+      'deactivate [--shm=] [--now] <fwmarks...>',
+      'deactivate [--shm=] [--now] --index=#',
+      '  Deactivate targets. An lb with --conntrack drains them: new flows avoid them, recorded flows',
+      '  stay until they end; --now removes them at once (their flows go back to Maglev)',
+    ].join('\n'),
+    options: {
+      ...shmOption,
+      index: { arg: true, help: 'Slot in the active table (< N)' },
+      now: { help: 'Remove at once, also a target that is draining (for a dead target)' },
+    },
     run(p) {
       const fwmarks = p.args.map(fwmarkArg);
-      const t = openTable(opt(p, 'shm', 'nfqlb'), true);
+      const name = opt(p, 'shm', 'nfqlb');
+      const t = openTable(name, true);
       const index = indexArg(p, t);
+      if (index !== undefined && fwmarks.length > 0) throw new UsageError('--index takes no fwmark');
+      const atIndex = index === undefined ? -1 : t.active[index]!;
+      if (p.opts.has('now')) {
+        const drain = DrainList.open(name, true);
+        if (index === undefined) t.deactivate(fwmarks);
+        else t.clearIndex(index);
+        for (const fw of index === undefined ? fwmarks : [atIndex]) drain?.remove(fw);
+        return 0;
+      }
+      // Into the drain list before out of the table: an lb never sees the target in neither.
+      const leaving = index === undefined ? fwmarks.filter((fw) => t.active.includes(fw)) : atIndex >= 0 ? [atIndex] : [];
+      if (leaving.length > 0) {
+        const drain = DrainList.create(name);
+        if (!drain.hasRoomFor(leaving)) throw new UsageError(`drain list of ${name} is full: remove drained targets with 'deactivate --now'`);
+        for (const fw of leaving) drain.add(fw);
+      }
       if (index === undefined) t.deactivate(fwmarks);
-      else if (fwmarks.length === 0) t.clearIndex(index);
-      else throw new UsageError('--index takes no fwmark');
+      else t.clearIndex(index);
       return 0;
     },
   },
@@ -239,11 +292,15 @@ const commands: CommandTable = {
       ...lbOptions,
     },
     run(p) {
+      const o = lbRunOptions(p);
+      const offload = parseOffloadOptions(opt(p, 'offload'), p.opts.get('vip') ?? []);
+      // The kernel program is stateless: flows it marks would never see the flow table.
+      if (offload !== undefined && (o.conntrack ?? 0) > 0) throw new UsageError('--offload and --conntrack: the offloaded packets bypass the flow table; choose one');
       return runLb({
-        ...lbRunOptions(p),
+        ...o,
         tshm: opt(p, 'tshm', 'nfqlb'),
         sctpEncap: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535),
-        offload: parseOffloadOptions(opt(p, 'offload'), p.opts.get('vip') ?? []),
+        offload,
       });
     },
   },

@@ -24,8 +24,11 @@ export interface LoadBalancer {
   readonly kind: LbKind;
   /** Sets up every router and starts the load-balancer processes. */
   start(): Promise<void>;
-  /** Takes servers (1-based numbers) out of the load-balancing (scale-in) or puts them back. */
-  setServers(servers: readonly number[], active: boolean): void;
+  /**
+   * Takes servers (1-based numbers) out of the load-balancing (scale-in) or puts them back.
+   * `now`: the servers are gone (stopped), so nothing drains to them (nfqlb `deactivate --now`).
+   */
+  setServers(servers: readonly number[], active: boolean, now?: boolean): void;
   /** Shell lines showing how to look at and change the load-balancer by hand. */
   manual(): string[];
   /** nfqueue: signals router i's lb process; resolves when it has exited. */
@@ -39,6 +42,8 @@ export interface NfqueueOptions {
   synOnly: boolean;
   /** `nfqlb lb --announce=` device for a routing daemon (the BGP tier), or none. */
   announce?: string;
+  /** nfqlb --conntrack entries per queue (0: stateless); scale-in then drains. */
+  conntrack: number;
 }
 
 /** Kernel resilient next-hop groups instead of hash-threshold multipath (ECMP). */
@@ -120,7 +125,8 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
     // A restart logs to a file of its own: the ready line of the first run is still in the old one.
     const log = `${ns}-nfqlb${starts++ < topo.nrouters ? '' : `-${starts}`}`;
     procs.set(i, await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shmName(topo, 'nfqlb', i)}`, `--lbshm=${shmName(topo, 'nfqlbLb', i)}`,
-      `--tun=${TUN}`, `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`, ...(o.announce ? [`--announce=${o.announce}`] : [])],
+      `--tun=${TUN}`, `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`,
+      ...(o.announce ? [`--announce=${o.announce}`] : []), ...(o.conntrack > 0 ? [`--conntrack=${o.conntrack}`] : [])],
     log, 'serving queue'));
   };
   return {
@@ -168,11 +174,12 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
       return exited;
     },
     startRouter: startLb,
-    setServers(list, active) {
+    setServers(list, active, now = false) {
       for (const i of routers(topo)) {
         const shm = shmName(topo, 'nfqlb', i);
         for (const n of list) {
-          nfqlb(i, active ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))] : ['deactivate', `--shm=${shm}`, `--index=${n}`]);
+          nfqlb(i, active ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]
+            : ['deactivate', `--shm=${shm}`, `--index=${n}`, ...(now ? ['--now'] : [])]);
         }
       }
     },
@@ -180,9 +187,9 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
       const cli = binArgv('nfqlb').join(' ');
       const shm = shmName(topo, 'nfqlb', 1);
       return [
-        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}:`,
+        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}${o.conntrack > 0 ? ', with conntrack' : ''}:`,
         `${cli} show --shm=${shm}`,
-        `${cli} deactivate --shm=${shm} --index=1     # scale in server 1`,
+        `${cli} deactivate --shm=${shm} --index=1     # scale in server 1${o.conntrack > 0 ? ' (drains; --now removes at once)' : ''}`,
         `${cli} activate --shm=${shm} --index=1 ${serverFwmark(1)}   # and back`,
         `${cli} show --shm=${shmName(topo, 'nfqlbLb', 1)}   # the LB tier`,
         `${cli} stats --ft_shm=${shmName(topo, 'ftshm', 1)}   # fragment table`,

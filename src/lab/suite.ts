@@ -67,6 +67,10 @@ export interface LabOptions {
   outDir: string;
   /** nfqueue: only new connections through the queue (the original's xcluster_SYN_ONLY). */
   synOnly: boolean;
+  /** nfqueue: nfqlb --conntrack with this many entries (0: stateless); a scale-in then drains. */
+  conntrack?: number;
+  /** Scale-in stops the servers (and removes them at once); scale-out starts them again. */
+  stopServers?: boolean;
   /** Leave the lab up after a test (the original's --no-stop). */
   noStop: boolean;
   /** The LBs behind a BGP gateway (BIRD) instead of the tester's static ECMP route. */
@@ -141,6 +145,8 @@ class Lab implements LabHandle {
   bgp: BgpTier | null = null;
   /** Routers in the tester's ECMP route. */
   private routersUp: number[];
+  /** The traffic server process of each server, by number. */
+  private readonly serverProcs = new Map<number, ChildProcess>();
 
   constructor(readonly o: LabOptions, readonly detached: boolean) {
     removeLabShm(o.prefix);
@@ -169,9 +175,7 @@ class Lab implements LabHandle {
 
   async start(kind: LbKind): Promise<void> {
     const { topo, o } = this;
-    for (let n = 1; n <= o.nvm; n++) {
-      await this.daemon(topo.ns.server(n), [...toolArgv('server'), `--name=${vmName(n)}`], `${topo.ns.server(n)}-server`, 'listening');
-    }
+    for (let n = 1; n <= o.nvm; n++) await this.startServer(n);
     if (o.bgp) {
       this.bgp = new BgpTier(this);
       await this.bgp.start();
@@ -179,10 +183,15 @@ class Lab implements LabHandle {
       // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
       topo.setTesterRoute(this.routersUp);
     }
-    this.lb = createLb(kind, this, { synOnly: o.synOnly, resilient: o.resilient === true, announce: o.bgp ? ANNOUNCE_IF : undefined });
+    this.lb = createLb(kind, this, { synOnly: o.synOnly, resilient: o.resilient === true, announce: o.bgp ? ANNOUNCE_IF : undefined, conntrack: o.conntrack ?? 0 });
     await this.lb.start();
     const t = Date.now();
     if (this.bgp) o.log(`  BGP: every LB announced, ${formatMs(await this.bgp.converge(this.routersUp.length, t))}`);
+  }
+
+  private async startServer(n: number): Promise<void> {
+    const ns = this.topo.ns.server(n);
+    this.serverProcs.set(n, await this.daemon(ns, [...toolArgv('server'), `--name=${vmName(n)}`], `${ns}-server`, 'listening'));
   }
 
   /** Ends the processes this lab started and removes it. */
@@ -204,12 +213,21 @@ class Lab implements LabHandle {
 
   /**
    * Routers in the tester's ECMP route (scale_lb), lb processes behind the BGP gateway
-   * (scale_lb, crash_lb with --bgp), or servers in the load-balancing. With BGP, returns how
-   * long the gateway took to follow.
+   * (scale_lb, crash_lb with --bgp), or servers in the load-balancing; with --stop-servers the
+   * servers are stopped (a crash: their connections break) and removed at once, and started
+   * again before they are put back. With BGP, returns how long the gateway took to follow.
    */
   async scaleTargets(kind: TestKind, list: readonly number[], active: boolean): Promise<Convergence | null> {
     if (!isLbKind(kind)) {
-      this.lb.setServers(list, active);
+      if (this.o.stopServers && active) for (const n of list) if (!this.serverProcs.has(n)) await this.startServer(n);
+      if (this.o.stopServers && !active) {
+        for (const n of list) {
+          const p = this.serverProcs.get(n);
+          this.serverProcs.delete(n);
+          if (p?.pid !== undefined && p.exitCode === null) process.kill(p.pid, 'SIGKILL');
+        }
+      }
+      this.lb.setServers(list, active, this.o.stopServers === true);
       return null;
     }
     this.routersUp = active ? [...new Set([...this.routersUp, ...list])].sort((a, b) => a - b) : this.routersUp.filter((i) => !list.includes(i));
@@ -286,6 +304,7 @@ export function checkTest(test: string, o: LabOptions): number[] {
   if (spec.kind === 'crash_lb' && !o.bgp) throw new RangeError(`${test}: needs --bgp (without a routing daemon nothing withdraws a dead LB)`);
   if (o.bgp && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --bgp is for the nfqueue tests (the announcement follows 'nfqlb lb')`);
   if (o.resilient && spec.lb !== 'ecmp') throw new RangeError(`${test}: --resilient is for the ecmp tests`);
+  if ((o.conntrack ?? 0) > 0 && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --conntrack is for the nfqueue tests (nfqlb)`);
   const list = o.scale ?? [isLb ? 201 : 1];
   const [lo, hi] = isLb ? [201, 200 + o.nrouters] : [1, o.nvm];
   for (const n of list) {

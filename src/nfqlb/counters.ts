@@ -8,6 +8,8 @@
 //   uint32  fwmarkKeys[FWMARK_SLOTS]                    fwmark + 1 of each slot, 0 = free
 //   float64 fwmarkPackets[FWMARK_SLOTS + 1], fwmarkBytes[FWMARK_SLOTS + 1]   (+1: overflow)
 
+import { CT_STAT } from './conntrack.js';
+
 /**
  * Word of each counter in a block. The names are the keys of the "queue closed" log record.
  * To count something new: add a word here (below COUNTER_WORDS), bump it on the data path,
@@ -41,6 +43,9 @@ export const QUEUE_COUNTER = {
 export type QueueCounterName = keyof typeof QUEUE_COUNTER;
 
 const COUNTER_WORDS = 32;
+/** The queue's flow table (--conntrack) counts into its block from this word: CT_STAT (conntrack.ts). */
+export const CONNTRACK_COUNTERS_AT = 16;
+if (CONNTRACK_COUNTERS_AT + CT_STAT.WORDS > COUNTER_WORDS) throw new Error('counter block too small for the conntrack counters');
 /** Distinct fwmarks counted per queue; later ones share the overflow slot (label "other"). */
 export const MAX_FWMARKS = 256;
 /** Open addressing at most half full, so a lookup probes about one slot. */
@@ -100,6 +105,11 @@ export class QueueCounters {
   }
 
   /** The named counters, for a log record. */
+  /** The words a ConnTrack counts into (its CT_STAT indices). */
+  conntrackCounters(): Float64Array {
+    return this.counters.subarray(CONNTRACK_COUNTERS_AT, CONNTRACK_COUNTERS_AT + CT_STAT.WORDS);
+  }
+
   record(): Record<QueueCounterName, number> {
     const r = {} as Record<QueueCounterName, number>;
     for (const [name, word] of Object.entries(QUEUE_COUNTER)) r[name as QueueCounterName] = this.counters[word]!;

@@ -2,7 +2,8 @@
 // flow. Stateless for whole packets — the choice depends only on the packet and the shared
 // target table, so every load-balancer with the same table sends a flow to the same target.
 // Fragments need the one piece of state: the fragment table remembers the first fragment's
-// verdict for the later ones (which carry no ports).
+// verdict for the later ones (which carry no ports). With --conntrack (conntrack.ts) a flow
+// keeps the target it was first given, at the price of per-LB state.
 import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
 import { PacketInfo, parsePacket, packetHash, packetAddressHash } from '../packet.js';
 import { IPPROTO_SCTP } from '../hash.js';
@@ -12,6 +13,7 @@ import { formatAddress } from '../address.js';
 import type { TargetTable } from '../target-table.js';
 import type { Tun } from './tun.js';
 import { QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
+import type { ConnTrack } from './conntrack.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;
@@ -92,6 +94,8 @@ export interface BalancerOptions {
   /** Where stored fragments are re-injected (--tun); without it they are not stored. */
   tun?: Tun | null;
   tracer?: Tracer | null;
+  /** Connection tracking (--conntrack): flows keep their recorded target; null is stateless. */
+  conntrack?: ConnTrack | null;
   /** Milliseconds clock for fragment timeouts (tests pass their own). */
   now?: () => number;
   /** QUEUE_COUNTER words (a queue's shared block) for drops and fragments; default private. */
@@ -114,6 +118,7 @@ export class Balancer {
   private readonly now: () => number;
   /** What the balancer did that the kernel cannot tell: drops by reason, fragments (QUEUE_COUNTER words). */
   readonly counters: Float64Array;
+  readonly conntrack: ConnTrack | null;
 
   constructor(
     readonly selector: TargetSelector,
@@ -131,6 +136,7 @@ export class Balancer {
     this.traceMask = this.tracer?.config ?? new Int32Array(2);
     this.now = opts.now ?? (() => performance.now());
     this.counters = opts.counters ?? new QueueCounters().counters;
+    this.conntrack = opts.conntrack ?? null;
   }
 
   /** The target table of `nfqlb lb` (a Balancer over a SingleTable). */
@@ -157,8 +163,10 @@ export class Balancer {
       if (this.nolbFwmark < 0) this.counters[QC.noFlowMatch]!++;
       return this.nolbFwmark;
     }
-    const hash = this.selector.addressOnly ? packetAddressHash(buf, p) : packetHash(buf, p, this.hashMode);
-    const fw = table.fwmarkOf(hash);
+    const addressOnly = this.selector.addressOnly;
+    const hash = addressOnly ? packetAddressHash(buf, p) : packetHash(buf, p, this.hashMode);
+    const ct = this.conntrack;
+    const fw = ct === null ? table.fwmarkOf(hash) : ct.fwmarkOf(buf, p, hash, table, addressOnly, this.hashMode);
     if (fw >= 0) return fw;
     if (this.notargetsFwmark < 0) this.counters[QC.noTarget]!++;
     return this.notargetsFwmark;

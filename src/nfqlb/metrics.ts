@@ -8,7 +8,8 @@ import { kernelQueueStats } from '../nfqueue.js';
 import { openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import type { HealthCheck } from '../metrics.js';
-import { fwmarkTotals, QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
+import { CONNTRACK_COUNTERS_AT, fwmarkTotals, QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
+import { CT_STAT } from './conntrack.js';
 
 /** A metric made of counter-block words: each series sums its words (over the queues, or per queue). */
 export interface QueueMetric {
@@ -55,6 +56,24 @@ export const QUEUE_METRICS: readonly QueueMetric[] = [
   },
 ];
 
+const CT = (stat: number): number => CONNTRACK_COUNTERS_AT + stat;
+
+/** The flow table's metrics (--conntrack), from its CT_STAT words in each block. */
+export const CONNTRACK_METRICS: readonly QueueMetric[] = [
+  { name: 'nfqlb_conntrack_entries', help: 'Flow table entries in use (--conntrack)', type: 'gauge', perQueue: true, series: { '': [CT(CT_STAT.ENTRIES)] } },
+  {
+    name: 'nfqlb_conntrack_lookups_total',
+    help: 'Flow table lookups by result: hit (recorded target), miss_syn (new TCP connection), miss_non_syn (TCP flow not in the table), miss_other (new flow of another protocol)',
+    type: 'counter',
+    label: 'result',
+    series: { hit: [CT(CT_STAT.HITS)], miss_syn: [CT(CT_STAT.MISS_SYN)], miss_non_syn: [CT(CT_STAT.MISS_NON_SYN)], miss_other: [CT(CT_STAT.MISS_OTHER)] },
+  },
+  { name: 'nfqlb_conntrack_draining_total', help: 'Packets sent to a draining (deactivated) target by their flow entry', type: 'counter', series: { '': [CT(CT_STAT.DRAINING)] } },
+  { name: 'nfqlb_conntrack_evictions_total', help: 'Live flow entries evicted for a new flow (full bucket)', type: 'counter', series: { '': [CT(CT_STAT.EVICTIONS)] } },
+  { name: 'nfqlb_conntrack_expired_total', help: 'Flow entries that timed out', type: 'counter', series: { '': [CT(CT_STAT.EXPIRED)] } },
+  { name: 'nfqlb_conntrack_no_room_total', help: 'New flows not recorded (bucket full of recent flows): balanced statelessly', type: 'counter', series: { '': [CT(CT_STAT.NO_ROOM)] } },
+];
+
 export interface NfqlbMetricsSources {
   /** Queue numbers; queue i's counters are block i of `counters`. */
   queues: readonly number[];
@@ -63,6 +82,8 @@ export interface NfqlbMetricsSources {
   tables: () => string[];
   /** flowlb: the flows and how many packets each matched. */
   flows?: () => { name: string; matches: number }[];
+  /** The queues keep a flow table (--conntrack). */
+  conntrack?: boolean;
 }
 
 const TABLE_POLL_MS = 1000;
@@ -75,7 +96,7 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
     for (const b of only === undefined ? blocks : [only]) for (const w of words) n += b.counters[w]!;
     return n;
   };
-  for (const m of QUEUE_METRICS) {
+  for (const m of [...QUEUE_METRICS, ...(src.conntrack ? CONNTRACK_METRICS : [])]) {
     const labelNames = [...(m.perQueue ? ['queue'] : []), ...(m.label === undefined ? [] : [m.label])];
     const fill = (put: (labels: Record<string, string>, v: number) => void) => {
       for (const [value, words] of Object.entries(m.series)) {

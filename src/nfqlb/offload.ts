@@ -148,7 +148,7 @@ export class Offload {
   ) {
     for (const v of o.vips) program.addVip(toKeyAddress(parseAddress(v)));
     this.table = new TargetTable(openShm(tshm, false));
-    this.checkInit = followTable(tshm, (t) => (this.table = t));
+    this.checkInit = followTable(tshm, (name) => new TargetTable(openShm(name, false)), (t) => (this.table = t));
     this.sync();
     for (const dev of o.devs) program.attach(dev);
     let failing = false;

@@ -21,6 +21,8 @@ import { Announcement } from './announce.js';
 import { QUEUE_COUNTER, QueueCounters } from './counters.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
+import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
+import { DrainList } from './drain.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -52,6 +54,9 @@ export interface LbOptions {
   allowRemote?: boolean;
   /** Where to serve Prometheus metrics and /healthz (--metrics); without: no endpoint, no per-packet counting. */
   metrics?: MetricsAddress | null;
+  /** Connection tracking: entries per queue (absent or 0: stateless) and timeouts (default Cilium's). */
+  conntrack?: number;
+  ctTimeouts?: ConnTrackTimeouts;
   /** flowlb only. */
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
@@ -92,22 +97,33 @@ export interface QueueHandle {
 /** Serves one queue until `stop` is called. */
 export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const tracer = new Tracer(openLogConfig(), ctx.traceSink);
+  const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
+  const conntrack = (o.conntrack ?? 0) > 0
+    ? new ConnTrack({ size: o.conntrack!, timeouts: o.ctTimeouts, now: performance.now(), counters: counters.conntrackCounters() })
+    : null;
+  // With conntrack, each target table comes with its drain list (created here if missing, so a
+  // later `deactivate` writes into the file this lb already maps).
+  const openTarget = (name: string): TargetTable => {
+    const t = new TargetTable(openShm(name, false));
+    conntrack?.attachDrain(t, DrainList.create(name));
+    return t;
+  };
   const flows =
     o.tshm === null
       ? new FlowSelector({
           promiscuousPing: o.flow?.promiscuousPing ?? false,
           tracer,
           counters: ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
+          openTable: openTarget,
         })
       : null;
-  const single = o.tshm === null ? null : new SingleTable(new TargetTable(openShm(o.tshm, false)), o.tshm);
+  const single = o.tshm === null ? null : new SingleTable(openTarget(o.tshm), o.tshm);
   const selector: TargetSelector = flows ?? single!;
   const statsBuffer = openShm(o.ftShm, true);
   const frags = new FragTable(
     { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
     new Uint32Array(statsBuffer, ctx.statsIndex * FRAG_STATS_BYTES, FRAG_STAT.WORDS),
   );
-  const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
   const balancer = new Balancer(selector, {
     counters: counters.counters,
     hashMode: o.hashMode,
@@ -118,6 +134,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     frags,
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
     tracer,
+    conntrack,
   });
   const queue = new NfQueue({
     queue: ctx.queue,
@@ -137,16 +154,18 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     counters.counters[QUEUE_COUNTER.verdictErrors] = n.verdictErrors;
   };
   const follow = [
-    ...(single === null ? [] : [followTable(o.tshm!, (t) => (single.table = t))]),
-    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (t) => (balancer.lbTable = t))]),
+    ...(single === null ? [] : [followTable(o.tshm!, openTarget, (t) => (single.table = t))]),
+    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (name) => new TargetTable(openShm(name, false)), (t) => (balancer.lbTable = t))]),
   ];
   const sweeper = setInterval(() => {
     // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
     frags.sweep(performance.now());
+    conntrack?.tick(performance.now());
     for (const check of follow) check();
     copyNative();
   }, 1000);
-  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange }, 'serving queue');
+  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange,
+    conntrack: conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) } }, 'serving queue');
   return {
     balancer,
     setFlows: flows === null ? undefined : (specs, traceSpecs) => flows.setFlows(specs, traceSpecs),
@@ -156,7 +175,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       counters.counters[QUEUE_COUNTER.bound] = 0;
       copyNative();
       // The addon's packets and batches win: ours are counted only with --metrics.
-      log.info({ queue: ctx.queue, ...counters.record(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      log.info({ queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
   };
 }
@@ -166,14 +185,14 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
  * a half-built or shrunken table; this returns a check that switches to the new file once it
  * appears. Until then, and if it cannot be read, the last good table stays in use.
  */
-export function followTable(name: string, replace: (t: TargetTable) => void): () => void {
+export function followTable(name: string, open: (name: string) => TargetTable, replace: (t: TargetTable) => void): () => void {
   let ino = statSync(shmPath(name)).ino;
   let warned = false;
   return () => {
     try {
       const now = statSync(shmPath(name)).ino;
       if (now === ino) return;
-      replace(new TargetTable(openShm(name, false)));
+      replace(open(name));
       ino = now;
       warned = false;
       log.info({ shm: name }, 'table re-created by init: using the new one');
@@ -299,6 +318,7 @@ async function startMetrics(o: LbOptions, address: MetricsAddress, counters: Sha
   const { health, stop } = registerNfqlbMetrics(registry, {
     queues: o.queues,
     counters,
+    conntrack: (o.conntrack ?? 0) > 0,
     tables: () => {
       const names = o.tshm !== null ? [o.tshm] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
       if (o.lbshm !== null) names.push(o.lbshm);

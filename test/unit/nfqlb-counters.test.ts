@@ -11,7 +11,8 @@ import { registerNfqlbMetrics } from '../../src/nfqlb/metrics.js';
 import { parseMetricsAddress } from '../../src/cli/options.js';
 import { TargetTable } from '../../src/target-table.js';
 import { buildTable, fixtureBalancer, fixtureGroups, type TableName } from '../fixtures/nfqlb-fixtures.js';
-import { ipv4 } from '../fixtures/packet-builder.js';
+import { ipv4, TCP_FLAGS } from '../fixtures/packet-builder.js';
+import { ConnTrack } from '../../src/nfqlb/conntrack.js';
 
 /** A queue without the kernel: `deliver` runs one batch through the verdict function. */
 class FakeQueue {
@@ -83,7 +84,7 @@ describe('serveQueue with counters', () => {
     const counters = new QueueCounters();
     const injected: Uint8Array[] = [];
     // The balancer counts into the same block as serveQueue, as startQueue wires them.
-    const balancer = fixtureBalancer(group.config, tables, injected, () => 0, counters.counters);
+    const balancer = fixtureBalancer(group.config, tables, injected, () => 0, { counters: counters.counters });
     serveQueue(q.queue, balancer.fwmarkOf, counters);
     const accepted = new Map<number, { packets: number; bytes: number }>();
     let packets = 0;
@@ -179,6 +180,45 @@ describe('the nfqlb metrics', () => {
       ]) expect(text.split('\n')).toContain(line);
       // Neither queue is bound in the kernel (there is none here).
       expect(health()).toBe('queue 4 not bound; queue 5 not bound');
+    } finally {
+      stop();
+    }
+  });
+});
+
+describe('conntrack metrics', () => {
+  it('export the counts a queue\'s flow table keeps in its block', async () => {
+    const buffer = QueueCounters.allocate(1);
+    const block = new QueueCounters(buffer, 0);
+    const t = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(997, 4)), 997, 4, 0);
+    t.activate([101]);
+    const ct = new ConnTrack({ size: 64, now: 0, counters: block.conntrackCounters() });
+    const lb = new Balancer(new SingleTable(t, 't'), { hashMode: 0, notargetsFwmark: -1, conntrack: ct });
+    const syn = ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).tcp({ sport: 4000, dport: 80, flags: TCP_FLAGS.syn }).build();
+    const ack = ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).tcp({ sport: 4000, dport: 80, flags: TCP_FLAGS.ack }).build();
+    for (const pkt of [syn, ack, ack]) expect(lb.fwmarkOf(pkt, 0, pkt.length)).toBe(101);
+    const registry = new Registry();
+    const { stop } = registerNfqlbMetrics(registry, { queues: [3], counters: buffer, tables: () => [], conntrack: true });
+    try {
+      const lines = (await registry.metrics()).split('\n');
+      for (const line of [
+        'nfqlb_conntrack_entries{queue="3"} 1',
+        'nfqlb_conntrack_lookups_total{result="miss_syn"} 1',
+        'nfqlb_conntrack_lookups_total{result="hit"} 2',
+        'nfqlb_conntrack_evictions_total 0',
+      ]) expect(lines).toContain(line);
+      // The block's own counters are not touched by the table.
+      expect(block.record().packets).toBe(0);
+    } finally {
+      stop();
+    }
+  });
+
+  it('are absent without --conntrack', async () => {
+    const registry = new Registry();
+    const { stop } = registerNfqlbMetrics(registry, { queues: [3], counters: QueueCounters.allocate(1), tables: () => [] });
+    try {
+      expect(await registry.metrics()).not.toContain('nfqlb_conntrack_');
     } finally {
       stop();
     }
