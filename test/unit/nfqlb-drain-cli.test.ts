@@ -65,3 +65,17 @@ describe('nfqlb drain list', () => {
     expect(draining()).toEqual([]);
   });
 });
+
+describe('nfqlb lb --conntrack', () => {
+  it('is refused with --offload (offloaded packets would never reach the flow table), before anything starts', async () => {
+    let err = '';
+    vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
+    try {
+      expect(await main(['lb', `--tshm=${SHM}-none`, '--conntrack=1000', '--offload=eth2', '--vip=10.0.0.0'])).not.toBe(0);
+    } finally {
+      vi.restoreAllMocks();
+    }
+    expect(err.trim().split('\n')).toHaveLength(1);
+    expect(err).toContain('--offload and --conntrack');
+  });
+});
