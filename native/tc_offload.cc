@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "sys_error.h"
+
 namespace {
 
 // Linux >= 6.6 (tcx); Debian 12's uapi headers predate it, so the values are spelled here.
@@ -27,21 +29,7 @@ constexpr int kTcxIngress = 46;  // enum bpf_attach_type BPF_TCX_INGRESS
 constexpr uint32_t kVipKeySize = 16;
 constexpr char kProgName[] = "tslb_offload";  // the C function; the kernel keeps 15 chars
 
-Napi::Error SysError(Napi::Env env, const std::string& what, int err) {
-  const char* name = strerrorname_np(err);
-  Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err) + " (" + (name ? name : "?") + ")");
-  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  e.Set("errno", Napi::Number::New(env, err));
-  return e;
-}
-
-int Ifindex(Napi::Env env, Napi::Value v) {
-  if (!v.IsString()) throw Napi::TypeError::New(env, "TcOffload: interface name expected");
-  std::string name = v.As<Napi::String>().Utf8Value();
-  int ifindex = int(if_nametoindex(name.c_str()));
-  if (ifindex == 0) throw SysError(env, "TcOffload: interface " + name, errno);
-  return ifindex;
-}
+int Ifindex(Napi::Env env, Napi::Value v) { return ::Ifindex(env, v, "TcOffload"); }
 
 // BPF_PROG_QUERY's attr as Linux >= 6.6 lays it out (the kernel writes up to `revision`).
 struct QueryAttr {

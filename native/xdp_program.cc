@@ -174,13 +174,7 @@ class XdpProgram : public Napi::ObjectWrap<XdpProgram> {
     if (prog < 0) throw Napi::Error::New(env, "XdpProgram: closed");
   }
 
-  static int Ifindex(Napi::Env env, Napi::Value v) {
-    if (!v.IsString()) throw Napi::TypeError::New(env, "XdpProgram: interface name expected");
-    std::string name = v.As<Napi::String>().Utf8Value();
-    int ifindex = int(if_nametoindex(name.c_str()));
-    if (ifindex == 0) throw SysError(env, "XdpProgram: interface " + name, errno);
-    return ifindex;
-  }
+  static int Ifindex(Napi::Env env, Napi::Value v) { return ::Ifindex(env, v, "XdpProgram"); }
 
   static void VipKey(Napi::Env env, Napi::Value v, uint8_t key[kVipKeySize]) {
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||

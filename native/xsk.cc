@@ -16,14 +16,6 @@
 
 #include <algorithm>
 
-Napi::Error SysError(Napi::Env env, const std::string& what, int err) {
-  const char* name = strerrorname_np(err);
-  Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err) + " (" + (name ? name : "?") + ")");
-  e.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  e.Set("errno", Napi::Number::New(env, err));
-  return e;
-}
-
 // A uv_poll handle whose closing Node waits for when the environment goes away: the close
 // callback lives in this addon, which a worker_thread unloads right after its teardown.
 struct Poller {

@@ -9,6 +9,8 @@
 #include <set>
 #include <string>
 
+#include "sys_error.h"
+
 class XskSocket;
 class Umem;
 struct Poller;
@@ -21,9 +23,6 @@ struct XskAddon : public Napi::Addon<XskAddon> {
   std::set<XskSocket*> sockets;  // open sockets and UMEMs, closed by the cleanup hook
   std::set<Umem*> umems;
 };
-
-// An Error with .code (e.g. 'EOPNOTSUPP') and .errno, like Node's system errors.
-Napi::Error SysError(Napi::Env env, const std::string& what, int err);
 
 class Umem : public Napi::ObjectWrap<Umem> {
  public:
