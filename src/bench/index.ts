@@ -3,6 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { benchMaglev } from './maglev.js';
 import { benchParse } from './parse.js';
+import { benchConntrack } from './conntrack.js';
 import { pickGenerator } from './generators.js';
 import { benchNfqlb } from './nfqlb.js';
 import { benchXdp } from './xdp.js';
@@ -13,6 +14,7 @@ checkCpus();
 execFileSync('taskset', ['-apc', String(GEN_CPU), String(process.pid)], { stdio: 'ignore' });
 benchMaglev();
 benchParse();
+benchConntrack();
 const gen = await pickGenerator();
 await benchNfqlb(gen);
 await benchXdp(gen);

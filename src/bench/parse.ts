@@ -2,14 +2,14 @@
 // (IP header first). The packets are written by hand here so the bench needs no test fixtures.
 import { PacketInfo, packetHash, parsePacket } from '../packet.js';
 
-function ipv4Header(proto: number, sport: number, dport: number, srcLast: number): Uint8Array {
+export function ipv4Header(proto: number, sport: number, dport: number, srcLast: number): Uint8Array {
   const p = new Uint8Array(60);
   p.set([0x45, 0, 0, 60, 0, 1, 0x40, 0, 64, proto, 0, 0, 50, 0, 0, srcLast, 10, 0, 0, 1]);
   p.set([sport >> 8, sport & 0xff, dport >> 8, dport & 0xff], 20);
   return p;
 }
 
-function ipv6Header(nextHeader: number, extLen: number, proto: number, sport: number, dport: number, srcLast: number): Uint8Array {
+export function ipv6Header(nextHeader: number, extLen: number, proto: number, sport: number, dport: number, srcLast: number): Uint8Array {
   const p = new Uint8Array(40 + extLen + 20);
   p.set([0x60, 0, 0, 0, 0, extLen + 20, nextHeader, 64]);
   p.set([0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, srcLast], 8);

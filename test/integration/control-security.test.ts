@@ -11,11 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
-import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
+import { NFQLB, ROOT, asNobody, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
 
 const NS = 'tsc-ctl';
 const TABLE = 'tsc-web';
-const NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'];
 const keyDir = mkdtempSync(join(tmpdir(), 'tsc-ctl-'));
 const KEY = join(keyDir, 'nfqlb', 'control.key');
 const FLOW_TCP = 'tcp:[::1]:10033';
@@ -29,7 +28,8 @@ interface Result { status: number | null; stdout: string; stderr: string }
 /** Runs `argv` in the namespace with `env`, as root or (user 'nobody') as nobody. */
 function inNs(argv: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root'): Result {
   // A time limit: an lb that failed to start must exit, not hang on a queue it still holds.
-  const r = spawnSync('ip', ['netns', 'exec', NS, ...(user === 'nobody' ? NOBODY : []), 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv], {
+  const cmd = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv];
+  const r = spawnSync('ip', ['netns', 'exec', NS, ...(user === 'nobody' ? asNobody(cmd) : cmd)], {
     encoding: 'utf8',
     timeout: 20_000,
   });

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTopology, labNamespaces, VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
-import { NFQLB, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon, type MconnectResult } from './harness.js';
+import { NFQLB, asNobody, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon, type MconnectResult } from './harness.js';
 
 const PREFIX = 'tlbf-';
 const NVM = 4;
@@ -23,8 +23,9 @@ let router: string;
 const procs: ChildProcess[] = [];
 
 /** Runs an nfqlb command in the router namespace (the flow channel is per namespace). */
-function inRouter(args: string[], env: Record<string, string> = {}, prefix: string[] = []): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync('ip', ['netns', 'exec', router, ...prefix, 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, ...args], { encoding: 'utf8' });
+function inRouter(args: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root'): { status: number | null; stdout: string; stderr: string } {
+  const cmd = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, ...args];
+  const r = spawnSync('ip', ['netns', 'exec', router, ...(user === 'nobody' ? asNobody(cmd) : cmd)], { encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -149,7 +150,7 @@ describe('nfqlb flowlb', () => {
     }
     const lb2 = await startFlowLb({});
     try {
-      const nobody = inRouter(['flow-list-names'], {}, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']);
+      const nobody = inRouter(['flow-list-names'], {}, 'nobody');
       expect(nobody.status).toBe(1);
       expect(nobody.stderr).toMatch(/refused the request: root only/);
       expect(JSON.parse(inRouter(['flow-list-names']).stdout)).toEqual([]);

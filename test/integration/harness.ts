@@ -1,7 +1,9 @@
 // What the kernel tests of nfqlb share: the CLI built in dist/, daemons started in a namespace
 // (ready when they log a line, stopped by PID), the reference router setup, and mconnect.
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CLIENT_CIDR, serverAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 
@@ -11,6 +13,25 @@ export const NFQLB = `${ROOT}bin/nfqlb`;
 /** The tests run bin/nfqlb and the traffic tools in namespaces, from dist/. */
 export function requireBuild(): void {
   if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+}
+
+let publicRoot: string | null = null;
+
+/**
+ * `argv` run as the unprivileged user nobody, where `argv` may name files of the checkout by
+ * ROOT. The checkout may sit below a directory only root may enter (a clone in `mktemp -d`), so
+ * nobody's command sees it bind-mounted at a directory anyone may enter, in a mount namespace
+ * of its own, and ROOT in `argv` is rewritten to that place.
+ */
+export function asNobody(argv: readonly string[]): string[] {
+  if (publicRoot === null) {
+    const dir = mkdtempSync(join(tmpdir(), 'tslb-public-'));
+    chmodSync(dir, 0o755);
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+    publicRoot = `${dir}/`;
+  }
+  return ['unshare', '--mount', '--propagation=private', 'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'as-nobody', ROOT, publicRoot,
+    'setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...argv.map((a) => (a.startsWith(ROOT) ? publicRoot + a.slice(ROOT.length) : a))];
 }
 
 /** Runs an nfqlb command in this (root) namespace; /dev/shm is shared by all of them. */
