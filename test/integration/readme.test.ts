@@ -119,6 +119,31 @@ describe('README.md', () => {
     expect(proc.exitCode).toBe(0);
   });
 
+  // Sections whose one lb runs while the block's other lines act on it, in the table "Using nfqlb" made.
+  it.each([
+    ['Connection tracking and drain (`--conntrack`)', 'bin/nfqlb show', /Active: 101\(0\) 102\(1\)\n/],
+    ['Metrics', 'curl -s http://127.0.0.1:9110/metrics', /^nfqlb_packets_total\{queue="2"\} \d+$/m],
+    ['nfqlb offload: the same table in the kernel (`lb --offload`)', 'bin/nfqlb show', /Active: 101\(0\) 102\(1\)\n/],
+  ])('runs "%s" as written, with its lb serving', async (heading, probe, want) => {
+    const lines = readmeCommands(readme, heading);
+    const [lb, ...more] = lines.filter(daemonLine);
+    expect(more).toEqual([]);
+    const argv = inRouter(`exec ${lb!}`);
+    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs.push(proc);
+    const daemon = await startDaemon(proc);
+    try {
+      runBlock(lines);
+      expect(runLine(probe).stdout).toMatch(want);
+      const r = mconnect(topo, 4, { nconn: 20 });
+      expect(r.failed_connects + r.failed_reads).toBe(0);
+      expect(r.hosts).toEqual({ 'vm-001': 20 });
+    } finally {
+      await daemon.stop('SIGTERM');
+    }
+    expect(proc.exitCode).toBe(0);
+  });
+
   it('runs "Using xdplb" as written, and the lb attaches XDP to eth2 until stopped', async () => {
     const [lb] = runBlock(readmeCommands(readme, 'Using xdplb'), {
       'xdplb vip-add': () => expect(runLine('bin/xdplb vip-list').stdout).toBe('10.0.0.0\n1000::\n'),
