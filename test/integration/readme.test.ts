@@ -11,13 +11,18 @@ import { mconnect, requireBuild, ROOT, startDaemon, startServers } from './harne
 
 const PREFIX = 'tfc-rd-';
 
-/** The lines of the ```sh blocks of the README section with this heading. */
-export function readmeCommands(readme: string, heading: string): string[] {
+/** The ```sh blocks of the README section with this heading, each as its lines. */
+function readmeBlocks(readme: string, heading: string): string[][] {
   const start = readme.indexOf(`\n## ${heading}\n`);
   if (start < 0) throw new Error(`README.md has no section '## ${heading}'`);
   const end = readme.indexOf('\n## ', start + 1);
   const section = readme.slice(start, end < 0 ? undefined : end);
-  return [...section.matchAll(/```sh\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.split('\n').filter((l) => l.trim() !== ''));
+  return [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!.split('\n').filter((l) => l.trim() !== ''));
+}
+
+/** The lines of the ```sh blocks of the README section with this heading. */
+export function readmeCommands(readme: string, heading: string): string[] {
+  return readmeBlocks(readme, heading).flat();
 }
 
 /** A long-running command: started, checked, stopped by the test. */
@@ -119,13 +124,14 @@ describe('README.md', () => {
     expect(proc.exitCode).toBe(0);
   });
 
-  // Sections whose one lb runs while the block's other lines act on it, in the table "Using nfqlb" made.
+  // Sections whose one lb runs while the other lines of its block act on it, in the table
+  // "Using nfqlb" made (a section's lab runs, in blocks of their own, are the lab tests' part).
   it.each([
     ['Connection tracking and drain (`--conntrack`)', 'bin/nfqlb show', /Active: 101\(0\) 102\(1\)\n/],
     ['Metrics', 'curl -s http://127.0.0.1:9110/metrics', /^nfqlb_packets_total\{queue="2"\} \d+$/m],
     ['nfqlb offload: the same table in the kernel (`lb --offload`)', 'bin/nfqlb show', /Active: 101\(0\) 102\(1\)\n/],
   ])('runs "%s" as written, with its lb serving', async (heading, probe, want) => {
-    const lines = readmeCommands(readme, heading);
+    const lines = readmeBlocks(readme, heading).find((b) => b.some(daemonLine)) ?? [];
     const [lb, ...more] = lines.filter(daemonLine);
     expect(more).toEqual([]);
     const argv = inRouter(`exec ${lb!}`);
