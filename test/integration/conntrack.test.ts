@@ -8,11 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createTopology, labNamespaces, CLIENT_CIDR, VIP, vmName, type Topology } from '../../src/lab/topology.js';
+import { CLIENT_CIDR, VIP, vmName, type Topology } from '../../src/lab/topology.js';
 import { lossReport, type LossReport, type ScaleEvent } from '../../src/lab/report.js';
 import { asStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
-import { NFQLB, mconnect, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon } from './harness.js';
+import {
+  activateServers, createNfqueueLab, NFQLB, mconnect, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
+} from './harness.js';
 
 const PREFIX = 'tct-k';
 const SHM = 'tct-targets';
@@ -50,12 +52,9 @@ async function traffic(ms: number, targets: string[], change: () => void, during
 beforeAll(async () => {
   requireBuild();
   out = mkdtempSync(join(tmpdir(), 'tct-'));
-  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, NVM));
-  nfqueueRouter(topo, router, NVM);
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
   nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=20');
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  activateServers(SHM, NVM);
   const p = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, '--conntrack=10000']);
   procs.push(p);
   lb = await startDaemon(p);
@@ -63,11 +62,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   const log = await lb?.stop();
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, FT_SHM]) nfqlb('delete', `--shm=${shm}`);
+  const leftover = tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM]);
   rmSync(out, { recursive: true, force: true });
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(leftover).toEqual([]);
   expect(existsSync(`/dev/shm/${SHM}-drain`)).toBe(false);
   // The lb counted what it did: hits for the established flows, and drained ones.
   expect(log).toMatch(/"conntrack":\{"entries":\d+,"hits":[1-9]/);

@@ -3,10 +3,9 @@
 // follow the router's main-table route (here server 2; the lb's fwmark would pick server 1).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { kernelQueueStats } from '../../src/nfqueue.js';
-import { createTopology, labNamespaces, type Topology } from '../../src/lab/topology.js';
-import { mconnect, NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers } from './harness.js';
+import type { Topology } from '../../src/lab/topology.js';
+import { activateServers, createNfqueueLab, mconnect, NFQLB, nfqlb, requireBuild, startDaemon, tearDownLab } from './harness.js';
 
 const PREFIX = 'tfc-fo-';
 const SHM = 'tfc-fo-targets';
@@ -19,20 +18,14 @@ const procs: ChildProcess[] = [];
 
 beforeAll(() => {
   requireBuild();
-  topo = createTopology({ prefix: PREFIX, nvm: 2, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, 2));
-  nfqueueRouter(topo, router, 2);
+  ({ topo, router } = createNfqueueLab(PREFIX, 2, procs));
   topo.setRouterVipRoute(1, [2]);
   nfqlb('init', `--shm=${SHM}`, '--M=100', '--N=4');
-  nfqlb('activate', `--shm=${SHM}`, '--index=1', '101');
+  activateServers(SHM, [1]);
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, FT_SHM]) rmSync(`/dev/shm/${shm}`, { force: true });
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM])).toEqual([]);
 });
 
 describe.each([[false], [true]])('an lb that stops reading, --fail_open %s', (failOpen) => {

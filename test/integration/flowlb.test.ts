@@ -7,8 +7,10 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createTopology, labNamespaces, VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
-import { NFQLB, asNobody, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon, type MconnectResult } from './harness.js';
+import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import {
+  asNobody, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon, type MconnectResult,
+} from './harness.js';
 
 const PREFIX = 'tlbf-';
 const NVM = 4;
@@ -46,10 +48,7 @@ const hostsOf = (r: MconnectResult) => Object.keys(r.hosts).sort();
 
 beforeAll(() => {
   requireBuild();
-  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, NVM));
-  nfqueueRouter(topo, router, NVM);
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
   nfqlb('init', `--shm=${WEB}`, '--M=997', '--N=10');
   nfqlb('activate', `--shm=${WEB}`, '101', '102');
   nfqlb('init', `--shm=${OTHER}`, '--M=997', '--N=10');
@@ -57,13 +56,9 @@ beforeAll(() => {
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [WEB, OTHER, 'tlbf-ftflow']) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
-  }
+  const leftover = tearDownLab(PREFIX, topo, procs, [WEB, OTHER, 'tlbf-ftflow']);
   rmSync(KEY_DIR, { recursive: true, force: true });
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(leftover).toEqual([]);
 });
 
 describe('nfqlb flowlb', () => {

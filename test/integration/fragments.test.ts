@@ -5,10 +5,13 @@
 // writes hand-made fragments, last first, into a tun device), and through an LB tier where
 // router 1 forwards the fragments router 2 owns by address (--lbshm, own fwmark).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import { createTopology, routerAddr, serverAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import type { ChildProcess } from 'node:child_process';
+import { createTopology, routerAddr, serverAddr, VIP, type Family, type Topology } from '../../src/lab/topology.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
-import { NFQLB, UDP_PORT, nfqlb, requireBuild, sources, startDaemon, startUdpServers, udpRoundTrips, type Daemon, type UdpJob as Job } from './harness.js';
+import {
+  activateServers, NFQLB, UDP_PORT, nfqlb, requireBuild, sources, startDaemon, startUdpServers, tearDownLab, udpRoundTrips, type Daemon,
+  type UdpJob as Job,
+} from './harness.js';
 
 const PREFIX = 'tlbf-';
 const SHM = 'tlbf-targets';
@@ -84,7 +87,7 @@ beforeAll(() => {
   topo.ip(topo.ns.tester, ['tuntap add dev tfrag mode tun', 'link set tfrag up']);
   topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.conf.tfrag.accept_local=1']);
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  activateServers(SHM, NVM);
   for (const i of [1, 2]) {
     nfqlb('init', `--shm=tlbf-lb${i}`, `--ownfw=${200 + i}`, '--M=401', '--N=10');
     for (const j of [1, 2]) nfqlb('activate', `--shm=tlbf-lb${i}`, `--index=${j}`, String(200 + j));
@@ -92,12 +95,7 @@ beforeAll(() => {
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, 'tlbf-lb1', 'tlbf-lb2', 'tlbf-ft1', 'tlbf-ft2']) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
-  }
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, 'tlbf-lb1', 'tlbf-lb2', 'tlbf-ft1', 'tlbf-ft2'])).toEqual([]);
 });
 
 describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {

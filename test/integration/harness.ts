@@ -1,11 +1,12 @@
 // What the kernel tests of nfqlb share: the CLI built in dist/, daemons started in a namespace
-// (ready when they log a line, stopped by PID), the reference router setup, and mconnect.
+// (ready when they log a line, stopped by PID), the reference router setup and the lab built on
+// it, and mconnect.
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLIENT_CIDR, serverAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
+import { CLIENT_CIDR, createTopology, labNamespaces, serverAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const NFQLB = `${ROOT}bin/nfqlb`;
@@ -91,6 +92,48 @@ export function nfqueueRouter(topo: Topology, router: string, nvm: number): void
     for (let n = 1; n <= nvm; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
     topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
   }
+}
+
+/**
+ * The lab most kernel tests run in: one router with the reference setup (nfqueueRouter) in
+ * front of nvm traffic servers. The servers go into `procs`, the test's list of everything it
+ * started, so that tearDownLab kills them with the rest.
+ */
+export function createNfqueueLab(prefix: string, nvm: number, procs: ChildProcess[]): { topo: Topology; router: string } {
+  const topo = createTopology({ prefix, nvm, nrouters: 1 });
+  const router = topo.ns.router(1);
+  try {
+    procs.push(...startServers(topo, nvm));
+    nfqueueRouter(topo, router, nvm);
+  } catch (e) {
+    // The test never gets topo to remove in its tear-down.
+    topo.destroy();
+    throw e;
+  }
+  return { topo, router };
+}
+
+/**
+ * Activates servers in target table `shm` with the fwmark nfqueueRouter routes to each
+ * (server n: fwmark 100+n), at a fixed index (n), so that activating them again gives back the
+ * same lookup table. A number means servers 1..n.
+ */
+export function activateServers(shm: string, servers: number | readonly number[]): void {
+  const list = typeof servers === 'number' ? Array.from({ length: servers }, (_, i) => i + 1) : servers;
+  for (const n of list) nfqlb('activate', `--shm=${shm}`, `--index=${n}`, String(100 + n));
+}
+
+/**
+ * Undoes a lab test (also after a failed set-up: topo may be missing): kills every process it
+ * started, removes the namespaces and the shared memory files (`nfqlb delete` ignores one that
+ * was never made). Returns the namespaces with the prefix still there, for the test to assert
+ * that there are none.
+ */
+export function tearDownLab(prefix: string, topo: Topology | undefined, procs: readonly ChildProcess[], shms: readonly string[]): string[] {
+  for (const p of procs) p.kill('SIGKILL');
+  topo?.destroy();
+  for (const shm of shms) nfqlb('delete', `--shm=${shm}`);
+  return labNamespaces(prefix);
 }
 
 export interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }

@@ -6,10 +6,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createTopology, labNamespaces, VIP, type Family, type Topology } from '../../src/lab/topology.js';
+import { VIP, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats, type KernelQueueStats } from '../../src/nfqueue.js';
 import { shmPath } from '../../src/shm.js';
-import { httpGet, mconnect as mconnectFrom, NFQLB, nfqlb, nfqueueRouter, requireBuild, Scrape, startDaemon, startServers, type Daemon } from './harness.js';
+import {
+  activateServers, createNfqueueLab, httpGet, mconnect as mconnectFrom, NFQLB, nfqlb, requireBuild, Scrape, startDaemon, tearDownLab, type Daemon,
+} from './harness.js';
 
 const PREFIX = 'tmx-';
 const SHM = 'tmx-targets';
@@ -116,32 +118,20 @@ function expectTargetsMatchServers(s: Scrape, before: { packets: number; bytes: 
   }
 }
 
-const activateAll = () => {
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
-};
-
 beforeAll(() => {
   requireBuild();
-  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, NVM));
-  nfqueueRouter(topo, router, NVM);
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
   // A counting rule (no target) per server and family: what reached the server for the VIP.
   for (let n = 1; n <= NVM; n++) {
     topo.exec(topo.ns.server(n), ['iptables', '-t', 'mangle', '-A', 'PREROUTING', '-d', `${VIP[4]}/32`]);
     topo.exec(topo.ns.server(n), ['ip6tables', '-t', 'mangle', '-A', 'PREROUTING', '-d', `${VIP[6]}/128`]);
   }
   nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=10');
-  activateAll();
+  activateServers(SHM, NVM);
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, FT_SHM, FLOW_FT_SHM]) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
-  }
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM, FLOW_FT_SHM])).toEqual([]);
 });
 
 describe('nfqlb lb --metrics, one queue', () => {
@@ -197,7 +187,7 @@ describe('nfqlb lb --metrics, one queue', () => {
       expect(s.sum('nfqlb_table_changes_total', { table: SHM })).toBeGreaterThan(base.sum('nfqlb_table_changes_total', { table: SHM }));
       expect(s.sum('nfqlb_table_last_change_seconds', { table: SHM })).toBeGreaterThan(base.sum('nfqlb_table_last_change_seconds', { table: SHM }));
     } finally {
-      activateAll();
+      activateServers(SHM, NVM);
     }
   });
 
@@ -207,7 +197,7 @@ describe('nfqlb lb --metrics, one queue', () => {
       expect(await healthz(503)).toContain(SHM);
     } finally {
       nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=10');
-      activateAll();
+      activateServers(SHM, NVM);
     }
     expect(await healthz(200)).toBe('ok\n');
   });

@@ -2,8 +2,10 @@
 // connections from 100 source addresses to the VIP, over IPv4 and IPv6, with DSR servers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
-import { createTopology, labNamespaces, VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
-import { NFQLB, mconnect as mconnectFrom, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon } from './harness.js';
+import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import {
+  activateServers, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
+} from './harness.js';
 
 const PREFIX = 'tlbn-';
 const SHM = 'tlbn-targets';
@@ -24,21 +26,13 @@ const mconnect = (family: Family, nconn = 100, timeout = '3s') => mconnectFrom(t
 
 beforeAll(() => {
   requireBuild();
-  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, NVM));
-  nfqueueRouter(topo, router, NVM);
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
   nfqlb('init', `--shm=${SHM}`, '--M=900', `--N=20`);
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  activateServers(SHM, NVM);
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, FT_SHM]) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
-  }
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM])).toEqual([]);
 });
 
 describe.each([4, 6] as const)('nfqlb lb, IPv%i', (family) => {
@@ -94,7 +88,7 @@ describe('no active target', () => {
         await lb.stop();
       }
     } finally {
-      for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+      activateServers(SHM, NVM);
       expect(nfqlb('show', `--shm=${SHM}`)).toEqual(saved);
     }
   });
@@ -143,7 +137,7 @@ describe('re-init while lb runs', () => {
       expect(r.hosts).toEqual({ [hostName(3)]: 20 });
     } finally {
       nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=20');
-      for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+      activateServers(SHM, NVM);
       await lb.stop();
     }
   });

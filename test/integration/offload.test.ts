@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { createTopology, labNamespaces, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
+import { VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 import { hashTuple } from '../../src/hash.js';
 import { openShm } from '../../src/shm.js';
@@ -14,8 +14,8 @@ import { TargetTable } from '../../src/target-table.js';
 import { OFFLOAD_PROGRAM } from '../../src/nfqlb/offload.js';
 import { ECHO_PORT } from '../../src/lab/traffic/server.js';
 import {
-  NFQLB, ROOT, UDP_PORT, mconnect, nfqlb, nfqueueRouter, requireBuild, sources, startDaemon, startServers, startUdpServers, udpRoundTrips,
-  type Daemon,
+  activateServers, createNfqueueLab, NFQLB, ROOT, UDP_PORT, mconnect, nfqlb, requireBuild, sources, startDaemon, startUdpServers, tearDownLab,
+  udpRoundTrips, type Daemon,
 } from './harness.js';
 
 const PREFIX = 'tof-';
@@ -53,25 +53,18 @@ function tcxPrograms(): { id: number; name?: string }[] {
 
 beforeAll(() => {
   requireBuild();
-  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, NVM), ...startUdpServers(topo, NVM));
-  nfqueueRouter(topo, router, NVM);
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
+  procs.push(...startUdpServers(topo, NVM));
   // The documented rule for --offload: queue only the packets the program did not mark.
   for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
     topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', vip, '-m', 'mark', '--mark', '0', '-j', 'NFQUEUE', '--queue-num', String(QUEUE)]);
   }
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=20');
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  activateServers(SHM, NVM);
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, FT_SHM]) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
-  }
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM])).toEqual([]);
 });
 
 describe.each([4, 6] as const)('lb --offload, IPv%i', (family) => {
@@ -148,7 +141,7 @@ describe('re-init while lb --offload runs', () => {
       expect(queued()).toBe(0);
     } finally {
       nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=20');
-      for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+      activateServers(SHM, NVM);
       await stopLb(lb);
     }
   });
@@ -214,7 +207,7 @@ describe('churn', () => {
       expect(queued()).toBe(0);
     } finally {
       client.kill();
-      for (const n of [1, 2, 5]) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+      activateServers(SHM, [1, 2, 5]);
       await stopLb(lb);
     }
   });

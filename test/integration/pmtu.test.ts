@@ -7,9 +7,9 @@
 // lb's packet trace must show each error marked for the server that sent the data.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { createTopology, testerAddr, VIP, labNamespaces, type Family, type Topology } from '../../src/lab/topology.js';
+import { createTopology, testerAddr, VIP, type Family, type Topology } from '../../src/lab/topology.js';
 import { addNs } from '../../src/lab/netns.js';
-import { NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, type Daemon } from './harness.js';
+import { activateServers, NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
 
 const PREFIX = 'tlbf-';
 const CLIENT = 'tlbf-client';
@@ -78,16 +78,12 @@ beforeAll(() => {
   topo.ip(router, [`route add 60.0.0.0/24 via ${testerAddr(4)}`, `route add 3000::/64 via ${testerAddr(6)}`]);
   nfqueueRouter(topo, router, NVM);
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  activateServers(SHM, NVM);
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy(); // also removes the client namespace: it has the lab prefix
-  for (const shm of [SHM, 'tlbf-ftpmtu']) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
-  }
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  // Also removes the client namespace: it has the lab prefix.
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, 'tlbf-ftpmtu'])).toEqual([]);
 });
 
 function startLb(): Promise<Daemon> {

@@ -9,10 +9,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { kernelQueueStats, type KernelQueueStats } from '../../src/nfqueue.js';
-import { createTopology, labNamespaces, CLIENT_CIDR, VIP, type Topology } from '../../src/lab/topology.js';
+import { CLIENT_CIDR, VIP, type Topology } from '../../src/lab/topology.js';
 import { analyze, asStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
-import { NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, startServers, type Daemon } from './harness.js';
+import { activateServers, createNfqueueLab, NFQLB, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
 
 const PREFIX = 'tfc-rs-';
 const SHM = 'tfc-rs-targets';
@@ -47,20 +47,15 @@ function rulePackets(): number {
 beforeAll(() => {
   requireBuild();
   dir = mkdtempSync(join(tmpdir(), 'tfc-rs-'));
-  topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
-  router = topo.ns.router(1);
-  procs.push(...startServers(topo, NVM));
-  nfqueueRouter(topo, router, NVM);
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
   nfqlb('init', `--shm=${SHM}`, '--M=900', '--N=20');
-  for (let n = 1; n <= NVM; n++) nfqlb('activate', `--shm=${SHM}`, `--index=${n}`, String(100 + n));
+  activateServers(SHM, NVM);
 });
 
 afterAll(() => {
-  for (const p of procs) p.kill('SIGKILL');
-  topo?.destroy();
-  for (const shm of [SHM, FT_SHM]) rmSync(`/dev/shm/${shm}`, { force: true });
+  const leftover = tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM]);
   if (dir) rmSync(dir, { recursive: true, force: true });
-  expect(labNamespaces(PREFIX)).toEqual([]);
+  expect(leftover).toEqual([]);
 });
 
 it(`keeps ${NCONN} connections through an lb restart after SIGKILL and after SIGTERM`, async () => {
