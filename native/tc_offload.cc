@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "sys_error.h"
+#include "kernel.h"
 
 namespace {
 
@@ -105,8 +105,7 @@ class TcOffload : public Napi::ObjectWrap<TcOffload> {
   }
 
   void Release() {
-    for (auto& [ifindex, link] : links) close(link);
-    links.clear();
+    links.CloseAll();
     if (obj != nullptr) bpf_object__close(obj);  // closes the program and map fds
     obj = nullptr;
     prog = -1;
@@ -122,25 +121,20 @@ class TcOffload : public Napi::ObjectWrap<TcOffload> {
     Check(env);
     int ifindex = Ifindex(env, info[0]);
     std::string name = info[0].As<Napi::String>().Utf8Value();
-    if (links.count(ifindex)) throw Napi::Error::New(env, "TcOffload.attach: already attached to " + name);
+    if (links.Has(ifindex)) throw Napi::Error::New(env, "TcOffload.attach: already attached to " + name);
     int link = bpf_link_create(prog, ifindex, bpf_attach_type(kTcxIngress), nullptr);
     if (link < 0) {
       int err = errno;
       throw SysError(env, err == EINVAL ? "cannot attach to tc ingress (tcx) of " + name + ": the kernel needs tcx (Linux >= 6.6)"
                                         : "cannot attach to tc ingress (tcx) of " + name, err);
     }
-    links[ifindex] = link;
+    links.Add(ifindex, link);
     return env.Undefined();
   }
 
   Napi::Value Detach(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int ifindex = Ifindex(env, info[0]);
-    auto it = links.find(ifindex);
-    if (it != links.end()) {
-      close(it->second);
-      links.erase(it);
-    }
+    links.Close(Ifindex(env, info[0]));
     return env.Undefined();
   }
 
@@ -229,7 +223,7 @@ class TcOffload : public Napi::ObjectWrap<TcOffload> {
 
   bpf_object* obj = nullptr;
   int prog = -1, configMap = -1, vipMap = -1, tableMap = -1, counterMap = -1;
-  std::map<int, int> links;  // ifindex -> bpf_link fd
+  IfLinks links;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -161,8 +161,7 @@ class XdpProgram : public Napi::ObjectWrap<XdpProgram> {
   }
 
   void Release() {
-    for (auto& [ifindex, link] : links) close(link);
-    links.clear();
+    links.CloseAll();
     for (int* fd : {&prog, &xskMap, &vipMap})
       if (*fd >= 0) {
         close(*fd);
@@ -192,7 +191,7 @@ class XdpProgram : public Napi::ObjectWrap<XdpProgram> {
     std::string mode = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "native";
     if (mode != "native" && mode != "generic")
       throw Napi::TypeError::New(env, "XdpProgram.attach: mode must be 'native' or 'generic'");
-    if (links.count(ifindex)) throw Napi::Error::New(env, "XdpProgram.attach: already attached to " + name);
+    if (links.Has(ifindex)) throw Napi::Error::New(env, "XdpProgram.attach: already attached to " + name);
     LIBBPF_OPTS(bpf_link_create_opts, opts, .flags = mode == "native" ? XDP_FLAGS_DRV_MODE : XDP_FLAGS_SKB_MODE);
     int link = bpf_link_create(prog, ifindex, BPF_XDP, &opts);
     if (link < 0) {
@@ -206,18 +205,13 @@ class XdpProgram : public Napi::ObjectWrap<XdpProgram> {
         why = "cannot attach " + mode + " XDP to " + name;
       throw SysError(env, why, err);
     }
-    links[ifindex] = link;
+    links.Add(ifindex, link);
     return env.Undefined();
   }
 
   Napi::Value Detach(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int ifindex = Ifindex(env, info[0]);
-    auto it = links.find(ifindex);
-    if (it != links.end()) {
-      close(it->second);
-      links.erase(it);
-    }
+    links.Close(Ifindex(env, info[0]));
     return env.Undefined();
   }
 
@@ -294,7 +288,7 @@ class XdpProgram : public Napi::ObjectWrap<XdpProgram> {
 
   int vipMap = -1, xskMap = -1, prog = -1;
   size_t insnCount = 0;
-  std::map<int, int> links;  // ifindex -> bpf_link fd
+  IfLinks links;
 };
 
 }  // namespace

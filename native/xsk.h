@@ -9,7 +9,7 @@
 #include <set>
 #include <string>
 
-#include "sys_error.h"
+#include "kernel.h"
 
 class XskSocket;
 class Umem;

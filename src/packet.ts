@@ -376,6 +376,33 @@ function parseQuoted(buf: Uint8Array, at: number, end: number, p: PacketInfo, en
 }
 
 /**
+ * The packet's addresses as eight big-endian 32-bit words, source then destination, IPv4 mapped
+ * into IPv6 (::ffff:a.b.c.d) as in the hash key: what the flow and fragment tables key on. An
+ * Int32Array and a Uint32Array get the same bits.
+ */
+export function addressWords(buf: Uint8Array, p: PacketInfo, out: Int32Array | Uint32Array): void {
+  if (p.addrLen === 4) {
+    out[0] = 0;
+    out[1] = 0;
+    out[2] = 0xffff;
+    out[3] = be32(buf, p.srcOff);
+    out[4] = 0;
+    out[5] = 0;
+    out[6] = 0xffff;
+    out[7] = be32(buf, p.dstOff);
+  } else {
+    for (let k = 0; k < 4; k++) {
+      out[k] = be32(buf, p.srcOff + 4 * k);
+      out[4 + k] = be32(buf, p.dstOff + 4 * k);
+    }
+  }
+}
+
+function be32(b: Uint8Array, o: number): number {
+  return (b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!;
+}
+
+/**
  * Writes the 40-byte nfqlb hash key of a parsed packet (family != 0) at out[o]. The key of a
  * non-first fragment has no protocol or ports; hash it with hashAddresses.
  */

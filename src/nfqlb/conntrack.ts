@@ -20,7 +20,7 @@
 // closes. Time is a millisecond clock modulo 2^32 set by tick(); an age (now - seen) is exact
 // as an int32 because entries are swept within seconds of their timeout (at most 2^31 ms).
 import { HASH_KEY_BYTES, HASH_MODE_SCTP_PORTS, IPPROTO_SCTP, IPPROTO_TCP } from '../hash.js';
-import type { PacketInfo } from '../packet.js';
+import { addressWords, type PacketInfo } from '../packet.js';
 import type { TargetTable } from '../target-table.js';
 import type { DrainList } from './drain.js';
 
@@ -257,20 +257,8 @@ export class ConnTrack {
     const key = this.key;
     if (!addressOnly && hashMode === HASH_MODE_SCTP_PORTS && p.proto === IPPROTO_SCTP) {
       key.fill(0, 0, 8);
-    } else if (p.addrLen === 4) {
-      key[0] = 0;
-      key[1] = 0;
-      key[2] = 0xffff;
-      key[3] = word(buf, p.srcOff);
-      key[4] = 0;
-      key[5] = 0;
-      key[6] = 0xffff;
-      key[7] = word(buf, p.dstOff);
     } else {
-      for (let k = 0; k < 4; k++) {
-        key[k] = word(buf, p.srcOff + 4 * k);
-        key[4 + k] = word(buf, p.dstOff + 4 * k);
-      }
+      addressWords(buf, p, key);
     }
     if (addressOnly) {
       key[8] = 0;
@@ -359,11 +347,6 @@ export class ConnTrack {
     this.table[e + E_STATE] = CT_STATE.FREE;
     this.counters[CT_STAT.ENTRIES]!--;
   }
-}
-
-/** Four bytes, big-endian, as an int32 (int32 typed arrays keep V8 on small integers). */
-function word(b: Uint8Array, o: number): number {
-  return (b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!;
 }
 
 /** The entry state after a packet with these TCP flags (-1: not TCP). */

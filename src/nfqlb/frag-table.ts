@@ -9,7 +9,7 @@
 // they time out `ttlMs` after the first fragment (or stored fragment) created them, and are
 // reclaimed when their bucket is next used or by sweep(). Everything is preallocated; no
 // method allocates.
-import type { PacketInfo } from '../packet.js';
+import { addressWords, type PacketInfo } from '../packet.js';
 
 export interface FragTableOptions {
   /** Hash buckets (--ft_size, default 500). */
@@ -212,23 +212,8 @@ export class FragTable {
 
   // The key of a parsed fragment: addresses as 16 bytes (IPv4 as ::ffff:a.b.c.d), then the id.
   private makeKey(buf: Uint8Array, p: PacketInfo): void {
-    const k = this.key;
-    if (p.addrLen === 4) {
-      k[0] = 0;
-      k[1] = 0;
-      k[2] = 0xffff;
-      k[3] = be32(buf, p.srcOff);
-      k[4] = 0;
-      k[5] = 0;
-      k[6] = 0xffff;
-      k[7] = be32(buf, p.dstOff);
-    } else {
-      for (let i = 0; i < 4; i++) {
-        k[i] = be32(buf, p.srcOff + 4 * i);
-        k[4 + i] = be32(buf, p.dstOff + 4 * i);
-      }
-    }
-    k[8] = p.fragId;
+    addressWords(buf, p, this.key);
+    this.key[8] = p.fragId;
   }
 
   private bucketOf(): number {
@@ -325,10 +310,6 @@ export class FragTable {
     this.fragNext[s] = this.freeFrag;
     this.freeFrag = s;
   }
-}
-
-function be32(buf: Uint8Array, at: number): number {
-  return ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
 }
 
 function count(name: string, v: number, min: number): number {

@@ -69,6 +69,27 @@ function runBlock(lines: string[], check: Record<string, (out: string) => void> 
   return daemons;
 }
 
+/** Runs README lb line `lb` while `check` runs; it must exit 0 on SIGTERM. */
+async function withLb(lb: string, check: () => void): Promise<void> {
+  const argv = inRouter(`exec ${lb}`);
+  const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(proc);
+  const daemon = await startDaemon(proc);
+  try {
+    check();
+  } finally {
+    await daemon.stop('SIGTERM');
+  }
+  expect(proc.exitCode).toBe(0);
+}
+
+/** 20 connections to the VIP all reach the lab's one server. */
+function expectBalanced(): void {
+  const r = mconnect(topo, 4, { nconn: 20 });
+  expect(r.failed_connects + r.failed_reads).toBe(0);
+  expect(r.hosts).toEqual({ 'vm-001': 20 });
+}
+
 beforeAll(async () => {
   requireBuild();
   topo = createTopology({ prefix: PREFIX, nvm: 1, nrouters: 1 });
@@ -110,18 +131,7 @@ describe('README.md', () => {
     expect(runLine('test -e /dev/shm/nfqlb').status).toBe(0);
     expect(machineShm()).toEqual(machineShmBefore);
 
-    const argv = inRouter(`exec ${lb}`);
-    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    procs.push(proc);
-    const daemon = await startDaemon(proc);
-    try {
-      const r = mconnect(topo, 4, { nconn: 20 });
-      expect(r.failed_connects + r.failed_reads).toBe(0);
-      expect(r.hosts).toEqual({ 'vm-001': 20 });
-    } finally {
-      await daemon.stop('SIGTERM');
-    }
-    expect(proc.exitCode).toBe(0);
+    await withLb(lb!, expectBalanced);
   });
 
   // Sections whose one lb runs while the other lines of its block act on it, in the table
@@ -134,20 +144,11 @@ describe('README.md', () => {
     const lines = readmeBlocks(readme, heading).find((b) => b.some(daemonLine)) ?? [];
     const [lb, ...more] = lines.filter(daemonLine);
     expect(more).toEqual([]);
-    const argv = inRouter(`exec ${lb!}`);
-    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    procs.push(proc);
-    const daemon = await startDaemon(proc);
-    try {
+    await withLb(lb!, () => {
       runBlock(lines);
       expect(runLine(probe).stdout).toMatch(want);
-      const r = mconnect(topo, 4, { nconn: 20 });
-      expect(r.failed_connects + r.failed_reads).toBe(0);
-      expect(r.hosts).toEqual({ 'vm-001': 20 });
-    } finally {
-      await daemon.stop('SIGTERM');
-    }
-    expect(proc.exitCode).toBe(0);
+      expectBalanced();
+    });
   });
 
   it('runs "Using xdplb" as written, and the lb attaches XDP to eth2 until stopped', async () => {

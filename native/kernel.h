@@ -1,13 +1,15 @@
-// What every addon that talks to the kernel shares: system errors shaped like Node's, and
-// interface names resolved to indexes with such an error when there is no such device.
+// What the addons that talk to the kernel share: system errors shaped like Node's, interface
+// names resolved to indexes (with such an error when there is no such device), and bpf_links.
 #pragma once
 
 #include <napi.h>
 
 #include <errno.h>
 #include <net/if.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <map>
 #include <string>
 
 // An Error with .code (e.g. 'EOPNOTSUPP') and .errno, like Node's system errors.
@@ -27,3 +29,24 @@ inline int Ifindex(Napi::Env env, Napi::Value v, const char* who) {
   if (ifindex == 0) throw SysError(env, std::string(who) + ": interface " + name, errno);
   return ifindex;
 }
+
+// The bpf_links of one program, by interface index. Closing a link's fd detaches the program
+// (the kernel does the same when the process dies), so there is no detach call to forget.
+class IfLinks {
+ public:
+  bool Has(int ifindex) const { return links_.count(ifindex) != 0; }
+  void Add(int ifindex, int fd) { links_[ifindex] = fd; }
+  void Close(int ifindex) {
+    auto it = links_.find(ifindex);
+    if (it == links_.end()) return;
+    close(it->second);
+    links_.erase(it);
+  }
+  void CloseAll() {
+    for (auto& [ifindex, fd] : links_) close(fd);
+    links_.clear();
+  }
+
+ private:
+  std::map<int, int> links_;  // ifindex -> bpf_link fd
+};
