@@ -149,6 +149,12 @@ const fix = (v: number | null, digits: number, width: number): string => (v === 
 const pct = (v: number | null, width: number): string => (v === null ? '-' : `${v.toFixed(0)}%`).padStart(width);
 
 /** Prints rows; `base` (a row of the same run) gives the received and CPU-per-packet ratios. */
+/** The round with the median lb CPU per packet (without an lb: the median packets received). */
+export function medianRow(rounds: readonly Row[]): Row {
+  const key = (r: Row): number => r.lbUs ?? r.received;
+  return [...rounds].sort((a, b) => key(a) - key(b))[(rounds.length - 1) >> 1]!;
+}
+
 export function printRows(rows: readonly Row[], base: Row | null): void {
   const cores = rows[0]?.cores.map((_, i) => `cpu${i}`.padStart(6)).join('') ?? '';
   console.log(`${'path'.padEnd(38)}offered  received  Gbit/s  gen µs/pkt  lb µs/pkt  lb cpu${cores}  rx×base  µs×base  notes`);

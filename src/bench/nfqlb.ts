@@ -6,7 +6,7 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
 import { FLOWS, startGenerator, UDP_PAYLOAD, type Generator } from './generators.js';
-import { GEN_CPU, LB_CPU, measure, measureFlood, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Probe, type Row } from './measure.js';
+import { GEN_CPU, LB_CPU, measure, measureFlood, medianRow, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Probe, type Row } from './measure.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const NFQLB = `${ROOT}bin/nfqlb`;
@@ -14,6 +14,11 @@ const PREFIX = 'tbn-n-';
 const SHM = 'tbn-targets';
 const FT_SHM = 'tbn-ftshm';
 const QUEUE = 2;
+/**
+ * Every row is measured this many times, all paths in turn each time, so a drift of the
+ * machine falls on every path alike; one 5 s window varies by 10-20% on a 2-core VM.
+ */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
 /** What a variant's hooks may change: the lab, the router's namespace. */
 export interface NfqlbLab { topo: Topology; router: string }
@@ -112,29 +117,33 @@ export async function benchNfqlb(gen: Generator): Promise<void> {
     execFileSync('node', [NFQLB, 'activate', `--shm=${SHM}`, '101']);
 
     const all = tests(topo, gen);
-    const rows: Row[][] = all.map(() => []);
-    for (const [i, t] of all.entries()) {
-      topo.setOffloads(t.offloads);
-      rows[i]!.push(await t.run({ topo, lb: null }, 'kernel forwarding', serverAddr(1, 4)));
-    }
-    for (const v of VARIANTS) {
-      topo.exec(router, ['iptables', '-t', 'mangle', '-A', ...queueRule(v)]);
-      await v.setup?.(lab);
-      lb = await startLb(topo, router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--queue=${QUEUE}`, ...v.args], 'serving queue');
+    // runs[test][path][round]: path 0 is kernel forwarding, then the variants in order.
+    const runs: Row[][][] = all.map(() => Array.from({ length: 1 + VARIANTS.length }, () => []));
+    for (let round = 0; round < ROUNDS; round++) {
       for (const [i, t] of all.entries()) {
         topo.setOffloads(t.offloads);
-        rows[i]!.push(await t.run({ topo, lb: lb.proc, drops: () => queueDrops(topo) }, v.label, VIP[4]));
+        runs[i]![0]!.push(await t.run({ topo, lb: null }, 'kernel forwarding', serverAddr(1, 4)));
       }
-      await stopLb(lb);
-      lb = null;
-      await v.teardown?.(lab);
-      topo.exec(router, ['iptables', '-t', 'mangle', '-D', ...queueRule(v)]);
+      for (const [k, v] of VARIANTS.entries()) {
+        topo.exec(router, ['iptables', '-t', 'mangle', '-A', ...queueRule(v)]);
+        await v.setup?.(lab);
+        lb = await startLb(topo, router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--queue=${QUEUE}`, ...v.args], 'serving queue');
+        for (const [i, t] of all.entries()) {
+          topo.setOffloads(t.offloads);
+          runs[i]![k + 1]!.push(await t.run({ topo, lb: lb.proc, drops: () => queueDrops(topo) }, v.label, VIP[4]));
+        }
+        await stopLb(lb);
+        lb = null;
+        await v.teardown?.(lab);
+        topo.exec(router, ['iptables', '-t', 'mangle', '-D', ...queueRule(v)]);
+      }
     }
     console.log(`\nnfqlb: kernel forwarding to the server vs the VIP through nfqlb lb; generator and iperf on cpu${GEN_CPU}, ` +
-      `lb on cpu${LB_CPU}; ${SECONDS} s per row; ratios against '${VARIANTS[0]!.label}'`);
+      `lb on cpu${LB_CPU}; ${SECONDS} s per row, ${ROUNDS} rounds with the paths in turn, the median round shown; ratios against '${VARIANTS[0]!.label}'`);
     for (const [i, t] of all.entries()) {
       console.log(`${t.title}:`);
-      printRows(rows[i]!, rows[i]![1] ?? null);
+      const rows = runs[i]!.map(medianRow);
+      printRows(rows, rows[1] ?? null);
     }
   } finally {
     if (lb) await stopLb(lb);
