@@ -101,7 +101,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     lb.stderr!.on('data', (d) => (lbOut += String(d)));
     const started = await Promise.race([
       new Promise((resolve) => lb.stdout!.on('data', () => lbOut.includes('xdplb forwarding') && resolve(true))),
-      once(lb, 'exit').then(() => false),
+      lbClosed.then(() => false),
     ]);
     expect(started, lbOut).toBe(true);
   });
