@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
+import { waitFor } from '../wait.js';
 import { NFQLB, ROOT, asNobody, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
 
 const NS = 'tsc-ctl';
@@ -59,10 +60,6 @@ function audit(d: Daemon): Record<string, unknown>[] {
 }
 
 const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** Waits until `check` holds (the daemon's log arrives through a pipe). */
-async function until(check: () => boolean, ms = 3000): Promise<void> {
-  for (let t = 0; t < ms && !check(); t += 50) await tick(50);
-}
 
 beforeAll(() => {
   requireBuild();
@@ -115,7 +112,7 @@ describe('tcp control channels', () => {
       expect(cli(['flow-delete', '--name=web'], env).stdout).toBe('OK\n');
       expect(cli(['trace-flow-set', '--name=dns', '--protocols=udp', '--dports=53'], env).stdout).toBe('OK\n');
 
-      await until(() => audit(lb).filter((l) => l.msg === 'flow channel: trace-set dns').length > 0);
+      await waitFor('the trace-set audit record', () => audit(lb).some((l) => l.msg === 'flow channel: trace-set dns'));
       const records = audit(lb);
       const changes = records.filter((l) => l.level === 30 && l.channel === 'flow');
       expect(changes.map((l) => [l.action, l.flow])).toEqual([['set', 'web'], ['delete', 'web'], ['trace-set', 'dns']]);
@@ -135,11 +132,10 @@ describe('tcp control channels', () => {
       const t = await startDaemon(trace, 'Trace active');
       expect(config[MASK_WORD]).toBe(1);
       await t.stop('SIGINT');
-      await until(() => config[MASK_WORD] === 0);
-      expect(config[MASK_WORD]).toBe(0);
+      await waitFor('the lb to clear the mask after the trace client left', () => config[MASK_WORD] === 0);
       expect(rawClient({ host: '127.0.0.1', port: 10034 }, 'hello\n', 'nobody')).toEqual(['{"error":"refused: no control key (send auth:<key>; see NFQLB_CONTROL_KEY)"}\n']);
       expect(rawClient({ host: '127.0.0.1', port: 10034 }, 'auth:nope\n')).toEqual(['{"error":"refused: wrong control key"}\n']);
-      await until(() => audit(lb).some((l) => l.msg === 'trace channel: refused: wrong control key'));
+      await waitFor('the wrong-key audit record', () => audit(lb).some((l) => l.msg === 'trace channel: refused: wrong control key'));
       const traceLog = audit(lb).filter((l) => l.channel === 'trace');
       expect(traceLog.map((l) => [l.level, l.msg])).toEqual([
         [30, 'trace active'], [30, 'trace closed'], [40, 'trace channel: refused: no control key (send auth:<key>; see NFQLB_CONTROL_KEY)'], [40, 'trace channel: refused: wrong control key'],
@@ -157,9 +153,11 @@ describe('tcp control channels', () => {
       const replies = rawClient({ host: '::1', port: 10033 }, 'auth:nope\naction:set\nname:x\ntarget:y\neoc:\n', 'nobody', 200);
       expect(replies).toHaveLength(200);
       expect(new Set(replies)).toEqual(new Set(['FAIL: refused: wrong control key\0']));
-      await tick(600); // a token comes back
+      // Not a wait for the lb: its bucket (2 tokens/s) took for the last refusal before it
+      // answered, so 600 ms after the last answer it has a token again.
+      await tick(600);
       expect(cli(['flow-set', '--name=x', '--target=tsc-none'], env).stdout).toBe("FAIL: Couldn't create load-balancer\n");
-      await until(() => audit(lb).some((l) => l.msg === 'flow channel: request failed'));
+      await waitFor('the request-failed audit record', () => audit(lb).some((l) => l.msg === 'flow channel: request failed'));
       const warnings = audit(lb).filter((l) => l.level === 40);
       expect(warnings.length).toBeLessThanOrEqual(25);
       expect(warnings.at(-1)).toMatchObject({ msg: 'flow channel: request failed', reason: "Couldn't create load-balancer", flow: 'x' });
@@ -211,7 +209,7 @@ describe('unix control channels', () => {
       expect(cli(['flow-set', '--name=web', `--target=${TABLE}`]).stdout).toBe('OK\n');
       const other = savedLevel === 6 ? 7 : 6;
       expect(cli(['loglevel', String(other)]).stdout).toBe(`loglevel=${other}\n`);
-      await until(() => audit(lb).some((l) => l.msg === 'log level changed'));
+      await waitFor('the log level audit record', () => audit(lb).some((l) => l.msg === 'log level changed'));
       cli(['loglevel', String(savedLevel)]);
 
       const records = audit(lb);
@@ -257,7 +255,7 @@ describe('several lbs in one namespace', () => {
       expect(flow.output()).toMatch(/unix:nfqlb-trace and unix:nfqlb-trace-7 are taken|trace this one with --trace_address=unix:nfqlb-trace-7/);
       const t = await startDaemon(spawnInNs(NS, ['node', NFQLB, 'trace', '--selection=log', '--trace_address=unix:nfqlb-trace-6']), 'Trace active');
       await t.stop('SIGINT');
-      await until(() => audit(second).some((l) => l.msg === 'trace closed'));
+      await waitFor('the trace-closed audit record', () => audit(second).some((l) => l.msg === 'trace closed'));
       expect(audit(second).map((l) => l.msg)).toEqual(['trace active', 'trace closed']);
       expect(audit(first)).toEqual([]);
 

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
 import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
+import { waitFor } from '../wait.js';
 import {
   activateServers, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
 } from './harness.js';
@@ -130,7 +131,7 @@ describe('re-init while lb runs', () => {
       // balancing over the old, now unlinked, one.
       nfqlb('init', `--shm=${SHM}`, '--M=400', '--N=10');
       nfqlb('activate', `--shm=${SHM}`, '103');
-      await new Promise((r) => setTimeout(r, 1500));
+      await waitFor('the lb to switch to the new table', () => lb.output().includes('table re-created by init: using the new one'));
       const r = mconnect(4, 20);
       expect(r.failed_connects + r.failed_reads).toBe(0);
       expect(r.hosts).toEqual({ [hostName(3)]: 20 });

@@ -12,6 +12,7 @@ import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, inNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { kernelQueueStats, NfQueue, type NativeNfQueueClass } from '../../src/nfqueue.js';
+import { waitFor } from '../wait.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The child runs plain node: the modules it needs are transpiled below build/ (inside the
@@ -151,18 +152,20 @@ class QueueChild {
     return this.next();
   }
 
-  /** Polls stats until `done` holds (or a timeout); returns the last stats reply. */
-  async waitFor(done: (r: Reply) => boolean): Promise<Reply> {
-    let r = await this.cmd('stats');
-    for (let i = 0; i < 100 && !done(r); i++) {
-      await new Promise((res) => setTimeout(res, 50));
-      r = await this.cmd('stats');
-    }
-    return r;
+  /** Polls stats until `done` holds; returns that stats reply. Rejects after 5 s with the last one. */
+  async waitFor(what: string, done: (r: Reply) => boolean): Promise<Reply> {
+    let last: Reply | undefined;
+    return waitFor(what, async () => {
+      last = await this.cmd('stats');
+      if (!done(last)) return undefined;
+      return last;
+    }, { timeout: 5000, interval: 50 }).catch((e: Error) => {
+      throw new Error(`${e.message}; last stats: ${JSON.stringify(last)}`);
+    });
   }
 
   waitPackets(n: number): Promise<Reply> {
-    return this.waitFor((r) => r.stats.packets >= n);
+    return this.waitFor(`${n} packets`, (r) => r.stats.packets >= n);
   }
 
   exited(): Promise<number | null> {
@@ -301,12 +304,14 @@ describe('NfQueue in a router namespace', () => {
     const before = (await lb.cmd('stats')).stats;
     send(SINK4, 300, [10001], 600);
     for (const size of [1, 2, 3, 5, 7]) send(SINK4, 100, [10001], size);
-    const r = await lb.waitPackets(before.packets + 800);
-    await new Promise((res) => setTimeout(res, 200));
-    const after = (await lb.cmd('stats')).stats;
-    expect(after.packets - before.packets).toBe(800);
-    expect(after.verdictErrors - before.verdictErrors).toBe(0);
-    expect(r.kernel).toMatchObject({ queued: 0 });
+    // One packet to another port last: once its verdict is applied, the queue (in order) has
+    // handled all before it, so any stale "packets" parsed among them are counted by then.
+    send(SINK4, 1, [10002]);
+    await waitFor('the verdict on the last packet', () => forwardedByMark(false).get(0x102) === 1, { interval: 50 });
+    const after = await lb.cmd('stats');
+    expect(after.stats.packets - before.packets).toBe(801);
+    expect(after.stats.verdictErrors - before.verdictErrors).toBe(0);
+    expect(after.kernel).toMatchObject({ queued: 0 });
     expect(forwardedByMark(false).get(0x101)).toBe(800);
   });
 
@@ -355,7 +360,8 @@ describe('NfQueue in a router namespace', () => {
     const small = spawnChild({ queue: QUEUE, copyRange: 28, rcvBuf: 4096 });
     expect(await small.next()).toEqual({ ready: true });
     send(SINK4, 2000, [10001]);
-    const r = await small.waitFor((x) => x.stats.packets + (x.kernel?.userDropped ?? 0) >= 2000);
+    const r = await small.waitFor('every packet handled or dropped by the kernel',
+      (x) => x.stats.packets + (x.kernel?.userDropped ?? 0) >= 2000);
     expect(r.last).toMatchObject({ caplen: 28, len: 46 });
     expect(r.stats.enobufs).toBeGreaterThan(0);
     // Packets the kernel could not deliver were dropped (and counted) by it, not lost by us.

@@ -13,6 +13,7 @@ import { openShm } from '../../src/shm.js';
 import { TargetTable } from '../../src/target-table.js';
 import { OFFLOAD_PROGRAM } from '../../src/nfqlb/offload.js';
 import { ECHO_PORT } from '../../src/lab/traffic/server.js';
+import { waitFor } from '../wait.js';
 import {
   activateServers, createNfqueueLab, NFQLB, ROOT, UDP_PORT, mconnect, nfqlb, requireBuild, sources, startDaemon, startUdpServers, tearDownLab,
   udpRoundTrips, type Daemon,
@@ -123,8 +124,7 @@ describe('the program goes with the lb', () => {
       await lb.stop('SIGKILL');
     }
     // No cleanup code ran: the kernel released the bpf_link with the process.
-    for (let i = 0; i < 20 && tcxPrograms().length > 0; i++) await new Promise((r) => setTimeout(r, 100));
-    expect(tcxPrograms()).toEqual([]);
+    await waitFor('the kernel to detach the program', () => tcxPrograms().length === 0, { timeout: 2000, interval: 100 });
   });
 });
 
@@ -134,11 +134,18 @@ describe('re-init while lb --offload runs', () => {
     try {
       nfqlb('init', `--shm=${SHM}`, '--M=400', '--N=10');
       nfqlb('activate', `--shm=${SHM}`, '103');
-      await new Promise((r) => setTimeout(r, 300));
+      // The program has the new table once a connection reaches server 3 without the queue
+      // (until then one may be queued: the queue's own follow is slower). The 20 below are
+      // then the check.
+      await waitFor('a connection to server 3 through the program', () => {
+        const before = queued();
+        return mconnect(topo, 6, { nconn: 1 }).hosts[vmName(3)] === 1 && queued() === before;
+      });
+      const before = queued();
       const r = mconnect(topo, 6, { nconn: 20 });
       expect(r.failed_connects + r.failed_reads).toBe(0);
       expect(r.hosts).toEqual({ [vmName(3)]: 20 });
-      expect(queued()).toBe(0);
+      expect(queued()).toBe(before);
     } finally {
       nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=20');
       activateServers(SHM, NVM);
@@ -149,26 +156,35 @@ describe('re-init while lb --offload runs', () => {
 
 // Long-lived connections from fixed source addresses and ports (so the test knows each one's
 // hash), one echo message per connection every 50 ms. Prints "ready" once every connection
-// got its server's greeting; on stdin's end prints [{ host, lost }], lost meaning reset or
-// closed: a server that gets a packet of a connection it does not have answers with a reset.
+// got its server's greeting, and "lost <i>" when connection i is reset or closed: a server that
+// gets a packet of a connection it does not have answers with a reset. On a "sync" line it
+// prints "synced" once every connection not lost has had data back since; on stdin's end it
+// prints [{ host, lost }].
 const CHURN_CLIENT_JS = `
 const { connect } = require('node:net');
+const { createInterface } = require('node:readline');
 const jobs = JSON.parse(process.argv[1]);
 let greeted = 0;
-const conns = jobs.map((j) => {
-  const c = { host: null, lost: false };
+const conns = jobs.map((j, i) => {
+  const c = { host: null, lost: false, received: 0 };
   const s = connect({ host: j.dst, port: ${ECHO_PORT}, localAddress: j.src, localPort: j.sport });
   s.setNoDelay(true);
   s.on('data', (d) => {
+    c.received++;
     if (c.host === null) { c.host = d.toString().split('\\n')[0]; if (++greeted === jobs.length) console.log('ready'); }
   });
-  s.on('error', () => (c.lost = true));
-  s.on('close', () => (c.lost = true));
+  const lose = () => { if (!c.lost) console.log('lost ' + i); c.lost = true; };
+  s.on('error', lose);
+  s.on('close', lose);
   setInterval(() => { if (!c.lost) s.write('x\\n'); }, 50);
   return c;
 });
-process.stdin.resume();
-process.stdin.on('end', () => {
+createInterface({ input: process.stdin }).on('line', () => {
+  const mark = conns.map((c) => c.received);
+  const check = setInterval(() => {
+    if (conns.every((c, i) => c.lost || c.received > mark[i])) { clearInterval(check); console.log('synced'); }
+  }, 10);
+}).on('close', () => {
   console.log(JSON.stringify(conns.map((c) => ({ host: c.host, lost: c.lost }))));
   process.exit(0);
 });`;
@@ -180,23 +196,32 @@ describe('churn', () => {
       sources(family, 50, 9).map((src, i) => ({ family, src, sport: 41000 + i, dst: VIP[family] })));
     const client = spawn('ip', ['netns', 'exec', topo.ns.tester, 'node', '-e', CHURN_CLIENT_JS, JSON.stringify(jobs)], { stdio: ['pipe', 'pipe', 'inherit'] });
     procs.push(client);
-    const lines = createInterface({ input: client.stdout! })[Symbol.asyncIterator]();
+    const out: string[] = [];
+    createInterface({ input: client.stdout! }).on('line', (l) => out.push(l));
+    const lost = () => new Set(out.filter((l) => l.startsWith('lost ')).map((l) => Number(l.slice(5))));
     const table = new TargetTable(openShm(SHM, false));
     const ep = (family: Family, a: string, p: number) => (family === 4 ? `${a}:${p}` : `[${a}]:${p}`);
     const fwmarks = () => jobs.map((j) => table.fwmarkOf(hashTuple({ proto: 'tcp', src: ep(j.family, j.src, j.sport), dst: ep(j.family, j.dst, ECHO_PORT) }, 1)));
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     try {
-      expect((await lines.next()).value).toBe('ready');
+      await waitFor('every connection to get its greeting', () => out.includes('ready'));
       // Each state's fwmark per connection; a connection is unchanged if all are the same.
       const states = [fwmarks()];
       for (const step of [['deactivate', '--index=1'], ['deactivate', '--index=2'], ['activate', '--index=1', '101'], ['deactivate', '105'], ['activate', '--index=2', '102'], ['activate', '--index=5', '105']]) {
-        await sleep(700);
         nfqlb(step[0]!, `--shm=${SHM}`, ...step.slice(1));
-        states.push(fwmarks());
+        const [prev, now] = [states.at(-1)!, fwmarks()];
+        states.push(now);
+        // The next state only once this one broke every connection it moved (a state that
+        // lasted less than a packet interval could move one and back unnoticed).
+        await waitFor(`${step.join(' ')} to break the connections it moved`, () => {
+          const l = lost();
+          return now.every((fw, i) => fw === prev[i] || l.has(i));
+        });
       }
-      await sleep(1000);
+      // Every connection still up had traffic through the last state.
+      client.stdin!.write('sync\n');
+      await waitFor('data back on every connection still up', () => out.includes('synced'));
       client.stdin!.end();
-      const result = JSON.parse((await lines.next()).value as string) as { host: string; lost: boolean }[];
+      const result = JSON.parse(await waitFor('the client\'s report', () => out.find((l) => l.startsWith('[')))) as { host: string; lost: boolean }[];
       const changed = jobs.map((_, i) => states.some((s) => s[i] !== states[0]![i]));
       // Every connection reached the server the table gave it first.
       expect(result.map((r) => r.host)).toEqual(states[0]!.map((fw) => vmName(fw - 100)));

@@ -7,13 +7,13 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CLIENT_CIDR, VIP, createTopology, destroyLab, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 import { spawnServer, toolArgv } from '../../src/lab/traffic/tools.js';
 import { analyze, asStats } from '../../src/lab/traffic/stats.js';
 import type { MconnectResult } from '../../src/lab/traffic/mconnect.js';
+import { waitFor } from '../wait.js';
 
-const PREFIX = 'tlbt-';
+const PREFIX = 'ttf-';
 const SERVERS = [1, 2, 3];
 const addr = (family: Family, port: number): string => (family === 4 ? `${VIP[4]}:${port}` : `[${VIP[6]}]:${port}`);
 
@@ -29,7 +29,7 @@ describe('traffic tools over ECMP', () => {
   const procs: ChildProcess[] = [];
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'tlbt-traffic-'));
+    dir = mkdtempSync(join(tmpdir(), 'ttf-traffic-'));
     topo = createTopology({ prefix: PREFIX, nvm: SERVERS.length, nrouters: 1 });
     topo.setRouterVipRoute(1, SERVERS);
     for (const n of SERVERS) procs.push(await spawnServer(topo.ns.server(n), vmName(n)));
@@ -84,10 +84,13 @@ describe('traffic tools over ECMP', () => {
     let summary = '';
     client.stdout!.on('data', (d: Buffer) => { summary += d.toString(); });
     try {
-      await sleep(2000);
+      // Scale in once every connection is up and echoes come back (the monitor line, each second).
+      const up = new RegExp(`conn act/connecting ${nconn}/0 .* msg sent/rec/dropped \\d+/[1-9]`);
+      await waitFor(`ctraffic to have ${nconn} connections with traffic`, () => up.test(monitor), { timeout: 4000 });
       topo.setRouterVipRoute(1, [1, 3]); // scale in: vm-002 leaves
-      const [code] = (await once(client, 'exit')) as [number | null];
-      expect(code).toBe(0);
+      // 'close', not 'exit': the summary (stdout) and the last monitor lines may still be in the pipes.
+      await once(client, 'close');
+      expect(client.exitCode).toBe(0);
     } finally {
       kill(client);
       topo.setRouterVipRoute(1, SERVERS);

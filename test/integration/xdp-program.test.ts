@@ -8,7 +8,7 @@ import { XDP_PASS, XDP_REDIRECT } from '../../src/xdp/xsk.js';
 import { vipKey } from '../../src/xdp/table.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
-const NS = 'tlbx-prog';
+const NS = 'txp-prog';
 const ADDON = fileURLToPath(new URL('../../build/Release/xsk.node', import.meta.url));
 
 // Loads the program with the given VIPs and a socket on lo queue 0, then prints the action
@@ -30,13 +30,25 @@ sock.close(); umem.close(); prog.close();`;
 
 // Three worker_threads in turn each load the addon and start forwarding on lo, then are
 // terminated: the environment cleanup must close the poll handle before the addon is
-// unloaded, and release socket and UMEM so the next worker can bind the same queue.
+// unloaded, and release socket and UMEM so the next worker can bind the same queue. The
+// kernel frees a UMEM in deferred work, so a worker retries a busy queue for up to 2 s.
 const WORKERS_JS = `
 const { Worker } = require('worker_threads');
 const code = \`
   const x = require(require('worker_threads').workerData);
-  const u = new x.Umem(64, 4096);
-  const s = new x.XskSocket(u, 'lo', 0, { rx: true, tx: true });
+  const deadline = Date.now() + 2000;
+  let u, s;
+  for (;;) {
+    u = new x.Umem(64, 4096);
+    try {
+      s = new x.XskSocket(u, 'lo', 0, { rx: true, tx: true });
+      break;
+    } catch (e) {
+      u.close();
+      if (e.code !== 'EBUSY' || Date.now() > deadline) throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    }
+  }
   const a = new Uint32Array(8), l = new Uint32Array(8), v = new Uint8Array(8);
   s.start(s, a, l, v, () => {});
   require('worker_threads').parentPort.postMessage('polling');
@@ -49,7 +61,6 @@ const code = \`
       w.on('error', reject);
       w.on('exit', resolve);
     });
-    await new Promise((r) => setTimeout(r, 200)); // the kernel frees a UMEM in deferred work
   }
   console.log('ok');
 })().catch((e) => { console.error(e.message); process.exit(1); });`;

@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { CLIENT_CIDR, VIP, createTopology, destroyLab, routerAddr, type Family, type Topology } from '../../src/lab/topology.js';
 import { deleteShm } from '../../src/shm.js';
+import { waitFor } from '../wait.js';
 import { httpGet, Scrape } from './harness.js';
 
 const PREFIX = 'tlbx-';
@@ -70,6 +71,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   let topo: Topology;
   let lb: ChildProcess;
   let lbOut = '';
+  let lbClosed: Promise<unknown>;
   const servers: ChildProcess[] = [];
   const router = (): string => topo.ns.router(1);
   const xdplb = (...args: string[]): string => topo.exec(router(), [process.execPath, XDPLB, ...args, `--shm=${SHM}`]);
@@ -93,11 +95,13 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       xdplb('activate', `--mac=${mac}`, String(n - 1));
     }
     lb = topo.spawn(router(), [process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, '--vip=10.0.0.0', '--vip=1000::', `--metrics=${METRICS_PORT}`]);
+    // 'close', not 'exit': the last lines may still be in the pipe when the process exits.
+    lbClosed = once(lb, 'close');
     lb.stdout!.on('data', (d) => (lbOut += String(d)));
     lb.stderr!.on('data', (d) => (lbOut += String(d)));
     const started = await Promise.race([
       new Promise((resolve) => lb.stdout!.on('data', () => lbOut.includes('xdplb forwarding') && resolve(true))),
-      once(lb, 'exit').then(() => false),
+      lbClosed.then(() => false),
     ]);
     expect(started, lbOut).toBe(true);
   });
@@ -158,21 +162,26 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   });
 
   test('a VIP removed from the table goes to the kernel again', async () => {
+    // The lb polls the table and logs the VIPs its program has after each change.
+    const programVips = (vips: string[]) => waitFor(`the lb's program to have VIPs ${vips.join(' ')}`, () => {
+      const changes = lbOut.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; vips: string[] })
+        .filter((l) => l.msg === 'VIPs changed');
+      return JSON.stringify([...changes.at(-1)?.vips ?? []].sort()) === JSON.stringify([...vips].sort());
+    });
     xdplb('vip-delete', '10.0.0.0');
-    await new Promise((r) => setTimeout(r, 500)); // the lb polls the table every 200 ms
+    await programVips(['1000::']);
     // The router has no route to the VIP: without xdplb the connection fails.
     expect(connect(4, 1, 800)[0]).not.toMatch(/^vm-/);
     expect(connect(6, 3).every((a) => a === 'vm-002')).toBe(true);
     xdplb('vip-add', '10.0.0.0');
-    await new Promise((r) => setTimeout(r, 500));
+    await programVips(['1000::', '10.0.0.0']);
     expect(connect(4, 3).every((a) => a === 'vm-002')).toBe(true);
   });
 
   test('SIGTERM: the lb exits 0 and detaches the program', async () => {
-    const exited = once(lb, 'exit');
     lb.kill('SIGTERM');
-    const [code] = await exited;
-    expect(code, lbOut).toBe(0);
+    await lbClosed;
+    expect(lb.exitCode, lbOut).toBe(0);
     expect(lbOut).toContain('xdplb stopped');
     // The tester's veth sends partial checksums (tx offload on): the lb completed them.
     expect(lbOut).toMatch(/"checksums":[1-9]/);

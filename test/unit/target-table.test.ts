@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { TargetTable } from '../../src/target-table.js';
+import { waitFor } from '../wait.js';
 
 function fresh(M = 997, N = 32, ownFwmark = 0, shared = false): TargetTable {
   const size = TargetTable.byteLength(M, N);
@@ -176,34 +177,42 @@ describe('TargetTable concurrent readers', () => {
   it('never shows another thread a -1 lookup entry while targets are active', async () => {
     const t = fresh(997, 32, 0, true);
     t.activate([100]);
-    const done = new Int32Array(new SharedArrayBuffer(4));
+    // [done, reading, passes]: the reader says it is reading and counts its passes over
+    // lookup[], so the writer can run only while it reads and until it read enough.
+    const sync = new Int32Array(new SharedArrayBuffer(12));
     // The reader spins over lookup[] the way an lb would, counting entries that
     // are not a valid slot, until the writer says it is done.
     const reader = new Worker(
-      `const { workerData: { buffer, done, M } } = require('node:worker_threads');
+      `const { workerData: { buffer, sync, M } } = require('node:worker_threads');
        const lookup = new Int32Array(buffer, 16, M);
        let bad = 0, reads = 0;
-       while (Atomics.load(done, 0) === 0) {
+       Atomics.store(sync, 1, 1);
+       while (Atomics.load(sync, 0) === 0) {
          for (let j = 0; j < M; j++) { const s = lookup[j]; if (s < 0 || s >= 32) bad++; }
          reads += M;
+         Atomics.add(sync, 2, 1);
        }
        require('node:worker_threads').parentPort.postMessage({ bad, reads });`,
-      { eval: true, workerData: { buffer: t.lookup.buffer, done, M: t.M } },
+      { eval: true, workerData: { buffer: t.lookup.buffer, sync, M: t.M } },
     );
     const result = new Promise<{ bad: number; reads: number }>((resolve, reject) => {
       reader.once('message', resolve);
       reader.once('error', reject);
     });
-    await new Promise((resolve) => setTimeout(resolve, 50)); // let the reader start
-    for (let round = 0; round < 300; round++) {
+    await waitFor('the reader to start reading', () => Atomics.load(sync, 1) === 1);
+    const passesBefore = Atomics.load(sync, 2);
+    // At least 300 rounds, and on until the reader made 1000 passes while they ran.
+    const deadline = Date.now() + 10_000;
+    for (let round = 0; round < 300 || Atomics.load(sync, 2) - passesBefore < 1000; round++) {
+      if (Date.now() > deadline) throw new Error(`the reader made ${Atomics.load(sync, 2) - passesBefore} passes in 10 s of writing`);
       t.activate([101, 102, 103, 104, 105, 106, 107, 108]);
       t.deactivate([101, 103, 105, 107]);
       t.deactivate([102, 104, 106, 108]);
     }
-    Atomics.store(done, 0, 1);
+    Atomics.store(sync, 0, 1);
     const { bad, reads } = await result;
     await reader.terminate();
-    expect(reads).toBeGreaterThan(0);
+    expect(reads).toBeGreaterThanOrEqual(1000 * t.M);
     expect(bad).toBe(0);
   });
 });
