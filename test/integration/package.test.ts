@@ -145,7 +145,9 @@ describe('the README "As a library" example', () => {
     // lab routes it, 200 (port 22) by the main table; counted by mark in FORWARD.
     topo.ip(router, ['rule add fwmark 100 table 100', `route add default via ${serverAddr(2, 4)} table 100`]);
     topo.setRouterVipRoute(1, [2]);
-    for (const mark of [100, 101, 200]) topo.exec(router, ['iptables', '-t', 'mangle', '-A', 'FORWARD', '-m', 'mark', '--mark', String(mark)]);
+    for (const mark of [100, 101, 200]) {
+      topo.exec(router, ['iptables', '-t', 'mangle', '-A', 'FORWARD', '-m', 'mark', '--mark', String(mark)]);
+    }
   }, 600_000);
 
   afterAll(() => {
@@ -173,12 +175,14 @@ describe('the README "As a library" example', () => {
     expect(proc.exitCode).toBeNull();
 
     const jobs = [40000, 40001, 40002, 40003].map((sport, i) => `${VIP[4]},5001,50.0.9.${i + 1},${sport}`);
-    const r = JSON.parse(topo!.exec(topo!.ns.tester, ['node', '--input-type=module', '-e', CLIENT_JS, ...jobs, `${VIP[4]},22,50.0.9.9,40004`])) as string[];
+    jobs.push(`${VIP[4]},22,50.0.9.9,40004`);
+    const r = JSON.parse(topo!.exec(topo!.ns.tester, ['node', '--input-type=module', '-e', CLIENT_JS, ...jobs])) as string[];
     // Even source ports: fwmark 100 (server 2); odd: 101 (server 1); port 22: 200, refused by the
     // server the main table routes it to.
     expect(r).toEqual(['vm-002', 'vm-001', 'vm-002', 'vm-001', 'ECONNREFUSED']);
     const counts = topo!.exec(router, ['iptables', '-t', 'mangle', '-L', 'FORWARD', '-v', '-x', '-n']);
-    const packets = (mark: number): number => Number(new RegExp(`^\\s*(\\d+).*mark match 0x${mark.toString(16)}\\s*$`, 'm').exec(counts)?.[1]);
+    const packets = (mark: number): number =>
+      Number(new RegExp(`^\\s*(\\d+).*mark match 0x${mark.toString(16)}\\s*$`, 'm').exec(counts)?.[1]);
     expect(packets(200)).toBeGreaterThan(0);
     expect(packets(100)).toBeGreaterThan(0);
     expect(packets(101)).toBeGreaterThan(0);
