@@ -219,6 +219,13 @@ const commands: CommandTable = {
       const atIndex = index === undefined ? -1 : t.active[index]!;
       if (p.opts.has('now')) {
         const drain = DrainList.open(name, true);
+        // A drained target's slot is empty: the table no longer says which fwmark it held, and
+        // doing nothing would leave that target draining (reachable) until it is activated.
+        const draining = drain?.list() ?? [];
+        if (index !== undefined && atIndex < 0 && draining.length > 0) {
+          throw new UsageError(`--index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${
+            draining.join(' ')})`);
+        }
         if (index === undefined) t.deactivate(fwmarks);
         else t.clearIndex(index);
         for (const fw of index === undefined ? fwmarks : [atIndex]) drain?.remove(fw);
