@@ -100,6 +100,8 @@ export interface Convergence {
   how: string;
   /** ms from the signal (or start) to the gateway's IPv4 and IPv6 VIP routes having changed. */
   ms: Record<Family, number>;
+  /** ms from the signal (or start) to the lb process having exited (or logged that it serves). */
+  processMs: number;
 }
 
 export interface TestResult {
@@ -239,10 +241,12 @@ class Lab implements LabHandle {
     const how = active ? 'lb started' : kind === 'crash_lb' ? 'lb SIGKILLed' : 'lb SIGTERMed';
     // A graceful stop withdraws first and drains for 2 s: the route changes long before the exit.
     const exits = active ? list.map((i) => this.lb.startRouter!(i)) : list.map((i) => this.lb.stopRouter!(i, kind === 'crash_lb' ? 'SIGKILL' : 'SIGTERM'));
+    // Timed when it happens: the route may change before the processes are done or after.
+    const processDone = Promise.all(exits.map((e) => e.then(() => Date.now() - t)));
     const ms = await this.bgp.converge(this.routersUp.length, t);
-    await Promise.all(exits);
+    const processMs = Math.max(...await processDone);
     this.o.log(`    gateway converged (${how} -> route changed): ${formatMs(ms)}`);
-    return { kind: active ? 'scale-out' : 'scale-in', how, ms };
+    return { kind: active ? 'scale-out' : 'scale-in', how, ms, processMs };
   }
 
   /** One ctraffic run with scale events at fixed times; returns the stats and the events. */

@@ -10,8 +10,10 @@ import { VIP, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats, type KernelQueueStats } from '../../src/nfqueue.js';
 import { shmPath } from '../../src/shm.js';
 import {
-  activateServers, createNfqueueLab, httpGet, mconnect as mconnectFrom, NFQLB, nfqlb, requireBuild, Scrape, startDaemon, tearDownLab, type Daemon,
+  activateServers, createNfqueueLab, httpGet, mconnect as mconnectFrom, NFQLB, nfqlb, requireBuild, Scrape, startDaemon, staticNeighbours,
+  tearDownLab, type Daemon,
 } from './harness.js';
+import { waitFor, waitUntilStable } from '../wait.js';
 
 const PREFIX = 'tmx-';
 const SHM = 'tmx-targets';
@@ -59,8 +61,10 @@ const mconnect = (family: Family, nconn = 100) => {
   expect(r.failed_connects + r.failed_reads).toBe(0);
 };
 
+interface Counts { packets: number; bytes: number }
+
 /** Packets and bytes to the VIP (v4 + v6) that each server's PREROUTING saw, server 1 first. */
-function serverCounts(): { packets: number; bytes: number }[] {
+function serverCounts(): Counts[] {
   return Array.from({ length: NVM }, (_, i) => {
     const c = { packets: 0, bytes: 0 };
     for (const cmd of ['iptables', 'ip6tables']) {
@@ -86,17 +90,36 @@ function scrape(): Scrape {
 
 /** Polls /healthz until it answers `status` (the lb reads tables and binds queues on its own time). */
 async function healthz(status: number): Promise<string> {
-  let r = httpGet(topo, router, PORT, '/healthz');
-  for (let i = 0; i < 30 && r.status !== status; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    r = httpGet(topo, router, PORT, '/healthz');
-  }
-  expect(r.status, r.body).toBe(status);
+  const r = await waitFor(`/healthz to answer ${status}`, () => {
+    const got = httpGet(topo, router, PORT, '/healthz');
+    if (got.status !== status) throw new Error(`it answers ${got.status}: ${got.body.trim()}`);
+    return got;
+  }, { timeout: 20_000, interval: 100 });
   return r.body;
 }
 
-/** Lets the last packets of a burst cross the lb and reach the servers. */
-const settle = () => new Promise((r) => setTimeout(r, 300));
+interface Settled {
+  s: Scrape;
+  /** serverCounts() at the time of the scrape. */
+  servers: Counts[];
+  /** The kernel's stats of the queues asked for, by queue number. */
+  kernel: Map<number, KernelQueueStats>;
+}
+
+/**
+ * Waits until the last packets of the traffic have crossed the lb and reached the servers: the
+ * lb's packet counters, the servers' and the kernel queues' no longer move. Returns that state,
+ * all read in one sample, for exact comparisons.
+ */
+async function settled(queues: number[]): Promise<Settled> {
+  let last!: Settled;
+  await waitUntilStable('the packet counters', () => {
+    last = { s: scrape(), servers: serverCounts(), kernel: new Map(queues.map((q) => [q, kernelQueue(q)])) };
+    return [last.servers, [...last.kernel.values()].map((k) => k.idSequence),
+      ...['nfqlb_packets_total', 'nfqlb_target_packets_total', 'nfqlb_drops_total'].map((m) => last.s.series(m))];
+  }, { settle: 200, timeout: 20_000 });
+  return last;
+}
 
 async function startLb(cmd: 'lb' | 'flowlb', ...args: string[]): Promise<Daemon> {
   const lb = topo.spawn(router, ['node', NFQLB, cmd, `--metrics=${PORT}`, ...args]);
@@ -106,9 +129,8 @@ async function startLb(cmd: 'lb' | 'flowlb', ...args: string[]): Promise<Daemon>
   return d;
 }
 
-/** Per-fwmark counts of the lb equal what each server received since `before`. */
-function expectTargetsMatchServers(s: Scrape, before: { packets: number; bytes: number }[], base?: Scrape): void {
-  const after = serverCounts();
+/** Per-fwmark counts of the lb equal what each server received from `before` to `after`. */
+function expectTargetsMatchServers(s: Scrape, before: Counts[], after: Counts[], base?: Scrape): void {
   for (let n = 1; n <= NVM; n++) {
     const fwmark = String(100 + n);
     const packets = s.sum('nfqlb_target_packets_total', { fwmark }) - (base?.sum('nfqlb_target_packets_total', { fwmark }) ?? 0);
@@ -121,6 +143,7 @@ function expectTargetsMatchServers(s: Scrape, before: { packets: number; bytes: 
 beforeAll(() => {
   requireBuild();
   ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
+  staticNeighbours(topo);
   // A counting rule (no target) per server and family: what reached the server for the VIP.
   for (let n = 1; n <= NVM; n++) {
     topo.exec(topo.ns.server(n), ['iptables', '-t', 'mangle', '-A', 'PREROUTING', '-d', `${VIP[4]}/32`]);
@@ -148,10 +171,9 @@ describe('nfqlb lb --metrics, one queue', () => {
     mconnect(4);
     udpBurst(4, 500);
     udpBurst(6, 200, 1000);
-    await settle();
-    const s = scrape();
-    expectTargetsMatchServers(s, before);
-    const k = kernelQueue(2);
+    const { s, servers, kernel } = await settled([2]);
+    expectTargetsMatchServers(s, before, servers);
+    const k = kernel.get(2)!;
     const packets = s.sum('nfqlb_packets_total', { queue: '2' });
     // Every packet the kernel handed out (ids), less those it could not deliver to our socket.
     expect(packets).toBe(k.idSequence - k.userDropped);
@@ -178,11 +200,10 @@ describe('nfqlb lb --metrics, one queue', () => {
       for (let n = 1; n <= NVM; n++) nfqlb('deactivate', `--shm=${SHM}`, `--index=${n}`);
       udpBurst(4, 50);
       udpBurst(6, 30);
-      await settle();
-      const s = scrape();
+      const { s, servers } = await settled([2]);
       expect(s.sum('nfqlb_drops_total', { reason: 'no_target' }) - base.sum('nfqlb_drops_total', { reason: 'no_target' })).toBe(80);
       expect(s.sum('nfqlb_target_packets_total')).toBe(base.sum('nfqlb_target_packets_total'));
-      expect(serverCounts()).toEqual(before);
+      expect(servers).toEqual(before);
       expect(s.sum('nfqlb_targets_active', { table: SHM })).toBe(0);
       expect(s.sum('nfqlb_table_changes_total', { table: SHM })).toBeGreaterThan(base.sum('nfqlb_table_changes_total', { table: SHM }));
       expect(s.sum('nfqlb_table_last_change_seconds', { table: SHM })).toBeGreaterThan(base.sum('nfqlb_table_last_change_seconds', { table: SHM }));
@@ -207,24 +228,24 @@ describe('nfqlb lb --metrics, one queue', () => {
     procs.push(clients);
     let out = '';
     clients.stdout!.on('data', (d) => (out += String(d)));
-    const seen = async (text: string, ms: number) => {
-      for (let t = 0; t < ms && !out.includes(text); t += 100) await new Promise((r) => setTimeout(r, 100));
-      expect(out).toContain(text);
-    };
-    await seen('slow: holding', 5000);
-    await seen('malformed: HTTP/1.1 400', 5000);
-    // With the slow client's connection open, traffic and scrapes go on as before.
+    const seen = (text: string, timeout: number) => waitFor(`the clients to print '${text}'`, () => {
+      if (!out.includes(text)) throw new Error(`they printed ${JSON.stringify(out)}`);
+      return true;
+    }, { timeout, interval: 100 });
+    await seen('slow: holding', 10_000);
+    await seen('malformed: HTTP/1.1 400', 10_000);
+    // With the slow client's connection open, a scrape is answered (checked right after it: the
+    // server may rightly cut the client off 10 s after it connected) and traffic goes on.
     const base = scrape();
+    expect(out).not.toContain('slow: closed');
     const before = serverCounts();
     mconnect(4, 20);
     udpBurst(4, 200);
-    await settle();
-    const s = scrape();
-    expect(out).not.toContain('slow: closed');
-    expectTargetsMatchServers(s, before, base);
+    const { s, servers } = await settled([2]);
+    expectTargetsMatchServers(s, before, servers, base);
     expect(s.sum('nfqlb_packets_total') - base.sum('nfqlb_packets_total')).toBe(s.sum('nfqlb_target_packets_total') - base.sum('nfqlb_target_packets_total'));
-    // The server cuts the slow client off (10 s for the headers), the lb carries on.
-    await seen('slow: closed, answer HTTP/1.1 408 Request Timeout', 15_000);
+    // The server cuts the slow client off (10 s for the headers, checked every second), the lb carries on.
+    await seen('slow: closed, answer HTTP/1.1 408 Request Timeout', 30_000);
     expect(lb.proc.exitCode).toBeNull();
   });
 });
@@ -244,11 +265,10 @@ describe('nfqlb lb --metrics --queue=0:1 (worker threads)', () => {
       mconnect(4);
       mconnect(6);
       udpBurst(4, 300);
-      await settle();
-      const s = scrape();
-      expectTargetsMatchServers(s, before);
+      const { s, servers, kernel } = await settled([0, 1]);
+      expectTargetsMatchServers(s, before, servers);
       for (const q of [0, 1]) {
-        const k = kernelQueue(q);
+        const k = kernel.get(q)!;
         const packets = s.sum('nfqlb_packets_total', { queue: String(q) });
         expect(packets).toBeGreaterThan(0);
         expect(packets).toBe(k.idSequence - k.userDropped);
@@ -271,9 +291,8 @@ describe('nfqlb flowlb --metrics', () => {
       const before = serverCounts();
       mconnect(4, 30);
       udpBurst(4, 40);
-      await settle();
-      const s = scrape();
-      expectTargetsMatchServers(s, before);
+      const { s, servers } = await settled([2]);
+      expectTargetsMatchServers(s, before, servers);
       expect(s.sum('nfqlb_flow_matches_total', { flow: 'web' })).toBe(s.sum('nfqlb_target_packets_total'));
       expect(s.sum('nfqlb_drops_total', { reason: 'no_flow_match' })).toBe(40);
       expect(s.sum('nfqlb_targets_active', { table: SHM })).toBe(NVM);

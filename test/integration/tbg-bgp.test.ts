@@ -5,16 +5,19 @@
 // Everything is named with the prefix tbg-ci- (namespaces, shared memory, BIRD files).
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, requireBuild } from './harness.js';
 import { bgpUnavailable, birdDir } from '../../src/lab/bgp.js';
-import { removeLab, runTest, type LabOptions, type TestResult } from '../../src/lab/suite.js';
+import { formatMs, removeLab, runTest, type LabOptions, type TestResult } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
 
 const PREFIX = 'tbg-ci-';
 let out: string;
+
+/** The BGP hold time the gateway's sessions use (contrib/bird/gateway.conf), in ms. */
+const HOLD_MS = 1000 * Number(/^\s*hold time (\d+);/m.exec(readFileSync(`${ROOT}contrib/bird/gateway.conf`, 'utf8'))![1]);
 
 function options(o: Partial<LabOptions>): LabOptions {
   return { prefix: PREFIX, nvm: 4, nrouters: 2, families: [4], nconn: 100, rate: 500, outDir: out, synOnly: false, noStop: false,
@@ -29,7 +32,13 @@ function expectGone(): void {
   expect(spawnSync('pgrep', ['-f', birdDir(PREFIX)]).status).toBe(1);
 }
 
-/** Every LB-tier run: 0 connections lost, and the gateway followed the lb within a second. */
+/**
+ * Every LB-tier run: 0 connections lost, and the gateway followed an lb that left by the
+ * announcement, not by a timer. An lb stopped with SIGTERM withdraws, then serves on for its
+ * drain (2 s): the route must have changed before it exited. One killed with SIGKILL loses its
+ * device with the process, and the route must follow well within the BGP hold time: a timer
+ * (hold time, BIRD's device scan) would take seconds, the withdrawal takes ~100 ms.
+ */
 function expectNoLoss(r: TestResult): void {
   expect(r.problems).toEqual([]);
   expect(r.ok).toBe(true);
@@ -37,9 +46,14 @@ function expectNoLoss(r: TestResult): void {
     expect(run.report.neverConnected).toBe(0);
     expect(run.report.phases.map((p) => p.lost)).toEqual(run.report.phases.map(() => 0));
     expect(run.convergence.length).toBe(run.report.phases.length);
+    for (const c of run.convergence) {
+      const lb = c.kind === 'scale-in' ? 'exited' : 'serving';
+      console.log(`${c.how}: gateway route changed after ${formatMs(c.ms)}; lb ${lb} after ${c.processMs} ms`);
+    }
     for (const c of run.convergence.filter((x) => x.kind === 'scale-in')) {
-      expect(c.ms[4]).toBeLessThan(1000);
-      expect(c.ms[6]).toBeLessThan(1000);
+      const ms = Math.max(c.ms[4], c.ms[6]);
+      if (c.how === 'lb SIGTERMed') expect(ms).toBeLessThan(c.processMs);
+      else expect(ms).toBeLessThan(HOLD_MS);
     }
   }
 }
@@ -89,11 +103,17 @@ describe('BGP tier', () => {
     expectGone();
   });
 
-  test('nfqueue_crash_lb --bgp, IPv6: an lb killed with SIGKILL loses nothing; the outage stays under a second', async () => {
+  test('nfqueue_crash_lb --bgp, IPv6: an lb killed with SIGKILL loses nothing; the outage is the route change', async () => {
     const r = await runTest('nfqueue_crash_lb', options({ families: [6], durationMs: 6000 }));
     expectNoLoss(r);
-    expect(r.runs[0]!.convergence[0]!.how).toBe('lb SIGKILLed');
-    expect(r.runs[0]!.maxDelay).toBeLessThan(1000);
+    const [crash] = r.runs[0]!.convergence;
+    expect(crash!.how).toBe('lb SIGKILLed');
+    // The clients' longest wait is the route change plus TCP's backoff to the next retransmission
+    // (doubling from ~200 ms: within 2 x the change + 200 ms), and a second for a busy machine.
+    // Longer means the surviving lb did not serve the moved flows at once.
+    const maxDelay = r.runs[0]!.maxDelay!;
+    console.log(`longest wait for an echo: ${maxDelay} ms`);
+    expect(maxDelay).toBeLessThan(2 * crash!.ms[6] + 1200);
     expectGone();
   });
 
