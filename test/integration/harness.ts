@@ -6,7 +6,9 @@ import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CLIENT_CIDR, createTopology, labNamespaces, serverAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
+import {
+  CLIENT_CIDR, createTopology, labNamespaces, routerAddr, serverAddr, testerAddr, VIP, vmName, type Family, type Topology,
+} from '../../src/lab/topology.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const NFQLB = `${ROOT}bin/nfqlb`;
@@ -240,9 +242,6 @@ export class Scrape {
     return this.series(name, labels).reduce((n, s) => n + s.value, 0);
   }
 }
-
-// Imported here, not above: this file's helpers are appended by several hands.
-import { routerAddr, testerAddr } from '../../src/lab/topology.js';
 
 /**
  * Permanent neighbour entries (v4 and v6) between every two hosts of each lab net: tester and
