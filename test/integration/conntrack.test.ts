@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../wait.js';
 import { CLIENT_CIDR, VIP, vmName, type Topology } from '../../src/lab/topology.js';
 import { lossReport, type LossReport, type ScaleEvent } from '../../src/lab/report.js';
 import { asStats } from '../../src/lab/traffic/stats.js';
@@ -29,7 +30,7 @@ const procs: ChildProcess[] = [];
 
 /**
  * 100 ctraffic connections for `ms`; `change` runs at 40% of the run (the scale event on
- * `targets`), `during` at 60%. Returns the loss report.
+ * `targets`), but not before all 100 are established, `during` at 60%. Returns the loss report.
  */
 async function traffic(ms: number, targets: string[], change: () => void, during: () => void = () => {}): Promise<LossReport> {
   const statsFile = join(out, `ctraffic-${Date.now()}.json`);
@@ -38,7 +39,12 @@ async function traffic(ms: number, targets: string[], change: () => void, during
   procs.push(client);
   const exited = new Promise<number | null>((r) => client.once('close', r));
   const started = Date.now();
-  await sleep(0.4 * ms);
+  // The report's "before" is who served at the event: every connection must be up by then.
+  await waitFor('100 ctraffic connections established', () =>
+    topo.exec(topo.ns.tester, ['ss', '-Htn', 'state', 'established', '( dport = :5003 )']).trim().split('\n').length === 100);
+  // The rest is the run's schedule, not a wait for some state: traffic before the event and
+  // between it and `during`, on the traffic's own clock.
+  await sleep(Math.max(0, started + 0.4 * ms - Date.now()));
   const at = Date.now();
   change();
   await sleep(Math.max(0, started + 0.6 * ms - Date.now()));
@@ -79,6 +85,7 @@ describe('nfqlb lb --conntrack', () => {
       nfqlb('deactivate', `--shm=${SHM}`, '102');
     }, () => (fresh = mconnect(topo, 4, { nconn: 100 })));
     expect(report.neverConnected).toBe(0);
+    expect(report.lostBefore).toBe(0);
     const [phase] = report.phases;
     expect(phase!.ideal).toBeGreaterThan(0); // vm-001/002 had connections to lose
     expect(phase!.lost).toBe(0);
@@ -94,6 +101,7 @@ describe('nfqlb lb --conntrack', () => {
     nfqlb('activate', `--shm=${SHM}`, '--index=2', '102');
     const report = await traffic(6000, [vmName(3)], () => nfqlb('deactivate', '--now', `--shm=${SHM}`, '--index=3'));
     expect(report.neverConnected).toBe(0);
+    expect(report.lostBefore).toBe(0);
     const [phase] = report.phases;
     expect(phase!.ideal).toBeGreaterThan(0);
     expect(phase!.lost).toBe(phase!.ideal);

@@ -2,32 +2,49 @@
 // is written into a tun device, passes PREROUTING where iptables queues it to a running
 // `nfqlb lb` or `flowlb`, and, marked by our verdict, is forwarded; an observer on a second
 // queue in the FORWARD chain reads the fwmark the kernel carries. Stored fragments come back
-// through the lb's own tun device (--tun). Same expectations as the unit test.
+// through the lb's own tun device (--tun). Same expectations as the unit test; and flowlb without
+// --nolb_fwmark drops what no flow matches.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import {
-  buildTable, expectedFwmark, fixtureGroups, FIXTURE_M, LB_TIER, TABLES, VIP4, VIP6, type LbConfig, type TableName,
+  buildTable, expectedFwmark, fixtureGroups, FIXTURE_M, LB_TIER, NOLB_FWMARK, TABLES, VIP4, VIP6, type Fixture, type FixtureGroup,
+  type LbConfig, type TableName,
 } from '../fixtures/nfqlb-fixtures.js';
 import type { TargetTable } from '../../src/target-table.js';
 import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
 
-const NS = 'tlbf-fix';
-const shmOf = (t: TableName) => `tlbf-fx-${t}`;
-const LB_SHM = 'tlbf-fx-lb';
+const NS = 'tfx-fix';
+const shmOf = (t: TableName) => `tfx-${t}`;
+const LB_SHM = 'tfx-lb';
+const FT_SHM = 'tfx-ftfix';
 const procs: ChildProcess[] = [];
 const tables: Record<TableName, TargetTable> = { main: buildTable('main'), web: buildTable('web'), other: buildTable('other') };
 
 // In the namespace: writes each fixture's packets into tun "tfix" and collects the marks the
-// observer queue (9) sees, until the expected count arrived (or a short wait for drops).
+// observer queue (9) sees, until all that the lb forwarded arrived. A tun write passes PREROUTING
+// in the write call: then the fixture's packets are in the lb's queue (2), or dropped by the
+// kernel. Once that queue holds no packet waiting for a verdict, the lb decided every one (the
+// fragments it re-injects enter the queue before it answers the packet that frees them), and an
+// accepted packet is forwarded within its verdict's call, into queue 9: the fixture is done when
+// the observer has read every packet queue 9 got. So what the lb wrongly forwards shows up in the
+// fixture that sent it, never in the next one.
 const REPLAY_JS = `
 import { readFileSync } from 'node:fs';
-import { NfQueue, DESC, NF_DROP } from '${ROOT}dist/src/nfqueue.js';
+import { NfQueue, DESC, NF_DROP, kernelQueueStats } from '${ROOT}dist/src/nfqueue.js';
 import { Tun } from '${ROOT}dist/src/nfqlb/tun.js';
 const fixtures = JSON.parse(readFileSync(0, 'utf8'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const until = async (what, condition) => {
+  const deadline = Date.now() + 5000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('timed out waiting for ' + what);
+    await sleep(2);
+  }
+};
 const tun = new Tun('tfix');
 let seen = [];
+let observed = 0;
 const q = new NfQueue({ queue: 9, copyRange: 64 });
 q.start((count) => {
   for (let i = 0; i < count; i++) {
@@ -35,14 +52,16 @@ q.start((count) => {
     q.verdicts[2 * i] = NF_DROP;
     q.verdicts[2 * i + 1] = -1;
   }
+  observed += count;
 });
+const base = kernelQueueStats(9).idSequence;
 const out = [];
-for (const f of fixtures) {
+for (const packets of fixtures) {
   seen = [];
-  for (const p of f.packets) { const b = Buffer.from(p, 'base64'); tun.write(b, 0, b.length); }
-  const deadline = Date.now() + (f.expected < f.packets.length ? 300 : 2000);
-  while (seen.length < f.expected && Date.now() < deadline) await sleep(2);
-  await sleep(f.expected < f.packets.length ? 0 : 20); // anything extra shows up too
+  for (const p of packets) { const b = Buffer.from(p, 'base64'); tun.write(b, 0, b.length); }
+  await until('the lb to decide every packet', () => kernelQueueStats(2).queued === 0);
+  const forwarded = kernelQueueStats(9).idSequence - base;
+  await until('the observer to read every forwarded packet', () => observed === forwarded);
   out.push(seen);
 }
 q.stop();
@@ -51,7 +70,7 @@ process.exit(0);`;
 
 function startLb(config: LbConfig): Promise<Daemon> {
   const args = config.mode === 'lb' ? ['lb', `--tshm=${shmOf('main')}`] : ['flowlb'];
-  args.push('--tun=nfqlb0', '--ft_shm=tlbf-ftfix', `--hash_mode=${config.hashMode}`);
+  args.push('--tun=nfqlb0', `--ft_shm=${FT_SHM}`, `--hash_mode=${config.hashMode}`);
   if (config.sctpEncap !== undefined) args.push(`--sctp_encap=${config.sctpEncap}`);
   if (config.lbTier) args.push(`--lbshm=${LB_SHM}`);
   if (config.nolbFwmark !== undefined) args.push(`--nolb_fwmark=${config.nolbFwmark}`);
@@ -90,12 +109,25 @@ beforeAll(() => {
 afterAll(() => {
   for (const p of procs) p.kill('SIGKILL');
   removeNs(NS);
-  for (const shm of [...(Object.keys(TABLES) as TableName[]).map(shmOf), LB_SHM, 'tlbf-ftfix']) {
+  for (const shm of [...(Object.keys(TABLES) as TableName[]).map(shmOf), LB_SHM, FT_SHM]) {
     try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
   }
 });
 
-describe.each(fixtureGroups().map((g) => [g.name, g] as const))('nfqlb %s through the kernel', (_name, group) => {
+// flowlb's group again without --nolb_fwmark: the packets no flow matches are dropped, among
+// packets that are forwarded.
+const flowlb = fixtureGroups().find((g) => g.name === 'flowlb')!;
+const nolbToDrop = (f: Fixture): Fixture =>
+  ({ ...f, expect: f.expect.map((e) => (typeof e === 'object' && 'fwmark' in e && e.fwmark === NOLB_FWMARK ? 'drop' : e)) });
+const dropGroup: FixtureGroup = {
+  name: 'flowlb without --nolb_fwmark', config: { ...flowlb.config, nolbFwmark: undefined }, fixtures: flowlb.fixtures.map(nolbToDrop),
+};
+
+it('has fixtures that the lb must drop, replayed through the kernel', () => {
+  expect(dropGroup.fixtures.filter((f) => f.kernel && f.expect.includes('drop')).length).toBeGreaterThan(0);
+});
+
+describe.each([...fixtureGroups(), dropGroup].map((g) => [g.name, g] as const))('nfqlb %s through the kernel', (_name, group) => {
   it('gives every replayable fixture packet its expected fwmark', async () => {
     const lb = await startLb(group.config);
     try {
@@ -111,7 +143,7 @@ describe.each(fixtureGroups().map((g) => [g.name, g] as const))('nfqlb %s throug
       }
       const fixtures = group.fixtures.filter((f) => f.kernel);
       const expected = fixtures.map((f) => f.expect.filter((e) => e !== 'drop').map((e) => expectedFwmark(e, tables)));
-      const input = fixtures.map((f, i) => ({ packets: f.packets.map((p) => Buffer.from(p).toString('base64')), expected: expected[i]!.length }));
+      const input = fixtures.map((f) => f.packets.map((p) => Buffer.from(p).toString('base64')));
       const r = spawnSync('ip', ['netns', 'exec', NS, 'node', '--input-type=module', '-e', REPLAY_JS], { input: JSON.stringify(input), encoding: 'utf8' });
       if (r.status !== 0) throw new Error(`replay failed: ${r.stderr}`);
       const seen = JSON.parse(r.stdout) as number[][];

@@ -1,23 +1,26 @@
 // nfqlb flowlb through the kernel: flows set over the flow channel steer real TCP connections
 // to different target tables by port, source CIDR, priority and byte match; no match means
 // --nolb_fwmark; flow-list reports counts; the channel works over tcp too (with the control key)
-// and refuses non-root peers on the unix socket.
+// and refuses non-root peers on the unix socket; with several queues each has a worker thread.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import { kernelQueueStats } from '../../src/nfqueue.js';
 import {
-  asNobody, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon, type MconnectResult,
+  asNobody, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, sources, startDaemon, tearDownLab, type Daemon,
+  type MconnectResult,
 } from './harness.js';
 
-const PREFIX = 'tlbf-';
+const PREFIX = 'tfl-';
 const NVM = 4;
 // Two target tables: servers 1-2 and servers 3-4.
-const WEB = 'tlbf-web';
-const OTHER = 'tlbf-other';
-const KEY_DIR = mkdtempSync(join(tmpdir(), 'tlbf-key-'));
+const WEB = 'tfl-web';
+const OTHER = 'tfl-other';
+const FT_SHM = 'tfl-ftflow';
+const KEY_DIR = mkdtempSync(join(tmpdir(), 'tfl-key-'));
 const KEY = join(KEY_DIR, 'control.key');
 
 let topo: Topology;
@@ -38,13 +41,65 @@ function flowSet(...args: string[]): string {
 }
 
 function startFlowLb(env: Record<string, string>, ...args: string[]): Promise<Daemon> {
-  const lb = topo.spawn(router, ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, 'flowlb', '--ft_shm=tlbf-ftflow', ...args]);
+  const lb = topo.spawn(router, ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, 'flowlb', `--ft_shm=${FT_SHM}`, ...args]);
   procs.push(lb);
   return startDaemon(lb);
 }
 
 const mconnect = (family: Family, srccidr: string, nconn = 20, timeout = '3s') => mconnectFrom(topo, family, { srccidr, nconn, timeout });
 const hostsOf = (r: MconnectResult) => Object.keys(r.hosts).sort();
+
+// In the tester: one connection to the VIP's port 5001 from each source address given; prints
+// { "<src>": "<server name>" | null }.
+const CONNECT_JS = `
+import { connect } from 'node:net';
+const [vip, ...srcs] = process.argv.slice(1);
+const one = (localAddress) => new Promise((resolve) => {
+  const c = connect({ host: vip, port: 5001, localAddress });
+  let data = '';
+  const timer = setTimeout(() => c.destroy(), 3000);
+  c.setEncoding('utf8');
+  c.on('data', (d) => (data += d));
+  c.on('error', () => {});
+  c.on('close', () => { clearTimeout(timer); resolve(data.trim() || null); });
+});
+console.log(JSON.stringify(Object.fromEntries(await Promise.all(srcs.map(async (s) => [s, await one(s)])))));`;
+
+/** The server each source's connection to the IPv4 VIP reached (null: none answered). */
+function serverBySource(srcs: readonly string[]): Record<string, string | null> {
+  const out = topo.exec(topo.ns.tester, ['node', '--input-type=module', '-e', CONNECT_JS, VIP[4], ...srcs]);
+  return JSON.parse(out) as Record<string, string | null>;
+}
+
+/**
+ * For each of `queues`, the epoll instances (by fd) of process `pid` that watch the queue's
+ * netlink socket, found from the port id bound to the queue. An event loop is one epoll instance
+ * run by one thread, so queues served by a worker thread each are watched by different ones.
+ */
+function queueEventLoops(pid: number, queues: readonly number[]): number[][] {
+  const bound = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
+  // sk Eth Pid(the port id) Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 is NETLINK_NETFILTER.
+  const netlink = topo.exec(router, ['cat', '/proc/net/netlink']).trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+  const fdOfInode = new Map<string, number>();
+  const epolls: { fd: number; watched: Set<number> }[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`).map(Number)) {
+    const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    const socket = /^socket:\[(\d+)\]$/.exec(link);
+    if (socket) fdOfInode.set(socket[1]!, fd);
+    if (link === 'anon_inode:[eventpoll]') {
+      const tfds = [...readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').matchAll(/^tfd:\s+(\d+)/gm)].map((m) => Number(m[1]));
+      epolls.push({ fd, watched: new Set(tfds) });
+    }
+  }
+  return queues.map((q) => {
+    const portId = kernelQueueStats(q, bound)?.portId;
+    if (portId === undefined) throw new Error(`queue ${q} is not bound`);
+    const inode = netlink.find((f) => f[1] === '12' && Number(f[2]) === portId)?.[9];
+    const fd = inode === undefined ? undefined : fdOfInode.get(inode);
+    if (fd === undefined) throw new Error(`queue ${q}: port id ${portId} is no socket of process ${pid}`);
+    return epolls.filter((e) => e.watched.has(fd)).map((e) => e.fd);
+  });
+}
 
 beforeAll(() => {
   requireBuild();
@@ -56,7 +111,7 @@ beforeAll(() => {
 });
 
 afterAll(() => {
-  const leftover = tearDownLab(PREFIX, topo, procs, [WEB, OTHER, 'tlbf-ftflow']);
+  const leftover = tearDownLab(PREFIX, topo, procs, [WEB, OTHER, FT_SHM]);
   rmSync(KEY_DIR, { recursive: true, force: true });
   expect(leftover).toEqual([]);
 });
@@ -113,14 +168,16 @@ describe('nfqlb flowlb', () => {
       const none = mconnect(6, '2000::200/120', 10);
       expect(none.hosts).toEqual({ [hostName(4)]: 10 });
       flowSet('--name=all', `--target=${WEB}`, '--srcs=50.0.3.0/24');
-      const r = mconnect(4, '50.0.3.0/24', 40);
-      expect(r.failed_connects + r.failed_reads).toBe(0);
-      expect(hostsOf(r)).toEqual([hostName(1), hostName(2)]);
-      // Address-only hash: the server is nfqlb fwmark's without a protocol, for every connection.
-      const viaNoProto = (src: string) =>
-        (JSON.parse(nfqlb('fwmark', `--shm=${WEB}`, `--src=${src}`, `--dst=${VIP[4]}`)) as { fwmark: number }).fwmark;
-      const fws = new Set([1, 2, 3, 4, 5, 6].map((h) => viaNoProto(`50.0.3.${h}`)));
-      expect([...fws].every((fw) => fw === 101 || fw === 102)).toBe(true);
+      // Address-only hash: each connection reaches the server of the fwmark nfqlb computes for
+      // its addresses without a protocol (a source port in the key would move about half).
+      const srcs = sources(4, 16, 3);
+      const got = serverBySource(srcs);
+      const want = Object.fromEntries(srcs.map((src) => {
+        const { fwmark } = JSON.parse(nfqlb('fwmark', `--shm=${WEB}`, `--src=${src}`, `--dst=${VIP[4]}`)) as { fwmark: number };
+        return [src, hostName(fwmark - 100)];
+      }));
+      expect(got).toEqual(want);
+      expect(new Set(Object.values(got))).toEqual(new Set([hostName(1), hostName(2)]));
     } finally {
       await lb.stop();
     }
@@ -134,7 +191,7 @@ describe('nfqlb flowlb', () => {
       const set = inRouter(['flow-set', '--name=t', `--target=${WEB}`, '--protocols=udp,tcp'], env);
       expect(set.stdout).toBe('OK\n');
       expect(JSON.parse(inRouter(['flow-list-names'], env).stdout)).toEqual(['t']);
-      const bad = inRouter(['flow-set', '--name=t2', '--target=tlbf-none'], env);
+      const bad = inRouter(['flow-set', '--name=t2', '--target=tfl-none'], env);
       expect(bad.stdout).toBe("FAIL: Couldn't create load-balancer\n");
       expect(bad.status).toBe(1);
       const refused = inRouter(['flow-list-names']);
@@ -175,8 +232,13 @@ describe('nfqlb flowlb', () => {
         expect(r.failed_connects + r.failed_reads).toBe(0);
         expect(hostsOf(r)).toEqual([hostName(1), hostName(2)]);
       }
-      const queues = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']).trim().split('\n').map((l) => l.trim().split(/\s+/));
-      for (const q of ['0', '1']) expect(Number(queues.find((f) => f[0] === q)?.[4])).toBeGreaterThan(0);
+      // Both queues saw packets: their last packet ids grew.
+      const proc = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
+      for (const q of [0, 1]) expect(kernelQueueStats(q, proc)?.idSequence, `queue ${q}`).toBeGreaterThan(0);
+      // Each queue's socket is watched by one event loop, and not the same one: a thread each.
+      const loops = queueEventLoops(lb.proc.pid!, [0, 1]);
+      expect(loops.map((l) => l.length)).toEqual([1, 1]);
+      expect(loops[0]![0]).not.toBe(loops[1]![0]);
       const [flow] = JSON.parse(inRouter(['flow-list']).stdout) as { matches_count: number }[];
       expect(flow!.matches_count).toBeGreaterThanOrEqual(3 * 80);
     } finally {

@@ -13,8 +13,8 @@ import {
   type UdpJob as Job,
 } from './harness.js';
 
-const PREFIX = 'tlbf-';
-const SHM = 'tlbf-targets';
+const PREFIX = 'tfr-';
+const SHM = 'tfr-targets';
 const NVM = 4;
 const PORT = UDP_PORT;
 
@@ -22,7 +22,7 @@ let topo: Topology;
 const procs: ChildProcess[] = [];
 
 function startLb(router: number, ...args: string[]): Promise<Daemon> {
-  const lb = topo.spawn(topo.ns.router(router), ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=tlbf-ft${router}`, ...args]);
+  const lb = topo.spawn(topo.ns.router(router), ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=tfr-ft${router}`, ...args]);
   procs.push(lb);
   return startDaemon(lb);
 }
@@ -89,13 +89,13 @@ beforeAll(() => {
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
   activateServers(SHM, NVM);
   for (const i of [1, 2]) {
-    nfqlb('init', `--shm=tlbf-lb${i}`, `--ownfw=${200 + i}`, '--M=401', '--N=10');
-    for (const j of [1, 2]) nfqlb('activate', `--shm=tlbf-lb${i}`, `--index=${j}`, String(200 + j));
+    nfqlb('init', `--shm=tfr-lb${i}`, `--ownfw=${200 + i}`, '--M=401', '--N=10');
+    for (const j of [1, 2]) nfqlb('activate', `--shm=tfr-lb${i}`, `--index=${j}`, String(200 + j));
   }
 });
 
 afterAll(() => {
-  expect(tearDownLab(PREFIX, topo, procs, [SHM, 'tlbf-lb1', 'tlbf-lb2', 'tlbf-ft1', 'tlbf-ft2'])).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, 'tfr-lb1', 'tfr-lb2', 'tfr-ft1', 'tfr-ft2'])).toEqual([]);
 });
 
 describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
@@ -107,7 +107,7 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
       checkAnswers(family, udpRoundTrips(topo, inOrder), 7001);
       const late = sources(family, 16, 2).map((src, i): Job => ({ src, sport: 7002, family, frags: reordered(family, src, 7002, 0x100 + i) }));
       checkAnswers(family, udpRoundTrips(topo, late), 7002);
-      const stats = JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft1')) as Record<string, number>;
+      const stats = JSON.parse(nfqlb('stats', '--ft_shm=tfr-ft1')) as Record<string, number>;
       // 16 reordered datagrams of 3 fragments: 2 stored each, then re-injected.
       expect(stats.fragsAllocated).toBe(32);
       expect(stats.fragsDiscarded).toBe(0);
@@ -128,7 +128,7 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
       checkAnswers(family, udpRoundTrips(topo, inOrder), 7003);
       const late = sources(family, 4, 4).map((src, i): Job => ({ src, sport: 7004, family, frags: reordered(family, src, 7004, 0x200 + i) }));
       expect(Object.values(udpRoundTrips(topo, late))).toEqual([null, null, null, null]);
-      expect(JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft1'))).toMatchObject({ fragsMax: 0, fragsAllocated: 0 });
+      expect(JSON.parse(nfqlb('stats', '--ft_shm=tfr-ft1'))).toMatchObject({ fragsMax: 0, fragsAllocated: 0 });
     } finally {
       await stopLb(lb);
     }
@@ -137,8 +137,8 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
 
 describe('LB tier (--lbshm)', () => {
   it('sends fragments to the LB that owns their addresses; all datagrams arrive whole', async () => {
-    const lb1 = await startLb(1, '--tun=nfqlb0', '--lbshm=tlbf-lb1');
-    const lb2 = await startLb(2, '--tun=nfqlb0', '--lbshm=tlbf-lb2');
+    const lb1 = await startLb(1, '--tun=nfqlb0', '--lbshm=tfr-lb1');
+    const lb2 = await startLb(2, '--tun=nfqlb0', '--lbshm=tfr-lb2');
     let c1: Record<string, number>;
     try {
       for (const family of [4, 6] as const) {
@@ -148,7 +148,7 @@ describe('LB tier (--lbshm)', () => {
         checkAnswers(family, udpRoundTrips(topo, late), 7006);
       }
       // Router 2 only sees what router 1 forwards to it: the fragments it owns.
-      const s2 = JSON.parse(nfqlb('stats', '--ft_shm=tlbf-ft2')) as Record<string, number>;
+      const s2 = JSON.parse(nfqlb('stats', '--ft_shm=tfr-ft2')) as Record<string, number>;
       expect(s2.inserts).toBeGreaterThan(0);
     } finally {
       c1 = await stopLb(lb1);

@@ -1,13 +1,14 @@
 // The lab end to end: short versions of the original's nfqueue_scale and ecmp_scale_in runs
 // (real nfqlb and kernel ECMP, 100 real TCP connections, servers removed and added back),
-// the lblab CLI's list, refusals, IPVS detection and start/down, and that nothing is left.
+// the lblab CLI's list, refusals, IPVS detection and start/down, the IPVS and XDP labs where the
+// kernel has them, and that nothing is left.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { xdpUnavailable } from '../../src/lab/lb-setup.js';
+import { ipvsUnavailable, xdpUnavailable } from '../../src/lab/lb-setup.js';
 import { removeLab, runTest, type LabOptions, type ScaleRun } from '../../src/lab/suite.js';
 import { labNamespaces, vmName } from '../../src/lab/topology.js';
 
@@ -26,6 +27,14 @@ function options(o: Partial<LabOptions>): LabOptions {
 }
 
 const labShm = (): string[] => readdirSync('/dev/shm').filter((f) => f.startsWith(PREFIX));
+
+// The lab needs /proc/net/ip_vs, which a modular kernel has once ip_vs is loaded. Without
+// modules or IPVS modprobe fails: the IPVS lab test is then skipped, saying why.
+if (!existsSync('/proc/net/ip_vs')) spawnSync('modprobe', ['ip_vs'], { stdio: 'ignore' });
+const kernelIpvs = existsSync('/proc/net/ip_vs');
+const noIpvs = kernelIpvs ? ipvsUnavailable() : 'IPVS not in this kernel';
+if (noIpvs !== null) console.warn(`lab.test.ts: the ipvs lab test is skipped: ${noIpvs}`);
+const ipvsSkipped = noIpvs === null ? '' : ` (skipped: ${noIpvs})`;
 
 /** What every scale run must show: all servers reached, nothing lost before scaling, a plot. */
 function expectHealthyRun(run: ScaleRun): void {
@@ -75,7 +84,8 @@ describe('lblab CLI', () => {
     expect(labNamespaces(PREFIX)).toEqual([]);
   });
 
-  test.skipIf(existsSync('/proc/net/ip_vs'))('ipvs stops with a clear message on a kernel without IPVS', () => {
+  // Only a kernel without IPVS shows the message; one with it runs the IPVS lab (scale tests).
+  test.skipIf(kernelIpvs)('ipvs stops with a clear message on a kernel without IPVS', () => {
     const r = lblab('test', `--prefix=${PREFIX}`, 'ipvs', 'ipvs_scale');
     expect(r.status).toBe(1);
     expect(r.stdout).toContain('NOT RUN ipvs: IPVS is not available in this kernel');
@@ -110,13 +120,16 @@ describe('scale tests', () => {
       expect(scaleIn!.event).toMatchObject({ kind: 'scale-in', targets: ['vm-001', 'vm-002'] });
       expect(scaleOut!.event.kind).toBe('scale-out');
       // The connections on vm-001/002 must go; Maglev disturbs a few more (0-9 in a dozen runs).
-      expect(scaleIn!.ideal).toBe((run.report.before['vm-001'] ?? 0) + (run.report.before['vm-002'] ?? 0));
       expect(scaleIn!.ideal).toBeGreaterThan(0);
       expect(scaleIn!.lost).toBeGreaterThanOrEqual(scaleIn!.ideal - 2);
       // At most 35 of 100; the random sources sometimes put more than 25 on vm-001/002 alone
       // (a few % of runs), then at most 10 beyond the ideal.
       expect(scaleIn!.lost).toBeLessThanOrEqual(Math.max(35, scaleIn!.ideal + 10));
+      // Counted from the lost connections' own hosts: every one vm-001/002 served at the event is
+      // lost. vm-002 leaves a moment after vm-001 (an nfqlb deactivate each), so it may also lose
+      // connections that moved to it from vm-001 in between (12 for its 7 in one run).
       expect(scaleIn!.lostByHost['vm-001'] ?? 0).toBe(run.report.before['vm-001'] ?? 0);
+      expect(scaleIn!.lostByHost['vm-002'] ?? 0).toBeGreaterThanOrEqual(run.report.before['vm-002'] ?? 0);
       // Back in: the table is the original again, so only moved connections can break.
       expect(scaleOut!.lost).toBeLessThanOrEqual(scaleIn!.lost);
     }
@@ -170,6 +183,16 @@ describe('scale tests', () => {
     // About half the flows came through vm-201; vm-202 sends ~90% of them to another server.
     expect(run.report.phases[0]!.lost).toBeGreaterThanOrEqual(20);
     expect(run.report.phases[0]!.lost).toBeLessThanOrEqual(75);
+  });
+
+  test.skipIf(noIpvs !== null)(`ipvs: IPVS on the router reaches every server over IPv4 and IPv6${ipvsSkipped}`, async () => {
+    const r = await runTest('ipvs', options({ nvm: 4 }));
+    expect(r.unavailable).toBeUndefined();
+    expect(r.problems).toEqual([]);
+    expect(r.ok).toBe(true);
+    const reached = r.mconnect.map((m) => [m.family, Object.keys(m.result.hosts).sort()]);
+    expect(reached).toEqual([4, 6].map((f) => [f, ALL_SERVERS.slice(0, 4)]));
+    expect(labNamespaces(PREFIX)).toEqual([]);
   });
 
   test.skipIf(xdpUnavailable() !== null)('xdp: xdplb on the router reaches every server over IPv4 and IPv6', async () => {

@@ -4,16 +4,18 @@
 // the load-balancer like any VIP packet. Only the server that owns the connection can act on
 // it; nfqlb must hash the error on its quoted header, swapped. With 4 servers, a wrong choice
 // stalls the transfer (no PMTU blackhole detection), so every download must complete, and the
-// lb's packet trace must show each error marked for the server that sent the data.
+// lb's packet trace must show each error marked for the server that sent the data, and every
+// server that served a download named by some error.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { createTopology, testerAddr, VIP, type Family, type Topology } from '../../src/lab/topology.js';
+import { createTopology, testerAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 import { addNs } from '../../src/lab/netns.js';
 import { activateServers, NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
 
-const PREFIX = 'tlbf-';
-const CLIENT = 'tlbf-client';
-const SHM = 'tlbf-pmtu';
+const PREFIX = 'tpm-';
+const CLIENT = 'tpm-client';
+const SHM = 'tpm-pmtu';
+const FT_SHM = 'tpm-ftpmtu';
 const NVM = 4;
 const PORT = 5010;
 const BYTES = 300_000;
@@ -60,7 +62,7 @@ beforeAll(() => {
   topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
   router = topo.ns.router(1);
   for (let n = 1; n <= NVM; n++) {
-    procs.push(topo.spawn(topo.ns.server(n), ['node', '--input-type=module', '-e', SERVER_JS, `vm-${String(n).padStart(3, '0')}`]));
+    procs.push(topo.spawn(topo.ns.server(n), ['node', '--input-type=module', '-e', SERVER_JS, vmName(n)]));
   }
   // The client behind the tester: the tester's side of the link has MTU 1300, so the tester
   // cannot forward the servers' 1500-byte packets to it and answers with ICMP.
@@ -83,11 +85,11 @@ beforeAll(() => {
 
 afterAll(() => {
   // Also removes the client namespace: it has the lab prefix.
-  expect(tearDownLab(PREFIX, topo, procs, [SHM, 'tlbf-ftpmtu'])).toEqual([]);
+  expect(tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM])).toEqual([]);
 });
 
 function startLb(): Promise<Daemon> {
-  const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, '--ft_shm=tlbf-ftpmtu']);
+  const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`]);
   procs.push(lb);
   return startDaemon(lb);
 }
@@ -111,15 +113,20 @@ describe.each([4, 6] as const)('PMTU discovery through nfqlb, IPv%i', (family) =
       expect(new Set(downloads.map((d) => d.server)).size).toBeGreaterThan(1);
       // Its output was not read while spawnSync blocked our event loop: let it drain first.
       const errors = traceLines(await trace.stop('SIGINT')).filter((l) => (l.icmp as { inner?: boolean } | undefined)?.inner === true);
-      expect(errors.length).toBeGreaterThanOrEqual(downloads.length);
       const serverOfPort = new Map(downloads.map((d) => [d.port, d.server]));
       for (const e of errors) {
         // The error's key is the quoted packet's, swapped: the client's side of the connection.
         expect(e.icmp).toMatchObject({ type: family === 4 ? 3 : 2, inner: true });
         expect(e.src).toBe(CLIENT_ADDR[family]);
         expect(e.dport).toBe(PORT);
-        expect(`vm-${String((e.fwmark as number) - 100).padStart(3, '0')}`).toBe(serverOfPort.get(e.sport as number));
+        expect(vmName((e.fwmark as number) - 100)).toBe(serverOfPort.get(e.sport as number));
       }
+      // Not one error per download: the tester answers each oversized packet, and a server then
+      // caches the PMTU for the client, so its later connections may send none. But each server
+      // (a namespace: a route cache of its own, cold in this test as the other family's is
+      // another) sends full-size segments at first: every server that served is named by an error.
+      const named = new Set(errors.map((e) => vmName((e.fwmark as number) - 100)));
+      expect([...named].sort()).toEqual([...new Set(serverOfPort.values())].sort());
     } finally {
       await trace.stop('SIGINT');
       await lb.stop();
