@@ -4,14 +4,14 @@
 // and refuses non-root peers on the unix socket; with several queues each has a worker thread.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 import {
   asNobody, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, sources, startDaemon, tearDownLab, type Daemon,
-  type MconnectResult,
+  type MconnectResult, nfqueueTarget, queueEventLoops,
 } from './harness.js';
 
 const PREFIX = 'tfl-';
@@ -69,36 +69,6 @@ console.log(JSON.stringify(Object.fromEntries(await Promise.all(srcs.map(async (
 function serverBySource(srcs: readonly string[]): Record<string, string | null> {
   const out = topo.exec(topo.ns.tester, ['node', '--input-type=module', '-e', CONNECT_JS, VIP[4], ...srcs]);
   return JSON.parse(out) as Record<string, string | null>;
-}
-
-/**
- * For each of `queues`, the epoll instances (by fd) of process `pid` that watch the queue's
- * netlink socket, found from the port id bound to the queue. An event loop is one epoll instance
- * run by one thread, so queues served by a worker thread each are watched by different ones.
- */
-function queueEventLoops(pid: number, queues: readonly number[]): number[][] {
-  const bound = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
-  // sk Eth Pid(the port id) Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 is NETLINK_NETFILTER.
-  const netlink = topo.exec(router, ['cat', '/proc/net/netlink']).trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/));
-  const fdOfInode = new Map<string, number>();
-  const epolls: { fd: number; watched: Set<number> }[] = [];
-  for (const fd of readdirSync(`/proc/${pid}/fd`).map(Number)) {
-    const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
-    const socket = /^socket:\[(\d+)\]$/.exec(link);
-    if (socket) fdOfInode.set(socket[1]!, fd);
-    if (link === 'anon_inode:[eventpoll]') {
-      const tfds = [...readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').matchAll(/^tfd:\s+(\d+)/gm)].map((m) => Number(m[1]));
-      epolls.push({ fd, watched: new Set(tfds) });
-    }
-  }
-  return queues.map((q) => {
-    const portId = kernelQueueStats(q, bound)?.portId;
-    if (portId === undefined) throw new Error(`queue ${q} is not bound`);
-    const inode = netlink.find((f) => f[1] === '12' && Number(f[2]) === portId)?.[9];
-    const fd = inode === undefined ? undefined : fdOfInode.get(inode);
-    if (fd === undefined) throw new Error(`queue ${q}: port id ${portId} is no socket of process ${pid}`);
-    return epolls.filter((e) => e.watched.has(fd)).map((e) => e.fd);
-  });
 }
 
 beforeAll(() => {
@@ -220,10 +190,7 @@ describe('nfqlb flowlb', () => {
   });
 
   it('serves flows on several queues (one worker each) and sums their matches', async () => {
-    for (const cmd of ['iptables', 'ip6tables']) {
-      topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
-        '-j', 'NFQUEUE', '--queue-balance', '0:1']);
-    }
+    nfqueueTarget(topo, router, '--queue-balance', '0:1');
     const lb = await startFlowLb({}, '--queue=0:1');
     try {
       flowSet('--name=web', `--target=${WEB}`, '--protocols=tcp');
@@ -236,17 +203,14 @@ describe('nfqlb flowlb', () => {
       const proc = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
       for (const q of [0, 1]) expect(kernelQueueStats(q, proc)?.idSequence, `queue ${q}`).toBeGreaterThan(0);
       // Each queue's socket is watched by one event loop, and not the same one: a thread each.
-      const loops = queueEventLoops(lb.proc.pid!, [0, 1]);
+      const loops = queueEventLoops(topo, router, lb.proc.pid!, [0, 1]);
       expect(loops.map((l) => l.length)).toEqual([1, 1]);
       expect(loops[0]![0]).not.toBe(loops[1]![0]);
       const [flow] = JSON.parse(inRouter(['flow-list']).stdout) as { matches_count: number }[];
       expect(flow!.matches_count).toBeGreaterThanOrEqual(3 * 80);
     } finally {
       await lb.stop();
-      for (const cmd of ['iptables', 'ip6tables']) {
-        topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
-          '-j', 'NFQUEUE', '--queue-num', '2']);
-      }
+      nfqueueTarget(topo, router, '--queue-num', '2');
     }
   });
 });

@@ -2,13 +2,14 @@
 // (ready when they log a line, stopped by PID), the reference router setup and the lab built on
 // it, and mconnect.
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   CLIENT_CIDR, createTopology, labNamespaces, routerAddr, serverAddr, testerAddr, VIP, vmName, type Family, type Topology,
 } from '../../src/lab/topology.js';
+import { kernelQueueStats } from '../../src/nfqueue.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const NFQLB = `${ROOT}bin/nfqlb`;
@@ -94,6 +95,43 @@ export function nfqueueRouter(topo: Topology, router: string, nvm: number): void
     for (let n = 1; n <= nvm; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
     topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
   }
+}
+
+/** Replaces the router's NFQUEUE rules of nfqueueRouter with ones to `target` (e.g. --queue-balance 0:1). */
+export function nfqueueTarget(topo: Topology, router: string, ...target: string[]): void {
+  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+    topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', ...target]);
+  }
+}
+
+/**
+ * For each of `queues`, the epoll instances (by fd) of process `pid` that watch the queue's
+ * netlink socket, found from the port id bound to the queue. An event loop is one epoll instance
+ * run by one thread, so queues served by a worker thread each are watched by different ones.
+ */
+export function queueEventLoops(topo: Topology, router: string, pid: number, queues: readonly number[]): number[][] {
+  const bound = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
+  // sk Eth Pid(the port id) Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 is NETLINK_NETFILTER.
+  const netlink = topo.exec(router, ['cat', '/proc/net/netlink']).trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+  const fdOfInode = new Map<string, number>();
+  const epolls: { fd: number; watched: Set<number> }[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`).map(Number)) {
+    const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    const socket = /^socket:\[(\d+)\]$/.exec(link);
+    if (socket) fdOfInode.set(socket[1]!, fd);
+    if (link === 'anon_inode:[eventpoll]') {
+      const tfds = [...readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').matchAll(/^tfd:\s+(\d+)/gm)].map((m) => Number(m[1]));
+      epolls.push({ fd, watched: new Set(tfds) });
+    }
+  }
+  return queues.map((q) => {
+    const portId = kernelQueueStats(q, bound)?.portId;
+    if (portId === undefined) throw new Error(`queue ${q} is not bound`);
+    const inode = netlink.find((f) => f[1] === '12' && Number(f[2]) === portId)?.[9];
+    const fd = inode === undefined ? undefined : fdOfInode.get(inode);
+    if (fd === undefined) throw new Error(`queue ${q}: port id ${portId} is no socket of process ${pid}`);
+    return epolls.filter((e) => e.watched.has(fd)).map((e) => e.fd);
+  });
 }
 
 /**

@@ -2,11 +2,12 @@
 // connections from 100 source addresses to the VIP, over IPv4 and IPv6, with DSR servers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildProcess } from 'node:child_process';
-import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import { vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 import { waitFor } from '../wait.js';
 import {
   activateServers, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
+  nfqueueTarget, queueEventLoops,
 } from './harness.js';
 
 const PREFIX = 'tlbn-';
@@ -97,15 +98,8 @@ describe('no active target', () => {
 });
 
 describe('several queues', () => {
-  const queueRule = (...target: string[]) => {
-    for (const cmd of ['iptables', 'ip6tables']) {
-      topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
-        '-j', 'NFQUEUE', ...target]);
-    }
-  };
-
   it('serves --queue=0:1 with one worker per queue and --queue-balance rules', async () => {
-    queueRule('--queue-balance', '0:1');
+    nfqueueTarget(topo, router, '--queue-balance', '0:1');
     const lb = await startLb('--queue=0:1');
     try {
       for (const family of [4, 6] as const) {
@@ -116,9 +110,13 @@ describe('several queues', () => {
       const proc = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
       // Both queues are bound by our workers and both saw packets (the last packet id grew).
       for (const q of [0, 1]) expect(kernelQueueStats(q, proc)?.idSequence).toBeGreaterThan(0);
+      // Each queue's socket is watched by one event loop, and not the same one: a thread each.
+      const loops = queueEventLoops(topo, router, lb.proc.pid!, [0, 1]);
+      expect(loops.map((l) => l.length)).toEqual([1, 1]);
+      expect(loops[0]![0]).not.toBe(loops[1]![0]);
     } finally {
       await lb.stop();
-      queueRule('--queue-num', '2');
+      nfqueueTarget(topo, router, '--queue-num', '2');
     }
   });
 });
