@@ -10,7 +10,7 @@ import { VIP, vmName, type Topology } from '../../src/lab/topology.js';
 import { waitFor } from '../wait.js';
 import {
   activateServers, createNfqueueLab, httpGet, mconnect, NFQLB, nfqlb, requireBuild, Scrape, startDaemon, startUdpServers, tearDownLab,
-  UDP_PORT,
+  UDP_PORT, nfqlbIn, type RunResult,
 } from './harness.js';
 
 const PREFIX = 'tcl-';
@@ -26,10 +26,7 @@ let router: string;
 const procs: ChildProcess[] = [];
 
 /** An nfqlb command in the router namespace (its queues and flow channel are there). */
-function inRouter(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync('ip', ['netns', 'exec', router, 'node', NFQLB, ...args], { encoding: 'utf8' });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const inRouter = (...args: string[]): RunResult => nfqlbIn(router, args);
 
 function startLb(cmd: 'lb' | 'flowlb', ...args: string[]) {
   const p = topo.spawn(router, ['node', NFQLB, cmd, `--ft_shm=${FT_SHM}`, ...args]);

@@ -14,7 +14,7 @@ import { lossReport, type LossReport, type ScaleEvent } from '../../src/lab/repo
 import { asStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
 import {
-  activateServers, createNfqueueLab, NFQLB, mconnect, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
+  activateServers, createNfqueueLab, establishedTo, NFQLB, mconnect, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
 } from './harness.js';
 
 const PREFIX = 'tct-k';
@@ -41,7 +41,7 @@ async function traffic(ms: number, targets: string[], change: () => void, during
   const started = Date.now();
   // The report's "before" is who served at the event: every connection must be up by then.
   await waitFor('100 ctraffic connections established', () =>
-    topo.exec(topo.ns.tester, ['ss', '-Htn', 'state', 'established', '( dport = :5003 )']).trim().split('\n').length === 100);
+    establishedTo(topo.ns.tester, 5003) === 100);
   // The rest is the run's schedule, not a wait for some state: traffic before the event and
   // between it and `during`, on the traffic's own clock.
   await sleep(Math.max(0, started + 0.4 * ms - Date.now()));

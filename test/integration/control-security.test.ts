@@ -5,14 +5,13 @@
 // queue named as such. The log level and trace mask live in the global shm `nfqlb-trace`:
 // the test puts back the level it found.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
 import { waitFor } from '../wait.js';
-import { NFQLB, ROOT, asNobody, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
+import { NFQLB, ROOT, nfqlb, nfqlbIn, requireBuild, runIn, startDaemon, type Daemon } from './harness.js';
 
 const NS = 'tsc-ctl';
 const TABLE = 'tsc-web';
@@ -24,20 +23,7 @@ const config = openLogConfig();
 const daemons: Daemon[] = [];
 let savedLevel = 5;
 
-interface Result { status: number | null; stdout: string; stderr: string }
-
-/** Runs `argv` in the namespace with `env`, as root or (user 'nobody') as nobody. */
-function inNs(argv: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root'): Result {
-  // A time limit: an lb that failed to start must exit, not hang on a queue it still holds.
-  const cmd = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...argv];
-  const r = spawnSync('ip', ['netns', 'exec', NS, ...(user === 'nobody' ? asNobody(cmd) : cmd)], {
-    encoding: 'utf8',
-    timeout: 20_000,
-  });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-const cli = (args: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root') => inNs(['node', NFQLB, ...args], env, user);
+const cli = (args: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root') => nfqlbIn(NS, args, { env, user });
 
 /** A bare client: connects, sends `text` `times` times (one connection each), prints each reply on a line of JSON. */
 function rawClient(address: { path: string } | { host: string; port: number }, text: string, user: 'root' | 'nobody' = 'root', times = 1): string[] {
@@ -45,7 +31,7 @@ function rawClient(address: { path: string } | { host: string; port: number }, t
     for (let i = 0; i < times; i++) { const c = net.connect(a.path ? { path: '\\0' + a.path } : a); let r = '';
       c.on('connect', () => c.write(text)); c.on('data', (d) => (r += d)); c.on('error', (e) => (r += 'error ' + e.code));
       c.on('close', () => { console.log(JSON.stringify(r)); if (--left === 0) process.exit(0); }); setTimeout(() => c.end(), 1000); }`;
-  const r = inNs(['node', '-e', js, JSON.stringify([address, text, times])], {}, user);
+  const r = runIn(NS, ['node', '-e', js, JSON.stringify([address, text, times])], { user });
   return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as string);
 }
 
@@ -228,12 +214,12 @@ describe('unix control channels', () => {
 describe('shared memory tables', () => {
   it('nobody cannot change an xdplb or nfqlb table: one line, exit 1, bytes unchanged', () => {
     const XDP = 'tsc-xdp';
-    inNs(['node', `${ROOT}bin/xdplb`, 'init', `--shm=${XDP}`]);
+    runIn(NS, ['node', `${ROOT}bin/xdplb`, 'init', `--shm=${XDP}`]);
     try {
       for (const file of [XDP, TABLE]) {
         const before = readFileSync(`/dev/shm/${file}`);
         const argv = file === XDP ? [`${ROOT}bin/xdplb`, 'vip-add', '10.0.0.1', `--shm=${XDP}`] : [NFQLB, 'activate', '102', `--shm=${TABLE}`];
-        const r = inNs(['node', ...argv], {}, 'nobody');
+        const r = runIn(NS, ['node', ...argv], { user: 'nobody' });
         expect(r.status).toBe(1);
         expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/: EACCES: permission denied, open '\/dev\/shm\/tsc-/)]);
         expect(readFileSync(`/dev/shm/${file}`).equals(before)).toBe(true);

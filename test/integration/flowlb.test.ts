@@ -3,15 +3,15 @@
 // --nolb_fwmark; flow-list reports counts; the channel works over tcp too (with the control key)
 // and refuses non-root peers on the unix socket; with several queues each has a worker thread.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 import {
-  asNobody, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, sources, startDaemon, tearDownLab, type Daemon,
-  type MconnectResult, nfqueueTarget, queueEventLoops,
+  createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, sources, startDaemon, tearDownLab, type Daemon,
+  type MconnectResult, nfqlbIn, nfqueueTarget, queueEventLoops, type RunResult,
 } from './harness.js';
 
 const PREFIX = 'tfl-';
@@ -28,10 +28,8 @@ let router: string;
 const procs: ChildProcess[] = [];
 
 /** Runs an nfqlb command in the router namespace (the flow channel is per namespace). */
-function inRouter(args: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root'): { status: number | null; stdout: string; stderr: string } {
-  const cmd = ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, ...args];
-  const r = spawnSync('ip', ['netns', 'exec', router, ...(user === 'nobody' ? asNobody(cmd) : cmd)], { encoding: 'utf8' });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+function inRouter(args: string[], env: Record<string, string> = {}, user: 'root' | 'nobody' = 'root'): RunResult {
+  return nfqlbIn(router, args, { env, user });
 }
 
 function flowSet(...args: string[]): string {

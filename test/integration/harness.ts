@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import {
   CLIENT_CIDR, createTopology, labNamespaces, routerAddr, serverAddr, testerAddr, VIP, vmName, type Family, type Topology,
 } from '../../src/lab/topology.js';
+import { inNs } from '../../src/lab/netns.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -36,6 +37,24 @@ export function asNobody(argv: readonly string[]): string[] {
   }
   return ['unshare', '--mount', '--propagation=private', 'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'as-nobody', ROOT, publicRoot,
     'setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...argv.map((a) => (a.startsWith(ROOT) ? publicRoot + a.slice(ROOT.length) : a))];
+}
+
+export interface RunResult { status: number | null; stdout: string; stderr: string }
+
+/**
+ * Runs `argv` in namespace `ns` with `env` added, as root or as nobody (asNobody); never throws.
+ * A time limit: a command that hangs (an lb that failed to start, holding its queue) fails the
+ * test that ran it instead of the whole file's timeout.
+ */
+export function runIn(ns: string, argv: readonly string[], o: { env?: Record<string, string>; user?: 'root' | 'nobody' } = {}): RunResult {
+  const cmd = ['env', ...Object.entries(o.env ?? {}).map(([k, v]) => `${k}=${v}`), ...argv];
+  const r = spawnSync('ip', ['netns', 'exec', ns, ...(o.user === 'nobody' ? asNobody(cmd) : cmd)], { encoding: 'utf8', timeout: 20_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** An nfqlb command in namespace `ns` (where its queues, flow channel and trace socket are). */
+export function nfqlbIn(ns: string, args: readonly string[], o: { env?: Record<string, string>; user?: 'root' | 'nobody' } = {}): RunResult {
+  return runIn(ns, ['node', NFQLB, ...args], o);
 }
 
 /** Runs an nfqlb command in this (root) namespace; /dev/shm is shared by all of them. */
@@ -174,6 +193,11 @@ export function tearDownLab(prefix: string, topo: Topology | undefined, procs: r
   topo?.destroy();
   for (const shm of shms) nfqlb('delete', `--shm=${shm}`);
   return labNamespaces(prefix);
+}
+
+/** How many TCP connections in namespace `ns` are established to port `port` (of any address). */
+export function establishedTo(ns: string, port: number): number {
+  return inNs(ns, ['ss', '-Htn', 'state', 'established', `( dport = :${port} )`]).split('\n').filter((l) => l.trim() !== '').length;
 }
 
 export interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }

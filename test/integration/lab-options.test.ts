@@ -11,13 +11,14 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bgpUnavailable } from '../../src/lab/bgp.js';
+import { inNs } from '../../src/lab/netns.js';
 import { removeLab, runTest, type LabOptions } from '../../src/lab/suite.js';
 import { labNamespaces, routerAddr, VIP, vmName } from '../../src/lab/topology.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
 import type { MconnectResult } from '../../src/lab/traffic/mconnect.js';
 import type { CtrafficStats } from '../../src/lab/traffic/stats.js';
 import { waitFor } from '../wait.js';
-import { NFQLB, requireBuild, ROOT } from './harness.js';
+import { establishedTo, NFQLB, requireBuild, ROOT } from './harness.js';
 
 let out: string;
 
@@ -39,10 +40,9 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
   const NCONN = 20;
   const mine: ChildProcess[] = [];
 
-  const ns = (name: string, argv: string[]): string => execFileSync('ip', ['netns', 'exec', name, ...argv], { encoding: 'utf8' });
   /** Next-hops of the gateway's learned IPv4 VIP route (0: none). */
   const nexthops = (): number => {
-    const [r] = JSON.parse(ns(tester, ['ip', '-j', '-4', 'route', 'show', `${VIP[4]}/32`]) || '[]') as { nexthops?: unknown[] }[];
+    const [r] = JSON.parse(inNs(tester, ['ip', '-j', '-4', 'route', 'show', `${VIP[4]}/32`]) || '[]') as { nexthops?: unknown[] }[];
     return r === undefined ? 0 : r.nexthops?.length ?? 1;
   };
   const pinnedMconnect = (): MconnectResult => {
@@ -74,7 +74,7 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
     const args = readFileSync(`/proc/${labLb}/cmdline`, 'latin1').split('\0').filter((a) => a.startsWith('--'));
     expect(args).toContain('--announce=vip0');
     process.kill(labLb!, 'SIGKILL');
-    await waitFor('the killed lb\'s device to go', () => !ns(lb1, ['ip', 'link']).includes('vip0'));
+    await waitFor('the killed lb\'s device to go', () => !inNs(lb1, ['ip', 'link']).includes('vip0'));
     await waitFor('the gateway to drop LB 1', () => nexthops() === 1);
 
     let output = '';
@@ -98,11 +98,11 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
     mine.push(ctraffic);
     const ctrafficDone = new Promise<number | null>((r) => ctraffic.once('close', r));
     await waitFor('every ctraffic connection to be up', () =>
-      ns(tester, ['ss', '-Htn', 'state', 'established', 'dst', `${VIP[4]}:5003`]).trim().split('\n').filter(Boolean).length === NCONN);
+      establishedTo(tester, 5003) === NCONN);
 
     const t0 = Date.now();
     lb.kill('SIGTERM');
-    await waitFor('the lb to delete its device', () => !ns(lb1, ['ip', 'link']).includes('vip0'), { interval: 5 });
+    await waitFor('the lb to delete its device', () => !inNs(lb1, ['ip', 'link']).includes('vip0'), { interval: 5 });
     await waitFor('the gateway to withdraw LB 1', () => nexthops() === 1, { interval: 5 });
     const withdrawnMs = Date.now() - t0;
     // Withdrawn, but still serving: the pinned connections through LB 1 all reach a server.

@@ -4,17 +4,13 @@
 // lb's logging. The level and mask live in the shared `nfqlb-trace` (global, as the
 // reference's), so the test restores the level it found.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { waitFor } from '../wait.js';
-import { startDaemon, type Daemon } from './harness.js';
+import { NFQLB, nfqlb, nfqlbIn, requireBuild, ROOT, startDaemon, type Daemon, type RunResult } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const NFQLB = `${ROOT}bin/nfqlb`;
 const NS = 'ttr-trc';
 const SHM = 'ttr-trace-t';
 const FT_SHM = 'ttr-fttrace';
@@ -22,14 +18,7 @@ const procs: ChildProcess[] = [];
 const config = openLogConfig();
 let savedLevel = 5;
 
-function nfqlb(...args: string[]): string {
-  return execFileSync('node', [NFQLB, ...args], { encoding: 'utf8' });
-}
-
-function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync('ip', ['netns', 'exec', NS, 'node', NFQLB, ...args], { encoding: 'utf8' });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const run = (args: string[]): RunResult => nfqlbIn(NS, args);
 
 function startLb(...args: string[]): Promise<Daemon> {
   const lb = spawnInNs(NS, ['node', NFQLB, ...args, `--ft_shm=${FT_SHM}`]);
@@ -61,7 +50,7 @@ function send(packets: Uint8Array[]): void {
 const jsonLines = (text: string) => text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
 
 beforeAll(() => {
-  if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+  requireBuild();
   savedLevel = config[LEVEL_WORD]!;
   removeNs(NS);
   addNs(NS);
