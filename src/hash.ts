@@ -1,6 +1,7 @@
-// The flow hash of nfqlb. Every instance of a load-balancer tier, ours or the reference C one,
-// must map a flow to the same target, so the key layout and the hash are bit-exact copies of
-// the reference's (pinned by test/conformance/nfqlb-vectors.json).
+// The flow hash of nfqlb: the key layout, and the hash of a tuple or of a parsed packet. Every
+// instance of a load-balancer tier, ours or the reference C one, must map a flow to the same
+// target, so the key layout and the hash are bit-exact copies of the reference's (pinned by
+// test/conformance/nfqlb-vectors.json).
 //
 // Key (40 bytes, zeroed, then filled):
 //   0  src[16]         IPv4 as ::ffff:a.b.c.d
@@ -9,6 +10,7 @@
 //   34 proto           u16 in host order (little-endian): the IP protocol number
 //   36 sport, 38 dport u16, network order
 import { parseEndpoint, toKeyAddress } from './address.js';
+import { IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, type PacketInfo } from './packet.js';
 
 export const HASH_KEY_BYTES = 40;
 export const KEY_SRC = 0;
@@ -18,10 +20,6 @@ export const KEY_PROTO = 34;
 export const KEY_PORTS = 36;
 /** The key bytes hashed when only addresses count (no protocol, fragments). */
 export const KEY_ADDRESS_BYTES = 32;
-
-export const IPPROTO_TCP = 6;
-export const IPPROTO_UDP = 17;
-export const IPPROTO_SCTP = 132;
 
 /** hash_mode 0: the whole key for every protocol. */
 export const HASH_MODE_TUPLE = 0;
@@ -79,4 +77,118 @@ export function hashTuple(
 function writeU16(out: Uint8Array, off: number, v: number): void {
   out[off] = v >> 8;
   out[off + 1] = v & 0xff;
+}
+
+/**
+ * Writes the 40-byte nfqlb hash key of a parsed packet (family != 0) at out[o]. The key of a
+ * non-first fragment has no protocol or ports; hash it with hashAddresses.
+ */
+export function writeHashKey(buf: Uint8Array, p: PacketInfo, out: Uint8Array, o = 0): void {
+  out.fill(0, o, o + HASH_KEY_BYTES);
+  if (p.addrLen === 4) {
+    out[o + KEY_SRC + 10] = 0xff;
+    out[o + KEY_SRC + 11] = 0xff;
+    out[o + KEY_DST + 10] = 0xff;
+    out[o + KEY_DST + 11] = 0xff;
+    for (let i = 0; i < 4; i++) {
+      out[o + KEY_SRC + 12 + i] = buf[p.srcOff + i]!;
+      out[o + KEY_DST + 12 + i] = buf[p.dstOff + i]!;
+    }
+  } else if (p.addrLen === 16) {
+    for (let i = 0; i < 16; i++) {
+      out[o + KEY_SRC + i] = buf[p.srcOff + i]!;
+      out[o + KEY_DST + i] = buf[p.dstOff + i]!;
+    }
+  }
+  if (p.isFragment && !p.firstFragment) return;
+  out[o + KEY_USER] = p.echoId >> 8;
+  out[o + KEY_USER + 1] = p.echoId & 0xff;
+  if (p.proto >= 0) out[o + KEY_PROTO] = p.proto;
+  if (p.hasPorts) {
+    out[o + KEY_PORTS] = p.sport >> 8;
+    out[o + KEY_PORTS + 1] = p.sport & 0xff;
+    out[o + KEY_PORTS + 2] = p.dport >> 8;
+    out[o + KEY_PORTS + 3] = p.dport & 0xff;
+  }
+}
+
+// packetHash does not build the key. djb2 is linear: over n bytes,
+//   h = 5381 * 33^n + sum(b[i] * 33^(n-1-i))   (mod 2^32)
+// so each key byte contributes independently. Summing independent products lets the CPU
+// multiply in parallel instead of waiting on a 40-step chain, and the key's zero bytes drop
+// out. The result is bit-identical to djb2 over writeHashKey's key (the fuzz test checks).
+
+/** POW33[k] = 33^k mod 2^32, as int32 (what Math.imul wants). */
+const POW33 = new Int32Array(HASH_KEY_BYTES + 1);
+POW33[0] = 1;
+for (let k = 1; k <= HASH_KEY_BYTES; k++) POW33[k] = Math.imul(POW33[k - 1]!, 33);
+
+function pow33(k: number): number {
+  return POW33[k]!;
+}
+
+/**
+ * The sum of the address bytes' terms for a key hashed over its first `n` bytes (40 for the
+ * whole key, 32 for addresses only): IPv4 adds its ::ffff: prefix bytes.
+ */
+function addressTerms(buf: Uint8Array, p: PacketInfo, n: number): number {
+  const top = n - 1;
+  let sum = 0;
+  const s = p.srcOff;
+  const d = p.dstOff;
+  if (p.addrLen === 4) {
+    sum = Math.imul(0xff, pow33(top - KEY_SRC - 10) + pow33(top - KEY_SRC - 11) + pow33(top - KEY_DST - 10) + pow33(top - KEY_DST - 11));
+    for (let i = 0; i < 4; i++) {
+      sum += Math.imul(buf[s + i]!, pow33(top - KEY_SRC - 12 - i)) + Math.imul(buf[d + i]!, pow33(top - KEY_DST - 12 - i));
+      sum |= 0;
+    }
+  } else {
+    for (let i = 0; i < 16; i++) {
+      sum += Math.imul(buf[s + i]!, pow33(top - KEY_SRC - i)) + Math.imul(buf[d + i]!, pow33(top - KEY_DST - i));
+      sum |= 0;
+    }
+  }
+  return sum;
+}
+
+/** The ports are the last 4 key bytes in both the whole key and the SCTP ports-only hash. */
+function portTerms(p: PacketInfo): number {
+  return (
+    Math.imul(p.sport >> 8, pow33(3)) +
+    Math.imul(p.sport & 0xff, pow33(2)) +
+    Math.imul(p.dport >> 8, pow33(1)) +
+    Math.imul(p.dport & 0xff, pow33(0))
+  );
+}
+
+const ADDRESS_SEED = Math.imul(5381, POW33[KEY_ADDRESS_BYTES]!);
+const KEY_SEED = Math.imul(5381, POW33[HASH_KEY_BYTES]!);
+const PORTS_SEED = Math.imul(5381, POW33[4]!);
+
+/**
+ * The nfqlb flow hash (uint32) of a parsed packet: djb2 of writeHashKey's key under the
+ * hash_mode (1: SCTP on its ports only). Non-first fragments and truncated packets hash their
+ * addresses only; family 0 gives 0 (the caller decides that verdict).
+ */
+export function packetHash(buf: Uint8Array, p: PacketInfo, hashMode: number): number {
+  if (p.family === 0) return 0;
+  if (p.truncated || (p.isFragment && !p.firstFragment)) {
+    return (ADDRESS_SEED + addressTerms(buf, p, KEY_ADDRESS_BYTES)) >>> 0;
+  }
+  if (hashMode === HASH_MODE_SCTP_PORTS && p.proto === IPPROTO_SCTP) {
+    return (PORTS_SEED + portTerms(p)) >>> 0;
+  }
+  const proto = p.proto >= 0 ? p.proto : 0;
+  const tail =
+    Math.imul(p.echoId >> 8, pow33(HASH_KEY_BYTES - 1 - KEY_USER)) +
+    Math.imul(p.echoId & 0xff, pow33(HASH_KEY_BYTES - 2 - KEY_USER)) +
+    Math.imul(proto, pow33(HASH_KEY_BYTES - 1 - KEY_PROTO)) +
+    portTerms(p); // 0 without ports
+  return (KEY_SEED + addressTerms(buf, p, HASH_KEY_BYTES) + tail) >>> 0;
+}
+
+/** The address-only hash: nfqlb uses it for fragments when it picks an LB-tier peer. */
+export function packetAddressHash(buf: Uint8Array, p: PacketInfo): number {
+  if (p.family === 0) return 0;
+  return (ADDRESS_SEED + addressTerms(buf, p, KEY_ADDRESS_BYTES)) >>> 0;
 }

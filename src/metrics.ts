@@ -5,8 +5,13 @@
 // malformed client is cut off by timeouts and never holds anything the data path needs.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import type { MetricsAddress } from './cli/options.js';
 import { log } from './log.js';
+
+/** Where the endpoint listens. */
+export interface MetricsAddress {
+  host: string;
+  port: number;
+}
 
 /** Returns null when healthy, else why not (the 503 body). */
 export type HealthCheck = () => string | null;

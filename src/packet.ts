@@ -9,27 +9,18 @@
 // - ICMP echo request: addresses, protocol and the echo identifier.
 // - anything else (and other ICMP): addresses and protocol.
 // - non-first fragments: addresses only (they carry no ports; the fragment table maps them).
-import {
-  HASH_KEY_BYTES,
-  IPPROTO_SCTP,
-  IPPROTO_TCP,
-  IPPROTO_UDP,
-  KEY_DST,
-  KEY_PORTS,
-  KEY_PROTO,
-  KEY_SRC,
-  KEY_USER,
-  KEY_ADDRESS_BYTES,
-  HASH_MODE_SCTP_PORTS,
-} from './hash.js';
 
-const IPPROTO_HOPOPTS = 0;
-const IPPROTO_ICMP = 1;
-const IPPROTO_ROUTING = 43;
-const IPPROTO_FRAGMENT = 44;
-const IPPROTO_AH = 51;
-const IPPROTO_ICMPV6 = 58;
-const IPPROTO_DSTOPTS = 60;
+// IP protocol numbers (IANA), the ones the parser and the flow key know.
+export const IPPROTO_HOPOPTS = 0;
+export const IPPROTO_ICMP = 1;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
+export const IPPROTO_ROUTING = 43;
+export const IPPROTO_FRAGMENT = 44;
+export const IPPROTO_AH = 51;
+export const IPPROTO_ICMPV6 = 58;
+export const IPPROTO_DSTOPTS = 60;
+export const IPPROTO_SCTP = 132;
 
 const ICMP_ECHO_REPLY = 0;
 const ICMP_ECHO_REQUEST = 8;
@@ -400,118 +391,4 @@ export function addressWords(buf: Uint8Array, p: PacketInfo, out: Int32Array | U
 
 function be32(b: Uint8Array, o: number): number {
   return (b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!;
-}
-
-/**
- * Writes the 40-byte nfqlb hash key of a parsed packet (family != 0) at out[o]. The key of a
- * non-first fragment has no protocol or ports; hash it with hashAddresses.
- */
-export function writeHashKey(buf: Uint8Array, p: PacketInfo, out: Uint8Array, o = 0): void {
-  out.fill(0, o, o + HASH_KEY_BYTES);
-  if (p.addrLen === 4) {
-    out[o + KEY_SRC + 10] = 0xff;
-    out[o + KEY_SRC + 11] = 0xff;
-    out[o + KEY_DST + 10] = 0xff;
-    out[o + KEY_DST + 11] = 0xff;
-    for (let i = 0; i < 4; i++) {
-      out[o + KEY_SRC + 12 + i] = buf[p.srcOff + i]!;
-      out[o + KEY_DST + 12 + i] = buf[p.dstOff + i]!;
-    }
-  } else if (p.addrLen === 16) {
-    for (let i = 0; i < 16; i++) {
-      out[o + KEY_SRC + i] = buf[p.srcOff + i]!;
-      out[o + KEY_DST + i] = buf[p.dstOff + i]!;
-    }
-  }
-  if (p.isFragment && !p.firstFragment) return;
-  out[o + KEY_USER] = p.echoId >> 8;
-  out[o + KEY_USER + 1] = p.echoId & 0xff;
-  if (p.proto >= 0) out[o + KEY_PROTO] = p.proto;
-  if (p.hasPorts) {
-    out[o + KEY_PORTS] = p.sport >> 8;
-    out[o + KEY_PORTS + 1] = p.sport & 0xff;
-    out[o + KEY_PORTS + 2] = p.dport >> 8;
-    out[o + KEY_PORTS + 3] = p.dport & 0xff;
-  }
-}
-
-// packetHash does not build the key. djb2 is linear: over n bytes,
-//   h = 5381 * 33^n + sum(b[i] * 33^(n-1-i))   (mod 2^32)
-// so each key byte contributes independently. Summing independent products lets the CPU
-// multiply in parallel instead of waiting on a 40-step chain, and the key's zero bytes drop
-// out. The result is bit-identical to djb2 over writeHashKey's key (the fuzz test checks).
-
-/** POW33[k] = 33^k mod 2^32, as int32 (what Math.imul wants). */
-const POW33 = new Int32Array(HASH_KEY_BYTES + 1);
-POW33[0] = 1;
-for (let k = 1; k <= HASH_KEY_BYTES; k++) POW33[k] = Math.imul(POW33[k - 1]!, 33);
-
-function pow33(k: number): number {
-  return POW33[k]!;
-}
-
-/**
- * The sum of the address bytes' terms for a key hashed over its first `n` bytes (40 for the
- * whole key, 32 for addresses only): IPv4 adds its ::ffff: prefix bytes.
- */
-function addressTerms(buf: Uint8Array, p: PacketInfo, n: number): number {
-  const top = n - 1;
-  let sum = 0;
-  const s = p.srcOff;
-  const d = p.dstOff;
-  if (p.addrLen === 4) {
-    sum = Math.imul(0xff, pow33(top - KEY_SRC - 10) + pow33(top - KEY_SRC - 11) + pow33(top - KEY_DST - 10) + pow33(top - KEY_DST - 11));
-    for (let i = 0; i < 4; i++) {
-      sum += Math.imul(buf[s + i]!, pow33(top - KEY_SRC - 12 - i)) + Math.imul(buf[d + i]!, pow33(top - KEY_DST - 12 - i));
-      sum |= 0;
-    }
-  } else {
-    for (let i = 0; i < 16; i++) {
-      sum += Math.imul(buf[s + i]!, pow33(top - KEY_SRC - i)) + Math.imul(buf[d + i]!, pow33(top - KEY_DST - i));
-      sum |= 0;
-    }
-  }
-  return sum;
-}
-
-/** The ports are the last 4 key bytes in both the whole key and the SCTP ports-only hash. */
-function portTerms(p: PacketInfo): number {
-  return (
-    Math.imul(p.sport >> 8, pow33(3)) +
-    Math.imul(p.sport & 0xff, pow33(2)) +
-    Math.imul(p.dport >> 8, pow33(1)) +
-    Math.imul(p.dport & 0xff, pow33(0))
-  );
-}
-
-const ADDRESS_SEED = Math.imul(5381, POW33[KEY_ADDRESS_BYTES]!);
-const KEY_SEED = Math.imul(5381, POW33[HASH_KEY_BYTES]!);
-const PORTS_SEED = Math.imul(5381, POW33[4]!);
-
-/**
- * The nfqlb flow hash (uint32) of a parsed packet: djb2 of writeHashKey's key under the
- * hash_mode (1: SCTP on its ports only). Non-first fragments and truncated packets hash their
- * addresses only; family 0 gives 0 (the caller decides that verdict).
- */
-export function packetHash(buf: Uint8Array, p: PacketInfo, hashMode: number): number {
-  if (p.family === 0) return 0;
-  if (p.truncated || (p.isFragment && !p.firstFragment)) {
-    return (ADDRESS_SEED + addressTerms(buf, p, KEY_ADDRESS_BYTES)) >>> 0;
-  }
-  if (hashMode === HASH_MODE_SCTP_PORTS && p.proto === IPPROTO_SCTP) {
-    return (PORTS_SEED + portTerms(p)) >>> 0;
-  }
-  const proto = p.proto >= 0 ? p.proto : 0;
-  const tail =
-    Math.imul(p.echoId >> 8, pow33(HASH_KEY_BYTES - 1 - KEY_USER)) +
-    Math.imul(p.echoId & 0xff, pow33(HASH_KEY_BYTES - 2 - KEY_USER)) +
-    Math.imul(proto, pow33(HASH_KEY_BYTES - 1 - KEY_PROTO)) +
-    portTerms(p); // 0 without ports
-  return (KEY_SEED + addressTerms(buf, p, HASH_KEY_BYTES) + tail) >>> 0;
-}
-
-/** The address-only hash: nfqlb uses it for fragments when it picks an LB-tier peer. */
-export function packetAddressHash(buf: Uint8Array, p: PacketInfo): number {
-  if (p.family === 0) return 0;
-  return (ADDRESS_SEED + addressTerms(buf, p, KEY_ADDRESS_BYTES)) >>> 0;
 }

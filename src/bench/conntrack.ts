@@ -1,7 +1,7 @@
 // The decision cost of --conntrack in one process: the same packets (many flows of TCP and UDP
 // over IPv4 and IPv6, each seen many times, in a shuffled order) through Balancer.fwmarkOf
 // with and without the flow table, best of a few rounds each; and the table's memory.
-import { Balancer, SingleTable } from '../nfqlb/lb.js';
+import { Balancer, SingleTable } from '../nfqlb/balancer.js';
 import { ConnTrack } from '../nfqlb/conntrack.js';
 import { TargetTable } from '../target-table.js';
 import { ipv4Header, ipv6Header } from './parse.js';

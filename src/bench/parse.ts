@@ -1,6 +1,7 @@
 // Parse + hash cost per packet on a mix of IPv4/IPv6 TCP/UDP headers, as NFQUEUE delivers them
 // (IP header first). The packets are written by hand here so the bench needs no test fixtures.
-import { PacketInfo, packetHash, parsePacket } from '../packet.js';
+import { PacketInfo, parsePacket } from '../packet.js';
+import { packetHash } from '../hash.js';
 
 export function ipv4Header(proto: number, sport: number, dport: number, srcLast: number): Uint8Array {
   const p = new Uint8Array(60);

@@ -1,6 +1,7 @@
 // The shape shared by the nfqlb and xdplb command tables: each command declares its options,
 // and the dispatcher turns every error into one line on stderr and a non-zero exit.
-import { parseOptions, usage, UsageError, type OptionSpecs, type Parsed } from './options.js';
+import { parseOptions, usage, type OptionSpecs, type Parsed } from './options.js';
+import { UsageError } from '../usage-error.js';
 
 export interface Command {
   synopsis: string;

@@ -3,7 +3,8 @@
 // nfqueue_scale` becomes `lblab test --nvm=10 --scale="1 2" nfqueue_scale`; the original's
 // environment variables __nvm, __nrouters, __scale and xcluster_SYN_ONLY=yes work too).
 import { dispatch, opt, type CommandTable } from './command.js';
-import { intOption, UsageError, type Parsed } from './options.js';
+import { intOption, type Parsed } from './options.js';
+import { UsageError } from '../usage-error.js';
 import { formatHosts, formatLossReport } from '../lab/report.js';
 import { TESTS, checkTest, formatMs, removeLab, runTest, type LabOptions, type TestResult } from '../lab/suite.js';
 import { MAX_ROUTERS, MAX_SERVERS, type Family } from '../lab/topology.js';

@@ -3,7 +3,8 @@
 import { renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { connect } from 'node:net';
-import { intOption, metricsOption, UsageError, type Parsed } from './options.js';
+import { intOption, metricsOption, type Parsed } from './options.js';
+import { UsageError } from '../usage-error.js';
 import { primeBelow } from '../maglev.js';
 import { TargetTable } from '../target-table.js';
 import { hashTuple } from '../hash.js';
@@ -17,7 +18,8 @@ import { flowRequest } from '../nfqlb/flow-client.js';
 import { checkAnnounceDevice } from '../nfqlb/announce.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
 import { clientKey } from '../nfqlb/control-auth.js';
-import { LEVEL_WORD, MASK_WORD, openLogConfig, parseTraceSelection } from '../nfqlb/trace.js';
+import { LEVEL_WORD, MASK_WORD, parseTraceSelection } from '../nfqlb/tracer.js';
+import { openLogConfig } from '../nfqlb/log-level.js';
 
 const INT32_MAX = 0x7fffffff;
 

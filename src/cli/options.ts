@@ -2,10 +2,8 @@
 // `--name value`, a single dash, and any unique prefix of a long name. Errors are thrown as
 // UsageError so the CLI prints exactly one line and exits non-zero.
 import { isIPv4, isIPv6 } from 'node:net';
-
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+import { UsageError } from '../usage-error.js';
+import type { MetricsAddress } from '../metrics.js';
 
 export interface OptionSpec {
   /** Takes a value (`--shm=x`); otherwise a flag. */
@@ -83,11 +81,6 @@ export function intOption(name: string, text: string, min: number, max: number):
   const n = Number(text);
   if (n < min || n > max) throw new UsageError(`--${name}: ${n} is out of range ${min}..${max}`);
   return n;
-}
-
-export interface MetricsAddress {
-  host: string;
-  port: number;
 }
 
 /** `PORT` (loopback), `ADDR:PORT` or `[IPv6]:PORT`; ADDR is an IP address, not a name. */

@@ -3,11 +3,12 @@
 // before it touches shared memory, so a bad call changes nothing.
 import { existsSync, readdirSync, renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
-import { intOption, metricsOption, UsageError, type Parsed } from './options.js';
+import { intOption, metricsOption, type Parsed } from './options.js';
+import { UsageError } from '../usage-error.js';
 import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { XDPLB_M, XDPLB_N, XdpTable, parseMac, vipKey } from '../xdp/table.js';
-import { runXdpLb } from '../xdp/lb.js';
+import { runXdpLb } from '../xdp/run.js';
 
 const DEFAULT_SHM = 'xdplb';
 const shmOption = { shm: { arg: true, help: `Shared memory (default ${DEFAULT_SHM})` } };

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UsageError } from '../cli/options.js';
+import { UsageError } from '../usage-error.js';
 import { log } from '../log.js';
 import { Tun } from './tun.js';
 

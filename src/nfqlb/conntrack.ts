@@ -19,8 +19,8 @@
 // client's flags: SYN without ACK opens (SYN-seen), anything else establishes, FIN or RST
 // closes. Time is a millisecond clock modulo 2^32 set by tick(); an age (now - seen) is exact
 // as an int32 because entries are swept within seconds of their timeout (at most 2^31 ms).
-import { HASH_KEY_BYTES, HASH_MODE_SCTP_PORTS, IPPROTO_SCTP, IPPROTO_TCP } from '../hash.js';
-import { addressWords, type PacketInfo } from '../packet.js';
+import { HASH_KEY_BYTES, HASH_MODE_SCTP_PORTS } from '../hash.js';
+import { addressWords, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP } from '../packet.js';
 import type { TargetTable } from '../target-table.js';
 import type { DrainList } from './drain.js';
 

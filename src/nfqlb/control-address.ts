@@ -4,7 +4,7 @@
 // The flow channel defaults to unix:nfqlb (or $NFQLB_FLOW_ADDRESS), the trace channel to
 // unix:nfqlb-trace (or --trace_address).
 import { parseIPv4, parseIPv6, parsePort } from '../address.js';
-import { UsageError } from '../cli/options.js';
+import { UsageError } from '../usage-error.js';
 
 export type ControlAddress = { kind: 'unix'; path: string } | { kind: 'tcp'; host: string; port: number };
 

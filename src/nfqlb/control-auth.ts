@@ -14,7 +14,7 @@ import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
 import { parseIPv4, parseIPv6 } from '../address.js';
 import { loadAddon } from '../native.js';
-import { UsageError } from '../cli/options.js';
+import { UsageError } from '../usage-error.js';
 import { formatControlAddress, type ControlAddress } from './control-address.js';
 
 export const DEFAULT_KEY_FILE = '/run/nfqlb/control.key';

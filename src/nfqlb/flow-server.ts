@@ -8,7 +8,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { openShm } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
-import { TRACE, type Tracer } from './trace.js';
+import { TRACE, type Tracer } from './tracer.js';
 import { flowAddress, formatControlAddress, socketOptions, type ControlAddress } from './control-address.js';
 import { REFUSED, checkListenAddress, keyMatches, peerOf, serverKey, unixRefusal, type Peer } from './control-auth.js';
 import { auditChange, auditRefusal } from './audit.js';

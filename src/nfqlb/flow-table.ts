@@ -8,12 +8,11 @@
 // owns the flow channel; FlowSelector is the data plane of one queue, rebuilt from the specs
 // on every change and matching with typed arrays only.
 import { parseIPv4, parseIPv6, formatAddress } from '../address.js';
-import { IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../hash.js';
-import { parsePacket, type PacketInfo } from '../packet.js';
+import { parsePacket, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
 import { openShm } from '../shm.js';
 import { TargetTable } from '../target-table.js';
-import type { Tracer } from './trace.js';
-import type { TargetSelector } from './lb.js';
+import type { Tracer } from './tracer.js';
+import type { TargetSelector } from './balancer.js';
 
 /** A flow as set with `nfqlb flow-set` (the wire form of the flow channel). */
 export interface FlowSpec {

@@ -14,7 +14,7 @@ import { loadAddon, packageRoot } from '../native.js';
 import { parseAddress, toKeyAddress } from '../address.js';
 import { openShm } from '../shm.js';
 import { TargetTable } from '../target-table.js';
-import { UsageError } from '../cli/options.js';
+import { UsageError } from '../usage-error.js';
 import { log } from '../log.js';
 import { followTable } from './run.js';
 

@@ -5,15 +5,18 @@
 // (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
 import { renameSync, statSync } from 'node:fs';
-import { UsageError, type MetricsAddress } from '../cli/options.js';
+import { UsageError } from '../usage-error.js';
+import type { MetricsAddress } from '../metrics.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
 import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from './frag-table.js';
 import { Tun } from './tun.js';
-import { Tracer, claimLogConfig, followLogLevel, openLogConfig, startTraceServer } from './trace.js';
-import { Balancer, SingleTable, serveQueue, type TargetSelector } from './lb.js';
+import { Tracer } from './tracer.js';
+import { claimLogConfig, followLogLevel, openLogConfig } from './log-level.js';
+import { startTraceServer } from './trace-server.js';
+import { Balancer, SingleTable, serveQueue, type TargetSelector } from './balancer.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
 import { Offload, type OffloadOptions } from './offload.js';

@@ -1,8 +1,8 @@
 // The per-frame decision of xdplb, on Ethernet frames in the UMEM: parse, hash the flow
 // as nfqlb does, pick the target by Maglev lookup and rewrite the MAC addresses in place
 // (layer-2 direct server return). Allocation-free; never throws on frame bytes.
-import { HASH_MODE_SCTP_PORTS } from '../hash.js';
-import { PacketInfo, packetAddressHash, packetHash, parsePacket } from '../packet.js';
+import { HASH_MODE_SCTP_PORTS, packetAddressHash, packetHash } from '../hash.js';
+import { PacketInfo, parsePacket } from '../packet.js';
 import { completePartialChecksum } from './checksum.js';
 import type { XdpTable } from './table.js';
 import { VERDICT_DROP, VERDICT_TX } from './xsk.js';

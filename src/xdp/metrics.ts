@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { Counter, type Registry } from 'prom-client';
 import { shmPath } from '../shm.js';
 import type { HealthCheck } from '../metrics.js';
-import type { XdpLb } from './lb.js';
+import type { XdpLb } from './run.js';
 
 /** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
 export function registerXdpMetrics(registry: Registry, lb: () => XdpLb | null, shm: string): HealthCheck {

@@ -9,7 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
-import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
+import { LEVEL_WORD, MASK_WORD } from '../../src/nfqlb/tracer.js';
+import { openLogConfig } from '../../src/nfqlb/log-level.js';
 import { waitFor } from '../wait.js';
 import { NFQLB, ROOT, nfqlb, nfqlbIn, requireBuild, runIn, startDaemon, type Daemon } from './harness.js';
 

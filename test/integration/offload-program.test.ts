@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parseAddress, toKeyAddress } from '../../src/address.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';
-import { Balancer, SingleTable } from '../../src/nfqlb/lb.js';
+import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
 import { lookupFwmarks, offloadAddon, offloadObjectFile } from '../../src/nfqlb/offload.js';
 import { buildTable, fixtureBalancer, fixtureGroups, SCTP_ENCAP, VIP4, VIP6, type TableName } from '../fixtures/nfqlb-fixtures.js';
 import { fragmentPacket, ipv4, ipv6, PROTO, type ExtKind } from '../fixtures/packet-builder.js';

@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
-import { LEVEL_WORD, MASK_WORD, openLogConfig } from '../../src/nfqlb/trace.js';
+import { LEVEL_WORD, MASK_WORD } from '../../src/nfqlb/tracer.js';
+import { openLogConfig } from '../../src/nfqlb/log-level.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { waitFor } from '../wait.js';
 import { NFQLB, nfqlb, nfqlbIn, requireBuild, ROOT, startDaemon, type Daemon, type RunResult } from './harness.js';

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConnTrack, CT_STAT } from '../../src/nfqlb/conntrack.js';
 import { DRAIN_BYTES, DrainList } from '../../src/nfqlb/drain.js';
-import { Balancer, SingleTable } from '../../src/nfqlb/lb.js';
+import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
 import { TargetTable } from '../../src/target-table.js';
 import { ipv4, ipv6, TCP_FLAGS } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';

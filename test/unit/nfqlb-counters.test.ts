@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { Registry } from 'prom-client';
 import { DESC, NF_ACCEPT, NfQueue, type NativeNfQueue, type NfQueueStats } from '../../src/nfqueue.js';
-import { Balancer, serveQueue, SingleTable } from '../../src/nfqlb/lb.js';
+import { Balancer, serveQueue, SingleTable } from '../../src/nfqlb/balancer.js';
 import { fwmarkTotals, MAX_FWMARKS, QUEUE_COUNTER as QC, QueueCounters } from '../../src/nfqlb/counters.js';
 import { registerNfqlbMetrics } from '../../src/nfqlb/metrics.js';
 import { parseMetricsAddress } from '../../src/cli/options.js';

@@ -1,8 +1,8 @@
 // Property test: over a million random and mutated packets (seeded, so a failure replays), the
 // parser never throws and what it reports always points inside the packet.
 import { describe, expect, it } from 'vitest';
-import { hashAddresses, hashKey } from '../../src/hash.js';
-import { PacketInfo, packetAddressHash, packetHash, parsePacket, writeHashKey } from '../../src/packet.js';
+import { hashAddresses, hashKey, packetAddressHash, packetHash, writeHashKey } from '../../src/hash.js';
+import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress, toKeyAddress } from '../../src/address.js';
-import { djb2, hashAddresses, hashKey, hashTuple } from '../../src/hash.js';
-import { PacketInfo, packetAddressHash, packetHash, parsePacket, writeHashKey } from '../../src/packet.js';
+import { djb2, hashAddresses, hashKey, hashTuple, packetAddressHash, packetHash, writeHashKey } from '../../src/hash.js';
+import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { PROTO, checksum, crc32c, fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
 // An independent statement of the reference key: src[16] dst[16] user u16 (wire order),

@@ -1,6 +1,7 @@
 // Trace selection parsing, levels, and the tracer's gating on the shared mask.
 import { describe, expect, it } from 'vitest';
-import { MASK_WORD, TRACE, Tracer, parseTraceSelection, pinoLevel } from '../../src/nfqlb/trace.js';
+import { MASK_WORD, TRACE, Tracer, parseTraceSelection } from '../../src/nfqlb/tracer.js';
+import { pinoLevel } from '../../src/nfqlb/log-level.js';
 import { parseControlAddress } from '../../src/nfqlb/control-address.js';
 
 describe('trace', () => {

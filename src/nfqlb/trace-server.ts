@@ -1,130 +1,13 @@
-// Run-time trace and log level of a running nfqlb, as the reference controls them: a small
-// shared memory `nfqlb-trace` holds { int32 level; uint32 traceMask } (the reference's
-// LogConfig layout), `nfqlb loglevel` and `nfqlb trace` write it, and the lb reads it.
-// `nfqlb trace` also connects to the lb's trace server, which streams trace events (JSON
-// lines) to it; when it disconnects the mask is cleared. With the mask 0 the data path pays
-// one typed-array read per packet and nothing else.
-// The trace server admits whom the flow server admits (control-auth.ts): root on its unix
-// socket; on tcp, a client whose first line is `auth:<control key>`.
+// The lb's trace server: `nfqlb trace` connects to it and gets the trace events (JSON lines)
+// of the kinds selected in the shared mask; when it disconnects the mask is cleared.
+// It admits whom the flow server admits (control-auth.ts): root on its unix socket; on tcp,
+// a client whose first line is `auth:<control key>`.
 import { createServer, type Server, type Socket } from 'node:net';
-import { existsSync, statSync } from 'node:fs';
-import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { log } from '../log.js';
-import { UsageError } from '../cli/options.js';
 import { DEFAULT_TRACE_ADDRESS, formatControlAddress, parseControlAddress, socketOptions, type ControlAddress } from './control-address.js';
 import { checkListenAddress, keyMatches, peerOf, serverKey, unixRefusal, type Peer } from './control-auth.js';
 import { auditChange, auditRefusal } from './audit.js';
-
-export const TRACE = { LOG: 1, PACKET: 2, FRAG: 4, FLOW_CONF: 8, SCTP: 16, TARGET: 32, FLOWS: 64 } as const;
-const SELECTION: Record<string, number> = {
-  log: TRACE.LOG,
-  packet: TRACE.PACKET,
-  frag: TRACE.FRAG,
-  'flow-conf': TRACE.FLOW_CONF,
-  sctp: TRACE.SCTP,
-  target: TRACE.TARGET,
-  flows: TRACE.FLOWS,
-};
-
-export const TRACE_SHM = 'nfqlb-trace';
-export const LEVEL_WORD = 0;
-export const MASK_WORD = 1;
-const DEFAULT_LEVEL = 5;
-
-/** `--selection=packet,frag,...` as a mask; an unknown name is an error (the reference ignored it). */
-export function parseTraceSelection(text: string): number {
-  let mask = 0;
-  for (const name of text.split(',')) {
-    const bit = SELECTION[name];
-    if (bit === undefined) throw new UsageError(`--selection: unknown trace '${name}' (${Object.keys(SELECTION).join(',')})`);
-    mask |= bit;
-  }
-  return mask;
-}
-
-/** The shared { level, mask } words, created (level 5, mask 0) when missing. */
-export function openLogConfig(name = TRACE_SHM): Int32Array {
-  if (!existsSync(shmPath(name))) {
-    const created = new Int32Array(createShm(name, 8));
-    created[LEVEL_WORD] = DEFAULT_LEVEL;
-    created[MASK_WORD] = 0;
-    return created;
-  }
-  return new Int32Array(openShm(name, true), 0, 2);
-}
-
-/**
- * The lb's { level, mask } words. A file someone else owns (or may write) would let them
- * set our level and trace mask, so it is replaced by one of our own (mode 0600).
- */
-export function claimLogConfig(name = TRACE_SHM): Int32Array {
-  try {
-    const st = statSync(shmPath(name));
-    if (st.uid !== (process.geteuid?.() ?? 0) || (st.mode & 0o022) !== 0) {
-      log.warn({ shm: name, uid: st.uid, mode: (st.mode & 0o777).toString(8) }, 'log config not ours: replaced');
-      deleteShm(name);
-    }
-  } catch {
-    // Missing: openLogConfig creates it.
-  }
-  return openLogConfig(name);
-}
-
-/** The reference's levels (4 warning, 5 notice, 6 info, 7 debug) as pino levels. */
-export function pinoLevel(level: number): string {
-  if (level >= 7) return 'debug';
-  if (level >= 5) return 'info';
-  if (level >= 4) return 'warn';
-  return 'error';
-}
-
-/** Follows `nfqlb loglevel` changes; returns a stop function. */
-export function followLogLevel(config: Int32Array): () => void {
-  let seen = config[LEVEL_WORD]!;
-  const apply = () => {
-    const now = config[LEVEL_WORD]!;
-    // Only root can write the (0600) file, so the shm is the origin we can name.
-    if (now !== seen) auditChange({}, { via: `shm ${TRACE_SHM}`, loglevel: { from: seen, to: now } }, 'log level changed');
-    seen = now;
-    const level = pinoLevel(now);
-    if (log.level !== level) log.level = level;
-  };
-  apply();
-  const timer = setInterval(apply, 500);
-  timer.unref();
-  return () => clearInterval(timer);
-}
-
-/**
- * Emits trace events of the kinds selected in the shared mask to a sink (the trace server,
- * or a worker's message port). Callers test `on(kind)` first, so nothing is formatted when
- * tracing is off.
- */
-export class Tracer {
-  constructor(
-    readonly config: Int32Array,
-    private readonly sink: (line: string) => void,
-  ) {}
-
-  /** The current mask (0: tracing off). */
-  get mask(): number {
-    return this.config[MASK_WORD]!;
-  }
-
-  on(kind: number): boolean {
-    return (this.config[MASK_WORD]! & kind) !== 0;
-  }
-
-  emit(kind: keyof typeof TRACE, fields: Record<string, unknown>): void {
-    this.sink(JSON.stringify({ time: Date.now(), trace: kind.toLowerCase().replace('_', '-'), ...fields }));
-  }
-
-  /** Logs with pino and, with the `log` trace selected, also to the trace stream. */
-  log(level: 'warn' | 'info' | 'debug' | 'error', fields: Record<string, unknown>, msg: string): void {
-    log[level](fields, msg);
-    if (this.on(TRACE.LOG)) this.emit('LOG', { level, msg, ...fields });
-  }
-}
+import { MASK_WORD } from './tracer.js';
 
 /**
  * The lb's trace server: one client at a time (`nfqlb trace`); lines go to it while it is

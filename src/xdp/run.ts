@@ -7,7 +7,7 @@ import { openShm } from '../shm.js';
 import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
 import { XdpTable, parseMac, vipText } from './table.js';
 import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
-import type { MetricsAddress } from '../cli/options.js';
+import type { MetricsAddress } from '../metrics.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerXdpMetrics } from './metrics.js';
 

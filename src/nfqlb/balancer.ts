@@ -5,10 +5,10 @@
 // verdict for the later ones (which carry no ports). With --conntrack (conntrack.ts) a flow
 // keeps the target it was first given, at the price of per-LB state.
 import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
-import { PacketInfo, parsePacket, packetHash, packetAddressHash } from '../packet.js';
-import { IPPROTO_SCTP } from '../hash.js';
+import { PacketInfo, parsePacket, IPPROTO_SCTP } from '../packet.js';
+import { packetHash, packetAddressHash } from '../hash.js';
 import { FRAG_STORED, type FragTable } from './frag-table.js';
-import { TRACE, type Tracer } from './trace.js';
+import { TRACE, type Tracer } from './tracer.js';
 import { formatAddress } from '../address.js';
 import type { TargetTable } from '../target-table.js';
 import type { Tun } from './tun.js';
