@@ -1,6 +1,6 @@
 # Two entry points on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 APT_PACKAGES := build-essential python3 libnetfilter-queue-dev libmnl-dev libxdp-dev libbpf-dev \
-                iptables iproute2 ethtool iperf netsniff-ng procps systemd clang bird2 curl
+                iptables iproute2 ethtool iperf netsniff-ng procps systemd clang clang-format bird2 curl
 # node-gyp builds against the headers installed with Node (no download: only npm and Debian are reachable).
 NODE_GYP := node_modules/.bin/node-gyp
 NODEDIR ?= $(shell npm config get nodedir 2>/dev/null | grep -v '^undefined$$' || echo /usr)

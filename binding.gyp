@@ -1,5 +1,6 @@
-# One addon per kernel facility, so a machine without libxdp can still run nfqlb. The offload
-# program (BPF C, clang -target bpf) is built here too, so `npm install` gets it as well.
+# One addon per kernel facility, so a machine without libxdp can still run nfqlb. The BPF
+# programs (native/bpf/*.bpf.c, clang -target bpf) are built here too, so `npm install` gets
+# them as well; the addons that load them find them next to themselves in build/Release.
 {
   "target_defaults": {
     "cflags!": ["-fno-exceptions"],
@@ -28,24 +29,30 @@
     },
     {
       "target_name": "xsk",
-      "sources": ["native/xsk.cc", "native/xdp_program.cc"],
-      "libraries": ["-lxdp", "-lbpf"]
+      "sources": ["native/xsk.cc", "native/xdp_program.cc", "native/bpf_object.cc"],
+      "libraries": ["-lxdp", "-lbpf"],
+      "dependencies": ["bpf_programs"]
     },
     {
       "target_name": "tc_offload",
-      "sources": ["native/tc_offload.cc"],
+      "sources": ["native/tc_offload.cc", "native/bpf_object.cc"],
       "libraries": ["-lbpf"],
-      "dependencies": ["tc_offload_bpf"]
+      "dependencies": ["bpf_programs"]
     },
     {
-      "target_name": "tc_offload_bpf",
+      # build/Release/<name>.bpf.o for each native/bpf/<name>.bpf.c. The asm/ headers the
+      # kernel's uapi headers include live under the host's multiarch directory.
+      "target_name": "bpf_programs",
       "type": "none",
-      "actions": [{
-        "action_name": "clang_target_bpf",
-        "inputs": ["native/bpf/tc_offload.bpf.c"],
-        "outputs": ["<(PRODUCT_DIR)/tc_offload.bpf.o"],
+      "sources": ["native/bpf/tc_offload.bpf.c", "native/bpf/xsk_redirect.bpf.c"],
+      "rules": [{
+        "rule_name": "clang_target_bpf",
+        "extension": "c",
+        "inputs": ["native/bpf/frame.h", "native/bpf/ip.h", "native/bpf/vip.h", "native/bpf/flow_hash.h"],
+        "outputs": ["<(PRODUCT_DIR)/<(RULE_INPUT_ROOT).o"],
         "action": ["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-I/usr/include/<!(gcc -dumpmachine)",
-                   "-c", "native/bpf/tc_offload.bpf.c", "-o", "<(PRODUCT_DIR)/tc_offload.bpf.o"]
+                   "-c", "<(RULE_INPUT_PATH)", "-o", "<(PRODUCT_DIR)/<(RULE_INPUT_ROOT).o"],
+        "message": "BPF <(RULE_INPUT_NAME)"
       }]
     }
   ]

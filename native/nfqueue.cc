@@ -13,6 +13,7 @@
 // (same include guard), so NFQA_MAX covers every attribute this kernel can send.
 #include <linux/netfilter.h>  // NF_DROP, NF_REPEAT
 #include <linux/netfilter/nfnetlink_queue.h>
+
 #include <libmnl/libmnl.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
 
@@ -21,6 +22,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "sys_error.h"
 
 namespace {
 
@@ -57,7 +60,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     uint32_t cfgFlags = info[3].As<Napi::Number>().Uint32Value();
     int rcvbuf = info[4].As<Napi::Number>().Int32Value();
     errorVerdict_ = info[5].As<Napi::Number>().Int32Value();
-    if (queue_ > 65535 || copyRange_ < 1 || copyRange_ > 65535) throw Napi::RangeError::New(env_, "NfQueue: bad queue or copyRange");
+    if (queue_ > 65535 || copyRange_ < 1 || copyRange_ > 65535)
+      throw Napi::RangeError::New(env_, "NfQueue: bad queue or copyRange");
 
     // The sizes are checked here, not trusted from JS: they bound every native write.
     auto desc = TypedArray(info[6], napi_uint32_array, "desc");
@@ -66,7 +70,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     batch_ = verdicts.ElementLength() / 2;
     if (batch_ < 1 || verdicts.ElementLength() != batch_ * 2 || desc.ElementLength() != batch_ * kDescWords ||
         data.ElementLength() != batch_ * copyRange_) {
-      throw Napi::RangeError::New(env_, "NfQueue: desc, data and verdicts must hold batch*8, batch*copyRange and batch*2 elements");
+      throw Napi::RangeError::New(
+          env_, "NfQueue: desc, data and verdicts must hold batch*8, batch*copyRange and batch*2 elements");
     }
     desc_ = Napi::Persistent(desc.As<Napi::Object>());
     data_ = Napi::Persistent(data.As<Napi::Object>());
@@ -110,11 +115,9 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     return v.As<Napi::TypedArray>();
   }
 
-  Napi::Error SysError(const std::string& what, int err) {
-    Napi::Error e = Napi::Error::New(
-        env_, "nfqueue " + std::to_string(queue_) + ": " + what + ": " + strerror(err) + " (" + uv_err_name(-err) + ")");
-    e.Set("code", Napi::String::New(env_, uv_err_name(-err)));
-    e.Set("errno", Napi::Number::New(env_, err));
+  // A system error that also names the queue (.queue), as there is one NfQueue per queue.
+  Napi::Error QueueError(const std::string& what, int err) {
+    Napi::Error e = SysError(env_, "nfqueue " + std::to_string(queue_) + ": " + what, err);
     e.Set("queue", Napi::Number::New(env_, queue_));
     return e;
   }
@@ -123,8 +126,8 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
   // the queue never runs with the kernel's defaults (no payload copy).
   void Open(uint32_t maxLen, uint32_t cfgFlags, int rcvbuf) {
     nl_ = mnl_socket_open(NETLINK_NETFILTER);
-    if (nl_ == nullptr) throw SysError("netlink socket", errno);
-    if (mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0) throw SysError("netlink bind", errno);
+    if (nl_ == nullptr) throw QueueError("netlink socket", errno);
+    if (mnl_socket_bind(nl_, 0, MNL_SOCKET_AUTOPID) < 0) throw QueueError("netlink bind", errno);
     fd_ = mnl_socket_get_fd(nl_);
     portid_ = mnl_socket_get_portid(nl_);
     // A large buffer absorbs bursts while JS is busy. FORCE needs CAP_NET_ADMIN and ignores
@@ -142,7 +145,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO));
     nlh->nlmsg_flags |= NLM_F_ACK;
     nlh->nlmsg_seq = 1;
-    if (send(fd_, nlh, nlh->nlmsg_len, 0) < 0) throw SysError("bind", errno);
+    if (send(fd_, nlh, nlh->nlmsg_len, 0) < 0) throw QueueError("bind", errno);
     AwaitAck(nlh->nlmsg_seq);
   }
 
@@ -154,15 +157,15 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       int n = static_cast<int>(recv(fd_, buf, sizeof buf, MSG_DONTWAIT));
       if (n < 0) {
         if (errno == EINTR || errno == ENOBUFS) continue;
-        if (errno != EAGAIN) throw SysError("bind", errno);
+        if (errno != EAGAIN) throw QueueError("bind", errno);
         struct pollfd pfd = {fd_, POLLIN, 0};
-        if (poll(&pfd, 1, 1000) <= 0) throw SysError("bind: no acknowledgement from the kernel", ETIMEDOUT);
+        if (poll(&pfd, 1, 1000) <= 0) throw QueueError("bind: no acknowledgement from the kernel", ETIMEDOUT);
         continue;
       }
       for (auto* nlh = reinterpret_cast<struct nlmsghdr*>(buf); mnl_nlmsg_ok(nlh, n); nlh = mnl_nlmsg_next(nlh, &n)) {
         if (nlh->nlmsg_type == NLMSG_ERROR && nlh->nlmsg_seq == seq) {
           int err = -static_cast<struct nlmsgerr*>(mnl_nlmsg_get_payload(nlh))->error;
-          if (err != 0) throw SysError("bind", err);
+          if (err != 0) throw QueueError("bind", err);
           return;
         }
         if (nlh->nlmsg_type == kPacketMsgType) RepeatEarlyPacket(nlh);
@@ -204,7 +207,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       delete poll_;
       poll_ = nullptr;
     }
-    if (r != 0) throw SysError("uv_poll", -r);
+    if (r != 0) throw QueueError("uv_poll", -r);
     // A started queue is like a listening server: it lives until closed.
     Ref();
     referenced_ = true;
@@ -216,7 +219,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     Napi::HandleScope scope(self->env_);
     if (status < 0 && !self->ClearOverrun()) {
       self->StopPolling();  // before reporting: a poll error would fire again and again
-      self->Report(self->SysError("poll", -status).Value());
+      self->Report(self->QueueError("poll", -status).Value());
       return;
     }
     self->OnReadable();
@@ -241,8 +244,9 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
       int count = Drain(&more);
       if (count < 0) {
         StopPolling();
-        Report(count == -EBADFD ? Napi::Error::New(env_, "nfqueue " + std::to_string(queue_) + ": desc or data was detached").Value()
-                                : SysError("recvmmsg", -count).Value());
+        Report(count == -EBADFD
+                   ? Napi::Error::New(env_, "nfqueue " + std::to_string(queue_) + ": desc or data was detached").Value()
+                   : QueueError("recvmmsg", -count).Value());
         break;
       }
       if (count > 0) Handle(count);
@@ -361,7 +365,7 @@ class NfQueue : public Napi::ObjectWrap<NfQueue> {
     } while (r < 0 && errno == EINTR);
     if (r < 0) {
       stats_.sendErrors++;
-      Report(SysError("send verdicts", errno).Value());
+      Report(QueueError("send verdicts", errno).Value());
       return;
     }
     stats_.verdicts += count;

@@ -5,8 +5,8 @@
 #include <sys/socket.h>
 
 #include <cerrno>
-#include <cstring>
-#include <string>
+
+#include "sys_error.h"
 
 namespace {
 
@@ -17,11 +17,7 @@ Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   struct ucred cred;
   socklen_t len = sizeof(cred);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    Napi::Error e = Napi::Error::New(env, std::string("SO_PEERCRED: ") + strerror(errno));
-    e.Set("errno", Napi::Number::New(env, errno));
-    throw e;
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) throw SysError(env, "SO_PEERCRED", errno);
   Napi::Object out = Napi::Object::New(env);
   out.Set("pid", Napi::Number::New(env, cred.pid));
   out.Set("uid", Napi::Number::New(env, cred.uid));

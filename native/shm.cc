@@ -5,8 +5,8 @@
 #include <sys/mman.h>
 
 #include <cerrno>
-#include <cstring>
-#include <string>
+
+#include "sys_error.h"
 
 namespace {
 
@@ -31,12 +31,7 @@ Napi::Value Map(const Napi::CallbackInfo& info) {
 
   size_t len = static_cast<size_t>(length);
   void* addr = mmap(nullptr, len, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
-  if (addr == MAP_FAILED) {
-    int err = errno;
-    Napi::Error e = Napi::Error::New(env, std::string("mmap: ") + strerror(err));
-    e.Set("errno", Napi::Number::New(env, err));
-    throw e;
-  }
+  if (addr == MAP_FAILED) throw SysError(env, "mmap", errno);
   return Napi::ArrayBuffer::New(env, addr, len, Unmap, new size_t(len));
 }
 

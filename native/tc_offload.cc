@@ -1,35 +1,28 @@
-// The tc ingress program of `nfqlb lb --offload` (native/bpf/tc_offload.bpf.c, compiled by
-// clang at build time) loaded with libbpf, attached as tcx bpf_links and fed by TypeScript.
-// No policy lives here: src/nfqlb/offload.ts decides what the maps hold.
-//
-// Attachments are bpf_links (BPF_LINK_CREATE, BPF_TCX_INGRESS): the kernel detaches the
-// program when the last fd is closed, which includes the process being killed, so a crashed
-// lb leaves nothing behind. The program and maps live as long as this object (no bpffs pins).
+// The tc ingress program of `nfqlb lb --offload` (native/bpf/tc_offload.bpf.c) loaded,
+// attached as tcx bpf_links and fed by TypeScript. No policy lives here: src/nfqlb/offload.ts
+// decides what the maps hold.
 #include <napi.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <errno.h>
 #include <linux/bpf.h>
-#include <net/if.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
-#include <map>
 #include <string>
 #include <vector>
 
-#include "kernel.h"
+#include "bpf_object.h"
+#include "ifindex.h"
+#include "sys_error.h"
 
 namespace {
 
 // Linux >= 6.6 (tcx); Debian 12's uapi headers predate it, so the values are spelled here.
-constexpr int kTcxIngress = 46;  // enum bpf_attach_type BPF_TCX_INGRESS
-constexpr uint32_t kVipKeySize = 16;
+constexpr int kTcxIngress = 46;               // enum bpf_attach_type BPF_TCX_INGRESS
 constexpr char kProgName[] = "tslb_offload";  // the C function; the kernel keeps 15 chars
-
-int Ifindex(Napi::Env env, Napi::Value v) { return ::Ifindex(env, v, "TcOffload"); }
 
 // BPF_PROG_QUERY's attr as Linux >= 6.6 lays it out (the kernel writes up to `revision`).
 struct QueryAttr {
@@ -42,7 +35,7 @@ struct QueryAttr {
 // tcxIngress(ifname): [{ id, name }] of the programs attached at tcx ingress of the device.
 Napi::Value TcxIngress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int ifindex = Ifindex(env, info[0]);
+  int ifindex = Ifindex(env, info[0], "TcOffload");
   uint32_t ids[64] = {};
   QueryAttr q{};
   q.targetIfindex = uint32_t(ifindex);
@@ -64,98 +57,46 @@ Napi::Value TcxIngress(const Napi::CallbackInfo& info) {
   return out;
 }
 
-class TcOffload : public Napi::ObjectWrap<TcOffload> {
+class TcOffload : public BpfObjectWrap<TcOffload> {
  public:
   static Napi::Function Init(Napi::Env env) {
-    return DefineClass(env, "TcOffload",
-                       {InstanceMethod<&TcOffload::Attach>("attach"), InstanceMethod<&TcOffload::Detach>("detach"),
-                        InstanceMethod<&TcOffload::AddVip>("addVip"), InstanceMethod<&TcOffload::Publish>("publish"),
-                        InstanceMethod<&TcOffload::Counters>("counters"), InstanceMethod<&TcOffload::TestRun>("testRun"),
-                        InstanceMethod<&TcOffload::Close>("close")});
+    return Define(env, "TcOffload",
+                  {InstanceMethod<&TcOffload::Attach>("attach"), InstanceMethod<&TcOffload::Publish>("publish"),
+                   InstanceMethod<&TcOffload::Counters>("counters"), InstanceMethod<&TcOffload::TestRun>("testRun")});
   }
 
   // new TcOffload(objectFile, hashMode, sctpEncap)
-  explicit TcOffload(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TcOffload>(info) {
+  explicit TcOffload(const Napi::CallbackInfo& info) : BpfObjectWrap<TcOffload>(info, "TcOffload") {
     Napi::Env env = info.Env();
     if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber())
       throw Napi::TypeError::New(env, "new TcOffload(objectFile, hashMode, sctpEncap) expected");
-    std::string file = info[0].As<Napi::String>().Utf8Value();
-    obj = bpf_object__open_file(file.c_str(), nullptr);
-    if (obj == nullptr) throw SysError(env, "TcOffload: open " + file, errno);
-    int err = bpf_object__load(obj);
-    if (err != 0) throw Fail(env, "TcOffload: load " + file + " (the verifier's log is on stderr)", -err);
-    bpf_program* p = bpf_object__find_program_by_name(obj, kProgName);
-    prog = p ? bpf_program__fd(p) : -1;
-    configMap = bpf_object__find_map_fd_by_name(obj, "config");
-    vipMap = bpf_object__find_map_fd_by_name(obj, "vips");
-    tableMap = bpf_object__find_map_fd_by_name(obj, "tables");
-    counterMap = bpf_object__find_map_fd_by_name(obj, "counters");
-    if (prog < 0 || configMap < 0 || vipMap < 0 || tableMap < 0 || counterMap < 0)
-      throw Fail(env, "TcOffload: " + file + " lacks the program or a map", ENOENT);
+    bpf.Open(env, info[0].As<Napi::String>().Utf8Value());
+    bpf.Load(env, kProgName);
+    configMap = bpf.MapFd(env, "config");
+    tableMap = bpf.MapFd(env, "tables");
+    counterMap = bpf.MapFd(env, "counters");
     uint32_t config[2] = {info[1].As<Napi::Number>().Uint32Value(), info[2].As<Napi::Number>().Uint32Value()};
     uint32_t zero = 0;
-    if (bpf_map_update_elem(configMap, &zero, config, BPF_ANY) != 0) throw Fail(env, "TcOffload: config", errno);
+    if (bpf_map_update_elem(configMap, &zero, config, BPF_ANY) != 0) throw SysError(env, "TcOffload: config", errno);
   }
-  ~TcOffload() override { Release(); }
 
  private:
-  Napi::Error Fail(Napi::Env env, const std::string& what, int err) {
-    Release();
-    return SysError(env, what, err);
-  }
-
-  void Release() {
-    links.CloseAll();
-    if (obj != nullptr) bpf_object__close(obj);  // closes the program and map fds
-    obj = nullptr;
-    prog = -1;
-  }
-
-  void Check(Napi::Env env) {
-    if (obj == nullptr) throw Napi::Error::New(env, "TcOffload: closed");
-  }
-
   // attach(ifname): the program at tc ingress of the device, as a tcx bpf_link.
   Napi::Value Attach(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    Check(env);
-    int ifindex = Ifindex(env, info[0]);
-    std::string name = info[0].As<Napi::String>().Utf8Value();
-    if (links.Has(ifindex)) throw Napi::Error::New(env, "TcOffload.attach: already attached to " + name);
-    int link = bpf_link_create(prog, ifindex, bpf_attach_type(kTcxIngress), nullptr);
-    if (link < 0) {
-      int err = errno;
-      throw SysError(env, err == EINVAL ? "cannot attach to tc ingress (tcx) of " + name + ": the kernel needs tcx (Linux >= 6.6)"
-                                        : "cannot attach to tc ingress (tcx) of " + name, err);
-    }
-    links.Add(ifindex, link);
-    return env.Undefined();
-  }
-
-  Napi::Value Detach(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    links.Close(Ifindex(env, info[0]));
-    return env.Undefined();
-  }
-
-  Napi::Value AddVip(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    Check(env);
-    if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-        info[0].As<Napi::Uint8Array>().ElementLength() != kVipKeySize)
-      throw Napi::TypeError::New(env, "TcOffload.addVip: a VIP is a 16-byte Uint8Array (IPv4 as ::ffff:a.b.c.d)");
-    uint32_t one = 1;
-    if (bpf_map_update_elem(vipMap, info[0].As<Napi::Uint8Array>().Data(), &one, BPF_ANY) != 0)
-      throw SysError(env, "TcOffload.addVip", errno);
-    return env.Undefined();
+    bpf.Attach(info.Env(), info[0], bpf_attach_type(kTcxIngress), nullptr, [](int err, const std::string& name) {
+      std::string what = "cannot attach to tc ingress (tcx) of " + name;
+      return err == EINVAL ? what + ": the kernel needs tcx (Linux >= 6.6)" : what;
+    });
+    return info.Env().Undefined();
   }
 
   // publish(fwmarks: Int32Array): fwmarks[i] is what lookup entry i (hash % M) gives, -1 for
   // none. A new inner map is built whole and then swapped in with one update of `tables`.
   Napi::Value Publish(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Check(env);
-    if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    bpf.Check(env);
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
       throw Napi::TypeError::New(env, "TcOffload.publish(fwmarks: Int32Array) expected");
     Napi::Int32Array fw = info[0].As<Napi::Int32Array>();
     uint32_t M = uint32_t(fw.ElementLength());
@@ -180,7 +121,7 @@ class TcOffload : public Napi::ObjectWrap<TcOffload> {
   // counters(): { marked, declined } summed over the CPUs.
   Napi::Value Counters(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Check(env);
+    bpf.Check(env);
     int ncpu = libbpf_num_possible_cpus();
     if (ncpu <= 0) throw SysError(env, "TcOffload.counters: possible CPUs", -ncpu);
     std::vector<uint64_t> v(static_cast<size_t>(ncpu));
@@ -195,35 +136,18 @@ class TcOffload : public Napi::ObjectWrap<TcOffload> {
     return out;
   }
 
-  // testRun(frame: Uint8Array): { retval, mark } of one run over an Ethernet frame
-  // (BPF_PROG_TEST_RUN), so packet fixtures can be checked against the real program.
+  // testRun(frame: Uint8Array): { retval, mark } of one run over an Ethernet frame.
   Napi::Value TestRun(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Check(env);
-    if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-      throw Napi::TypeError::New(env, "TcOffload.testRun(frame: Uint8Array) expected");
-    Napi::Uint8Array frame = info[0].As<Napi::Uint8Array>();
-    std::vector<uint8_t> out(frame.ElementLength() + 256);
-    __sk_buff ctxIn{}, ctxOut{};
-    LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = frame.Data(), .data_out = out.data(),
-                .data_size_in = uint32_t(frame.ElementLength()), .data_size_out = uint32_t(out.size()),
-                .ctx_in = &ctxIn, .ctx_out = &ctxOut, .ctx_size_in = sizeof(ctxIn), .ctx_size_out = sizeof(ctxOut),
-                .repeat = 1);
-    if (bpf_prog_test_run_opts(prog, &opts) != 0) throw SysError(env, "TcOffload.testRun", errno);
+    __sk_buff skb{};
+    int retval = bpf.TestRun(env, info[0], &skb, sizeof(skb));
     Napi::Object r = Napi::Object::New(env);
-    r.Set("retval", Napi::Number::New(env, int32_t(opts.retval)));
-    r.Set("mark", Napi::Number::New(env, ctxOut.mark));
+    r.Set("retval", Napi::Number::New(env, retval));
+    r.Set("mark", Napi::Number::New(env, skb.mark));
     return r;
   }
 
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    Release();
-    return info.Env().Undefined();
-  }
-
-  bpf_object* obj = nullptr;
-  int prog = -1, configMap = -1, vipMap = -1, tableMap = -1, counterMap = -1;
-  IfLinks links;
+  int configMap = -1, tableMap = -1, counterMap = -1;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

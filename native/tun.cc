@@ -14,14 +14,9 @@
 #include <cstring>
 #include <string>
 
-namespace {
+#include "sys_error.h"
 
-Napi::Error ErrnoError(Napi::Env env, const std::string& what, int err) {
-  Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err));
-  e.Set("errno", Napi::Number::New(env, err));
-  e.Set("code", Napi::String::New(env, err == ENOENT ? "ENOENT" : err == EPERM ? "EPERM" : err == EBUSY ? "EBUSY" : "EIO"));
-  return e;
-}
+namespace {
 
 class Tun : public Napi::ObjectWrap<Tun> {
  public:
@@ -45,7 +40,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
       return;
     }
     fd_ = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd_ < 0) throw ErrnoError(env, "open /dev/net/tun", errno);
+    if (fd_ < 0) throw SysError(env, "open /dev/net/tun", errno);
     struct ifreq ifr;
     memset(&ifr, 0, sizeof(ifr));
     ifr.ifr_flags = IFF_TUN | IFF_NO_PI;
@@ -54,7 +49,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
       int err = errno;
       close(fd_);
       fd_ = -1;
-      throw ErrnoError(env, "tun " + name_ + ": TUNSETIFF", err);
+      throw SysError(env, "tun " + name_ + ": TUNSETIFF", err);
     }
   }
 
@@ -86,14 +81,14 @@ class Tun : public Napi::ObjectWrap<Tun> {
   Napi::Value Mtu(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int sd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (sd < 0) throw ErrnoError(env, "socket", errno);
+    if (sd < 0) throw SysError(env, "socket", errno);
     struct ifreq ifr;
     memset(&ifr, 0, sizeof(ifr));
     strncpy(ifr.ifr_name, name_.c_str(), IFNAMSIZ - 1);
     int rc = ioctl(sd, SIOCGIFMTU, &ifr);
     int err = errno;
     close(sd);
-    if (rc != 0) throw ErrnoError(env, "tun " + name_ + ": SIOCGIFMTU", err);
+    if (rc != 0) throw SysError(env, "tun " + name_ + ": SIOCGIFMTU", err);
     return Napi::Number::New(env, ifr.ifr_mtu);
   }
 

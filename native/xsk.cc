@@ -7,14 +7,14 @@
 #include "xsk.h"
 
 #include <errno.h>
-#include <net/if.h>
-#include <string.h>
+#include <linux/if_xdp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <linux/if_xdp.h>
 #include <unistd.h>
 
 #include <algorithm>
+
+#include "ifindex.h"
 
 // A uv_poll handle whose closing Node waits for when the environment goes away: the close
 // callback lives in this addon, which a worker_thread unloads right after its teardown.
@@ -32,9 +32,7 @@ static uint32_t RoundUpPow2(uint32_t v) {
 
 // ---------------------------------------------------------------- Umem
 
-Napi::Function Umem::Init(Napi::Env env) {
-  return DefineClass(env, "Umem", {InstanceMethod<&Umem::Close>("close")});
-}
+Napi::Function Umem::Init(Napi::Env env) { return DefineClass(env, "Umem", {InstanceMethod<&Umem::Close>("close")}); }
 
 // new Umem(frameCount, frameSize): page-aligned memory, visible to JS as `.buffer`.
 Umem::Umem(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Umem>(info) {
@@ -47,8 +45,7 @@ Umem::Umem(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Umem>(info) {
   // Aligned mode wants a power-of-two frame size between 2048 and the page size.
   if (frameCount < 64 || frameCount > (1u << 20) || (frameCount & (frameCount - 1)) != 0)
     throw Napi::RangeError::New(env, "Umem: frameCount must be a power of two in [64, 1048576]");
-  if (frameSize != 2048 && frameSize != 4096)
-    throw Napi::RangeError::New(env, "Umem: frameSize must be 2048 or 4096");
+  if (frameSize != 2048 && frameSize != 4096) throw Napi::RangeError::New(env, "Umem: frameSize must be 2048 or 4096");
   size = size_t(frameCount) * frameSize;
   void* mem = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) throw SysError(env, "Umem: mmap", errno);
@@ -80,8 +77,7 @@ Umem::Umem(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Umem>(info) {
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, area, size, [len](Napi::Env, void* p) { munmap(p, len); });
   buffer = Napi::Persistent(ab);
   addon->umems.insert(this);
-  info.This().As<Napi::Object>().DefineProperty(
-      Napi::PropertyDescriptor::Value("buffer", ab, napi_enumerable));
+  info.This().As<Napi::Object>().DefineProperty(Napi::PropertyDescriptor::Value("buffer", ab, napi_enumerable));
 }
 
 Umem::~Umem() { Release(); }
@@ -106,8 +102,7 @@ Napi::Function XskSocket::Init(Napi::Env env) {
   return DefineClass(env, "XskSocket",
                      {InstanceMethod<&XskSocket::Start>("start"), InstanceMethod<&XskSocket::Stop>("stop"),
                       InstanceMethod<&XskSocket::Close>("close"), InstanceMethod<&XskSocket::Stats>("stats"),
-                      InstanceMethod<&XskSocket::Transmit>("transmit"),
-                      InstanceAccessor<&XskSocket::Fd>("fd")});
+                      InstanceMethod<&XskSocket::Transmit>("transmit"), InstanceAccessor<&XskSocket::Fd>("fd")});
 }
 
 // new XskSocket(umem, ifname, queue, { rx: boolean, tx: boolean, ringSize?: number })
@@ -121,6 +116,7 @@ XskSocket::XskSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<XskSocke
   umem = Umem::Unwrap(uobj);
   if (!umem->umem) throw Napi::Error::New(env, "XskSocket: the Umem is closed");
   std::string ifname = info[1].As<Napi::String>().Utf8Value();
+  int ifindex = Ifindex(env, info[1], "XskSocket");
   uint32_t queue = info[2].As<Napi::Number>().Uint32Value();
   Napi::Object opts = info[3].As<Napi::Object>();
   hasRx = opts.Get("rx").ToBoolean();
@@ -129,8 +125,6 @@ XskSocket::XskSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<XskSocke
   uint32_t ringSize = umem->frameCount;
   if (opts.Has("ringSize") && opts.Get("ringSize").IsNumber())
     ringSize = RoundUpPow2(opts.Get("ringSize").As<Napi::Number>().Uint32Value());
-  int ifindex = int(if_nametoindex(ifname.c_str()));
-  if (ifindex == 0) throw SysError(env, "XskSocket: interface " + ifname, errno);
 
   xsk_socket_config cfg{};
   cfg.rx_size = hasRx ? ringSize : 0;
@@ -247,13 +241,13 @@ Napi::Value XskSocket::Start(const Napi::CallbackInfo& info) {
   int rc = uv_poll_init(loop, &p->handle, fd());
   if (rc != 0) {
     delete p;
-    throw Napi::Error::New(env, std::string("start: uv_poll_init: ") + uv_strerror(rc));
+    throw SysError(env, "XskSocket.start: uv_poll_init", -rc);
   }
   p->owner = this;
   rc = uv_poll_start(&p->handle, UV_READABLE, &XskSocket::OnPoll);
   if (rc != 0) {
     ClosePoller(p);
-    throw Napi::Error::New(env, std::string("start: uv_poll_start: ") + uv_strerror(rc));
+    throw SysError(env, "XskSocket.start: uv_poll_start", -rc);
   }
   napi_add_async_cleanup_hook(env, &XskSocket::OnEnvCleanup, p, &p->hook);
   poll = p;
@@ -293,7 +287,7 @@ void XskSocket::OnPoll(uv_poll_t* handle, int status, int) {
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
     self->StopPoll();
-    napi_fatal_exception(env, Napi::Error::New(env, std::string("XskSocket poll: ") + uv_strerror(status)).Value());
+    napi_fatal_exception(env, SysError(env, "XskSocket poll", -status).Value());
     return;
   }
   self->Drain();
@@ -349,7 +343,8 @@ Napi::Value XskSocket::Transmit(const Napi::CallbackInfo& info) {
   if (a.TypedArrayType() != napi_uint32_array || l.TypedArrayType() != napi_uint32_array)
     throw Napi::TypeError::New(env, "transmit: addr and len must be Uint32Array");
   uint32_t n = info[2].As<Napi::Number>().Uint32Value();
-  if (n > a.ElementLength() || n > l.ElementLength()) throw Napi::RangeError::New(env, "transmit: n exceeds the arrays");
+  if (n > a.ElementLength() || n > l.ElementLength())
+    throw Napi::RangeError::New(env, "transmit: n exceeds the arrays");
   const uint32_t* ad = a.As<Napi::Uint32Array>().Data();
   const uint32_t* ln = l.As<Napi::Uint32Array>().Data();
   ReleaseCompletions();

@@ -9,7 +9,7 @@
 #include <set>
 #include <string>
 
-#include "kernel.h"
+#include "sys_error.h"
 
 class XskSocket;
 class Umem;
@@ -38,7 +38,7 @@ class Umem : public Napi::ObjectWrap<Umem> {
   uint32_t firstQueue = 0;
   uint32_t frameSize = 0;
   uint32_t frameCount = 0;
-  int users = 0;  // open sockets
+  int users = 0;              // open sockets
   XskAddon* addon = nullptr;  // null once the environment is torn down
   void Release();
 

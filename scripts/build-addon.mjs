@@ -9,21 +9,28 @@ import { delimiter, join, resolve } from 'node:path';
 
 const require = createRequire(import.meta.url);
 
-// What the build needs, and the Debian package that provides it.
-const needs = [
-  ['/usr/include/libnetfilter_queue/libnetfilter_queue.h', 'libnetfilter-queue-dev'],
-  ['/usr/include/libmnl/libmnl.h', 'libmnl-dev'],
-  ['/usr/include/xdp/xsk.h', 'libxdp-dev'],
-  ['/usr/include/bpf/libbpf.h', 'libbpf-dev'],
-];
-const tools = [['g++', 'build-essential'], ['make', 'build-essential'], ['python3', 'python3']];
-
 function fail(line) {
   process.stderr.write(`tslb: ${line}\n`);
   process.exit(1);
 }
 
 const onPath = (cmd) => (process.env.PATH ?? '').split(delimiter).some((d) => d !== '' && existsSync(join(d, cmd)));
+
+// The BPF programs (clang -target bpf) include the kernel's uapi headers, whose asm/ headers
+// live in the host's multiarch directory (binding.gyp asks gcc for its name too).
+const multiarch = onPath('gcc') ? spawnSync('gcc', ['-dumpmachine'], { encoding: 'utf8' }).stdout.trim() : '';
+
+// What the build needs, and the Debian package that provides it.
+const needs = [
+  ['/usr/include/libnetfilter_queue/libnetfilter_queue.h', 'libnetfilter-queue-dev'],
+  ['/usr/include/libmnl/libmnl.h', 'libmnl-dev'],
+  ['/usr/include/xdp/xsk.h', 'libxdp-dev'],
+  ['/usr/include/bpf/libbpf.h', 'libbpf-dev'],
+  ['/usr/include/bpf/bpf_helpers.h', 'libbpf-dev'],
+  ['/usr/include/linux/bpf.h', 'linux-libc-dev'],
+  ...(multiarch ? [[`/usr/include/${multiarch}/asm/types.h`, 'linux-libc-dev']] : []),
+];
+const tools = [['gcc', 'build-essential'], ['g++', 'build-essential'], ['make', 'build-essential'], ['python3', 'python3'], ['clang', 'clang']];
 const missing = [
   ...tools.filter(([cmd]) => !onPath(cmd)),
   ...needs.filter(([file]) => !existsSync(file)),

@@ -21,7 +21,7 @@ export function packageRoot(): string {
 const aptPackage: Record<string, string> = {
   shm: 'build-essential',
   nfqueue: 'libnetfilter-queue-dev libmnl-dev',
-  xsk: 'libxdp-dev libbpf-dev',
+  xsk: 'libxdp-dev libbpf-dev clang',
   tc_offload: 'libbpf-dev clang',
 };
 

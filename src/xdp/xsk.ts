@@ -1,6 +1,9 @@
 // The xsk addon (native/xsk.cc, native/xdp_program.cc): AF_XDP sockets over one shared
-// UMEM, and the VIP-filtering XDP program. Types only; all decisions are in TypeScript.
-import { loadAddon } from '../native.js';
+// UMEM, and the VIP-filtering XDP program (native/bpf/xsk_redirect.bpf.c). Types only; all
+// decisions are in TypeScript.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadAddon, packageRoot } from '../native.js';
 
 /** Frame verdicts written by the batch callback. */
 export const VERDICT_DROP = 0;
@@ -80,6 +83,29 @@ export interface XskAddon {
   XdpProgram: new (maxVips?: number, maxQueues?: number) => XdpProgram;
 }
 
+/** The addon as built: XdpProgram loads the compiled program from the file it is given. */
+interface XskNative extends Omit<XskAddon, 'XdpProgram'> {
+  XdpProgram: new (objectFile: string, maxVips?: number, maxQueues?: number) => XdpProgram;
+}
+
+/** The compiled XDP program, built by `make build` next to the addons. */
+export function xdpObjectFile(): string {
+  return join(packageRoot(), 'build', 'Release', 'xsk_redirect.bpf.o');
+}
+
+let addon: XskAddon | undefined;
+
 export function xskAddon(): XskAddon {
-  return loadAddon<XskAddon>('xsk');
+  if (addon) return addon;
+  const native = loadAddon<XskNative>('xsk');
+  const file = xdpObjectFile();
+  // Checked when a program is made, not here: a traffic generator uses the sockets alone.
+  class XdpProgramOfBuild extends native.XdpProgram {
+    constructor(maxVips?: number, maxQueues?: number) {
+      if (!existsSync(file)) throw new Error(`the XDP program is not built (${file}): run 'make build' (needs apt package clang)`);
+      super(file, maxVips, maxQueues);
+    }
+  }
+  addon = { Umem: native.Umem, XskSocket: native.XskSocket, XdpProgram: XdpProgramOfBuild };
+  return addon;
 }

@@ -179,3 +179,19 @@ describe('offload program: random whole packets and what it must decline', () =>
   });
 });
 
+describe('offload program: errors', () => {
+  it('fail with .code and .errno, as Node does, and after close say so', () => {
+    let error: unknown;
+    try {
+      new (offloadAddon().TcOffload)('/nonexistent/tc_offload.bpf.o', 1, 0);
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toMatchObject({
+      message: 'TcOffload: open /nonexistent/tc_offload.bpf.o: No such file or directory (ENOENT)', code: 'ENOENT', errno: 2,
+    });
+    const prog = load(1, 0, [VIP4], buildTable('main'));
+    prog.close();
+    expect(() => prog.addVip(toKeyAddress(parseAddress(VIP6)))).toThrow('TcOffload: closed');
+  });
+});
