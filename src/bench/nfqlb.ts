@@ -4,6 +4,7 @@
 // gets the same rows, with ratios against the first one (plain `nfqlb lb`) of the same run.
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { addFwmarkRoutes, nfqueueRule, serverFwmark, vipHost } from '../lab/rules.js';
 import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
 import { FLOWS, startGenerator, UDP_PAYLOAD, type Generator } from './generators.js';
 import { GEN_CPU, LB_CPU, measure, measureFlood, medianRow, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Probe, type Row } from './measure.js';
@@ -95,7 +96,7 @@ function queueDrops(topo: Topology): number {
 }
 
 function queueRule(v: LbVariant): string[] {
-  return ['PREROUTING', '-i', 'eth2', '-d', `${VIP[4]}/32`, ...(v.queueMatch ?? []), '-j', 'NFQUEUE', '--queue-num', String(QUEUE)];
+  return ['PREROUTING', ...nfqueueRule({ iif: 'eth2', dst: vipHost(4), match: v.queueMatch, queue: QUEUE })];
 }
 
 export async function benchNfqlb(gen: Generator): Promise<void> {
@@ -112,9 +113,9 @@ export async function benchNfqlb(gen: Generator): Promise<void> {
     topo.ip(topo.ns.tester, [`route add 192.168.1.0/24 via ${routerAddr(1, 2, 4)}`]);
     topo.setRouterVipRoute(1, []);
     topo.exec(router, ['iptables', '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
-    topo.ip(router, ['rule add fwmark 101 table 101', `route add default via ${serverAddr(1, 4)} table 101`]);
+    addFwmarkRoutes(topo, router, (family) => [[serverFwmark(1), serverAddr(1, family)]], [4]);
     execFileSync('node', [NFQLB, 'init', `--shm=${SHM}`]);
-    execFileSync('node', [NFQLB, 'activate', `--shm=${SHM}`, '101']);
+    execFileSync('node', [NFQLB, 'activate', `--shm=${SHM}`, String(serverFwmark(1))]);
 
     const all = tests(topo, gen);
     // runs[test][path][round]: path 0 is kernel forwarding, then the variants in order.
