@@ -69,7 +69,7 @@ export const VARIANTS: readonly LbVariant[] = [
   // The generator's 64 flows fit any table: this row is the cost of a hit.
   { label: 'lb --conntrack', args: ['--conntrack=1000000'] },
   {
-    // Whole VIP packets are marked at tc ingress and skip the queue (see the README's offload section).
+    // Whole VIP packets are marked at tc ingress and skip the queue (see docs/offload.md).
     label: 'lb --offload',
     args: ['--offload=eth2', `--vip=${VIP[4]}`],
     queueMatch: ['-m', 'mark', '--mark', '0'],
