@@ -53,9 +53,10 @@ test: build
 
 # The bench owns the machine: on a shared one, run it under the same lock as the kernel tests.
 # udp-flood is the sendmmsg generator (one of the candidates the bench measures).
+# REF_NFQLB=/path/to/nfqlb (a build of the reference C nfqlb) adds its rows to the nfqlb tables.
 bench: build
 	cc -O2 -Wall -Wextra -o build/udp-flood src/bench/udp-flood.c
-	node dist/src/bench/index.js
+	REF_NFQLB="$(REF_NFQLB)" node dist/src/bench/index.js
 
 # nfqlb lb under steady traffic with a target toggled every 3 s, for SOAK_SECONDS (default 600):
 # fails if the lb's memory grows. Not part of `make test`.

@@ -5,16 +5,18 @@ import { benchMaglev } from './maglev.js';
 import { benchParse } from './parse.js';
 import { benchConntrack } from './conntrack.js';
 import { pickGenerator } from './generators.js';
-import { benchNfqlb } from './nfqlb.js';
+import { benchNfqlb, referenceNfqlb } from './nfqlb.js';
 import { benchXdp } from './xdp.js';
 import { checkCpus, GEN_CPU } from './measure.js';
 
 checkCpus();
+// A REF_NFQLB that is no nfqlb fails now, not after the first half of the run.
+const ref = referenceNfqlb();
 // The bench itself (counter reads, execs) stays off the lb's core; every thread, not just main.
 execFileSync('taskset', ['-apc', String(GEN_CPU), String(process.pid)], { stdio: 'ignore' });
 benchMaglev();
 benchParse();
 benchConntrack();
 const gen = await pickGenerator();
-await benchNfqlb(gen);
+await benchNfqlb(gen, ref);
 await benchXdp(gen);

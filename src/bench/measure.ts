@@ -161,23 +161,32 @@ export function printRows(rows: readonly Row[], base: Row | null): void {
   for (const r of rows) {
     const ratio = (v: number | null, b: number | null | undefined): string =>
       fix(v !== null && b ? v / b : null, 2, 9);
-    console.log(`${r.path.padEnd(38)}${fix(r.offered, 0, 7)}${fix(r.received, 0, 10)}${fix(r.gbps, 2, 8)}${fix(r.genUs, 2, 12)}${fix(r.lbUs, 2, 11)}${pct(r.lbCpu, 8)}` +
+    console.log(`${r.path.padEnd(38)}${fix(r.offered, 0, 7)}${fix(r.received, 0, 10)}${fix(r.gbps, 2, 8)}` +
+      `${fix(r.genUs, 2, 12)}${fix(r.lbUs, 2, 11)}${pct(r.lbCpu, 8)}` +
       `${r.cores.map((c) => pct(c, 6)).join('')}` +
       `${ratio(r.received, base?.received)}${ratio(r.lbUs, base?.lbUs)}  ${r.notes.join(', ')}`);
   }
 }
 
-/** An lb started on LB_CPU in `ns`; resolves once its log shows `ready`. */
+/** An lb started on LB_CPU in `ns`; resolves once its log shows `ready` (or `ready()` is true, polled). */
 export interface Lb { proc: ChildProcess; output(): string }
 
-export function startLb(topo: Topology, ns: string, argv: readonly string[], ready: string): Promise<Lb> {
+export function startLb(topo: Topology, ns: string, argv: readonly string[], ready: string | (() => boolean)): Promise<Lb> {
   const proc = topo.spawn(ns, onCpu(LB_CPU, argv));
   let out = '';
   const lb: Lb = { proc, output: () => out };
   return new Promise((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()).includes(ready) && resolve(lb));
+    let poll: NodeJS.Timeout | undefined;
+    if (typeof ready === 'function') poll = setInterval(() => ready() && (clearInterval(poll), resolve(lb)), 50);
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (typeof ready === 'string' && out.includes(ready)) resolve(lb);
+    });
     proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    proc.once('exit', (code) => reject(new Error(`'${argv.join(' ')}' exited with ${code}: ${out.trim()}`)));
+    proc.once('exit', (code) => {
+      clearInterval(poll);
+      reject(new Error(`'${argv.join(' ')}' exited with ${code}: ${out.trim()}`));
+    });
   });
 }
 

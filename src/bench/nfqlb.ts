@@ -1,12 +1,18 @@
 // nfqlb against kernel forwarding on the same namespace path, in one run: tester → router →
 // server directly (to the server's address: kernel forwarding) and via the VIP through
 // `nfqlb lb` on the router (NFQUEUE, fwmark, policy route, DSR). Every lb variant in VARIANTS
-// gets the same rows, with ratios against the first one (plain `nfqlb lb`) of the same run.
-import { execFileSync, type ChildProcess } from 'node:child_process';
+// gets the same rows, with ratios against the first one (plain `nfqlb lb`) of the same run;
+// so does the reference C nfqlb when `make bench REF_NFQLB=/path/to/nfqlb` names a build of it.
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { kernelQueueStats } from '../nfqueue.js';
+import { addFwmarkRoutes, nfqueueRule, serverFwmark, vipHost } from '../lab/rules.js';
 import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
 import { FLOWS, startGenerator, UDP_PAYLOAD, type Generator } from './generators.js';
-import { GEN_CPU, LB_CPU, measure, measureFlood, medianRow, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Probe, type Row } from './measure.js';
+import {
+  GEN_CPU, LB_CPU, measure, measureFlood, medianRow, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Probe, type Row,
+} from './measure.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const NFQLB = `${ROOT}bin/nfqlb`;
@@ -29,6 +35,8 @@ export interface NfqlbLab { topo: Topology; router: string }
  */
 export interface LbVariant {
   label: string;
+  /** The nfqlb to run (argv before `lb`); ours, bin/nfqlb, when not given. */
+  command?: readonly string[];
   /** Arguments after `nfqlb lb --tshm=... --ft_shm=... --queue=2`. */
   args: readonly string[];
   /** Extra matches of the NFQUEUE rule, e.g. `-m mark --mark 0` to let packets marked earlier skip the queue. */
@@ -50,7 +58,8 @@ export const VARIANTS: readonly LbVariant[] = [
     args: [`--metrics=${METRICS_PORT}`],
     setup: ({ topo, router }) => {
       scraper = topo.spawn(router, onCpu(GEN_CPU, ['node', '-e',
-        `setInterval(() => fetch('http://127.0.0.1:${METRICS_PORT}/metrics').then((r) => r.text(), () => {}), 1000)`]), { stdio: 'ignore' });
+        `setInterval(() => fetch('http://127.0.0.1:${METRICS_PORT}/metrics').then((r) => r.text(), () => {}), 1000)`]),
+      { stdio: 'ignore' });
     },
     teardown: () => {
       scraper?.kill();
@@ -60,12 +69,42 @@ export const VARIANTS: readonly LbVariant[] = [
   // The generator's 64 flows fit any table: this row is the cost of a hit.
   { label: 'lb --conntrack', args: ['--conntrack=1000000'] },
   {
-    // Whole VIP packets are marked at tc ingress and skip the queue (see the README's offload section).
+    // Whole VIP packets are marked at tc ingress and skip the queue (see docs/offload.md).
     label: 'lb --offload',
     args: ['--offload=eth2', `--vip=${VIP[4]}`],
     queueMatch: ['-m', 'mark', '--mark', '0'],
   },
 ];
+
+/**
+ * The reference C nfqlb (Nordix/nfqueue-loadbalancer) that `make bench REF_NFQLB=...` names, or
+ * null. It reads the same shared-memory table and takes the same `lb` options; it logs nothing
+ * once its queue is bound (its stdout is a buffered pipe here), so the bench waits for the kernel
+ * to list the queue as bound.
+ */
+export function referenceNfqlb(): { path: string; version: string } | null {
+  const given = process.env.REF_NFQLB;
+  if (!given) return null;
+  const path = resolve(given);
+  const r = spawnSync(path, ['version'], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    const why = r.error?.message ?? (r.stderr.trim() || `exit status ${r.status}`);
+    throw new Error(`bench: REF_NFQLB=${given}: '${path} version' failed (${why}); ` +
+      'it must name a build of the reference nfqlb (see docs/performance.md)');
+  }
+  return { path, version: r.stdout.trim() };
+}
+
+/** VARIANTS, and the reference's row when REF_NFQLB names one. */
+function variants(ref: { path: string } | null): readonly LbVariant[] {
+  return ref ? [...VARIANTS, { label: 'reference C nfqlb lb', command: [ref.path], args: [] }] : VARIANTS;
+}
+
+/** What the bench prints about the reference: measured, or how to measure it. */
+export function referenceLine(ref: { path: string; version: string } | null): string {
+  return ref ? `reference C nfqlb ${ref.version} (${ref.path}): measured on every nfqlb row, as 'reference C nfqlb lb'`
+    : 'reference C nfqlb: not measured (make bench REF_NFQLB=/path/to/nfqlb adds its rows; see docs/performance.md)';
+}
 
 interface Test {
   title: string;
@@ -87,6 +126,11 @@ function tests(topo: Topology, gen: Generator): Test[] {
   ];
 }
 
+/** Whether an lb has bound our queue in the router's namespace. */
+function queueBound(topo: Topology): boolean {
+  return kernelQueueStats(QUEUE, topo.exec(topo.ns.router(1), ['cat', '/proc/net/netfilter/nfnetlink_queue'])) !== undefined;
+}
+
 /** user_dropped + queue_dropped of our queue in the router's namespace. */
 function queueDrops(topo: Topology): number {
   const f = topo.exec(topo.ns.router(1), ['cat', '/proc/net/netfilter/nfnetlink_queue'])
@@ -95,10 +139,11 @@ function queueDrops(topo: Topology): number {
 }
 
 function queueRule(v: LbVariant): string[] {
-  return ['PREROUTING', '-i', 'eth2', '-d', `${VIP[4]}/32`, ...(v.queueMatch ?? []), '-j', 'NFQUEUE', '--queue-num', String(QUEUE)];
+  return ['PREROUTING', ...nfqueueRule({ iif: 'eth2', dst: vipHost(4), match: v.queueMatch, queue: QUEUE })];
 }
 
-export async function benchNfqlb(gen: Generator): Promise<void> {
+export async function benchNfqlb(gen: Generator, ref: { path: string; version: string } | null): Promise<void> {
+  const lbs = variants(ref);
   const topo = createTopology({ prefix: PREFIX, nvm: 1, nrouters: 1 });
   const lab: NfqlbLab = { topo, router: topo.ns.router(1) };
   let lb: Lb | null = null;
@@ -112,22 +157,23 @@ export async function benchNfqlb(gen: Generator): Promise<void> {
     topo.ip(topo.ns.tester, [`route add 192.168.1.0/24 via ${routerAddr(1, 2, 4)}`]);
     topo.setRouterVipRoute(1, []);
     topo.exec(router, ['iptables', '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
-    topo.ip(router, ['rule add fwmark 101 table 101', `route add default via ${serverAddr(1, 4)} table 101`]);
+    addFwmarkRoutes(topo, router, (family) => [[serverFwmark(1), serverAddr(1, family)]], [4]);
     execFileSync('node', [NFQLB, 'init', `--shm=${SHM}`]);
-    execFileSync('node', [NFQLB, 'activate', `--shm=${SHM}`, '101']);
+    execFileSync('node', [NFQLB, 'activate', `--shm=${SHM}`, String(serverFwmark(1))]);
 
     const all = tests(topo, gen);
     // runs[test][path][round]: path 0 is kernel forwarding, then the variants in order.
-    const runs: Row[][][] = all.map(() => Array.from({ length: 1 + VARIANTS.length }, () => []));
+    const runs: Row[][][] = all.map(() => Array.from({ length: 1 + lbs.length }, () => []));
     for (let round = 0; round < ROUNDS; round++) {
       for (const [i, t] of all.entries()) {
         topo.setOffloads(t.offloads);
         runs[i]![0]!.push(await t.run({ topo, lb: null }, 'kernel forwarding', serverAddr(1, 4)));
       }
-      for (const [k, v] of VARIANTS.entries()) {
+      for (const [k, v] of lbs.entries()) {
         topo.exec(router, ['iptables', '-t', 'mangle', '-A', ...queueRule(v)]);
         await v.setup?.(lab);
-        lb = await startLb(topo, router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--queue=${QUEUE}`, ...v.args], 'serving queue');
+        const argv = [...(v.command ?? ['node', NFQLB]), 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--queue=${QUEUE}`, ...v.args];
+        lb = await startLb(topo, router, argv, v.command ? () => queueBound(topo) : 'serving queue');
         for (const [i, t] of all.entries()) {
           topo.setOffloads(t.offloads);
           runs[i]![k + 1]!.push(await t.run({ topo, lb: lb.proc, drops: () => queueDrops(topo) }, v.label, VIP[4]));
@@ -139,7 +185,9 @@ export async function benchNfqlb(gen: Generator): Promise<void> {
       }
     }
     console.log(`\nnfqlb: kernel forwarding to the server vs the VIP through nfqlb lb; generator and iperf on cpu${GEN_CPU}, ` +
-      `lb on cpu${LB_CPU}; ${SECONDS} s per row, ${ROUNDS} rounds with the paths in turn, the median round shown; ratios against '${VARIANTS[0]!.label}'`);
+      `lb on cpu${LB_CPU}; ${SECONDS} s per row, ${ROUNDS} rounds with the paths in turn, the median round shown; ` +
+      `ratios against '${lbs[0]!.label}'`);
+    console.log(referenceLine(ref));
     for (const [i, t] of all.entries()) {
       console.log(`${t.title}:`);
       const rows = runs[i]!.map(medianRow);

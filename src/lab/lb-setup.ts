@@ -6,6 +6,7 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from './netns.js';
+import { addFwmarkRoutes, fwmarkTable, lbFwmark, nfqueueRule, serverFwmark } from './rules.js';
 import { VIP, VIP_NET, routerAddr, serverAddr, type Family, type Topology } from './topology.js';
 
 export type LbKind = 'nfqueue' | 'ecmp' | 'xdp' | 'ipvs';
@@ -87,8 +88,6 @@ export function removeLabShm(prefix: string): void {
 const NFQUEUE_NUM = 2;
 /** The tun device nfqlb re-injects stored fragments through. */
 const TUN = 'nfqlb0';
-const serverFwmark = (n: number): number => 100 + n;
-const lbFwmark = (i: number): number => 200 + i;
 
 /** iptables-restore input for one family: the VIP chain, optionally the SYN-only connmark chains. */
 function nfqueueRules(family: Family, synOnly: boolean): string {
@@ -110,7 +109,7 @@ function nfqueueRules(family: Family, synOnly: boolean): string {
     );
   }
   // Fragments nfqlb stored come back through its tun device and must be queued again.
-  lines.push(`-A VIP -j NFQUEUE --queue-num ${NFQUEUE_NUM}`, `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`,
+  lines.push(['-A', 'VIP', ...nfqueueRule({ queue: NFQUEUE_NUM })].join(' '), `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`,
     `-A PREROUTING -i ${TUN} -d ${vipNet} -j VIP`, 'COMMIT');
   return lines.join('\n') + '\n';
 }
@@ -124,7 +123,8 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
     const ns = topo.ns.router(i);
     // A restart logs to a file of its own: the ready line of the first run is still in the old one.
     const log = `${ns}-nfqlb${starts++ < topo.nrouters ? '' : `-${starts}`}`;
-    procs.set(i, await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shmName(topo, 'nfqlb', i)}`, `--lbshm=${shmName(topo, 'nfqlbLb', i)}`,
+    procs.set(i, await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shmName(topo, 'nfqlb', i)}`,
+      `--lbshm=${shmName(topo, 'nfqlbLb', i)}`,
       `--tun=${TUN}`, `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`,
       ...(o.announce ? [`--announce=${o.announce}`] : []), ...(o.conntrack > 0 ? [`--conntrack=${o.conntrack}`] : [])],
     log, 'serving queue'));
@@ -138,26 +138,15 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
         // M=900 as the original (nfqlb rounds it down to the prime 887); N must exceed the highest index.
         nfqlb(i, ['init', `--shm=${shm}`, '--M=900', `--N=${Math.max(20, topo.nvm + 1)}`]);
         for (const n of servers(topo)) nfqlb(i, ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]);
-        const routes: Record<Family, string[]> = { 4: [], 6: [] };
-        for (const family of [4, 6] as const) {
-          for (const n of servers(topo)) {
-            const t = serverFwmark(n);
-            routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${serverAddr(n, family)} table ${t}`);
-          }
-        }
         // The LB tier: a fragment goes to the LB that owns its addresses (fwmark 200+j), which
         // holds the flow's first fragment; an LB never forwards with its own fwmark.
         const lbShm = shmName(topo, 'nfqlbLb', i);
         nfqlb(i, ['init', `--shm=${lbShm}`, `--ownfw=${lbFwmark(i)}`, '--M=400', `--N=${Math.max(10, topo.nrouters + 1)}`]);
-        for (const j of routers(topo)) {
-          nfqlb(i, ['activate', `--shm=${lbShm}`, `--index=${j}`, String(lbFwmark(j))]);
-          if (j === i) continue;
-          for (const family of [4, 6] as const) {
-            const t = lbFwmark(j);
-            routes[family].push(`rule add fwmark ${t} table ${t}`, `route add default via ${routerAddr(j, 2, family)} table ${t}`);
-          }
-        }
-        for (const family of [4, 6] as const) topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], routes[family].join('\n') + '\n');
+        for (const j of routers(topo)) nfqlb(i, ['activate', `--shm=${lbShm}`, `--index=${j}`, String(lbFwmark(j))]);
+        addFwmarkRoutes(topo, ns, (family) => [
+          ...servers(topo).map((n) => [serverFwmark(n), serverAddr(n, family)] as const),
+          ...routers(topo).filter((j) => j !== i).map((j) => [lbFwmark(j), routerAddr(j, 2, family)] as const),
+        ]);
         topo.ip(ns, [`tuntap add dev ${TUN} mode tun`, `link set ${TUN} up`]);
         // Handing a fragment to another LB sends it out of the interface it came in by: no redirects.
         topo.exec(ns, ['sysctl', '-qw', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth2.send_redirects=0']);
@@ -187,7 +176,8 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
       const cli = binArgv('nfqlb').join(' ');
       const shm = shmName(topo, 'nfqlb', 1);
       return [
-        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}${o.conntrack > 0 ? ', with conntrack' : ''}:`,
+        `# On a router (${topo.ns.router(1)}); nfqlb ${o.synOnly ? 'gets only new connections (SYN-only)' : 'gets every VIP packet'}` +
+          `${o.conntrack > 0 ? ', with conntrack' : ''}:`,
         `${cli} show --shm=${shm}`,
         `${cli} deactivate --shm=${shm} --index=1     # scale in server 1${o.conntrack > 0 ? ' (drains; --now removes at once)' : ''}`,
         `${cli} activate --shm=${shm} --index=1 ${serverFwmark(1)}   # and back`,
@@ -230,7 +220,8 @@ export function ecmpLb(lab: LabHandle, o: EcmpOptions): LoadBalancer {
           'net.ipv6.fib_multipath_hash_policy=3', 'net.ipv6.fib_multipath_hash_fields=0x37']);
         if (o.resilient) {
           topo.ip(topo.ns.router(i), [
-            ...[4, 6].flatMap((f) => servers(topo).map((n) => `nexthop add id ${nexthopId(n, f as Family)} via ${serverAddr(n, f as Family)} dev eth1`)),
+            ...[4, 6].flatMap((f) => servers(topo).map((n) =>
+              `nexthop add id ${nexthopId(n, f as Family)} via ${serverAddr(n, f as Family)} dev eth1`)),
             ...[4, 6].map((f) => resilientGroup(active, f as Family)),
             ...[4, 6].map((f) => `route replace ${VIP_NET[f as Family]} nhid ${RESILIENT_GROUP[f as Family]}`),
           ]);
@@ -250,7 +241,8 @@ export function ecmpLb(lab: LabHandle, o: EcmpOptions): LoadBalancer {
     },
     manual() {
       return [
-        `# On a router (${topo.ns.router(1)})${o.resilient ? `; resilient groups ${RESILIENT_GROUP[4]} (IPv4), ${RESILIENT_GROUP[6]} (IPv6)` : ''}:`,
+        `# On a router (${topo.ns.router(1)})` +
+          `${o.resilient ? `; resilient groups ${RESILIENT_GROUP[4]} (IPv4), ${RESILIENT_GROUP[6]} (IPv6)` : ''}:`,
         ...(o.resilient ? [`ip nexthop show; ip nexthop bucket show id ${RESILIENT_GROUP[4]}`] : []),
         `ip route show ${VIP_NET[4]}; ip -6 route show ${VIP_NET[6]}`,
         `ip route change ${VIP_NET[4]} ${nexthops(servers(topo).slice(1), 4)}   # scale in server 1`,
@@ -341,8 +333,7 @@ export function ipvsLb(lab: LabHandle): LoadBalancer {
           // router owning the VIP, so the servers' DSR replies are not martians here.
           topo.exec(ns, [family === 4 ? 'iptables' : 'ip6tables', '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', VIP_NET[family],
             '-j', 'MARK', '--set-mark', String(IPVS_FWMARK)]);
-          topo.exec(ns, ['ip', `-${family}`, '-batch', '-'],
-            `rule add fwmark ${IPVS_FWMARK} table ${IPVS_FWMARK}\nroute add local default dev lo table ${IPVS_FWMARK}\n`);
+          topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], fwmarkTable(IPVS_FWMARK, 'local default dev lo').join('\n') + '\n');
           // mh: the kernel's Maglev scheduler, the same idea as nfqlb's table.
           topo.exec(ns, ['ipvsadm', '-A', ...(family === 6 ? ['-6'] : []), '-f', String(IPVS_FWMARK), '-s', 'mh']);
           for (const n of servers(topo)) topo.exec(ns, ['ipvsadm', '-a', ...real(n, family), '-g']);
@@ -352,7 +343,9 @@ export function ipvsLb(lab: LabHandle): LoadBalancer {
     setServers(list, active) {
       for (const i of routers(topo)) {
         for (const family of [4, 6] as const) {
-          for (const n of list) topo.exec(topo.ns.router(i), ['ipvsadm', active ? '-a' : '-d', ...real(n, family), ...(active ? ['-g'] : [])]);
+          for (const n of list) {
+            topo.exec(topo.ns.router(i), ['ipvsadm', active ? '-a' : '-d', ...real(n, family), ...(active ? ['-g'] : [])]);
+          }
         }
       }
     },

@@ -10,6 +10,7 @@ import {
   CLIENT_CIDR, createTopology, labNamespaces, routerAddr, serverAddr, testerAddr, VIP, vmName, type Family, type Topology,
 } from '../../src/lab/topology.js';
 import { inNs } from '../../src/lab/netns.js';
+import { addFwmarkRoutes, iptables, nfqueueRule, serverFwmark, vipHost } from '../../src/lab/rules.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -105,21 +106,24 @@ export function startServers(topo: Topology, nvm: number): ChildProcess[] {
  * NFQUEUE 2, and fwmark 100+n routed to server n by a table of its own.
  */
 export function nfqueueRouter(topo: Topology, router: string, nvm: number): void {
-  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
-    topo.exec(router, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
-    topo.exec(router, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
-  }
   for (const family of [4, 6] as const) {
-    const lines: string[] = [];
-    for (let n = 1; n <= nvm; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
-    topo.exec(router, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+    topo.exec(router, [iptables(family), '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
+    const rule = nfqueueRule({ iif: 'eth2', dst: vipHost(family), queue: 2 });
+    topo.exec(router, [iptables(family), '-t', 'mangle', '-A', 'PREROUTING', ...rule]);
   }
+  const servers = Array.from({ length: nvm }, (_, k) => k + 1);
+  addFwmarkRoutes(topo, router, (family) => servers.map((n) => [serverFwmark(n), serverAddr(n, family)] as const));
 }
 
-/** Replaces the router's NFQUEUE rules of nfqueueRouter with ones to `target` (e.g. --queue-balance 0:1). */
-export function nfqueueTarget(topo: Topology, router: string, ...target: string[]): void {
-  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
-    topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', ...target]);
+/**
+ * Replaces the router's NFQUEUE rules of nfqueueRouter with ones to another queue:
+ * `--queue-num N`, or `--queue-balance a:b` (one queue per flow).
+ */
+export function nfqueueTarget(topo: Topology, router: string, how: '--queue-num' | '--queue-balance', queue: string): void {
+  if ((how === '--queue-balance') !== queue.includes(':')) throw new RangeError(`nfqueueTarget: ${how} ${queue}`);
+  for (const family of [4, 6] as const) {
+    const rule = nfqueueRule({ iif: 'eth2', dst: vipHost(family), queue });
+    topo.exec(router, [iptables(family), '-t', 'mangle', '-R', 'PREROUTING', '1', ...rule]);
   }
 }
 

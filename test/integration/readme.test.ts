@@ -1,64 +1,133 @@
-// The README's own command blocks ("Using nfqlb", "Using xdplb"), extracted from README.md and
-// run exactly as written, so the documentation cannot drift from the code. They run on the
-// router of a one-server lab, where `via 192.168.1.1` is the server, in a mount namespace with
-// a private /dev/shm: the blocks use the default table names (nfqlb, ftshm, xdplb), and a real
-// user's tables of those names must not be touched.
+// The command blocks of README.md and docs/*.md, extracted by page and heading and run exactly
+// as written, so the documentation cannot drift from the code; and a check that every ```sh
+// block of those pages is run by a test of this file (a command no test can run, like `make
+// bench`, belongs in the text, not in a ```sh block).
+//
+// nfqlb and xdplb blocks run on the router of a one-server lab, where `via 192.168.1.1` is the
+// server, in a mount namespace with a private /dev/shm and /run: the blocks use the default
+// table names (nfqlb, ftshm, xdplb) and the default control key, and a real user's must not be
+// touched. The lab's and the BGP tier's blocks run lblab (from the checkout, on PATH) in the
+// root network namespace, where lblab builds its labs, but in a mount namespace with a private
+// /run/netns, /dev/shm and /tmp: the default lab names (lblab-...) are the test's own there.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createTopology, labNamespaces, type Topology } from '../../src/lab/topology.js';
 import { keyHash } from '../fixtures/nfqlb-fixtures.js';
 import { mconnect, requireBuild, ROOT, startDaemon, startServers } from './harness.js';
 
 const PREFIX = 'tfc-rd-';
 
-/** The ```sh blocks of the README section with this heading, each as its lines. */
-function readmeBlocks(readme: string, heading: string): string[][] {
-  const start = readme.indexOf(`\n## ${heading}\n`);
-  if (start < 0) throw new Error(`README.md has no section '## ${heading}'`);
-  const end = readme.indexOf('\n## ', start + 1);
-  const section = readme.slice(start, end < 0 ? undefined : end);
-  return [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!.split('\n').filter((l) => l.trim() !== ''));
+/** A ```sh block: its page (README.md, docs/x.md), the heading above it (any level), its lines. */
+export interface DocBlock { file: string; heading: string; lines: string[] }
+
+/** The pages whose ```sh blocks must all be run: README.md and docs/*.md. */
+function docPages(): string[] {
+  return ['README.md', ...readdirSync(`${ROOT}docs`).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
 }
 
-/** The lines of the ```sh blocks of the README section with this heading. */
-export function readmeCommands(readme: string, heading: string): string[] {
-  return readmeBlocks(readme, heading).flat();
+/** Every ```sh block of a page, with the heading it stands under; blank lines left out. */
+export function shBlocks(file: string): DocBlock[] {
+  const blocks: DocBlock[] = [];
+  let heading = '';
+  let fence: { lang: string; lines: string[] } | null = null;
+  for (const line of readFileSync(`${ROOT}${file}`, 'utf8').split('\n')) {
+    if (fence === null) {
+      const open = /^```(\S*)\s*$/.exec(line);
+      if (open) fence = { lang: open[1]!, lines: [] };
+      else heading = /^#{1,6} (.*)$/.exec(line)?.[1] ?? heading;
+    } else if (line === '```') {
+      if (fence.lang === 'sh') blocks.push({ file, heading, lines: fence.lines.filter((l) => l.trim() !== '') });
+      fence = null;
+    } else {
+      fence.lines.push(line);
+    }
+  }
+  return blocks;
 }
 
-/** A long-running command: started, checked, stopped by the test. */
-const daemonLine = (line: string): boolean => /^bin\/(nfqlb|xdplb) lb\b/.test(line);
+/** A page and one of its headings. */
+type Section = readonly [file: string, heading: string];
+
+/** The lines of all ```sh blocks of a section, in order; a section without one is an error. */
+export function docCommands([file, heading]: Section): string[] {
+  const blocks = shBlocks(file).filter((b) => b.heading === heading);
+  if (blocks.length === 0) throw new Error(`${file} has no \`\`\`sh block under the heading '${heading}'`);
+  return blocks.flatMap((b) => b.lines);
+}
+
+// The sections with ```sh blocks, each run by a test below.
+const USING_NFQLB: Section = ['README.md', 'Using nfqlb'];
+const USING_XDPLB: Section = ['README.md', 'Using xdplb'];
+/**
+ * Sections whose one lb runs while the other lines of the section act on it, in the table
+ * "Using nfqlb" made; then `probe` must print `want`, and the VIP must still be balanced if
+ * the lb serves its queue.
+ */
+const WITH_LB: { section: Section; probe: string; want: RegExp; balances: boolean }[] = [
+  { section: ['docs/conntrack.md', 'Running it'], probe: 'bin/nfqlb show', want: /Active: 101\(0\) 102\(1\)\n/, balances: true },
+  {
+    section: ['docs/metrics.md', 'Running it'], probe: 'curl -s http://127.0.0.1:9110/metrics',
+    want: /^nfqlb_packets_total\{queue="2"\} \d+$/m, balances: true,
+  },
+  { section: ['docs/offload.md', 'Running it'], probe: 'bin/nfqlb show', want: /Active: 101\(0\) 102\(1\)\n/, balances: true },
+  // A flowlb on queue 3, which no rule feeds: the block is about its control channel.
+  { section: ['docs/security.md', 'The control key'], probe: "NFQLB_FLOW_ADDRESS='tcp:[::1]:10033' bin/nfqlb flow-list-names",
+    want: /^  "web"$/m, balances: false },
+];
+const LAB: Section = ['docs/lab.md', 'Running it'];
+const BGP: Section = ['docs/bgp.md', 'Running it'];
+const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP];
+
+/** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
+const daemonLine = (line: string): boolean => /^(\w+=\S+ )*bin\/(nfqlb|xdplb) (lb|flowlb)\b/.test(line);
+
+/** The line as a command that the shell replaces itself with, in the foreground. */
+const execLine = (line: string): string => line.replace(/\s*&$/, '').replace(/^((?:\w+=\S+ )*)/, '$1exec ');
 
 /** The machine's files of the names the blocks use: they must be left as they were. */
 const machineShm = (): (string | null)[] =>
   ['nfqlb', 'ftshm', 'xdplb'].map((n) => (existsSync(`/dev/shm/${n}`) ? `${n} ${statSync(`/dev/shm/${n}`).mtimeMs}` : null));
 const machineShmBefore = machineShm();
 
-let topo: Topology;
-let router: string;
-let holder: ChildProcess;
-const procs: ChildProcess[] = [];
-const readme = readFileSync(`${ROOT}README.md`, 'utf8');
+interface LineResult { stdout: string; stderr: string; status: number | null }
 
-/** argv that runs a README line in the router's namespaces (private /dev/shm), from the checkout. */
-function inRouter(line: string): string[] {
-  return ['nsenter', '-t', String(holder.pid), '-m', '-n', 'sh', '-c', `cd ${ROOT} && ${line}`];
+/** Where a block's lines run: argv that runs a shell line there, and how long a line may take. */
+interface Place { argv(line: string): string[]; timeout: number }
+
+/** A process that holds a mount namespace set up by `setup` (shell), in the namespaces of `spawnIt`. */
+async function mountHolder(spawnIt: (argv: string[]) => ChildProcess, setup: string): Promise<ChildProcess> {
+  const holder = spawnIt(['unshare', '--mount', '--propagation=private', 'sh', '-c', `${setup} && echo ready && exec sleep 3600`]);
+  procs.push(holder);
+  await startDaemon(holder, 'ready');
+  return holder;
 }
 
-function runLine(line: string): { stdout: string; stderr: string; status: number | null } {
-  const argv = inRouter(line);
-  return spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: 30_000 });
+/** Runs a line of a block at a place, from the checkout. */
+function runLine(place: Place, line: string): LineResult {
+  const argv = place.argv(line);
+  return spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: place.timeout });
+}
+
+/** A comment line after a command states its output; `...` stands for any text. */
+function expectedOutput(comment: string): RegExp {
+  const text = comment.replace(/^#\s*/, '').split('...').map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*');
+  return new RegExp(`^${text}$`, 's');
 }
 
 /**
- * Runs every line of a block; a failing one fails the test with its output. Each check runs on
- * the output of the lines that include its key, and every check must find a line: one that
- * no line matches (the README changed) fails instead of passing unchecked.
+ * Runs every line of a block, except `make build` (checked with `make -n`) and lines that
+ * start an lb (returned, for the caller to run). A line must exit 0 with nothing on stderr,
+ * unless a comment line follows it: then that comment is its output, on stdout if it exits 0,
+ * else on stderr. Each check runs on the output of the lines that include its key, and every
+ * check must find a line: one that no line matches (the page changed) fails instead of passing
+ * unchecked.
  */
-function runBlock(lines: string[], check: Record<string, (out: string) => void> = {}): string[] {
+function runBlock(place: Place, lines: string[], check: Record<string, (out: string) => void> = {}): string[] {
   const daemons: string[] = [];
   const ran = new Set<string>();
-  for (const line of lines) {
+  for (const [i, line] of lines.entries()) {
+    if (line.startsWith('#')) continue;
     if (/^make build\b/.test(line)) {
       // The checkout is built already; the target must still exist as documented.
       expect(spawnSync('make', ['-n', 'build'], { cwd: ROOT }).status).toBe(0);
@@ -68,8 +137,14 @@ function runBlock(lines: string[], check: Record<string, (out: string) => void> 
       daemons.push(line);
       continue;
     }
-    const r = runLine(line);
-    expect({ line, status: r.status, stderr: r.stderr }).toEqual({ line, status: 0, stderr: '' });
+    const r = runLine(place, line);
+    const comment = lines[i + 1]?.startsWith('#') ? lines[i + 1]! : null;
+    if (comment === null) {
+      expect({ line, status: r.status, stderr: r.stderr }).toEqual({ line, status: 0, stderr: '' });
+    } else {
+      const output = (r.status === 0 ? r.stdout : r.stderr).trim();
+      expect({ line, output }).toEqual({ line, output: expect.stringMatching(expectedOutput(comment)) });
+    }
     for (const [key, f] of Object.entries(check)) {
       if (!line.includes(key)) continue;
       f(r.stdout);
@@ -80,12 +155,18 @@ function runBlock(lines: string[], check: Record<string, (out: string) => void> 
   return daemons;
 }
 
-/** Runs README lb line `lb` while `check` runs; it must exit 0 on SIGTERM. */
-async function withLb(lb: string, check: () => void): Promise<void> {
-  const argv = inRouter(`exec ${lb}`);
+let topo: Topology;
+let router: string;
+/** The router's lines: its network namespace, a private /dev/shm and /run. */
+let atRouter: Place;
+const procs: ChildProcess[] = [];
+
+/** Runs lb line `lb` at the router while `check` runs; it must exit 0 on SIGTERM. */
+async function withLb(lb: string, check: () => void, ready = 'serving queue'): Promise<void> {
+  const argv = atRouter.argv(execLine(lb));
   const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   procs.push(proc);
-  const daemon = await startDaemon(proc);
+  const daemon = await startDaemon(proc, ready);
   try {
     check();
   } finally {
@@ -106,10 +187,9 @@ beforeAll(async () => {
   topo = createTopology({ prefix: PREFIX, nvm: 1, nrouters: 1 });
   router = topo.ns.router(1);
   procs.push(...startServers(topo, 1));
-  // Holds a mount namespace with an empty /dev/shm of its own; README lines run inside it.
-  holder = topo.spawn(router, ['unshare', '-m', 'sh', '-c', 'mount -t tmpfs tfc-rd-shm /dev/shm && echo ready && exec sleep 3600']);
-  procs.push(holder);
-  await startDaemon(holder, 'ready');
+  const holder = await mountHolder((argv) => topo.spawn(router, argv),
+    'mount -t tmpfs tfc-rd-shm /dev/shm && mount -t tmpfs tfc-rd-run /run');
+  atRouter = { argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', '-n', 'sh', '-c', `cd ${ROOT} && ${line}`], timeout: 30_000 };
 });
 
 afterAll(() => {
@@ -119,18 +199,27 @@ afterAll(() => {
   expect(labNamespaces(PREFIX)).toEqual([]);
 });
 
+describe('the command blocks of README.md and docs/', () => {
+  it('are each run by a test of this file, as written', () => {
+    const key = ([file, heading]: Section): string => `${file}: ${heading}`;
+    const found = [...new Set(docPages().flatMap(shBlocks).map((b) => key([b.file, b.heading])))].sort();
+    // A section listed here and not found: its test would throw; one found and not listed: no test runs it.
+    expect(found, '```sh blocks by section (a block no test can run belongs in the text)').toEqual(COVERED.map(key).sort());
+  });
+});
+
 describe('README.md', () => {
   it('has command blocks for nfqlb and xdplb, each with one lb command', () => {
-    for (const [heading, cmd] of [['Using nfqlb', 'nfqlb'], ['Using xdplb', 'xdplb']] as const) {
-      const lines = readmeCommands(readme, heading);
+    for (const [section, cmd] of [[USING_NFQLB, 'nfqlb'], [USING_XDPLB, 'xdplb']] as const) {
+      const lines = docCommands(section);
       expect(lines.length).toBeGreaterThan(3);
       expect(lines.filter(daemonLine)).toEqual([expect.stringMatching(new RegExp(`^bin/${cmd} lb `))]);
     }
   });
 
   it('runs "Using nfqlb" as written, and the lb it starts balances connections', async () => {
-    const lines = readmeCommands(readme, 'Using nfqlb');
-    const [lb] = runBlock(lines, {
+    const lines = docCommands(USING_NFQLB);
+    const [lb] = runBlock(atRouter, lines, {
       'nfqlb init': (out) => expect(out).toBe('M adjusted; 900 -> 887\n'),
       'nfqlb show': (out) => expect(out).toMatch(/Active: 101\(0\) 102\(1\) 103\(2\)/),
       // The reference nfqlb gives 103 for the README's example; the hash is the reference's
@@ -142,45 +231,73 @@ describe('README.md', () => {
     });
     // The "per target" line for the other two targets.
     const perTarget = lines.find((l) => l.includes('fwmark 101'))!;
-    for (const fw of ['102', '103']) expect(runLine(perTarget.replaceAll('101', fw)).status).toBe(0);
+    for (const fw of ['102', '103']) expect(runLine(atRouter, perTarget.replaceAll('101', fw)).status).toBe(0);
     // The table was made in the private /dev/shm, not the machine's.
-    expect(runLine('test -e /dev/shm/nfqlb').status).toBe(0);
+    expect(runLine(atRouter, 'test -e /dev/shm/nfqlb').status).toBe(0);
     expect(machineShm()).toEqual(machineShmBefore);
 
     await withLb(lb!, expectBalanced);
   });
 
-  // Sections whose one lb runs while the other lines of its block act on it, in the table
-  // "Using nfqlb" made (a section's lab runs, in blocks of their own, are the lab tests' part).
-  it.each([
-    ['Connection tracking and drain (`--conntrack`)', 'bin/nfqlb show', /Active: 101\(0\) 102\(1\)\n/],
-    ['Metrics', 'curl -s http://127.0.0.1:9110/metrics', /^nfqlb_packets_total\{queue="2"\} \d+$/m],
-    ['nfqlb offload: the same table in the kernel (`lb --offload`)', 'bin/nfqlb show', /Active: 101\(0\) 102\(1\)\n/],
-  ])('runs "%s" as written, with its lb serving', async (heading, probe, want) => {
-    const lines = readmeBlocks(readme, heading).find((b) => b.some(daemonLine)) ?? [];
+  it('runs "Using xdplb" as written, and the lb attaches XDP to eth2 until stopped', async () => {
+    const [lb] = runBlock(atRouter, docCommands(USING_XDPLB), {
+      'xdplb vip-add': () => expect(runLine(atRouter, 'bin/xdplb vip-list').stdout).toBe('10.0.0.0\n1000::\n'),
+    });
+    const xdp = (): string => topo.exec(router, ['ip', '-d', 'link', 'show', 'eth2']);
+    await withLb(lb!, () => expect(xdp()).toMatch(/prog\/xdp id \d+/), 'xdplb forwarding');
+    expect(xdp()).not.toMatch(/prog\/xdp/);
+  });
+});
+
+describe('docs/', () => {
+  it.each(WITH_LB.map((w) => [w.section.join(': '), w] as const))('runs %s as written, with its lb serving', async (_, w) => {
+    const lines = docCommands(w.section);
     const [lb, ...more] = lines.filter(daemonLine);
     expect(more).toEqual([]);
     await withLb(lb!, () => {
-      runBlock(lines);
-      expect(runLine(probe).stdout).toMatch(want);
-      expectBalanced();
+      runBlock(atRouter, lines);
+      expect(runLine(atRouter, w.probe).stdout).toMatch(w.want);
+      if (w.balances) expectBalanced();
     });
   });
 
-  it('runs "Using xdplb" as written, and the lb attaches XDP to eth2 until stopped', async () => {
-    const [lb] = runBlock(readmeCommands(readme, 'Using xdplb'), {
-      'xdplb vip-add': () => expect(runLine('bin/xdplb vip-list').stdout).toBe('10.0.0.0\n1000::\n'),
+  describe('the lab', () => {
+    /** The lab's lines: the root network namespace, a private /run/netns, /dev/shm and /tmp, lblab on PATH. */
+    let atLab: Place;
+    const inLab = (line: string): string => runLine(atLab, line).stdout;
+
+    beforeAll(async () => {
+      const holder = await mountHolder((argv) => spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }),
+        'mkdir -p /run/netns && mount -t tmpfs tfc-rd-netns /run/netns && mount -t tmpfs tfc-rd-labshm /dev/shm && ' +
+        `mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s ${ROOT}bin/lblab /tmp/bin/lblab`);
+      atLab = {
+        argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', 'sh', '-c', `cd ${ROOT} && export PATH=/tmp/bin:$PATH && ${line}`],
+        timeout: 300_000,
+      };
     });
-    const argv = inRouter(`exec ${lb}`);
-    const proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    procs.push(proc);
-    const daemon = await startDaemon(proc, 'xdplb forwarding');
-    try {
-      expect(topo.exec(router, ['ip', '-d', 'link', 'show', 'eth2'])).toMatch(/prog\/xdp id \d+/);
-    } finally {
-      await daemon.stop('SIGTERM');
-    }
-    expect(proc.exitCode).toBe(0);
-    expect(topo.exec(router, ['ip', '-d', 'link', 'show', 'eth2'])).not.toMatch(/prog\/xdp/);
+
+    afterAll(() => {
+      // After a failure: the lab's processes would outlive the mount namespace.
+      if (atLab) runLine(atLab, 'lblab down');
+    });
+
+    it(`runs ${LAB.join(': ')} as written: scale runs, a lab left up and removed`, () => {
+      runBlock(atLab, docCommands(LAB), {
+        'test --list': (out) =>
+          expect(out.split('\n')).toEqual(expect.arrayContaining(['nfqueue_scale_in', 'ecmp_scale_in', 'start_nfqueue'])),
+        'nfqueue_scale_in ecmp_scale_in': (out) => expect(out).toMatch(/^PASS nfqueue_scale_in\n[^]*^PASS ecmp_scale_in$/m),
+        start_nfqueue: () => expect(inLab('ip netns list')).toMatch(/^lblab-vm-201\b/m),
+        'lblab down': () => expect(inLab('ip netns list')).not.toMatch(/lblab-/),
+      });
+    }, 300_000);
+
+    it(`runs ${BGP.join(': ')} as written: the gateway's route has a next-hop per LB`, () => {
+      runBlock(atLab, docCommands(BGP), {
+        start_nfqueue: () => expect(inLab('ip netns list')).toMatch(/^lblab-vm-221\b/m),
+        'ip route show': (out) => expect(out.match(/nexthop via/g)).toHaveLength(3),
+        'show protocols': (out) => expect(out.match(/\bEstablished\b/g)?.length).toBeGreaterThanOrEqual(3),
+        'lblab down': () => expect(inLab('ip netns list')).not.toMatch(/lblab-/),
+      });
+    }, 300_000);
   });
 });
