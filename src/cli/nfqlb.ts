@@ -1,17 +1,16 @@
 // `nfqlb`: the reference's command set over the library. Each command validates all of its
 // input before it touches shared memory, so a bad call changes nothing.
-import { renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { connect } from 'node:net';
 import { intOption, metricsOption, type Parsed } from './options.js';
 import { UsageError } from '../usage-error.js';
 import { primeBelow } from '../maglev.js';
 import { TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import { hashTuple } from '../hash.js';
-import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
+import { openShm } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
 import { parseOffloadOptions } from '../nfqlb/offload.js';
-import { DrainList } from '../nfqlb/drain.js';
 import { CT_DEFAULT_TIMEOUTS } from '../nfqlb/conntrack.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
@@ -26,8 +25,8 @@ const INT32_MAX = 0x7fffffff;
 /** The reference release whose commands, formats and tables this nfqlb reproduces. */
 const NFQLB_VERSION = '1.2.0';
 
-function openTable(name: string, writable: boolean): TargetTable {
-  return new TargetTable(openShm(name, writable));
+function openStore(name: string, writable: boolean): TargetStore<TargetTable> {
+  return TargetStore.open(NFQLB_TABLE, name, writable);
 }
 
 function fwmarkArg(text: string): number {
@@ -153,15 +152,8 @@ const commands: CommandTable = {
       const M = TargetTable.adjustM(wantM);
       if (N > M) throw new UsageError(`N can't be larger than M (${N} > ${M})`);
       if (TargetTable.byteLength(M, N) > 2 ** 30) throw new UsageError(`M=${M}, N=${N} needs more than 1 GiB of shared memory`);
-      // A fresh table has no targets, so nothing drains from it (checked before anything changes).
-      const drain = DrainList.open(name, true);
       if (M !== wantM) process.stdout.write(`M adjusted; ${wantM} -> ${M}\n`);
-      // Built under a temporary name and renamed over the old one: a running lb keeps its
-      // mapping of the old file instead of seeing it truncated under its feet.
-      const tmp = `.${name}.init-${process.pid}`;
-      TargetTable.initialize(createShm(tmp, TargetTable.byteLength(M, N)), M, N, ownFw);
-      renameSync(shmPath(tmp), shmPath(name));
-      drain?.clear();
+      TargetStore.create(NFQLB_TABLE, name, { M, N, ownFwmark: ownFw });
       return 0;
     },
   },
@@ -169,8 +161,7 @@ const commands: CommandTable = {
     synopsis: 'delete --shm=name\n  Remove a shared memory table',
     options: { shm: { arg: true, required: true, help: 'Shared memory' } },
     run(p) {
-      deleteShm(opt(p, 'shm', ''));
-      DrainList.delete(opt(p, 'shm', ''));
+      TargetStore.delete(NFQLB_TABLE, opt(p, 'shm', ''));
       return 0;
     },
   },
@@ -179,7 +170,7 @@ const commands: CommandTable = {
     options: shmOption,
     run(p) {
       const name = opt(p, 'shm', 'nfqlb');
-      process.stdout.write(openTable(name, false).show(name) + '\n');
+      process.stdout.write(openStore(name, false).table.show(name) + '\n');
       return 0;
     },
   },
@@ -189,14 +180,11 @@ const commands: CommandTable = {
     run(p) {
       const fwmarks = p.args.map(fwmarkArg);
       const name = opt(p, 'shm', 'nfqlb');
-      const t = openTable(name, true);
-      const index = indexArg(p, t);
-      const drain = DrainList.open(name, true);
-      if (index === undefined) t.activate(fwmarks);
-      else if (fwmarks.length === 1) t.setIndex(index, fwmarks[0]!);
+      const store = openStore(name, true);
+      const index = indexArg(p, store.table);
+      if (index === undefined) store.activate(fwmarks);
+      else if (fwmarks.length === 1) store.activateAt(index, fwmarks[0]!);
       else throw new UsageError('--index takes exactly one fwmark');
-      // Back in the table: no longer draining (removed only now, so it is never in neither).
-      for (const fw of fwmarks) drain?.remove(fw);
       return 0;
     },
   },
@@ -215,33 +203,21 @@ const commands: CommandTable = {
     run(p) {
       const fwmarks = p.args.map(fwmarkArg);
       const name = opt(p, 'shm', 'nfqlb');
-      const t = openTable(name, true);
-      const index = indexArg(p, t);
+      const store = openStore(name, true);
+      const index = indexArg(p, store.table);
       if (index !== undefined && fwmarks.length > 0) throw new UsageError('--index takes no fwmark');
-      const atIndex = index === undefined ? -1 : t.active[index]!;
-      if (p.opts.has('now')) {
-        const drain = DrainList.open(name, true);
+      const now = p.opts.has('now');
+      if (now && index !== undefined && store.table.active[index]! < 0) {
         // A drained target's slot is empty: the table no longer says which fwmark it held, and
         // doing nothing would leave that target draining (reachable) until it is activated.
-        const draining = drain?.list() ?? [];
-        if (index !== undefined && atIndex < 0 && draining.length > 0) {
+        const draining = store.draining();
+        if (draining.length > 0) {
           throw new UsageError(`--index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${
             draining.join(' ')})`);
         }
-        if (index === undefined) t.deactivate(fwmarks);
-        else t.clearIndex(index);
-        for (const fw of index === undefined ? fwmarks : [atIndex]) drain?.remove(fw);
-        return 0;
       }
-      // Into the drain list before out of the table: an lb never sees the target in neither.
-      const leaving = index === undefined ? fwmarks.filter((fw) => t.active.includes(fw)) : atIndex >= 0 ? [atIndex] : [];
-      if (leaving.length > 0) {
-        const drain = DrainList.create(name);
-        if (!drain.hasRoomFor(leaving)) throw new UsageError(`drain list of ${name} is full: remove drained targets with 'deactivate --now'`);
-        for (const fw of leaving) drain.add(fw);
-      }
-      if (index === undefined) t.deactivate(fwmarks);
-      else t.clearIndex(index);
+      if (index === undefined) store.deactivate(fwmarks, { now });
+      else store.deactivateAt(index, { now });
       return 0;
     },
   },
@@ -266,7 +242,7 @@ const commands: CommandTable = {
         process.stdout.write(`{ "hash": ${hash} }\n`);
         return 0;
       }
-      const t = openTable(shm, false);
+      const t = openStore(shm, false).table;
       const lookupIndex = t.lookupIndex(hash);
       const activeIndex = t.lookup[lookupIndex]!;
       const fwmark = t.fwmarkOf(hash);
@@ -304,7 +280,9 @@ const commands: CommandTable = {
       const o = lbRunOptions(p);
       const offload = parseOffloadOptions(opt(p, 'offload'), p.opts.get('vip') ?? []);
       // The kernel program is stateless: flows it marks would never see the flow table.
-      if (offload !== undefined && (o.conntrack ?? 0) > 0) throw new UsageError('--offload and --conntrack: the offloaded packets bypass the flow table; choose one');
+      if (offload !== undefined && (o.conntrack ?? 0) > 0) {
+        throw new UsageError('--offload and --conntrack: the offloaded packets bypass the flow table; choose one');
+      }
       return runLb({
         ...o,
         tshm: opt(p, 'tshm', 'nfqlb'),

@@ -4,13 +4,13 @@
 // see announce.ts), the fragment statistics file, the trace server, the metrics endpoint and
 // (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
-import { renameSync, statSync } from 'node:fs';
 import { UsageError } from '../usage-error.js';
 import type { MetricsAddress } from '../metrics.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
-import { createShm, openShm, shmPath } from '../shm.js';
-import { TargetTable } from '../target-table.js';
+import { openShm, publishShm } from '../shm.js';
+import type { TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TableFollower, TargetStore } from '../target-store.js';
 import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from './frag-table.js';
 import { Tun } from './tun.js';
 import { Tracer } from './tracer.js';
@@ -25,7 +25,6 @@ import { QUEUE_COUNTER, QueueCounters } from './counters.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
 import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
-import { DrainList } from './drain.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -104,11 +103,9 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const conntrack = (o.conntrack ?? 0) > 0
     ? new ConnTrack({ size: o.conntrack!, timeouts: o.ctTimeouts, now: performance.now(), counters: counters.conntrackCounters() })
     : null;
-  // With conntrack, each target table comes with its drain list (created here if missing, so a
-  // later `deactivate` writes into the file this lb already maps).
-  const openTarget = (name: string): TargetTable => {
-    const t = new TargetTable(openShm(name, false));
-    conntrack?.attachDrain(t, DrainList.create(name));
+  // With conntrack, each target table comes with its drain list.
+  const withDrain = (name: string, t: TargetTable): TargetTable => {
+    conntrack?.attachDrain(t, TargetStore.drainList(name));
     return t;
   };
   const flows =
@@ -116,11 +113,17 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       ? new FlowSelector({
           promiscuousPing: o.flow?.promiscuousPing ?? false,
           tracer,
-          counters: ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
-          openTable: openTarget,
+          counters: ctx.flowCounters === null
+            ? undefined
+            : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
+          openTable: (name) => withDrain(name, TargetStore.open(NFQLB_TABLE, name).table),
         })
       : null;
-  const single = o.tshm === null ? null : new SingleTable(openTarget(o.tshm), o.tshm);
+  // `init` may re-create a table while we run: followed, and the new one used once it is readable.
+  const name = o.tshm;
+  const target = name === null ? null : new TableFollower(NFQLB_TABLE, name, { onReplace: (t) => withDrain(name, t) });
+  const single = target === null ? null : new SingleTable(withDrain(target.name, target.table), target.name);
+  const tier = o.lbshm === null ? null : new TableFollower(NFQLB_TABLE, o.lbshm);
   const selector: TargetSelector = flows ?? single!;
   const statsBuffer = openShm(o.ftShm, true);
   const frags = new FragTable(
@@ -133,7 +136,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     notargetsFwmark: o.notargetsFwmark,
     nolbFwmark: o.flow?.nolbFwmark ?? -1,
     sctpEncap: o.sctpEncap,
-    lbTable: o.lbshm === null ? null : new TargetTable(openShm(o.lbshm, false)),
+    lbTable: tier?.table ?? null,
     frags,
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
     tracer,
@@ -156,19 +159,17 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     counters.counters[QUEUE_COUNTER.enobufs] = n.enobufs;
     counters.counters[QUEUE_COUNTER.verdictErrors] = n.verdictErrors;
   };
-  const follow = [
-    ...(single === null ? [] : [followTable(o.tshm!, openTarget, (t) => (single.table = t))]),
-    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (name) => new TargetTable(openShm(name, false)), (t) => (balancer.lbTable = t))]),
-  ];
   const sweeper = setInterval(() => {
     // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
     frags.sweep(performance.now());
     conntrack?.tick(performance.now());
-    for (const check of follow) check();
+    if (target?.check()) single!.table = target.table;
+    if (tier?.check()) balancer.lbTable = tier.table;
     copyNative();
   }, 1000);
-  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange,
-    conntrack: conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) } }, 'serving queue');
+  const ctSize = conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) };
+  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined,
+    copyRange: queue.copyRange, conntrack: ctSize }, 'serving queue');
   return {
     balancer,
     setFlows: flows === null ? undefined : (specs, traceSpecs) => flows.setFlows(specs, traceSpecs),
@@ -178,31 +179,9 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       counters.counters[QUEUE_COUNTER.bound] = 0;
       copyNative();
       // The addon's packets and batches win: ours are counted only with --metrics.
-      log.info({ queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      log.info({ queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(),
+        kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
-  };
-}
-
-/**
- * `nfqlb init` builds a new file and renames it over the old one, so a running lb never maps
- * a half-built or shrunken table; this returns a check that switches to the new file once it
- * appears. Until then, and if it cannot be read, the last good table stays in use.
- */
-export function followTable(name: string, open: (name: string) => TargetTable, replace: (t: TargetTable) => void): () => void {
-  let ino = statSync(shmPath(name)).ino;
-  let warned = false;
-  return () => {
-    try {
-      const now = statSync(shmPath(name)).ino;
-      if (now === ino) return;
-      replace(open(name));
-      ino = now;
-      warned = false;
-      log.info({ shm: name }, 'table re-created by init: using the new one');
-    } catch (e) {
-      if (!warned) log.warn({ shm: name, err: (e as Error).message }, 'table unreadable: keeping the last good one');
-      warned = true;
-    }
   };
 }
 
@@ -221,21 +200,22 @@ function startWorker(o: LbOptions, ctx: Omit<QueueContext, 'traceSink'>, traceSi
     worker.once('error', reject);
     worker.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`queue ${ctx.queue} worker exited with ${code}`))));
   });
-  return { done, stop: () => worker.postMessage({ stop: true }), setFlows: (flows, traceFlows) => worker.postMessage({ flows, traceFlows }) };
+  return {
+    done,
+    stop: () => worker.postMessage({ stop: true }),
+    setFlows: (flows, traceFlows) => worker.postMessage({ flows, traceFlows }),
+  };
 }
 
-/** Creates the fragment statistics file afresh: one block per queue (the reference has one). */
+/** Creates the fragment statistics file afresh, all counters 0: one block per queue (the reference has one). */
 function createFragStats(name: string, blocks: number): void {
-  const tmp = `.${name}.lb-${process.pid}`;
-  new Uint8Array(createShm(tmp, blocks * FRAG_STATS_BYTES)).fill(0);
-  renameSync(shmPath(tmp), shmPath(name));
+  publishShm(name, blocks * FRAG_STATS_BYTES, () => undefined);
 }
 
 /** Runs until SIGINT/SIGTERM, then releases the queues (so --queue-bypass lets traffic pass). */
 export async function runLb(o: LbOptions): Promise<number> {
   // Fail fast, with one line, on a missing table or tun device.
-  if (o.tshm !== null) new TargetTable(openShm(o.tshm, false));
-  if (o.lbshm !== null) new TargetTable(openShm(o.lbshm, false));
+  for (const name of [o.tshm, o.lbshm]) if (name !== null) TargetStore.open(NFQLB_TABLE, name);
   if (o.sctpEncap !== 0 && o.tshm === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
   let tun: Tun | null = null;
   if (o.tun !== null) {
@@ -274,19 +254,21 @@ export async function runLb(o: LbOptions): Promise<number> {
     process.once('SIGTERM', resolve);
   }).then(() => announcement?.withdraw(o.drainMs));
   const tunFd = tun?.fd() ?? null;
+  const flowOptions = { allowRemote: o.allowRemote };
   let failed = false;
   try {
     if (o.queues.length === 1) {
       const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters, counters: counterBlocks });
       try {
         if (o.announce !== null) announcement = Announcement.open(o.announce);
-        if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters, { allowRemote: o.allowRemote });
+        if (counters !== null) flowServer = await FlowServer.start((s, t) => handle.setFlows!(s, t), tracer, counters, flowOptions);
         await stopped;
       } finally {
         handle.stop();
       }
     } else {
-      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
+      const workers = o.queues.map((queue, statsIndex) =>
+        startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
       const fail = (e: Error) => {
@@ -295,7 +277,9 @@ export async function runLb(o: LbOptions): Promise<number> {
       };
       try {
         if (o.announce !== null) announcement = Announcement.open(o.announce);
-        if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters, { allowRemote: o.allowRemote });
+        if (counters !== null) {
+          flowServer = await FlowServer.start((s, t) => workers.forEach((w) => w.setFlows(s, t)), tracer, counters, flowOptions);
+        }
         await Promise.race([stopped, all]).catch(fail);
       } finally {
         for (const w of workers) w.stop();
@@ -315,7 +299,9 @@ export async function runLb(o: LbOptions): Promise<number> {
 }
 
 /** Listens on --metrics before any queue is bound, so a bad address changes nothing. */
-async function startMetrics(o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null): Promise<MetricsServer> {
+async function startMetrics(
+  o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null,
+): Promise<MetricsServer> {
   const flows = () => flowServer()?.flows.all() ?? [];
   const registry = newRegistry();
   const { health, stop } = registerNfqlbMetrics(registry, {
@@ -328,7 +314,9 @@ async function startMetrics(o: LbOptions, address: MetricsAddress, counters: Sha
       return [...new Set(names)];
     },
     // '#' flows are internal (the UDP side of an SCTP encapsulation).
-    flows: o.tshm !== null ? undefined : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
+    flows: o.tshm !== null
+      ? undefined
+      : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
   });
   try {
     return await MetricsServer.start(address, registry, health, stop);

@@ -3,9 +3,9 @@
 // through a second socket on the same UMEM. Non-VIP traffic goes to the kernel.
 import { readFileSync, readdirSync } from 'node:fs';
 import { log } from '../log.js';
-import { openShm } from '../shm.js';
+import { TargetStore } from '../target-store.js';
 import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
-import { XdpTable, parseMac, vipText } from './table.js';
+import { XDPLB_TABLE, XdpTable, parseMac, vipText } from './table.js';
 import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
 import type { MetricsAddress } from '../metrics.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
@@ -69,8 +69,8 @@ export class XdpLb {
   }
 
   private constructor(private readonly o: XdpLbOptions) {
-    if (o.vips.length > 0) new XdpTable(openShm(o.shm, true)).addVips(o.vips);
-    this.table = new XdpTable(openShm(o.shm, false));
+    if (o.vips.length > 0) TargetStore.open(XDPLB_TABLE, o.shm, true).table.addVips(o.vips);
+    this.table = TargetStore.open(XDPLB_TABLE, o.shm).table;
     const srcMac = deviceMac(o.edev);
     deviceMac(o.idev);
     const nq = rxQueueCount(o.idev);
