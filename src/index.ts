@@ -10,7 +10,7 @@ export { PacketInfo, parsePacket } from './packet.js';
 export { createShm, openShm, deleteShm, shmPath, publishShm } from './shm.js';
 export { NfQueue, DESC, NF_ACCEPT, NF_DROP, kernelQueueStats, type NfQueueOptions } from './nfqueue.js';
 export { Balancer, serveQueue, type BalancerOptions, type FwmarkFn } from './nfqlb/balancer.js';
-export { runLb, parseQueueRange, type LbOptions } from './nfqlb/run.js';
+export { runLb, parseQueueRange, type LbOptions, type FragmentOptions } from './nfqlb/run.js';
 export { XdpTable, XDPLB_TABLE, XDPLB_M, XDPLB_N, parseMac, formatMac } from './xdp/table.js';
 export { FrameForwarder, type ForwarderCounters } from './xdp/forwarder.js';
 export { XdpLb, runXdpLb, type XdpLbOptions } from './xdp/run.js';

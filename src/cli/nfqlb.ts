@@ -78,38 +78,53 @@ function ctTimeout(p: Parsed, name: string, dfltMs: number): number {
   return 1000 * intOption(name, opt(p, name, String(dfltMs / 1000)), 1, MAX_CT_TIMEOUT_S);
 }
 
-function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
+/** The options lb and flowlb share, in the library's names; each checked in the order given. */
+function lbRunOptions(p: Parsed): Omit<LbOptions, 'targetTable' | 'sctpEncapPort'> {
   if (intOption('reassembler', opt(p, 'reassembler', '0'), 0, INT32_MAX) !== 0) {
     throw new UsageError('--reassembler: user-space reassembly is not supported (the servers reassemble)');
   }
   return {
-    lbshm: opt(p, 'lbshm') ?? null,
+    tierTable: opt(p, 'lbshm') ?? null,
     queues: parseQueueRange(opt(p, 'queue', '2')),
-    qlength: intOption('qlength', opt(p, 'qlength', '1024'), 1, 1 << 20),
+    queueLength: intOption('qlength', opt(p, 'qlength', '1024'), 1, 1 << 20),
     failOpen: p.opts.has('fail_open'),
     mtu: intOption('mtu', opt(p, 'mtu', '1500'), 576, 65535),
     tun: opt(p, 'tun') ?? null,
-    notargetsFwmark: intOption('notargets_fwmark', opt(p, 'notargets_fwmark', '-1'), -1, INT32_MAX),
+    noTargetFwmark: intOption('notargets_fwmark', opt(p, 'notargets_fwmark', '-1'), -1, INT32_MAX),
     hashMode: intOption('hash_mode', opt(p, 'hash_mode', '1'), 0, 1),
     batch: intOption('batch', opt(p, 'batch', '128'), 1, 1024),
-    ftShm: opt(p, 'ft_shm', 'ftshm'),
-    ftSize: intOption('ft_size', opt(p, 'ft_size', '500'), 1, 1 << 24),
-    ftBuckets: intOption('ft_buckets', opt(p, 'ft_buckets', '500'), 0, 1 << 24),
-    ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
-    ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
+    fragments: {
+      statsShm: opt(p, 'ft_shm', 'ftshm'),
+      size: intOption('ft_size', opt(p, 'ft_size', '500'), 1, 1 << 24),
+      buckets: intOption('ft_buckets', opt(p, 'ft_buckets', '500'), 0, 1 << 24),
+      maxStored: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
+      ttlMs: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
+    },
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
-    announce: opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!),
-    drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
+    announce: announceOptions(p),
     allowRemote: p.opts.has('allow_remote'),
     metrics: metricsOption(p),
-    conntrack: intOption('conntrack', opt(p, 'conntrack', '0'), 0, 1 << 24),
-    ctTimeouts: {
-      synMs: ctTimeout(p, 'ct_syn_timeout', CT_DEFAULT_TIMEOUTS.synMs),
-      establishedMs: ctTimeout(p, 'ct_established_timeout', CT_DEFAULT_TIMEOUTS.establishedMs),
-      closeMs: ctTimeout(p, 'ct_close_timeout', CT_DEFAULT_TIMEOUTS.closeMs),
-      otherMs: ctTimeout(p, 'ct_other_timeout', CT_DEFAULT_TIMEOUTS.otherMs),
-    },
+    conntrack: conntrackOptions(p),
   };
+}
+
+/** --announce and its --drain (checked also without --announce). */
+function announceOptions(p: Parsed): LbOptions['announce'] {
+  const device = opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!);
+  const lingerMs = intOption('drain', opt(p, 'drain', '2000'), 0, 600_000);
+  return device === null ? null : { device, lingerMs };
+}
+
+/** --conntrack and its timeouts (checked also without --conntrack). */
+function conntrackOptions(p: Parsed): LbOptions['conntrack'] {
+  const entries = intOption('conntrack', opt(p, 'conntrack', '0'), 0, 1 << 24);
+  const timeouts = {
+    synMs: ctTimeout(p, 'ct_syn_timeout', CT_DEFAULT_TIMEOUTS.synMs),
+    establishedMs: ctTimeout(p, 'ct_established_timeout', CT_DEFAULT_TIMEOUTS.establishedMs),
+    closeMs: ctTimeout(p, 'ct_close_timeout', CT_DEFAULT_TIMEOUTS.closeMs),
+    otherMs: ctTimeout(p, 'ct_other_timeout', CT_DEFAULT_TIMEOUTS.otherMs),
+  };
+  return entries === 0 ? undefined : { entries, timeouts };
 }
 
 /** What selects packets, for flow-set and trace-flow-set. */
@@ -280,13 +295,13 @@ const commands: CommandTable = {
       const o = lbRunOptions(p);
       const offload = parseOffloadOptions(opt(p, 'offload'), p.opts.get('vip') ?? []);
       // The kernel program is stateless: flows it marks would never see the flow table.
-      if (offload !== undefined && (o.conntrack ?? 0) > 0) {
+      if (offload !== undefined && o.conntrack !== undefined) {
         throw new UsageError('--offload and --conntrack: the offloaded packets bypass the flow table; choose one');
       }
       return runLb({
         ...o,
-        tshm: opt(p, 'tshm', 'nfqlb'),
-        sctpEncap: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535),
+        targetTable: opt(p, 'tshm', 'nfqlb'),
+        sctpEncapPort: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535),
         offload,
       });
     },
@@ -301,10 +316,10 @@ const commands: CommandTable = {
     run(p) {
       return runLb({
         ...lbRunOptions(p),
-        tshm: null,
-        sctpEncap: 0,
+        targetTable: null,
+        sctpEncapPort: 0,
         flow: {
-          nolbFwmark: intOption('nolb_fwmark', opt(p, 'nolb_fwmark', '-1'), -1, INT32_MAX),
+          noMatchFwmark: intOption('nolb_fwmark', opt(p, 'nolb_fwmark', '-1'), -1, INT32_MAX),
           promiscuousPing: p.opts.has('promiscuous_ping'),
         },
       });

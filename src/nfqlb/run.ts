@@ -26,43 +26,71 @@ import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
 import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
 
+/**
+ * What `nfqlb lb` and `nfqlb flowlb` run with. The CLI (cli/nfqlb.ts) maps the reference's
+ * option spellings (--tshm, --qlength, --ft_size, ...) to these names.
+ */
 export interface LbOptions {
-  /** Target table (lb); null for flowlb, whose flows name their tables. */
-  tshm: string | null;
-  /** The LB-tier table (--lbshm), or null. */
-  lbshm: string | null;
+  /** The target table's shm name (lb); null for flowlb, whose flows name their tables. */
+  targetTable: string | null;
+  /** The LB-tier table: a fragment goes to the lb of the tier that owns its addresses; null for none. */
+  tierTable: string | null;
   queues: number[];
-  qlength: number;
+  /** Packets the kernel keeps waiting for a verdict, per queue. */
+  queueLength: number;
   /** A full queue lets packets through unmarked (NFQA_CFG_F_FAIL_OPEN) instead of dropping them. */
   failOpen: boolean;
   mtu: number;
-  notargetsFwmark: number;
+  /** The fwmark of a packet when no target is active; -1 drops it. */
+  noTargetFwmark: number;
   hashMode: number;
   batch: number;
   /** Tun device for re-injecting stored fragments, or null (then none are stored). */
   tun: string | null;
-  sctpEncap: number;
-  ftShm: string;
-  ftSize: number;
-  ftBuckets: number;
-  ftFrag: number;
-  ftTtl: number;
+  /** The UDP port of SCTP over UDP (RFC 6951), whose packets are hashed as SCTP; 0 for none. */
+  sctpEncapPort: number;
+  fragments: FragmentOptions;
   traceAddress: string;
-  /** Device held while serving, for a routing daemon's VIP announcement (--announce), or null. */
-  announce: string | null;
-  /** With announce: ms to keep serving after withdrawing on SIGTERM/SIGINT (--drain). */
-  drainMs: number;
+  /** A device held while serving, for a routing daemon's VIP announcement; null for none. */
+  announce: {
+    device: string;
+    /** Milliseconds to keep serving after withdrawing on SIGTERM/SIGINT, while routes move. */
+    lingerMs: number;
+  } | null;
   /** Accept a tcp control address that is not loopback (--allow_remote). */
   allowRemote?: boolean;
   /** Where to serve Prometheus metrics and /healthz (--metrics); without: no endpoint, no per-packet counting. */
   metrics?: MetricsAddress | null;
-  /** Connection tracking: entries per queue (absent or 0: stateless) and timeouts (default Cilium's). */
-  conntrack?: number;
-  ctTimeouts?: ConnTrackTimeouts;
+  /** Connection tracking; absent: stateless. */
+  conntrack?: {
+    /** Flow entries per queue. */
+    entries: number;
+    /** Default Cilium's. */
+    timeouts?: ConnTrackTimeouts;
+  };
   /** flowlb only. */
-  flow?: { nolbFwmark: number; promiscuousPing: boolean };
+  flow?: {
+    /** The fwmark of a packet that matches no flow; -1 drops it. */
+    noMatchFwmark: number;
+    /** ICMP echo requests match flows on their addresses only. */
+    promiscuousPing: boolean;
+  };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
   offload?: OffloadOptions;
+}
+
+/** The fragment table: later fragments follow their first one's target. */
+export interface FragmentOptions {
+  /** Shm name of the fragment statistics, one block per queue (`nfqlb stats` reads it). */
+  statsShm: string;
+  /** Hash buckets. */
+  size: number;
+  /** Extra entries for hash collisions. */
+  buckets: number;
+  /** Later fragments stored until their first one comes (used only with a tun device). */
+  maxStored: number;
+  /** Lifetime of an entry, in milliseconds. */
+  ttlMs: number;
 }
 
 /** Parses the reference's `--queue`: `n`, or `a:b` for queues a..b inclusive. */
@@ -100,16 +128,17 @@ export interface QueueHandle {
 export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const tracer = new Tracer(openLogConfig(), ctx.traceSink);
   const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
-  const conntrack = (o.conntrack ?? 0) > 0
-    ? new ConnTrack({ size: o.conntrack!, timeouts: o.ctTimeouts, now: performance.now(), counters: counters.conntrackCounters() })
-    : null;
+  const ct = o.conntrack;
+  const conntrack = ct === undefined
+    ? null
+    : new ConnTrack({ size: ct.entries, timeouts: ct.timeouts, now: performance.now(), counters: counters.conntrackCounters() });
   // With conntrack, each target table comes with its drain list.
   const withDrain = (name: string, t: TargetTable): TargetTable => {
     conntrack?.attachDrain(t, TargetStore.drainList(name));
     return t;
   };
   const flows =
-    o.tshm === null
+    o.targetTable === null
       ? new FlowSelector({
           promiscuousPing: o.flow?.promiscuousPing ?? false,
           tracer,
@@ -120,22 +149,23 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
         })
       : null;
   // `init` may re-create a table while we run: followed, and the new one used once it is readable.
-  const name = o.tshm;
+  const name = o.targetTable;
   const target = name === null ? null : new TableFollower(NFQLB_TABLE, name, { onReplace: (t) => withDrain(name, t) });
   const single = target === null ? null : new SingleTable(withDrain(target.name, target.table), target.name);
-  const tier = o.lbshm === null ? null : new TableFollower(NFQLB_TABLE, o.lbshm);
+  const tier = o.tierTable === null ? null : new TableFollower(NFQLB_TABLE, o.tierTable);
   const selector: TargetSelector = flows ?? single!;
-  const statsBuffer = openShm(o.ftShm, true);
+  const f = o.fragments;
+  const statsBuffer = openShm(f.statsShm, true);
   const frags = new FragTable(
-    { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
+    { size: f.size, buckets: f.buckets, maxFragments: o.tun === null ? 0 : f.maxStored, mtu: o.mtu, ttlMs: f.ttlMs },
     new Uint32Array(statsBuffer, ctx.statsIndex * FRAG_STATS_BYTES, FRAG_STAT.WORDS),
   );
   const balancer = new Balancer(selector, {
     counters: counters.counters,
     hashMode: o.hashMode,
-    notargetsFwmark: o.notargetsFwmark,
-    nolbFwmark: o.flow?.nolbFwmark ?? -1,
-    sctpEncap: o.sctpEncap,
+    notargetsFwmark: o.noTargetFwmark,
+    nolbFwmark: o.flow?.noMatchFwmark ?? -1,
+    sctpEncap: o.sctpEncapPort,
     lbTable: tier?.table ?? null,
     frags,
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
@@ -144,7 +174,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   });
   const queue = new NfQueue({
     queue: ctx.queue,
-    maxLen: o.qlength,
+    maxLen: o.queueLength,
     failOpen: o.failOpen,
     batch: o.batch,
     // Stored fragments must be whole; otherwise the headers are all we need.
@@ -168,7 +198,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     copyNative();
   }, 1000);
   const ctSize = conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) };
-  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined,
+  log.info({ queue: ctx.queue, tshm: o.targetTable ?? undefined, lbshm: o.tierTable ?? undefined, tun: o.tun ?? undefined,
     copyRange: queue.copyRange, conntrack: ctSize }, 'serving queue');
   return {
     balancer,
@@ -215,8 +245,8 @@ function createFragStats(name: string, blocks: number): void {
 /** Runs until SIGINT/SIGTERM, then releases the queues (so --queue-bypass lets traffic pass). */
 export async function runLb(o: LbOptions): Promise<number> {
   // Fail fast, with one line, on a missing table or tun device.
-  for (const name of [o.tshm, o.lbshm]) if (name !== null) TargetStore.open(NFQLB_TABLE, name);
-  if (o.sctpEncap !== 0 && o.tshm === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
+  for (const name of [o.targetTable, o.tierTable]) if (name !== null) TargetStore.open(NFQLB_TABLE, name);
+  if (o.sctpEncapPort !== 0 && o.targetTable === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
   let tun: Tun | null = null;
   if (o.tun !== null) {
     tun = new Tun(o.tun);
@@ -227,7 +257,7 @@ export async function runLb(o: LbOptions): Promise<number> {
     }
   }
   const counterBlocks = QueueCounters.allocate(o.queues.length);
-  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
+  const flowCounters = o.targetTable === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
   const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let flowServer: FlowServer | null = null;
   const metrics = !o.metrics ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
@@ -235,24 +265,23 @@ export async function runLb(o: LbOptions): Promise<number> {
     throw e;
   });
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
-  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.tshm!, o.hashMode, o.sctpEncap);
-  createFragStats(o.ftShm, o.queues.length);
+  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.targetTable!, o.hashMode, o.sctpEncapPort);
+  const f = o.fragments;
+  createFragStats(f.statsShm, o.queues.length);
   const logConfig = claimLogConfig();
   const stopLogLevel = followLogLevel(logConfig);
   const traceServer = await startTraceServer(o.traceAddress, o.queues, logConfig, o.allowRemote);
   const traceSink = (line: string) => traceServer?.write(line);
   const tracer = new Tracer(logConfig, traceSink);
-  log.info(
-    { size: o.ftSize, buckets: o.ftBuckets, frag: tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttl: o.ftTtl, ftShm: o.ftShm },
-    'FragTable',
-  );
+  const frag = tun === null ? 0 : f.maxStored;
+  log.info({ size: f.size, buckets: f.buckets, frag, mtu: o.mtu, ttl: f.ttlMs, ftShm: f.statsShm }, 'FragTable');
 
   // Announced once the queues are bound; a graceful stop withdraws, drains, then stops them.
   let announcement: Announcement | null = null;
   const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
-  }).then(() => announcement?.withdraw(o.drainMs));
+  }).then(() => announcement?.withdraw(o.announce!.lingerMs));
   const tunFd = tun?.fd() ?? null;
   const flowOptions = { allowRemote: o.allowRemote };
   let failed = false;
@@ -260,7 +289,7 @@ export async function runLb(o: LbOptions): Promise<number> {
     if (o.queues.length === 1) {
       const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters, counters: counterBlocks });
       try {
-        if (o.announce !== null) announcement = Announcement.open(o.announce);
+        if (o.announce !== null) announcement = Announcement.open(o.announce.device);
         if (counters !== null) flowServer = await FlowServer.start((s, t) => handle.setFlows!(s, t), tracer, counters, flowOptions);
         await stopped;
       } finally {
@@ -276,7 +305,7 @@ export async function runLb(o: LbOptions): Promise<number> {
         log.error({ err: e.message }, 'queue worker failed');
       };
       try {
-        if (o.announce !== null) announcement = Announcement.open(o.announce);
+        if (o.announce !== null) announcement = Announcement.open(o.announce.device);
         if (counters !== null) {
           flowServer = await FlowServer.start((s, t) => workers.forEach((w) => w.setFlows(s, t)), tracer, counters, flowOptions);
         }
@@ -307,14 +336,14 @@ async function startMetrics(
   const { health, stop } = registerNfqlbMetrics(registry, {
     queues: o.queues,
     counters,
-    conntrack: (o.conntrack ?? 0) > 0,
+    conntrack: o.conntrack !== undefined,
     tables: () => {
-      const names = o.tshm !== null ? [o.tshm] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
-      if (o.lbshm !== null) names.push(o.lbshm);
+      const names = o.targetTable !== null ? [o.targetTable] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
+      if (o.tierTable !== null) names.push(o.tierTable);
       return [...new Set(names)];
     },
     // '#' flows are internal (the UDP side of an SCTP encapsulation).
-    flows: o.tshm !== null
+    flows: o.targetTable !== null
       ? undefined
       : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
   });
