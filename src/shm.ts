@@ -1,7 +1,7 @@
 // Shared memory files in /dev/shm, mapped into ArrayBuffers. This module owns the files
 // (naming, creation, sizing); the native addon only maps an open fd. The layout inside is
 // the caller's business (nfqlb's target table, the fragment-table stats, ...).
-import { closeSync, constants, fstatSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
+import { closeSync, constants, fstatSync, ftruncateSync, openSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { loadAddon } from './native.js';
 
 interface ShmAddon {
@@ -40,6 +40,14 @@ export function createShm(name: string, size: number): ArrayBuffer {
  * JS cannot make an ArrayBuffer read-only, and a write through it is a SIGSEGV.
  */
 export function openShm(name: string, writable: boolean): ArrayBuffer {
+  return mapShm(name, writable).buffer;
+}
+
+/**
+ * openShm with the inode of the file mapped, taken from the same descriptor: a follower compares
+ * it with shmInode to see whether another file has been renamed over the name since.
+ */
+export function mapShm(name: string, writable: boolean): { buffer: ArrayBuffer; ino: number } {
   const path = shmPath(name);
   let fd: number;
   try {
@@ -49,11 +57,37 @@ export function openShm(name: string, writable: boolean): ArrayBuffer {
     throw e;
   }
   try {
-    const size = fstatSync(fd).size;
+    const { size, ino } = fstatSync(fd);
     if (size === 0) throw new Error(`shm ${name} is empty (${path})`);
-    return addon().map(fd, size, writable);
+    return { buffer: addon().map(fd, size, writable), ino };
   } finally {
     closeSync(fd);
+  }
+}
+
+/** The inode the name `name` stands for now. */
+export function shmInode(name: string): number {
+  return statSync(shmPath(name)).ino;
+}
+
+/**
+ * Creates shared memory `name` afresh: `build` writes the content of a new, zeroed file of
+ * `size` bytes under a temporary name, which is then renamed over `name`. A process mapping the
+ * old file keeps it whole (never truncated or half-rewritten under its feet), and one that opens
+ * `name` finds either the old file or the complete new one. If `build` throws, `name` is untouched.
+ */
+export function publishShm<T>(name: string, size: number, build: (buffer: ArrayBuffer) => T): T {
+  const path = shmPath(name);
+  const tmp = `.${name}.new-${process.pid}`;
+  // A leftover of a process that died with our pid would be reused in place by createShm.
+  deleteShm(tmp);
+  try {
+    const built = build(createShm(tmp, size));
+    renameSync(shmPath(tmp), path);
+    return built;
+  } catch (e) {
+    deleteShm(tmp);
+    throw e;
   }
 }
 

@@ -25,6 +25,23 @@ if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
   throw new Error('target-table: a big-endian host cannot share the nfqlb table layout');
 }
 
+/**
+ * A change of a table's active targets:
+ *  - activate: each fwmark not yet present goes into the first free slot, in order (the
+ *    reference silently skips fwmarks it has no room for: this refuses the whole change);
+ *  - deactivate: the first slot holding each fwmark is freed; unknown fwmarks are ignored, as in
+ *    the reference;
+ *  - activateAt / deactivateAt: slot `index` holds `fwmark` / is freed (`--index`);
+ *  - slots: exactly these slots hold these fwmarks and every other slot is free (a whole
+ *    desired set, e.g. from a registry); a fwmark may stand in one slot only.
+ */
+export type TableChange =
+  | { activate: readonly number[] }
+  | { deactivate: readonly number[] }
+  | { activateAt: number; fwmark: number }
+  | { deactivateAt: number }
+  | { slots: ReadonlyMap<number, number> };
+
 export class TargetTable {
   readonly lookup: Int32Array;
   readonly perm: Uint32Array;
@@ -115,58 +132,40 @@ export class TargetTable {
   }
 
   /**
-   * Put each fwmark not yet present into the first free slot, in order.
-   * Returns whether anything changed. Throws RangeError, changing nothing,
-   * when a fwmark is invalid or there are not enough free slots (the
-   * reference silently skips fwmarks it has no room for).
+   * Applies `change` (see TableChange) and publishes the new active[] so that a concurrent
+   * reader never sees a half-made one (see commit). `beforePublish` sees the staged active[]
+   * first and may throw to abandon the change: TargetStore fills the drain list there, before a
+   * target leaves the table. Returns whether anything changed; throws RangeError, changing
+   * nothing, on invalid input or when there are not enough free slots.
+   *
+   * This changes the memory only: a named table's drain list is kept in step by TargetStore.
    */
+  update(change: TableChange, beforePublish?: (next: Int32Array) => void): boolean {
+    const next = this.stage(change);
+    if (sameInt32(next, this.active)) return false;
+    beforePublish?.(next);
+    this.commit(next);
+    return true;
+  }
+
+  /** update({ activate: fwmarks }). */
   activate(fwmarks: readonly number[]): boolean {
-    for (const fw of fwmarks) checkFwmark(fw);
-    const next = this.startChange();
-    let changed = false;
-    for (const fw of fwmarks) {
-      if (next.indexOf(fw) >= 0) continue;
-      const free = firstFree(next);
-      if (free < 0) {
-        throw new RangeError(`no free slot for fwmark ${fw}: all ${this.N} slots are in use`);
-      }
-      next[free] = fw;
-      changed = true;
-    }
-    return changed && this.commit(next);
+    return this.update({ activate: fwmarks });
   }
 
-  /** Set slot `index` to `fwmark` (`activate --index`). Returns whether it changed. */
+  /** update({ activateAt: index, fwmark }) (`activate --index`). */
   setIndex(index: number, fwmark: number): boolean {
-    this.checkIndex(index);
-    checkFwmark(fwmark);
-    if (this.active[index] === fwmark) return false;
-    const next = this.startChange();
-    next[index] = fwmark;
-    return this.commit(next);
+    return this.update({ activateAt: index, fwmark });
   }
 
-  /** Free the first slot holding each fwmark; unknown fwmarks are ignored, as in the reference. */
+  /** update({ deactivate: fwmarks }). */
   deactivate(fwmarks: readonly number[]): boolean {
-    for (const fw of fwmarks) checkFwmark(fw);
-    const next = this.startChange();
-    let changed = false;
-    for (const fw of fwmarks) {
-      const slot = next.indexOf(fw);
-      if (slot < 0) continue;
-      next[slot] = -1;
-      changed = true;
-    }
-    return changed && this.commit(next);
+    return this.update({ deactivate: fwmarks });
   }
 
-  /** Free slot `index` (`deactivate --index`). Returns whether it was active. */
+  /** update({ deactivateAt: index }) (`deactivate --index`). */
   clearIndex(index: number): boolean {
-    this.checkIndex(index);
-    if ((this.active[index] as number) < 0) return false;
-    const next = this.startChange();
-    next[index] = -1;
-    return this.commit(next);
+    return this.update({ deactivateAt: index });
   }
 
   /** The lookup entry a flow hash (uint32) selects. */
@@ -179,9 +178,16 @@ export class TargetTable {
    * be written by another process at any time, so every index is checked.
    */
   fwmarkOf(hash: number): number {
-    const slot = this.lookup[(hash >>> 0) % this.lookup.length] as number;
-    if (slot < 0 || slot >= this.active.length) return -1;
-    return this.active[slot] as number;
+    return this.slotFwmark(this.lookup[(hash >>> 0) % this.lookup.length] as number);
+  }
+
+  /**
+   * The fwmark in active slot `slot` (what a lookup entry holds), or -1 when the slot is free or
+   * is not one: the table may be written by another process at any time, so a lookup entry is
+   * checked before it indexes active[].
+   */
+  slotFwmark(slot: number): number {
+    return slot >= 0 && slot < this.active.length ? (this.active[slot] as number) : -1;
   }
 
   /** The text of `nfqlb show` for this table: five lines, without the final newline. */
@@ -209,11 +215,44 @@ export class TargetTable {
     }
   }
 
-  /** A private copy of active[] to stage a change in. */
-  private startChange(): Int32Array {
+  /** active[] after `change`, staged in the private copy (the live one is untouched). */
+  private stage(change: TableChange): Int32Array {
     this.nextActive ??= new Int32Array(this.N);
-    this.nextActive.set(this.active);
-    return this.nextActive;
+    const next = this.nextActive;
+    next.set(this.active);
+    if ('activate' in change) {
+      for (const fw of change.activate) checkFwmark(fw);
+      for (const fw of change.activate) {
+        if (next.indexOf(fw) >= 0) continue;
+        const free = firstFree(next);
+        if (free < 0) throw new RangeError(`no free slot for fwmark ${fw}: all ${this.N} slots are in use`);
+        next[free] = fw;
+      }
+    } else if ('deactivate' in change) {
+      for (const fw of change.deactivate) checkFwmark(fw);
+      for (const fw of change.deactivate) {
+        const slot = next.indexOf(fw);
+        if (slot >= 0) next[slot] = -1;
+      }
+    } else if ('activateAt' in change) {
+      this.checkIndex(change.activateAt);
+      checkFwmark(change.fwmark);
+      next[change.activateAt] = change.fwmark;
+    } else if ('deactivateAt' in change) {
+      this.checkIndex(change.deactivateAt);
+      next[change.deactivateAt] = -1;
+    } else {
+      next.fill(-1);
+      for (const [index, fw] of change.slots) {
+        this.checkIndex(index);
+        checkFwmark(fw);
+        // Twice in the table would be twice the share of new flows: not what a set of targets means.
+        const other = next.indexOf(fw);
+        if (other >= 0) throw new RangeError(`fwmark ${fw} is given for slots ${other} and ${index}`);
+        next[index] = fw;
+      }
+    }
+    return next;
   }
 
   /**
@@ -223,7 +262,7 @@ export class TargetTable {
    * lookup is copied in whole (each entry holds the old or the new slot), and
    * only then are vacated slots freed.
    */
-  private commit(next: Int32Array): true {
+  private commit(next: Int32Array): void {
     this.nextLookup ??= new Int32Array(this.M);
     populate(this.nextLookup, this.perm, next, this.M, this.N);
     const active = this.active;
@@ -234,7 +273,6 @@ export class TargetTable {
     for (let i = 0; i < next.length; i++) {
       if ((next[i] as number) < 0) active[i] = next[i] as number;
     }
-    return true;
   }
 }
 
@@ -255,6 +293,13 @@ function checkFwmark(fwmark: number): void {
   if (!Number.isInteger(fwmark) || fwmark < 0 || fwmark > MAX_FWMARK) {
     throw new RangeError(`fwmark must be an integer in 0..${MAX_FWMARK}, got ${fwmark}`);
   }
+}
+
+/** Whether two arrays hold the same values (e.g. active[] now and when last seen). */
+export function sameInt32(a: Int32Array, b: Int32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function firstFree(active: Int32Array): number {

@@ -1,17 +1,16 @@
 // `nfqlb`: the reference's command set over the library. Each command validates all of its
 // input before it touches shared memory, so a bad call changes nothing.
-import { renameSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { connect } from 'node:net';
 import { intOption, metricsOption, type Parsed } from './options.js';
 import { UsageError } from '../usage-error.js';
 import { primeBelow } from '../maglev.js';
 import { TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import { hashTuple } from '../hash.js';
-import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
+import { openShm } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
 import { parseOffloadOptions } from '../nfqlb/offload.js';
-import { DrainList } from '../nfqlb/drain.js';
 import { CT_DEFAULT_TIMEOUTS } from '../nfqlb/conntrack.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
@@ -26,8 +25,8 @@ const INT32_MAX = 0x7fffffff;
 /** The reference release whose commands, formats and tables this nfqlb reproduces. */
 const NFQLB_VERSION = '1.2.0';
 
-function openTable(name: string, writable: boolean): TargetTable {
-  return new TargetTable(openShm(name, writable));
+function openStore(name: string, writable: boolean): TargetStore<TargetTable> {
+  return TargetStore.open(NFQLB_TABLE, name, writable);
 }
 
 function fwmarkArg(text: string): number {
@@ -79,38 +78,53 @@ function ctTimeout(p: Parsed, name: string, dfltMs: number): number {
   return 1000 * intOption(name, opt(p, name, String(dfltMs / 1000)), 1, MAX_CT_TIMEOUT_S);
 }
 
-function lbRunOptions(p: Parsed): Omit<LbOptions, 'tshm' | 'sctpEncap'> {
+/** The options lb and flowlb share, in the library's names; each checked in the order given. */
+function lbRunOptions(p: Parsed): Omit<LbOptions, 'targetTable' | 'sctpEncapPort'> {
   if (intOption('reassembler', opt(p, 'reassembler', '0'), 0, INT32_MAX) !== 0) {
     throw new UsageError('--reassembler: user-space reassembly is not supported (the servers reassemble)');
   }
   return {
-    lbshm: opt(p, 'lbshm') ?? null,
+    tierTable: opt(p, 'lbshm') ?? null,
     queues: parseQueueRange(opt(p, 'queue', '2')),
-    qlength: intOption('qlength', opt(p, 'qlength', '1024'), 1, 1 << 20),
+    queueLength: intOption('qlength', opt(p, 'qlength', '1024'), 1, 1 << 20),
     failOpen: p.opts.has('fail_open'),
     mtu: intOption('mtu', opt(p, 'mtu', '1500'), 576, 65535),
     tun: opt(p, 'tun') ?? null,
-    notargetsFwmark: intOption('notargets_fwmark', opt(p, 'notargets_fwmark', '-1'), -1, INT32_MAX),
+    noTargetFwmark: intOption('notargets_fwmark', opt(p, 'notargets_fwmark', '-1'), -1, INT32_MAX),
     hashMode: intOption('hash_mode', opt(p, 'hash_mode', '1'), 0, 1),
     batch: intOption('batch', opt(p, 'batch', '128'), 1, 1024),
-    ftShm: opt(p, 'ft_shm', 'ftshm'),
-    ftSize: intOption('ft_size', opt(p, 'ft_size', '500'), 1, 1 << 24),
-    ftBuckets: intOption('ft_buckets', opt(p, 'ft_buckets', '500'), 0, 1 << 24),
-    ftFrag: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
-    ftTtl: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
+    fragments: {
+      statsShm: opt(p, 'ft_shm', 'ftshm'),
+      size: intOption('ft_size', opt(p, 'ft_size', '500'), 1, 1 << 24),
+      buckets: intOption('ft_buckets', opt(p, 'ft_buckets', '500'), 0, 1 << 24),
+      maxStored: intOption('ft_frag', opt(p, 'ft_frag', '100'), 0, 1 << 20),
+      ttlMs: intOption('ft_ttl', opt(p, 'ft_ttl', '200'), 1, 3_600_000),
+    },
     traceAddress: opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS),
-    announce: opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!),
-    drainMs: intOption('drain', opt(p, 'drain', '2000'), 0, 600_000),
+    announce: announceOptions(p),
     allowRemote: p.opts.has('allow_remote'),
     metrics: metricsOption(p),
-    conntrack: intOption('conntrack', opt(p, 'conntrack', '0'), 0, 1 << 24),
-    ctTimeouts: {
-      synMs: ctTimeout(p, 'ct_syn_timeout', CT_DEFAULT_TIMEOUTS.synMs),
-      establishedMs: ctTimeout(p, 'ct_established_timeout', CT_DEFAULT_TIMEOUTS.establishedMs),
-      closeMs: ctTimeout(p, 'ct_close_timeout', CT_DEFAULT_TIMEOUTS.closeMs),
-      otherMs: ctTimeout(p, 'ct_other_timeout', CT_DEFAULT_TIMEOUTS.otherMs),
-    },
+    conntrack: conntrackOptions(p),
   };
+}
+
+/** --announce and its --drain (checked also without --announce). */
+function announceOptions(p: Parsed): LbOptions['announce'] {
+  const device = opt(p, 'announce') === undefined ? null : checkAnnounceDevice(opt(p, 'announce')!);
+  const lingerMs = intOption('drain', opt(p, 'drain', '2000'), 0, 600_000);
+  return device === null ? null : { device, lingerMs };
+}
+
+/** --conntrack and its timeouts (checked also without --conntrack). */
+function conntrackOptions(p: Parsed): LbOptions['conntrack'] {
+  const entries = intOption('conntrack', opt(p, 'conntrack', '0'), 0, 1 << 24);
+  const timeouts = {
+    synMs: ctTimeout(p, 'ct_syn_timeout', CT_DEFAULT_TIMEOUTS.synMs),
+    establishedMs: ctTimeout(p, 'ct_established_timeout', CT_DEFAULT_TIMEOUTS.establishedMs),
+    closeMs: ctTimeout(p, 'ct_close_timeout', CT_DEFAULT_TIMEOUTS.closeMs),
+    otherMs: ctTimeout(p, 'ct_other_timeout', CT_DEFAULT_TIMEOUTS.otherMs),
+  };
+  return entries === 0 ? undefined : { entries, timeouts };
 }
 
 /** What selects packets, for flow-set and trace-flow-set. */
@@ -153,15 +167,8 @@ const commands: CommandTable = {
       const M = TargetTable.adjustM(wantM);
       if (N > M) throw new UsageError(`N can't be larger than M (${N} > ${M})`);
       if (TargetTable.byteLength(M, N) > 2 ** 30) throw new UsageError(`M=${M}, N=${N} needs more than 1 GiB of shared memory`);
-      // A fresh table has no targets, so nothing drains from it (checked before anything changes).
-      const drain = DrainList.open(name, true);
       if (M !== wantM) process.stdout.write(`M adjusted; ${wantM} -> ${M}\n`);
-      // Built under a temporary name and renamed over the old one: a running lb keeps its
-      // mapping of the old file instead of seeing it truncated under its feet.
-      const tmp = `.${name}.init-${process.pid}`;
-      TargetTable.initialize(createShm(tmp, TargetTable.byteLength(M, N)), M, N, ownFw);
-      renameSync(shmPath(tmp), shmPath(name));
-      drain?.clear();
+      TargetStore.create(NFQLB_TABLE, name, { M, N, ownFwmark: ownFw });
       return 0;
     },
   },
@@ -169,8 +176,7 @@ const commands: CommandTable = {
     synopsis: 'delete --shm=name\n  Remove a shared memory table',
     options: { shm: { arg: true, required: true, help: 'Shared memory' } },
     run(p) {
-      deleteShm(opt(p, 'shm', ''));
-      DrainList.delete(opt(p, 'shm', ''));
+      TargetStore.delete(NFQLB_TABLE, opt(p, 'shm', ''));
       return 0;
     },
   },
@@ -179,7 +185,7 @@ const commands: CommandTable = {
     options: shmOption,
     run(p) {
       const name = opt(p, 'shm', 'nfqlb');
-      process.stdout.write(openTable(name, false).show(name) + '\n');
+      process.stdout.write(openStore(name, false).table.show(name) + '\n');
       return 0;
     },
   },
@@ -189,14 +195,11 @@ const commands: CommandTable = {
     run(p) {
       const fwmarks = p.args.map(fwmarkArg);
       const name = opt(p, 'shm', 'nfqlb');
-      const t = openTable(name, true);
-      const index = indexArg(p, t);
-      const drain = DrainList.open(name, true);
-      if (index === undefined) t.activate(fwmarks);
-      else if (fwmarks.length === 1) t.setIndex(index, fwmarks[0]!);
+      const store = openStore(name, true);
+      const index = indexArg(p, store.table);
+      if (index === undefined) store.activate(fwmarks);
+      else if (fwmarks.length === 1) store.activateAt(index, fwmarks[0]!);
       else throw new UsageError('--index takes exactly one fwmark');
-      // Back in the table: no longer draining (removed only now, so it is never in neither).
-      for (const fw of fwmarks) drain?.remove(fw);
       return 0;
     },
   },
@@ -215,33 +218,21 @@ const commands: CommandTable = {
     run(p) {
       const fwmarks = p.args.map(fwmarkArg);
       const name = opt(p, 'shm', 'nfqlb');
-      const t = openTable(name, true);
-      const index = indexArg(p, t);
+      const store = openStore(name, true);
+      const index = indexArg(p, store.table);
       if (index !== undefined && fwmarks.length > 0) throw new UsageError('--index takes no fwmark');
-      const atIndex = index === undefined ? -1 : t.active[index]!;
-      if (p.opts.has('now')) {
-        const drain = DrainList.open(name, true);
+      const now = p.opts.has('now');
+      if (now && index !== undefined && store.table.active[index]! < 0) {
         // A drained target's slot is empty: the table no longer says which fwmark it held, and
         // doing nothing would leave that target draining (reachable) until it is activated.
-        const draining = drain?.list() ?? [];
-        if (index !== undefined && atIndex < 0 && draining.length > 0) {
+        const draining = store.draining();
+        if (draining.length > 0) {
           throw new UsageError(`--index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${
             draining.join(' ')})`);
         }
-        if (index === undefined) t.deactivate(fwmarks);
-        else t.clearIndex(index);
-        for (const fw of index === undefined ? fwmarks : [atIndex]) drain?.remove(fw);
-        return 0;
       }
-      // Into the drain list before out of the table: an lb never sees the target in neither.
-      const leaving = index === undefined ? fwmarks.filter((fw) => t.active.includes(fw)) : atIndex >= 0 ? [atIndex] : [];
-      if (leaving.length > 0) {
-        const drain = DrainList.create(name);
-        if (!drain.hasRoomFor(leaving)) throw new UsageError(`drain list of ${name} is full: remove drained targets with 'deactivate --now'`);
-        for (const fw of leaving) drain.add(fw);
-      }
-      if (index === undefined) t.deactivate(fwmarks);
-      else t.clearIndex(index);
+      if (index === undefined) store.deactivate(fwmarks, { now });
+      else store.deactivateAt(index, { now });
       return 0;
     },
   },
@@ -266,7 +257,7 @@ const commands: CommandTable = {
         process.stdout.write(`{ "hash": ${hash} }\n`);
         return 0;
       }
-      const t = openTable(shm, false);
+      const t = openStore(shm, false).table;
       const lookupIndex = t.lookupIndex(hash);
       const activeIndex = t.lookup[lookupIndex]!;
       const fwmark = t.fwmarkOf(hash);
@@ -304,11 +295,13 @@ const commands: CommandTable = {
       const o = lbRunOptions(p);
       const offload = parseOffloadOptions(opt(p, 'offload'), p.opts.get('vip') ?? []);
       // The kernel program is stateless: flows it marks would never see the flow table.
-      if (offload !== undefined && (o.conntrack ?? 0) > 0) throw new UsageError('--offload and --conntrack: the offloaded packets bypass the flow table; choose one');
+      if (offload !== undefined && o.conntrack !== undefined) {
+        throw new UsageError('--offload and --conntrack: the offloaded packets bypass the flow table; choose one');
+      }
       return runLb({
         ...o,
-        tshm: opt(p, 'tshm', 'nfqlb'),
-        sctpEncap: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535),
+        targetTable: opt(p, 'tshm', 'nfqlb'),
+        sctpEncapPort: intOption('sctp_encap', opt(p, 'sctp_encap', '0'), 0, 65535),
         offload,
       });
     },
@@ -323,10 +316,10 @@ const commands: CommandTable = {
     run(p) {
       return runLb({
         ...lbRunOptions(p),
-        tshm: null,
-        sctpEncap: 0,
+        targetTable: null,
+        sctpEncapPort: 0,
         flow: {
-          nolbFwmark: intOption('nolb_fwmark', opt(p, 'nolb_fwmark', '-1'), -1, INT32_MAX),
+          noMatchFwmark: intOption('nolb_fwmark', opt(p, 'nolb_fwmark', '-1'), -1, INT32_MAX),
           promiscuousPing: p.opts.has('promiscuous_ping'),
         },
       });

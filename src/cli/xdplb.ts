@@ -1,20 +1,20 @@
 // `xdplb`: the original xcluster xdplb's commands (init, activate, deactivate, show, lb)
 // plus VIP management, so no bpftool is needed. Every command validates all of its input
 // before it touches shared memory, so a bad call changes nothing.
-import { existsSync, readdirSync, renameSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { dispatch, opt, type CommandTable } from './command.js';
 import { intOption, metricsOption, type Parsed } from './options.js';
 import { UsageError } from '../usage-error.js';
-import { createShm, openShm, shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
-import { XDPLB_M, XDPLB_N, XdpTable, parseMac, vipKey } from '../xdp/table.js';
+import { TargetStore } from '../target-store.js';
+import { XDPLB_M, XDPLB_N, XDPLB_TABLE, XdpTable, parseMac, vipKey } from '../xdp/table.js';
 import { runXdpLb } from '../xdp/run.js';
 
 const DEFAULT_SHM = 'xdplb';
 const shmOption = { shm: { arg: true, help: `Shared memory (default ${DEFAULT_SHM})` } };
 
 function openTable(p: Parsed, writable: boolean): XdpTable {
-  return new XdpTable(openShm(opt(p, 'shm', DEFAULT_SHM), writable));
+  return TargetStore.open(XDPLB_TABLE, opt(p, 'shm', DEFAULT_SHM), writable).table;
 }
 
 /** The single <index> argument, checked against N. */
@@ -81,11 +81,7 @@ const commands: CommandTable = {
       const M = TargetTable.adjustM(wantM);
       if (N > M) throw new UsageError(`N can't be larger than M (${N} > ${M})`);
       if (M !== wantM) process.stdout.write(`M adjusted; ${wantM} -> ${M}\n`);
-      // Built under a temporary name and renamed over an old one: a running lb keeps its
-      // mapping instead of seeing the file truncated under its feet.
-      const tmp = `.${name}.init-${process.pid}`;
-      XdpTable.initialize(createShm(tmp, XdpTable.byteLength(M, N)), M, N);
-      renameSync(shmPath(tmp), shmPath(name));
+      TargetStore.create(XDPLB_TABLE, name, { M, N });
       return 0;
     },
   },
@@ -104,7 +100,9 @@ const commands: CommandTable = {
       const text = opt(p, 'mac');
       const mac = text === undefined ? undefined : parseMac(text);
       // A target is one host: its MAC is unicast (I/G bit clear) and not all zeros.
-      if (mac !== undefined && ((mac[0]! & 1) === 1 || mac.every((x) => x === 0))) throw new UsageError(`Invalid MAC [${text}]: not a unicast address`);
+      if (mac !== undefined && ((mac[0]! & 1) === 1 || mac.every((x) => x === 0))) {
+        throw new UsageError(`Invalid MAC [${text}]: not a unicast address`);
+      }
       const t = openTable(p, true);
       t.activate(indexArg(p, t), mac);
       return 0;

@@ -68,7 +68,7 @@ export interface TargetSelector {
 export class SingleTable implements TargetSelector {
   readonly addressOnly = false;
   constructor(
-    /** Replaced when `nfqlb init` re-creates the file (see followTable in run.ts). */
+    /** Replaced when `nfqlb init` re-creates the file (see TableFollower in target-store.ts). */
     public table: TargetTable,
     readonly selectedName: string,
   ) {}
@@ -109,7 +109,7 @@ export class Balancer {
   private readonly notargetsFwmark: number;
   private readonly nolbFwmark: number;
   private readonly sctpEncap: number;
-  /** Replaced when `nfqlb init` re-creates the file (see followTable in run.ts). */
+  /** Replaced when `nfqlb init` re-creates the file (see TableFollower in target-store.ts). */
   lbTable: TargetTable | null;
   private readonly frags: FragTable | null;
   private readonly tun: Tun | null;

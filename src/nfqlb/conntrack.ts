@@ -22,7 +22,7 @@
 import { HASH_KEY_BYTES, HASH_MODE_SCTP_PORTS } from '../hash.js';
 import { addressWords, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP } from '../packet.js';
 import type { TargetTable } from '../target-table.js';
-import type { DrainList } from './drain.js';
+import type { DrainList } from '../drain-list.js';
 
 /** Entries per bucket: one bucket is a few cache lines of each array. */
 export const CT_WAYS = 8;
@@ -73,7 +73,9 @@ export const CT_STAT = {
   WORDS: 10,
 } as const;
 
-export const CT_STAT_NAMES = ['entries', 'hits', 'missSyn', 'missNonSyn', 'missOther', 'draining', 'replaced', 'evictions', 'expired', 'noRoom'] as const;
+export const CT_STAT_NAMES = [
+  'entries', 'hits', 'missSyn', 'missNonSyn', 'missOther', 'draining', 'replaced', 'evictions', 'expired', 'noRoom',
+] as const;
 
 export interface ConnTrackTimeouts {
   synMs: number;
@@ -124,7 +126,9 @@ export class ConnTrack {
       if (!Number.isInteger(ms) || ms < 1 || ms > 0x7fffffff) throw new RangeError(`conntrack timeout must be 1..2^31-1 ms, got ${ms}`);
     }
     this.timeouts.set([0, t.synMs, t.establishedMs, t.closeMs, t.otherMs]);
-    if (o.counters !== undefined && o.counters.length < CT_STAT.WORDS) throw new RangeError(`conntrack counters need ${CT_STAT.WORDS} words`);
+    if (o.counters !== undefined && o.counters.length < CT_STAT.WORDS) {
+      throw new RangeError(`conntrack counters need ${CT_STAT.WORDS} words`);
+    }
     this.counters = o.counters ?? new Float64Array(CT_STAT.WORDS);
     this.now = Math.floor(o.now ?? 0) | 0;
   }
@@ -182,7 +186,8 @@ export class ConnTrack {
     // Later fragments and cut headers have no full key: stateless, as without the table.
     if (p.truncated || (p.isFragment && !p.firstFragment)) return table.fwmarkOf(hash);
     this.buildKey(buf, p, addressOnly, hashMode);
-    const flags = p.proto === IPPROTO_TCP && !p.icmpError && p.l4Proto === IPPROTO_TCP && p.l4Off >= 0 && p.l4Off + 14 <= p.end ? buf[p.l4Off + 13]! : -1;
+    const tcpHeader = p.proto === IPPROTO_TCP && !p.icmpError && p.l4Proto === IPPROTO_TCP && p.l4Off >= 0 && p.l4Off + 14 <= p.end;
+    const flags = tcpHeader ? buf[p.l4Off + 13]! : -1;
     const bareSyn = flags >= 0 && (flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN;
     const { table: t, counters } = this;
     const now = this.now;
@@ -212,10 +217,8 @@ export class ConnTrack {
       return table.fwmarkOf(hash); // errors follow flows, never start one
     }
     counters[flags < 0 ? CT_STAT.MISS_OTHER : bareSyn ? CT_STAT.MISS_SYN : CT_STAT.MISS_NON_SYN]!++;
-    const { lookup, active } = table;
-    // As TargetTable.fwmarkOf: another process may be writing the table, so check the slot.
-    const slot = lookup[(hash >>> 0) % lookup.length]!;
-    const fw = slot >= 0 && slot < active.length ? active[slot]! : -1;
+    const slot = table.lookup[table.lookupIndex(hash)]!;
+    const fw = table.slotFwmark(slot);
     if (fw < 0) {
       if (e >= 0) this.free(e);
       return -1;

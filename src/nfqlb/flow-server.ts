@@ -5,8 +5,7 @@
 // Who may talk to us is control-auth.ts's business (root on the unix socket, the control key
 // on tcp); every change and every refusal goes to the audit log.
 import { createServer, type Server, type Socket } from 'node:net';
-import { openShm } from '../shm.js';
-import { TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { TRACE, type Tracer } from './tracer.js';
 import { flowAddress, formatControlAddress, socketOptions, type ControlAddress } from './control-address.js';
@@ -45,7 +44,11 @@ export function specOfRequest(req: FlowRequest, withTarget: boolean): FlowSpec {
     if (!/^ *-?[0-9]+ *$/.test(v)) throw new FlowError(`invalid ${k} [${v}]`);
     return Number(v);
   };
-  const spec: FlowSpec = { name: req.get('name') ?? '', target: withTarget ? req.get('target') ?? null : null, priority: num('priority') ?? 0 };
+  const spec: FlowSpec = {
+    name: req.get('name') ?? '',
+    target: withTarget ? req.get('target') ?? null : null,
+    priority: num('priority') ?? 0,
+  };
   const protocols = list('protocols', /[, ]/);
   const dsts = list('dsts', /[, ]/);
   const srcs = list('srcs', /[, ]/);
@@ -78,7 +81,9 @@ export class FlowServer {
   ) {}
 
   /** Listens on `address` (default $NFQLB_FLOW_ADDRESS); a tcp one must be loopback unless `allowRemote`. */
-  static start(apply: ApplyFlows, tracer: Tracer | null, counters: Float64Array, o: { address?: ControlAddress; allowRemote?: boolean } = {}): Promise<FlowServer> {
+  static start(
+    apply: ApplyFlows, tracer: Tracer | null, counters: Float64Array, o: { address?: ControlAddress; allowRemote?: boolean } = {},
+  ): Promise<FlowServer> {
     const address = o.address ?? flowAddress();
     checkListenAddress(address, o.allowRemote ?? false, 'flow address');
     const key = address.kind === 'tcp' ? serverKey() : null;
@@ -87,7 +92,8 @@ export class FlowServer {
       const fs = new FlowServer(server, address, apply, tracer, counters, key);
       server.on('connection', (c) => fs.accept(c));
       const failed = (e: NodeJS.ErrnoException) => {
-        const taken = `flow address ${formatControlAddress(address)} is taken (another flowlb in this network namespace?): give each flowlb its own NFQLB_FLOW_ADDRESS, e.g. unix:nfqlb-2`;
+        const taken = `flow address ${formatControlAddress(address)} is taken (another flowlb in this network namespace?): ` +
+          'give each flowlb its own NFQLB_FLOW_ADDRESS, e.g. unix:nfqlb-2';
         reject(e.code === 'EADDRINUSE' ? Object.assign(new Error(taken), { code: e.code }) : e);
       };
       server.once('error', failed);
@@ -145,7 +151,8 @@ export class FlowServer {
       // The key never reaches a trace or a log line.
       req.delete('auth');
       if (this.key !== null && !keyMatches(this.key, auth)) {
-        return refuse(auth === undefined ? 'no control key (send auth:<key>; see NFQLB_CONTROL_KEY)' : 'wrong control key', { action: req.get('action') });
+        const why = auth === undefined ? 'no control key (send auth:<key>; see NFQLB_CONTROL_KEY)' : 'wrong control key';
+        return refuse(why, { action: req.get('action') });
       }
       c.resume();
       c.end(this.handle(req, peer));
@@ -157,8 +164,11 @@ export class FlowServer {
     const reply = this.execute(req);
     const action = req.get('action');
     const fields = { channel: 'flow', action, flow: req.get('name') };
-    if (reply.startsWith('FAIL')) auditRefusal(peer, { ...fields, reason: reply.slice(6).replace(/\0$/, '') }, 'flow channel: request failed');
-    else if (CHANGES.has(action ?? '')) auditChange(peer, { ...fields, request: changeOf(req) }, `flow channel: ${action} ${req.get('name')}`);
+    if (reply.startsWith('FAIL')) {
+      auditRefusal(peer, { ...fields, reason: reply.slice(6).replace(/\0$/, '') }, 'flow channel: request failed');
+    } else if (CHANGES.has(action ?? '')) {
+      auditChange(peer, { ...fields, request: changeOf(req) }, `flow channel: ${action} ${req.get('name')}`);
+    }
     return reply;
   }
 
@@ -200,13 +210,15 @@ export class FlowServer {
     if (set === this.flows) {
       if (spec.target === null || spec.target === '') return 'FAIL: no target\0';
       try {
-        new TargetTable(openShm(spec.target, false));
+        TargetStore.open(NFQLB_TABLE, spec.target);
       } catch {
         return "FAIL: Couldn't create load-balancer\0";
       }
     }
     const slots = set.set(spec);
-    if (set === this.flows) for (const slot of slots) for (let q = slot; q < this.counters.length; q += MAX_FLOW_SLOTS) this.counters[q] = 0;
+    if (set === this.flows) {
+      for (const slot of slots) for (let q = slot; q < this.counters.length; q += MAX_FLOW_SLOTS) this.counters[q] = 0;
+    }
     this.publish();
     return 'OK\0';
   }

@@ -9,8 +9,8 @@
 // on every change and matching with typed arrays only.
 import { parseIPv4, parseIPv6, formatAddress } from '../address.js';
 import { parsePacket, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
-import { openShm } from '../shm.js';
-import { TargetTable } from '../target-table.js';
+import type { TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import type { Tracer } from './tracer.js';
 import type { TargetSelector } from './balancer.js';
 
@@ -70,7 +70,9 @@ export function parseMatch(text: string): MatchItem {
   const proto = m[1] === 'tcp' ? IPPROTO_TCP : m[1] === 'udp' ? IPPROTO_UDP : IPPROTO_SCTP;
   const offset = Number(m[2]);
   const bytes = Number(m[3]) as 1 | 2 | 4;
-  if (offset + bytes > headerLength(proto)) throw new FlowError(`match out of bounds [${text}]: the ${m[1]} header has ${headerLength(proto)} bytes`);
+  if (offset + bytes > headerLength(proto)) {
+    throw new FlowError(`match out of bounds [${text}]: the ${m[1]} header has ${headerLength(proto)} bytes`);
+  }
   const max = 2 ** (8 * bytes) - 1;
   const mask = m[4] === undefined ? 0 : Number(m[4]);
   const value = Number(m[5]);
@@ -164,8 +166,12 @@ export class Flow {
   constructor(spec: FlowSpec) {
     if (typeof spec.name !== 'string' || spec.name.length === 0 || spec.name.length > MAX_NAME) throw new FlowError('no name');
     const internal = spec.name.startsWith('#');
-    if (!NAME.test(internal ? spec.name.slice(1) : spec.name)) throw new FlowError(`invalid name [${spec.name}]: use letters, digits and -+_`);
-    if (!Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 0x7fffffff) throw new FlowError(`invalid priority [${spec.priority}]`);
+    if (!NAME.test(internal ? spec.name.slice(1) : spec.name)) {
+      throw new FlowError(`invalid name [${spec.name}]: use letters, digits and -+_`);
+    }
+    if (!Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 0x7fffffff) {
+      throw new FlowError(`invalid priority [${spec.priority}]`);
+    }
     this.name = spec.name;
     this.target = spec.target;
     this.priority = spec.priority;
@@ -295,7 +301,10 @@ export class FlowSet {
     const flow = new Flow({ ...spec, slot: 0 });
     const hidden =
       flow.udpencap !== 0
-        ? new Flow({ name: '#' + spec.name, target: null, priority: spec.priority, protocols: ['udp'], dports: String(flow.udpencap), dsts: spec.dsts, srcs: spec.srcs, udpencap: flow.udpencap, slot: 0 })
+        ? new Flow({
+            name: '#' + spec.name, target: null, priority: spec.priority, protocols: ['udp'], dports: String(flow.udpencap),
+            dsts: spec.dsts, srcs: spec.srcs, udpencap: flow.udpencap, slot: 0,
+          })
         : null;
     const replaced = [this.find(spec.name), this.find('#' + spec.name)].filter((f): f is Flow => f !== undefined);
     const needed = 1 + (hidden ? 1 : 0);
@@ -381,7 +390,7 @@ export class FlowSelector implements TargetSelector {
     this.promiscuousPing = o.promiscuousPing;
     this.tracer = o.tracer ?? null;
     this.counters = o.counters ?? new Float64Array(MAX_FLOW_SLOTS);
-    this.openTable = o.openTable ?? ((name) => new TargetTable(openShm(name, false)));
+    this.openTable = o.openTable ?? ((name) => TargetStore.open(NFQLB_TABLE, name).table);
   }
 
   /** Replaces the flows (specs from FlowSet.specs()); a table that cannot be opened disables its flow. */
@@ -443,5 +452,6 @@ export class FlowSelector implements TargetSelector {
 }
 
 function isEchoRequest(p: PacketInfo): boolean {
-  return !p.icmpError && ((p.family === 4 && p.l4Proto === 1 && p.icmpType === 8) || (p.family === 6 && p.l4Proto === 58 && p.icmpType === 128));
+  if (p.icmpError) return false;
+  return (p.family === 4 && p.l4Proto === 1 && p.icmpType === 8) || (p.family === 6 && p.l4Proto === 58 && p.icmpType === 128);
 }

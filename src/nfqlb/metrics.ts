@@ -2,11 +2,11 @@
 // queues' counter blocks (counters.ts), the kernel's view of the queues
 // (/proc/net/netfilter/nfnetlink_queue), the target tables and flowlb's flows. Everything is
 // read when Prometheus scrapes; the data path only bumps typed-array words.
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { kernelQueueStats } from '../nfqueue.js';
-import { openShm, shmPath } from '../shm.js';
-import { TargetTable } from '../target-table.js';
+import { sameInt32, type TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import type { HealthCheck } from '../metrics.js';
 import { CONNTRACK_COUNTERS_AT, fwmarkTotals, QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
 import { CT_STAT } from './conntrack.js';
@@ -26,9 +26,21 @@ export interface QueueMetric {
 /** The metrics read from the counter blocks; a new counter needs a word in QUEUE_COUNTER and a row here. */
 export const QUEUE_METRICS: readonly QueueMetric[] = [
   { name: 'nfqlb_packets_total', help: 'Packets received from the queue', type: 'counter', perQueue: true, series: { '': [QC.packets] } },
-  { name: 'nfqlb_batches_total', help: 'Batches received from the queue (one recvmmsg and one verdict send each)', type: 'counter', perQueue: true, series: { '': [QC.batches] } },
-  { name: 'nfqlb_queue_bound', help: '1 while the queue is bound and served by the lb', type: 'gauge', perQueue: true, series: { '': [QC.bound] } },
-  { name: 'nfqlb_enobufs_total', help: 'Socket receive-buffer overflows (the kernel dropped packets for us; updated every second)', type: 'counter', perQueue: true, series: { '': [QC.enobufs] } },
+  {
+    name: 'nfqlb_batches_total',
+    help: 'Batches received from the queue (one recvmmsg and one verdict send each)',
+    type: 'counter', perQueue: true, series: { '': [QC.batches] },
+  },
+  {
+    name: 'nfqlb_queue_bound',
+    help: '1 while the queue is bound and served by the lb',
+    type: 'gauge', perQueue: true, series: { '': [QC.bound] },
+  },
+  {
+    name: 'nfqlb_enobufs_total',
+    help: 'Socket receive-buffer overflows (the kernel dropped packets for us; updated every second)',
+    type: 'counter', perQueue: true, series: { '': [QC.enobufs] },
+  },
   {
     name: 'nfqlb_drops_total',
     help: 'Packets the lb dropped, by reason',
@@ -60,18 +72,40 @@ const CT = (stat: number): number => CONNTRACK_COUNTERS_AT + stat;
 
 /** The flow table's metrics (--conntrack), from its CT_STAT words in each block. */
 export const CONNTRACK_METRICS: readonly QueueMetric[] = [
-  { name: 'nfqlb_conntrack_entries', help: 'Flow table entries in use (--conntrack)', type: 'gauge', perQueue: true, series: { '': [CT(CT_STAT.ENTRIES)] } },
+  {
+    name: 'nfqlb_conntrack_entries',
+    help: 'Flow table entries in use (--conntrack)',
+    type: 'gauge', perQueue: true, series: { '': [CT(CT_STAT.ENTRIES)] },
+  },
   {
     name: 'nfqlb_conntrack_lookups_total',
-    help: 'Flow table lookups by result: hit (recorded target), miss_syn (new TCP connection), miss_non_syn (TCP flow not in the table), miss_other (new flow of another protocol)',
+    help: 'Flow table lookups by result: hit (recorded target), miss_syn (new TCP connection), ' +
+      'miss_non_syn (TCP flow not in the table), miss_other (new flow of another protocol)',
     type: 'counter',
     label: 'result',
-    series: { hit: [CT(CT_STAT.HITS)], miss_syn: [CT(CT_STAT.MISS_SYN)], miss_non_syn: [CT(CT_STAT.MISS_NON_SYN)], miss_other: [CT(CT_STAT.MISS_OTHER)] },
+    series: {
+      hit: [CT(CT_STAT.HITS)],
+      miss_syn: [CT(CT_STAT.MISS_SYN)],
+      miss_non_syn: [CT(CT_STAT.MISS_NON_SYN)],
+      miss_other: [CT(CT_STAT.MISS_OTHER)],
+    },
   },
-  { name: 'nfqlb_conntrack_draining_total', help: 'Packets sent to a draining (deactivated) target by their flow entry', type: 'counter', series: { '': [CT(CT_STAT.DRAINING)] } },
-  { name: 'nfqlb_conntrack_evictions_total', help: 'Live flow entries evicted for a new flow (full bucket)', type: 'counter', series: { '': [CT(CT_STAT.EVICTIONS)] } },
+  {
+    name: 'nfqlb_conntrack_draining_total',
+    help: 'Packets sent to a draining (deactivated) target by their flow entry',
+    type: 'counter', series: { '': [CT(CT_STAT.DRAINING)] },
+  },
+  {
+    name: 'nfqlb_conntrack_evictions_total',
+    help: 'Live flow entries evicted for a new flow (full bucket)',
+    type: 'counter', series: { '': [CT(CT_STAT.EVICTIONS)] },
+  },
   { name: 'nfqlb_conntrack_expired_total', help: 'Flow entries that timed out', type: 'counter', series: { '': [CT(CT_STAT.EXPIRED)] } },
-  { name: 'nfqlb_conntrack_no_room_total', help: 'New flows not recorded (bucket full of recent flows): balanced statelessly', type: 'counter', series: { '': [CT(CT_STAT.NO_ROOM)] } },
+  {
+    name: 'nfqlb_conntrack_no_room_total',
+    help: 'New flows not recorded (bucket full of recent flows): balanced statelessly',
+    type: 'counter', series: { '': [CT(CT_STAT.NO_ROOM)] },
+  },
 ];
 
 export interface NfqlbMetricsSources {
@@ -113,13 +147,15 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
     for (const [fw, t] of fwmarkTotals(blocks)) put({ fwmark: fw < 0 ? 'other' : String(fw) }, t[what]);
   };
   counter(registry, 'nfqlb_target_packets_total', 'Packets sent to each target, by the fwmark set', ['fwmark'], targets('packets'));
-  counter(registry, 'nfqlb_target_bytes_total', 'Bytes sent to each target (the IP packet length the kernel reported), by fwmark', ['fwmark'], targets('bytes'));
+  const bytes = 'Bytes sent to each target (the IP packet length the kernel reported), by fwmark';
+  counter(registry, 'nfqlb_target_bytes_total', bytes, ['fwmark'], targets('bytes'));
 
   const kernel = () => {
     const text = readProc();
     return src.queues.map((q) => ({ queue: String(q), k: text === null ? undefined : kernelQueueStats(q, text) }));
   };
-  counter(registry, 'nfqlb_nfqueue_dropped_total', 'Packets the kernel dropped before they reached the lb (queue_full: --qlength; user: socket buffer full)', ['queue', 'reason'], (put) => {
+  const dropped = 'Packets the kernel dropped before they reached the lb (queue_full: --qlength; user: socket buffer full)';
+  counter(registry, 'nfqlb_nfqueue_dropped_total', dropped, ['queue', 'reason'], (put) => {
     for (const { queue, k } of kernel()) {
       if (k === undefined) continue;
       put({ queue, reason: 'queue_full' }, k.queueDropped);
@@ -145,10 +181,14 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
       if (v !== null) put({ table }, v);
     }
   };
-  gauge(registry, 'nfqlb_targets_active', 'Active targets in the table', ['table'], perTable((t) => t.table && t.table.active.reduce((n, fw) => n + (fw >= 0 ? 1 : 0), 0)));
-  gauge(registry, 'nfqlb_table_size', 'Maglev lookup table size M', ['table'], perTable((t) => t.table && t.table.M));
-  counter(registry, 'nfqlb_table_changes_total', 'Changes of the active targets seen (polled every second; init counts as one)', ['table'], perTable((t) => t.changes));
-  gauge(registry, 'nfqlb_table_last_change_seconds', 'Unix time of the last change seen (or when the lb first read the table)', ['table'], perTable((t) => t.lastChange));
+  const activeCount = (t: TargetTable) => t.active.reduce((n, fw) => n + (fw >= 0 ? 1 : 0), 0);
+  gauge(registry, 'nfqlb_targets_active', 'Active targets in the table', ['table'],
+    perTable((t) => (t.follower ? activeCount(t.follower.table) : null)));
+  gauge(registry, 'nfqlb_table_size', 'Maglev lookup table size M', ['table'], perTable((t) => t.follower?.table.M ?? null));
+  counter(registry, 'nfqlb_table_changes_total', 'Changes of the active targets seen (polled every second; init counts as one)', ['table'],
+    perTable((t) => t.changes));
+  gauge(registry, 'nfqlb_table_last_change_seconds', 'Unix time of the last change seen (or when the lb first read the table)', ['table'],
+    perTable((t) => t.lastChange));
   const timer = setInterval(() => watch.poll(), TABLE_POLL_MS);
   timer.unref();
 
@@ -198,8 +238,8 @@ function readProc(): string | null {
 }
 
 interface WatchedTable {
-  ino: number;
-  table: TargetTable | null;
+  /** Null until the table could be read once. */
+  follower: TableFollower<TargetTable> | null;
   /** active[] when last looked at, to see changes made by `activate`/`deactivate`. */
   active: Int32Array;
   changes: number;
@@ -207,7 +247,7 @@ interface WatchedTable {
   error: string | null;
 }
 
-/** The tables the lb uses, re-read when `init` replaces a file, with the changes seen. */
+/** The tables the lb uses, followed across `init` (which counts as a change), with the changes seen. */
 class TableWatch {
   readonly tables = new Map<string, WatchedTable>();
 
@@ -218,34 +258,32 @@ class TableWatch {
     for (const name of this.tables.keys()) if (!names.has(name)) this.tables.delete(name);
     const now = Date.now() / 1000;
     for (const name of names) {
-      let t = this.tables.get(name);
-      try {
-        const ino = statSync(shmPath(name)).ino;
-        if (t === undefined || t.ino !== ino || t.table === null) {
-          const table = new TargetTable(openShm(name, false));
-          if (t === undefined) {
-            t = { ino, table, active: table.active.slice(), changes: 0, lastChange: now, error: null };
-            this.tables.set(name, t);
-          } else {
-            Object.assign(t, { ino, table, active: table.active.slice(), changes: t.changes + 1, lastChange: now });
-          }
-        } else if (!sameActive(t.table.active, t.active)) {
-          t.active = t.table.active.slice();
-          t.changes++;
-          t.lastChange = now;
-        }
-        t.error = null;
-      } catch (e) {
-        const error = (e as Error).message;
-        if (t === undefined) this.tables.set(name, { ino: -1, table: null, active: new Int32Array(0), changes: 0, lastChange: now, error });
-        else t.error = error;
-      }
+      const known = this.tables.get(name);
+      const t = known ?? { follower: null, active: new Int32Array(0), changes: 0, lastChange: now, error: null };
+      if (known === undefined) this.tables.set(name, t);
+      if (!this.check(t, name)) continue;
+      // Counting starts at the first read of a table.
+      if (known !== undefined) t.changes++;
+      t.active = t.follower!.table.active.slice();
+      t.lastChange = now;
     }
   }
-}
 
-function sameActive(a: Int32Array, b: Int32Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+  /** Whether t's table changed since the last look: re-created, its targets changed, or first read. */
+  private check(t: WatchedTable, name: string): boolean {
+    if (t.follower === null) {
+      try {
+        // Reported through /healthz, not logged: the lb's own followers log.
+        t.follower = new TableFollower(NFQLB_TABLE, name, { log: false });
+      } catch (e) {
+        t.error = (e as Error).message;
+        return false;
+      }
+      t.error = null;
+      return true;
+    }
+    const replaced = t.follower.check();
+    t.error = t.follower.error;
+    return replaced || !sameInt32(t.follower.table.active, t.active);
+  }
 }

@@ -12,11 +12,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadAddon, packageRoot } from '../native.js';
 import { parseAddress, toKeyAddress } from '../address.js';
-import { openShm } from '../shm.js';
-import { TargetTable } from '../target-table.js';
+import { sameInt32, type TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import { UsageError } from '../usage-error.js';
 import { log } from '../log.js';
-import { followTable } from './run.js';
 
 /** The program's name in the kernel (`bpftool prog`, leftover checks). */
 export const OFFLOAD_PROGRAM = 'tslb_offload';
@@ -89,17 +88,7 @@ export function parseOffloadOptions(devs: string | undefined, vips: readonly str
 
 /** What the program reads: the fwmark of each lookup entry, -1 where none is active. */
 export function lookupFwmarks(t: TargetTable, out: Int32Array): void {
-  const { lookup, active } = t;
-  for (let i = 0; i < out.length; i++) {
-    const slot = lookup[i]!;
-    out[i] = slot >= 0 && slot < active.length ? active[slot]! : -1;
-  }
-}
-
-function sameValues(a: Int32Array, b: Int32Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+  for (let i = 0; i < out.length; i++) out[i] = t.slotFwmark(t.lookup[i]!);
 }
 
 function deviceType(dev: string): number {
@@ -113,15 +102,16 @@ function deviceType(dev: string): number {
 export class Offload {
   private published = new Int32Array(0);
   private scratch = new Int32Array(0);
-  private table: TargetTable;
-  private readonly checkInit: () => void;
+  private readonly follower: TableFollower<TargetTable>;
   private readonly timer: NodeJS.Timeout;
 
   /**
    * Loads, fills and attaches the program; on failure nothing stays attached. `addon` is
    * replaceable so the table-following logic can be tested without the kernel.
    */
-  static start(o: OffloadOptions, tshm: string, hashMode: number, sctpEncap: number, addon: TcOffloadAddon = offloadAddon()): Offload {
+  static start(
+    o: OffloadOptions, targetTable: string, hashMode: number, sctpEncapPort: number, addon: TcOffloadAddon = offloadAddon(),
+  ): Offload {
     for (const dev of o.devs) {
       if (deviceType(dev) !== ARPHRD_ETHER) throw new UsageError(`--offload: ${dev} is not an Ethernet device`);
     }
@@ -132,9 +122,9 @@ export class Offload {
         throw new Error(`--offload: ${dev} already has an offload program at tc ingress (BPF prog id ${ours.id}): another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf`);
       }
     }
-    const program = new addon.TcOffload(offloadObjectFile(), hashMode, sctpEncap);
+    const program = new addon.TcOffload(offloadObjectFile(), hashMode, sctpEncapPort);
     try {
-      return new Offload(program, o, tshm);
+      return new Offload(program, o, targetTable);
     } catch (e) {
       program.close();
       throw e;
@@ -144,16 +134,15 @@ export class Offload {
   private constructor(
     private readonly program: TcOffloadNative,
     readonly o: OffloadOptions,
-    tshm: string,
+    targetTable: string,
   ) {
     for (const v of o.vips) program.addVip(toKeyAddress(parseAddress(v)));
-    this.table = new TargetTable(openShm(tshm, false));
-    this.checkInit = followTable(tshm, (name) => new TargetTable(openShm(name, false)), (t) => (this.table = t));
+    this.follower = new TableFollower(NFQLB_TABLE, targetTable);
     this.sync();
     for (const dev of o.devs) program.attach(dev);
     let failing = false;
     this.timer = setInterval(() => {
-      this.checkInit();
+      this.follower.check();
       // A failed publish (e.g. no memory for the map) is retried on the next tick; meanwhile
       // the program keeps the last table it had.
       try {
@@ -171,11 +160,12 @@ export class Offload {
 
   /** Publishes the table when its lookup differs from what the program has. */
   sync(): void {
-    const M = this.table.M;
+    const table = this.follower.table;
+    const M = table.M;
     if (this.scratch.length !== M) this.scratch = new Int32Array(M);
-    lookupFwmarks(this.table, this.scratch);
+    lookupFwmarks(table, this.scratch);
     const old = this.published;
-    if (sameValues(old, this.scratch)) return;
+    if (sameInt32(old, this.scratch)) return;
     this.program.publish(this.scratch);
     // The scratch array becomes the published copy; the old one is the next scratch.
     this.published = this.scratch;

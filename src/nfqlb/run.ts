@@ -4,13 +4,13 @@
 // see announce.ts), the fragment statistics file, the trace server, the metrics endpoint and
 // (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
-import { renameSync, statSync } from 'node:fs';
 import { UsageError } from '../usage-error.js';
 import type { MetricsAddress } from '../metrics.js';
 import { log } from '../log.js';
 import { NfQueue, kernelQueueStats } from '../nfqueue.js';
-import { createShm, openShm, shmPath } from '../shm.js';
-import { TargetTable } from '../target-table.js';
+import { openShm, publishShm } from '../shm.js';
+import type { TargetTable } from '../target-table.js';
+import { NFQLB_TABLE, TableFollower, TargetStore } from '../target-store.js';
 import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from './frag-table.js';
 import { Tun } from './tun.js';
 import { Tracer } from './tracer.js';
@@ -25,45 +25,72 @@ import { QUEUE_COUNTER, QueueCounters } from './counters.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
 import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
-import { DrainList } from './drain.js';
 
+/**
+ * What `nfqlb lb` and `nfqlb flowlb` run with. The CLI (cli/nfqlb.ts) maps the reference's
+ * option spellings (--tshm, --qlength, --ft_size, ...) to these names.
+ */
 export interface LbOptions {
-  /** Target table (lb); null for flowlb, whose flows name their tables. */
-  tshm: string | null;
-  /** The LB-tier table (--lbshm), or null. */
-  lbshm: string | null;
+  /** The target table's shm name (lb); null for flowlb, whose flows name their tables. */
+  targetTable: string | null;
+  /** The LB-tier table: a fragment goes to the lb of the tier that owns its addresses; null for none. */
+  tierTable: string | null;
   queues: number[];
-  qlength: number;
+  /** Packets the kernel keeps waiting for a verdict, per queue. */
+  queueLength: number;
   /** A full queue lets packets through unmarked (NFQA_CFG_F_FAIL_OPEN) instead of dropping them. */
   failOpen: boolean;
   mtu: number;
-  notargetsFwmark: number;
+  /** The fwmark of a packet when no target is active; -1 drops it. */
+  noTargetFwmark: number;
   hashMode: number;
   batch: number;
   /** Tun device for re-injecting stored fragments, or null (then none are stored). */
   tun: string | null;
-  sctpEncap: number;
-  ftShm: string;
-  ftSize: number;
-  ftBuckets: number;
-  ftFrag: number;
-  ftTtl: number;
+  /** The UDP port of SCTP over UDP (RFC 6951), whose packets are hashed as SCTP; 0 for none. */
+  sctpEncapPort: number;
+  fragments: FragmentOptions;
   traceAddress: string;
-  /** Device held while serving, for a routing daemon's VIP announcement (--announce), or null. */
-  announce: string | null;
-  /** With announce: ms to keep serving after withdrawing on SIGTERM/SIGINT (--drain). */
-  drainMs: number;
+  /** A device held while serving, for a routing daemon's VIP announcement; null for none. */
+  announce: {
+    device: string;
+    /** Milliseconds to keep serving after withdrawing on SIGTERM/SIGINT, while routes move. */
+    lingerMs: number;
+  } | null;
   /** Accept a tcp control address that is not loopback (--allow_remote). */
   allowRemote?: boolean;
   /** Where to serve Prometheus metrics and /healthz (--metrics); without: no endpoint, no per-packet counting. */
   metrics?: MetricsAddress | null;
-  /** Connection tracking: entries per queue (absent or 0: stateless) and timeouts (default Cilium's). */
-  conntrack?: number;
-  ctTimeouts?: ConnTrackTimeouts;
+  /** Connection tracking; absent: stateless. */
+  conntrack?: {
+    /** Flow entries per queue. */
+    entries: number;
+    /** Default Cilium's. */
+    timeouts?: ConnTrackTimeouts;
+  };
   /** flowlb only. */
-  flow?: { nolbFwmark: number; promiscuousPing: boolean };
+  flow?: {
+    /** The fwmark of a packet that matches no flow; -1 drops it. */
+    noMatchFwmark: number;
+    /** ICMP echo requests match flows on their addresses only. */
+    promiscuousPing: boolean;
+  };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
   offload?: OffloadOptions;
+}
+
+/** The fragment table: later fragments follow their first one's target. */
+export interface FragmentOptions {
+  /** Shm name of the fragment statistics, one block per queue (`nfqlb stats` reads it). */
+  statsShm: string;
+  /** Hash buckets. */
+  size: number;
+  /** Extra entries for hash collisions. */
+  buckets: number;
+  /** Later fragments stored until their first one comes (used only with a tun device). */
+  maxStored: number;
+  /** Lifetime of an entry, in milliseconds. */
+  ttlMs: number;
 }
 
 /** Parses the reference's `--queue`: `n`, or `a:b` for queues a..b inclusive. */
@@ -101,39 +128,45 @@ export interface QueueHandle {
 export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const tracer = new Tracer(openLogConfig(), ctx.traceSink);
   const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
-  const conntrack = (o.conntrack ?? 0) > 0
-    ? new ConnTrack({ size: o.conntrack!, timeouts: o.ctTimeouts, now: performance.now(), counters: counters.conntrackCounters() })
-    : null;
-  // With conntrack, each target table comes with its drain list (created here if missing, so a
-  // later `deactivate` writes into the file this lb already maps).
-  const openTarget = (name: string): TargetTable => {
-    const t = new TargetTable(openShm(name, false));
-    conntrack?.attachDrain(t, DrainList.create(name));
+  const ct = o.conntrack;
+  const conntrack = ct === undefined
+    ? null
+    : new ConnTrack({ size: ct.entries, timeouts: ct.timeouts, now: performance.now(), counters: counters.conntrackCounters() });
+  // With conntrack, each target table comes with its drain list.
+  const withDrain = (name: string, t: TargetTable): TargetTable => {
+    conntrack?.attachDrain(t, TargetStore.drainList(name));
     return t;
   };
   const flows =
-    o.tshm === null
+    o.targetTable === null
       ? new FlowSelector({
           promiscuousPing: o.flow?.promiscuousPing ?? false,
           tracer,
-          counters: ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
-          openTable: openTarget,
+          counters: ctx.flowCounters === null
+            ? undefined
+            : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
+          openTable: (name) => withDrain(name, TargetStore.open(NFQLB_TABLE, name).table),
         })
       : null;
-  const single = o.tshm === null ? null : new SingleTable(openTarget(o.tshm), o.tshm);
+  // `init` may re-create a table while we run: followed, and the new one used once it is readable.
+  const name = o.targetTable;
+  const target = name === null ? null : new TableFollower(NFQLB_TABLE, name, { onReplace: (t) => withDrain(name, t) });
+  const single = target === null ? null : new SingleTable(withDrain(target.name, target.table), target.name);
+  const tier = o.tierTable === null ? null : new TableFollower(NFQLB_TABLE, o.tierTable);
   const selector: TargetSelector = flows ?? single!;
-  const statsBuffer = openShm(o.ftShm, true);
+  const f = o.fragments;
+  const statsBuffer = openShm(f.statsShm, true);
   const frags = new FragTable(
-    { size: o.ftSize, buckets: o.ftBuckets, maxFragments: o.tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttlMs: o.ftTtl },
+    { size: f.size, buckets: f.buckets, maxFragments: o.tun === null ? 0 : f.maxStored, mtu: o.mtu, ttlMs: f.ttlMs },
     new Uint32Array(statsBuffer, ctx.statsIndex * FRAG_STATS_BYTES, FRAG_STAT.WORDS),
   );
   const balancer = new Balancer(selector, {
     counters: counters.counters,
     hashMode: o.hashMode,
-    notargetsFwmark: o.notargetsFwmark,
-    nolbFwmark: o.flow?.nolbFwmark ?? -1,
-    sctpEncap: o.sctpEncap,
-    lbTable: o.lbshm === null ? null : new TargetTable(openShm(o.lbshm, false)),
+    notargetsFwmark: o.noTargetFwmark,
+    nolbFwmark: o.flow?.noMatchFwmark ?? -1,
+    sctpEncap: o.sctpEncapPort,
+    lbTable: tier?.table ?? null,
     frags,
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
     tracer,
@@ -141,7 +174,7 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   });
   const queue = new NfQueue({
     queue: ctx.queue,
-    maxLen: o.qlength,
+    maxLen: o.queueLength,
     failOpen: o.failOpen,
     batch: o.batch,
     // Stored fragments must be whole; otherwise the headers are all we need.
@@ -156,19 +189,17 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     counters.counters[QUEUE_COUNTER.enobufs] = n.enobufs;
     counters.counters[QUEUE_COUNTER.verdictErrors] = n.verdictErrors;
   };
-  const follow = [
-    ...(single === null ? [] : [followTable(o.tshm!, openTarget, (t) => (single.table = t))]),
-    ...(o.lbshm === null ? [] : [followTable(o.lbshm, (name) => new TargetTable(openShm(name, false)), (t) => (balancer.lbTable = t))]),
-  ];
   const sweeper = setInterval(() => {
     // Timed-out fragment entries are otherwise reclaimed only when their bucket is reused.
     frags.sweep(performance.now());
     conntrack?.tick(performance.now());
-    for (const check of follow) check();
+    if (target?.check()) single!.table = target.table;
+    if (tier?.check()) balancer.lbTable = tier.table;
     copyNative();
   }, 1000);
-  log.info({ queue: ctx.queue, tshm: o.tshm ?? undefined, lbshm: o.lbshm ?? undefined, tun: o.tun ?? undefined, copyRange: queue.copyRange,
-    conntrack: conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) } }, 'serving queue');
+  const ctSize = conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) };
+  log.info({ queue: ctx.queue, tshm: o.targetTable ?? undefined, lbshm: o.tierTable ?? undefined, tun: o.tun ?? undefined,
+    copyRange: queue.copyRange, conntrack: ctSize }, 'serving queue');
   return {
     balancer,
     setFlows: flows === null ? undefined : (specs, traceSpecs) => flows.setFlows(specs, traceSpecs),
@@ -178,31 +209,9 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       counters.counters[QUEUE_COUNTER.bound] = 0;
       copyNative();
       // The addon's packets and batches win: ours are counted only with --metrics.
-      log.info({ queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      log.info({ queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(),
+        kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
     },
-  };
-}
-
-/**
- * `nfqlb init` builds a new file and renames it over the old one, so a running lb never maps
- * a half-built or shrunken table; this returns a check that switches to the new file once it
- * appears. Until then, and if it cannot be read, the last good table stays in use.
- */
-export function followTable(name: string, open: (name: string) => TargetTable, replace: (t: TargetTable) => void): () => void {
-  let ino = statSync(shmPath(name)).ino;
-  let warned = false;
-  return () => {
-    try {
-      const now = statSync(shmPath(name)).ino;
-      if (now === ino) return;
-      replace(open(name));
-      ino = now;
-      warned = false;
-      log.info({ shm: name }, 'table re-created by init: using the new one');
-    } catch (e) {
-      if (!warned) log.warn({ shm: name, err: (e as Error).message }, 'table unreadable: keeping the last good one');
-      warned = true;
-    }
   };
 }
 
@@ -221,22 +230,23 @@ function startWorker(o: LbOptions, ctx: Omit<QueueContext, 'traceSink'>, traceSi
     worker.once('error', reject);
     worker.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`queue ${ctx.queue} worker exited with ${code}`))));
   });
-  return { done, stop: () => worker.postMessage({ stop: true }), setFlows: (flows, traceFlows) => worker.postMessage({ flows, traceFlows }) };
+  return {
+    done,
+    stop: () => worker.postMessage({ stop: true }),
+    setFlows: (flows, traceFlows) => worker.postMessage({ flows, traceFlows }),
+  };
 }
 
-/** Creates the fragment statistics file afresh: one block per queue (the reference has one). */
+/** Creates the fragment statistics file afresh, all counters 0: one block per queue (the reference has one). */
 function createFragStats(name: string, blocks: number): void {
-  const tmp = `.${name}.lb-${process.pid}`;
-  new Uint8Array(createShm(tmp, blocks * FRAG_STATS_BYTES)).fill(0);
-  renameSync(shmPath(tmp), shmPath(name));
+  publishShm(name, blocks * FRAG_STATS_BYTES, () => undefined);
 }
 
 /** Runs until SIGINT/SIGTERM, then releases the queues (so --queue-bypass lets traffic pass). */
 export async function runLb(o: LbOptions): Promise<number> {
   // Fail fast, with one line, on a missing table or tun device.
-  if (o.tshm !== null) new TargetTable(openShm(o.tshm, false));
-  if (o.lbshm !== null) new TargetTable(openShm(o.lbshm, false));
-  if (o.sctpEncap !== 0 && o.tshm === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
+  for (const name of [o.targetTable, o.tierTable]) if (name !== null) TargetStore.open(NFQLB_TABLE, name);
+  if (o.sctpEncapPort !== 0 && o.targetTable === null) throw new UsageError('--sctp_encap is a lb option; flows set --udpencap');
   let tun: Tun | null = null;
   if (o.tun !== null) {
     tun = new Tun(o.tun);
@@ -247,7 +257,7 @@ export async function runLb(o: LbOptions): Promise<number> {
     }
   }
   const counterBlocks = QueueCounters.allocate(o.queues.length);
-  const flowCounters = o.tshm === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
+  const flowCounters = o.targetTable === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
   const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let flowServer: FlowServer | null = null;
   const metrics = !o.metrics ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
@@ -255,38 +265,39 @@ export async function runLb(o: LbOptions): Promise<number> {
     throw e;
   });
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
-  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.tshm!, o.hashMode, o.sctpEncap);
-  createFragStats(o.ftShm, o.queues.length);
+  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.targetTable!, o.hashMode, o.sctpEncapPort);
+  const f = o.fragments;
+  createFragStats(f.statsShm, o.queues.length);
   const logConfig = claimLogConfig();
   const stopLogLevel = followLogLevel(logConfig);
   const traceServer = await startTraceServer(o.traceAddress, o.queues, logConfig, o.allowRemote);
   const traceSink = (line: string) => traceServer?.write(line);
   const tracer = new Tracer(logConfig, traceSink);
-  log.info(
-    { size: o.ftSize, buckets: o.ftBuckets, frag: tun === null ? 0 : o.ftFrag, mtu: o.mtu, ttl: o.ftTtl, ftShm: o.ftShm },
-    'FragTable',
-  );
+  const frag = tun === null ? 0 : f.maxStored;
+  log.info({ size: f.size, buckets: f.buckets, frag, mtu: o.mtu, ttl: f.ttlMs, ftShm: f.statsShm }, 'FragTable');
 
   // Announced once the queues are bound; a graceful stop withdraws, drains, then stops them.
   let announcement: Announcement | null = null;
   const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
-  }).then(() => announcement?.withdraw(o.drainMs));
+  }).then(() => announcement?.withdraw(o.announce!.lingerMs));
   const tunFd = tun?.fd() ?? null;
+  const flowOptions = { allowRemote: o.allowRemote };
   let failed = false;
   try {
     if (o.queues.length === 1) {
       const handle = startQueue(o, { queue: o.queues[0]!, statsIndex: 0, tunFd, traceSink, flowCounters, counters: counterBlocks });
       try {
-        if (o.announce !== null) announcement = Announcement.open(o.announce);
-        if (counters !== null) flowServer = await FlowServer.start((f, t) => handle.setFlows!(f, t), tracer, counters, { allowRemote: o.allowRemote });
+        if (o.announce !== null) announcement = Announcement.open(o.announce.device);
+        if (counters !== null) flowServer = await FlowServer.start((s, t) => handle.setFlows!(s, t), tracer, counters, flowOptions);
         await stopped;
       } finally {
         handle.stop();
       }
     } else {
-      const workers = o.queues.map((queue, statsIndex) => startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
+      const workers = o.queues.map((queue, statsIndex) =>
+        startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
       const fail = (e: Error) => {
@@ -294,8 +305,10 @@ export async function runLb(o: LbOptions): Promise<number> {
         log.error({ err: e.message }, 'queue worker failed');
       };
       try {
-        if (o.announce !== null) announcement = Announcement.open(o.announce);
-        if (counters !== null) flowServer = await FlowServer.start((f, t) => workers.forEach((w) => w.setFlows(f, t)), tracer, counters, { allowRemote: o.allowRemote });
+        if (o.announce !== null) announcement = Announcement.open(o.announce.device);
+        if (counters !== null) {
+          flowServer = await FlowServer.start((s, t) => workers.forEach((w) => w.setFlows(s, t)), tracer, counters, flowOptions);
+        }
         await Promise.race([stopped, all]).catch(fail);
       } finally {
         for (const w of workers) w.stop();
@@ -315,20 +328,24 @@ export async function runLb(o: LbOptions): Promise<number> {
 }
 
 /** Listens on --metrics before any queue is bound, so a bad address changes nothing. */
-async function startMetrics(o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null): Promise<MetricsServer> {
+async function startMetrics(
+  o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null,
+): Promise<MetricsServer> {
   const flows = () => flowServer()?.flows.all() ?? [];
   const registry = newRegistry();
   const { health, stop } = registerNfqlbMetrics(registry, {
     queues: o.queues,
     counters,
-    conntrack: (o.conntrack ?? 0) > 0,
+    conntrack: o.conntrack !== undefined,
     tables: () => {
-      const names = o.tshm !== null ? [o.tshm] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
-      if (o.lbshm !== null) names.push(o.lbshm);
+      const names = o.targetTable !== null ? [o.targetTable] : flows().flatMap((f) => (f.target === null ? [] : [f.target]));
+      if (o.tierTable !== null) names.push(o.tierTable);
       return [...new Set(names)];
     },
     // '#' flows are internal (the UDP side of an SCTP encapsulation).
-    flows: o.tshm !== null ? undefined : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
+    flows: o.targetTable !== null
+      ? undefined
+      : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
   });
   try {
     return await MetricsServer.start(address, registry, health, stop);

@@ -4,6 +4,7 @@
 import { HASH_MODE_SCTP_PORTS, packetAddressHash, packetHash } from '../hash.js';
 import { PacketInfo, parsePacket } from '../packet.js';
 import { completePartialChecksum } from './checksum.js';
+import type { TargetTable } from '../target-table.js';
 import type { XdpTable } from './table.js';
 import { VERDICT_DROP, VERDICT_TX } from './xsk.js';
 
@@ -26,13 +27,13 @@ export interface ForwarderCounters {
 export class FrameForwarder {
   readonly counters: ForwarderCounters = { forwarded: 0, noTarget: 0, malformed: 0, checksums: 0 };
   /** Frames sent to each target, by table index (read by the metrics collector). */
-  readonly targetFrames: Float64Array;
+  targetFrames = new Float64Array(0);
   private readonly p = new PacketInfo();
-  private readonly lookup: Int32Array;
-  private readonly active: Int32Array;
-  private readonly macs: Uint8Array;
-  private readonly M: number;
-  private readonly N: number;
+  // Set by useTable, from the constructor on.
+  private targets!: TargetTable;
+  private lookup!: Int32Array;
+  private macs!: Uint8Array;
+  private M!: number;
 
   /**
    * `frames` views the UMEM; `srcMac` is the egress device's address. `hashMode` as
@@ -44,12 +45,20 @@ export class FrameForwarder {
     private readonly srcMac: Uint8Array,
     private readonly hashMode = HASH_MODE_SCTP_PORTS,
   ) {
+    this.useTable(table);
+  }
+
+  /** Forwards by `table` from now on (`xdplb init` re-created it); the frame counts go on. */
+  useTable(table: XdpTable): void {
+    this.targets = table.targets;
     this.lookup = table.targets.lookup;
-    this.active = table.targets.active;
     this.macs = table.macs;
     this.M = table.M;
-    this.N = table.N;
-    this.targetFrames = new Float64Array(table.N);
+    if (table.N > this.targetFrames.length) {
+      const grown = new Float64Array(table.N);
+      grown.set(this.targetFrames);
+      this.targetFrames = grown;
+    }
   }
 
   /** The handler for a batch of n frames (XskSocket.start's onBatch). */
@@ -79,9 +88,8 @@ export class FrameForwarder {
     // Every fragment of a datagram must reach the same target, and only the first one has
     // ports: without nfqlb's fragment table, fragments are hashed on addresses alone.
     const hash = p.isFragment ? packetAddressHash(f, p) : packetHash(f, p, this.hashMode);
-    // The table is shared with `xdplb activate` in another process: check every index.
     const slot = this.lookup[hash % this.M]!;
-    if (slot < 0 || slot >= this.N || this.active[slot]! < 0) {
+    if (this.targets.slotFwmark(slot) < 0) {
       c.noTarget++;
       return VERDICT_DROP;
     }

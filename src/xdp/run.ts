@@ -3,9 +3,9 @@
 // through a second socket on the same UMEM. Non-VIP traffic goes to the kernel.
 import { readFileSync, readdirSync } from 'node:fs';
 import { log } from '../log.js';
-import { openShm } from '../shm.js';
+import { TableFollower, TargetStore } from '../target-store.js';
 import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
-import { XdpTable, parseMac, vipText } from './table.js';
+import { XDPLB_TABLE, XdpTable, parseMac, vipText } from './table.js';
 import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
 import type { MetricsAddress } from '../metrics.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
@@ -32,7 +32,8 @@ export interface XdpLbOptions {
 export type XdpLbStats = XskStats & ForwarderCounters;
 
 const FRAME_SIZE = 4096;
-const VIP_POLL_MS = 200;
+/** How often the table is looked at for a new file (`xdplb init`) and new VIPs. */
+const TABLE_POLL_MS = 200;
 
 function deviceMac(dev: string): Uint8Array {
   let text: string;
@@ -54,13 +55,14 @@ function rxQueueCount(dev: string): number {
 
 export class XdpLb {
   readonly forwarder: FrameForwarder;
-  private readonly table: XdpTable;
+  private readonly follower: TableFollower<XdpTable>;
   private readonly program: XdpProgram;
   private readonly umem: Umem;
   private readonly rx: XskSocket;
   private readonly tx: XskSocket;
-  private readonly vipTimer: NodeJS.Timeout;
-  private vipGeneration = -1;
+  private readonly timer: NodeJS.Timeout;
+  /** The table and VIP generation the program's VIP map was last made equal to. */
+  private vipsOf: { table: XdpTable; generation: number } | null = null;
   private closed = false;
 
   /** Sets everything up and starts forwarding; on failure nothing is left attached. */
@@ -69,8 +71,8 @@ export class XdpLb {
   }
 
   private constructor(private readonly o: XdpLbOptions) {
-    if (o.vips.length > 0) new XdpTable(openShm(o.shm, true)).addVips(o.vips);
-    this.table = new XdpTable(openShm(o.shm, false));
+    if (o.vips.length > 0) TargetStore.open(XDPLB_TABLE, o.shm, true).table.addVips(o.vips);
+    this.follower = new TableFollower(XDPLB_TABLE, o.shm);
     const srcMac = deviceMac(o.edev);
     deviceMac(o.idev);
     const nq = rxQueueCount(o.idev);
@@ -91,7 +93,7 @@ export class XdpLb {
       rx = new addon.XskSocket(umem, o.idev, o.queue, { rx: true, tx: same });
       tx = same ? rx : new addon.XskSocket(umem, o.edev, 0, { tx: true });
       this.program.setSocket(o.queue, rx.fd);
-      this.forwarder = new FrameForwarder(new Uint8Array(umem.buffer), this.table, srcMac);
+      this.forwarder = new FrameForwarder(new Uint8Array(umem.buffer), this.follower.table, srcMac);
       const addr = new Uint32Array(batch);
       const len = new Uint32Array(batch);
       const verdict = new Uint8Array(batch);
@@ -108,9 +110,12 @@ export class XdpLb {
     this.umem = umem;
     this.rx = rx;
     this.tx = tx;
-    // VIPs change through the shm (xdplb vip-add / vip-delete in another process).
-    this.vipTimer = setInterval(() => this.syncVips(), VIP_POLL_MS);
-    this.vipTimer.unref();
+    // The table changes under us: `xdplb init` replaces the file, vip-add and vip-delete write it.
+    this.timer = setInterval(() => {
+      if (this.follower.check()) this.forwarder.useTable(this.follower.table);
+      this.syncVips();
+    }, TABLE_POLL_MS);
+    this.timer.unref();
     log.info({ idev: o.idev, edev: o.edev, queue: o.queue, mode: o.mode, shm: o.shm, vips: this.vips() }, 'xdplb forwarding');
     if (this.vips().length === 0) log.warn('no VIPs yet: all traffic goes to the kernel until `xdplb vip-add`');
   }
@@ -120,17 +125,18 @@ export class XdpLb {
     return this.program.vips().map(vipText);
   }
 
-  /** Makes the program's VIP map equal to the table's VIP list, when the list changed. */
+  /** Makes the program's VIP map equal to the table's VIP list, when the list (or the table) changed. */
   private syncVips(): void {
-    const snap = this.table.vipSnapshot();
-    if (snap === null || snap.generation === this.vipGeneration) return;
+    const table = this.follower.table;
+    const snap = table.vipSnapshot();
+    if (snap === null || (table === this.vipsOf?.table && snap.generation === this.vipsOf.generation)) return;
     const want = new Map(snap.keys.map((k) => [vipText(k), k]));
     for (const have of this.program.vips()) {
       if (!want.delete(vipText(have))) this.program.removeVip(have);
     }
     for (const k of want.values()) this.program.addVip(k);
-    if (this.vipGeneration >= 0) log.info({ vips: this.vips() }, 'VIPs changed');
-    this.vipGeneration = snap.generation;
+    if (this.vipsOf !== null) log.info({ vips: this.vips() }, 'VIPs changed');
+    this.vipsOf = { table, generation: snap.generation };
   }
 
   /** Attached and forwarding (until close). */
@@ -146,7 +152,7 @@ export class XdpLb {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.vipTimer);
+    clearInterval(this.timer);
     const stats = this.stats();
     this.program.close(); // detaches first: nothing is redirected to closing sockets
     this.rx.close();

@@ -10,6 +10,7 @@
 // The Maglev part reuses nfqlb's table, so lookups are bit-identical to nfqlb's for the
 // same active slots, and a change never exposes a half-built lookup to the lb.
 import { TargetTable } from '../target-table.js';
+import type { TableKind } from '../target-store.js';
 import { formatAddress, parseAddress, toKeyAddress } from '../address.js';
 
 export const XDPLB_M = 997;
@@ -195,6 +196,16 @@ export function vipText(key: Uint8Array): string {
 function keyHex(key: Uint8Array): string {
   return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('hex');
 }
+
+/** xdplb's table, for TargetStore and TableFollower. */
+export const XDPLB_TABLE: TableKind<XdpTable, { M: number; N: number }> = {
+  view: (buffer) => new XdpTable(buffer),
+  targets: (table) => table.targets,
+  byteLength: ({ M, N }) => XdpTable.byteLength(M, N),
+  initialize: (buffer, { M, N }) => XdpTable.initialize(buffer, M, N),
+  // No flow state: a deactivated target gets no more frames at once.
+  drains: false,
+};
 
 /** '0:0:0:1:1:1' or '00:00:00:01:01:01' to 6 bytes; throws `Invalid MAC [text]`. */
 export function parseMac(text: string): Uint8Array {

@@ -76,7 +76,9 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   const router = (): string => topo.ns.router(1);
   const xdplb = (...args: string[]): string => topo.exec(router(), [process.execPath, XDPLB, ...args, `--shm=${SHM}`]);
   const connect = (family: Family, count: number, timeoutMs = 3000): string[] =>
-    JSON.parse(topo.exec(topo.ns.tester, [process.execPath, '-e', CLIENT_JS, VIP[family], clientPrefix(family), String(count), String(timeoutMs)])) as string[];
+    JSON.parse(topo.exec(topo.ns.tester, [
+      process.execPath, '-e', CLIENT_JS, VIP[family], clientPrefix(family), String(count), String(timeoutMs),
+    ])) as string[];
 
   beforeAll(async () => {
     // The CLI runs from dist/: compile the current sources first.
@@ -94,7 +96,10 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       const mac = topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
       xdplb('activate', `--mac=${mac}`, String(n - 1));
     }
-    lb = topo.spawn(router(), [process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, '--vip=10.0.0.0', '--vip=1000::', `--metrics=${METRICS_PORT}`]);
+    lb = topo.spawn(router(), [
+      process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, '--vip=10.0.0.0', '--vip=1000::',
+      `--metrics=${METRICS_PORT}`,
+    ]);
     // 'close', not 'exit': the last lines may still be in the pipe when the process exits.
     lbClosed = once(lb, 'close');
     lb.stdout!.on('data', (d) => (lbOut += String(d)));
@@ -107,7 +112,9 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   });
 
   afterAll(() => {
-    for (const p of [lb, ...servers]) if (p?.pid !== undefined && p.exitCode === null) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+    for (const p of [lb, ...servers]) {
+      if (p?.pid !== undefined && p.exitCode === null) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+    }
     destroyLab(PREFIX);
     deleteShm(SHM);
   });
@@ -156,7 +163,8 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     expect(forwarded).toBe(s.sum('xdplb_packets_total', { direction: 'tx' }) + s.sum('xdplb_drops_total', { reason: 'tx_ring_full' }));
     // The connections tried while no target was active: a SYN and its retries each.
     expect(s.sum('xdplb_drops_total', { reason: 'no_target' })).toBeGreaterThanOrEqual(2);
-    expect(rx).toBe(forwarded + s.sum('xdplb_drops_total', { reason: 'no_target' }) + s.sum('xdplb_drops_total', { reason: 'parse_error' }));
+    const dropped = s.sum('xdplb_drops_total', { reason: 'no_target' }) + s.sum('xdplb_drops_total', { reason: 'parse_error' });
+    expect(rx).toBe(forwarded + dropped);
     expect(s.series('process_resident_memory_bytes')).toHaveLength(1);
     expect(httpGet(topo, router(), METRICS_PORT, '/healthz')).toEqual({ status: 200, body: 'ok\n' });
   });
@@ -176,6 +184,24 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     xdplb('vip-add', '10.0.0.0');
     await programVips(['1000::', '10.0.0.0']);
     expect(connect(4, 3).every((a) => a === 'vm-002')).toBe(true);
+  });
+
+  test('follows a table that `xdplb init` re-created: traffic reaches a target only the new table has', async () => {
+    // Another size is a new file: the running lb must switch to it, not keep forwarding by the
+    // old, now unlinked, one (where only vm-002 is active and index 4 is free).
+    xdplb('init', '--M=101', '--N=5');
+    const mac = topo.exec(topo.ns.server(3), ['cat', '/sys/class/net/eth1/address']).trim();
+    xdplb('activate', `--mac=${mac}`, '4');
+    xdplb('vip-add', '10.0.0.0', '1000::');
+    const switched = () => lbOut.indexOf('table re-created by init: using the new one');
+    await waitFor('the lb to switch to the new table', () => switched() >= 0);
+    // The program's VIPs follow the new table's list: both again once the lb has synced after the switch.
+    await waitFor('the lb to sync the VIPs of the new table', () => lbOut.slice(switched()).split('\n').filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg: string; vips?: string[] }).some((l) => l.msg === 'VIPs changed' && l.vips?.length === 2));
+    for (const family of [4, 6] as Family[]) {
+      const answers = connect(family, 10);
+      expect(answers, answers.join(',')).toEqual(new Array(10).fill('vm-003'));
+    }
   });
 
   test('SIGTERM: the lb exits 0 and detaches the program', async () => {

@@ -6,7 +6,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { ConnTrack, CT_DEFAULT_TIMEOUTS, CT_STAT, CT_WAYS, MIN_EVICT_AGE_MS } from '../../src/nfqlb/conntrack.js';
-import { DRAIN_BYTES, DrainList } from '../../src/nfqlb/drain.js';
+import { DRAIN_BYTES, DrainList } from '../../src/drain-list.js';
 import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { packetHash } from '../../src/hash.js';

@@ -4,7 +4,7 @@
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { main } from '../../src/cli/nfqlb.js';
-import { DrainList } from '../../src/nfqlb/drain.js';
+import { DrainList } from '../../src/drain-list.js';
 import { deleteShm } from '../../src/shm.js';
 
 const SHM = `tct-cli-${process.pid}`;

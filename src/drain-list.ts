@@ -1,7 +1,8 @@
-// The drain list of a target table: the fwmarks `nfqlb deactivate` took out of the table whose
-// established flows may still reach them. An lb with --conntrack keeps a recorded flow on its
-// target while the target is in the table or in this list; a target in neither (removed with
-// `deactivate --now`, or by the reference's deactivate) is dead, and its flows go back to Maglev.
+// The drain list of a target table: the fwmarks deactivated from the table whose established
+// flows may still reach them. An lb with --conntrack keeps a recorded flow on its target while the
+// target is in the table or in this list; a target in neither (removed with `deactivate --now`, or
+// by the reference's deactivate) is dead, and its flows go back to Maglev. TargetStore
+// (target-store.ts) writes it, in step with the table.
 //
 // The target table keeps the reference layout byte for byte, so the list is a file of its own
 // beside it, `<table>-drain`, that the reference tools never see. An lb without --conntrack
@@ -11,7 +12,7 @@
 // A fresh (zero) file is an empty list. Writers append (write the fwmark, then the count) and
 // remove by moving the last fwmark into the hole before shrinking the count, so a reader
 // never misses a fwmark that stays in the list.
-import { createShm, deleteShm, openShm } from '../shm.js';
+import { createShm, deleteShm, openShm } from './shm.js';
 
 const MAGIC = 0x4e514452; // 'NQDR'
 const W_MAGIC = 0;
