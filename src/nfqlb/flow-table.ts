@@ -8,7 +8,7 @@
 // owns the flow channel; FlowSelector is the data plane of one queue, rebuilt from the specs
 // on every change and matching with typed arrays only.
 import { parseIPv4, parseIPv6, formatAddress } from '../address.js';
-import { parsePacket, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
+import { parsePacket, PARSE_NFQLB, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
 import { openShm } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import type { Tracer } from './tracer.js';
@@ -70,7 +70,9 @@ export function parseMatch(text: string): MatchItem {
   const proto = m[1] === 'tcp' ? IPPROTO_TCP : m[1] === 'udp' ? IPPROTO_UDP : IPPROTO_SCTP;
   const offset = Number(m[2]);
   const bytes = Number(m[3]) as 1 | 2 | 4;
-  if (offset + bytes > headerLength(proto)) throw new FlowError(`match out of bounds [${text}]: the ${m[1]} header has ${headerLength(proto)} bytes`);
+  if (offset + bytes > headerLength(proto)) {
+    throw new FlowError(`match out of bounds [${text}]: the ${m[1]} header has ${headerLength(proto)} bytes`);
+  }
   const max = 2 ** (8 * bytes) - 1;
   const mask = m[4] === undefined ? 0 : Number(m[4]);
   const value = Number(m[5]);
@@ -164,8 +166,12 @@ export class Flow {
   constructor(spec: FlowSpec) {
     if (typeof spec.name !== 'string' || spec.name.length === 0 || spec.name.length > MAX_NAME) throw new FlowError('no name');
     const internal = spec.name.startsWith('#');
-    if (!NAME.test(internal ? spec.name.slice(1) : spec.name)) throw new FlowError(`invalid name [${spec.name}]: use letters, digits and -+_`);
-    if (!Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 0x7fffffff) throw new FlowError(`invalid priority [${spec.priority}]`);
+    if (!NAME.test(internal ? spec.name.slice(1) : spec.name)) {
+      throw new FlowError(`invalid name [${spec.name}]: use letters, digits and -+_`);
+    }
+    if (!Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 0x7fffffff) {
+      throw new FlowError(`invalid priority [${spec.priority}]`);
+    }
     this.name = spec.name;
     this.target = spec.target;
     this.priority = spec.priority;
@@ -210,7 +216,8 @@ export class Flow {
   // Byte matches read the packet's own transport header (the inner SCTP header when it is
   // UDP encapsulated); statements for another protocol do not apply.
   private bytesMatch(buf: Uint8Array, p: PacketInfo): boolean {
-    if (p.l4Off < 0) return false;
+    // The reference finds no transport header behind an IPv6 fragment header (--compat=nfqlb).
+    if (p.l4Off < 0 || (p.mode === PARSE_NFQLB && p.family === 6 && p.isFragment)) return false;
     let proto = p.l4Proto;
     let l4 = p.l4Off;
     if (p.sctpEncap && !p.icmpError) {
@@ -295,7 +302,10 @@ export class FlowSet {
     const flow = new Flow({ ...spec, slot: 0 });
     const hidden =
       flow.udpencap !== 0
-        ? new Flow({ name: '#' + spec.name, target: null, priority: spec.priority, protocols: ['udp'], dports: String(flow.udpencap), dsts: spec.dsts, srcs: spec.srcs, udpencap: flow.udpencap, slot: 0 })
+        ? new Flow({
+            name: '#' + spec.name, target: null, priority: spec.priority, protocols: ['udp'], dports: String(flow.udpencap),
+            dsts: spec.dsts, srcs: spec.srcs, udpencap: flow.udpencap, slot: 0,
+          })
         : null;
     const replaced = [this.find(spec.name), this.find('#' + spec.name)].filter((f): f is Flow => f !== undefined);
     const needed = 1 + (hidden ? 1 : 0);
@@ -413,7 +423,7 @@ export class FlowSelector implements TargetSelector {
     const encap = i < 0 ? 0 : this.flows[i]!.udpencap;
     if (encap !== 0 && !p.sctpEncap && p.proto === IPPROTO_UDP && p.dport === encap) {
       // UDP to an SCTP encapsulation port: re-read it as SCTP and look again.
-      parsePacket(buf, off, len, p, encap);
+      parsePacket(buf, off, len, p, encap, p.mode);
       i = (p.proto as number) === IPPROTO_SCTP ? this.find(buf, p) : -1;
     }
     if (i < 0) {
@@ -443,5 +453,6 @@ export class FlowSelector implements TargetSelector {
 }
 
 function isEchoRequest(p: PacketInfo): boolean {
-  return !p.icmpError && ((p.family === 4 && p.l4Proto === 1 && p.icmpType === 8) || (p.family === 6 && p.l4Proto === 58 && p.icmpType === 128));
+  if (p.icmpError) return false;
+  return (p.family === 4 && p.l4Proto === 1 && p.icmpType === 8) || (p.family === 6 && p.l4Proto === 58 && p.icmpType === 128);
 }

@@ -26,6 +26,7 @@ import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
 import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
 import { DrainList } from './drain.js';
+import { compatOffload, type Compat } from './compat.js';
 
 export interface LbOptions {
   /** Target table (lb); null for flowlb, whose flows name their tables. */
@@ -64,6 +65,8 @@ export interface LbOptions {
   flow?: { nolbFwmark: number; promiscuousPing: boolean };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
   offload?: OffloadOptions;
+  /** --compat=nfqlb: the reference's fwmark for every packet it forwards (see compat.ts). */
+  compat?: Compat | null;
 }
 
 /** Parses the reference's `--queue`: `n`, or `a:b` for queues a..b inclusive. */
@@ -138,14 +141,16 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
     tracer,
     conntrack,
+    compat: o.compat,
   });
   const queue = new NfQueue({
     queue: ctx.queue,
     maxLen: o.qlength,
     failOpen: o.failOpen,
     batch: o.batch,
-    // Stored fragments must be whole; otherwise the headers are all we need.
-    copyRange: o.tun === null ? 256 : o.mtu,
+    // Stored fragments must be whole; otherwise the headers are all we need (--compat: as many as
+    // the reference, which reads --mtu bytes).
+    copyRange: o.tun === null && !o.compat ? 256 : o.mtu,
     onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
   serveQueue(queue, balancer.fwmarkOf, o.metrics ? counters : null);
@@ -255,7 +260,8 @@ export async function runLb(o: LbOptions): Promise<number> {
     throw e;
   });
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
-  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.tshm!, o.hashMode, o.sctpEncap);
+  const offloadOptions = compatOffload(o.offload, o.compat);
+  const offload = offloadOptions === undefined ? null : Offload.start(offloadOptions, o.tshm!, o.hashMode, o.sctpEncap);
   createFragStats(o.ftShm, o.queues.length);
   const logConfig = claimLogConfig();
   const stopLogLevel = followLogLevel(logConfig);
