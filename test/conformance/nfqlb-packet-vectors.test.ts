@@ -1,6 +1,7 @@
 // The reference nfqlb's own verdicts for 893 packets (nfqlb-packet-vectors.json, see README.md
 // beside this file), replayed in file order through the Balancer over the same table:
-// - with compat 'nfqlb', every packet the reference forwards gets its fwmark and hash;
+// - with compat 'nfqlb', every packet the reference forwards gets its fwmark and hash (and
+//   through flows, as `nfqlb flowlb`, every one a TCP/UDP/SCTP flow balances its fwmark);
 // - without, every packet that gets another fwmark or hash belongs to a class that
 //   docs/compatibility.md lists, and each of those classes does occur.
 // Both modes print their match counts per class.
@@ -8,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { TargetTable } from '../../src/target-table.js';
 import { FragTable } from '../../src/nfqlb/frag-table.js';
-import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
+import { Balancer, SingleTable, type TargetSelector } from '../../src/nfqlb/balancer.js';
+import { FlowSelector, FlowSet } from '../../src/nfqlb/flow-table.js';
 import type { Compat } from '../../src/nfqlb/compat.js';
 import { PacketInfo, parsePacket, PARSE_CORRECT, PARSE_NFQLB } from '../../src/packet.js';
 import { packetHash } from '../../src/hash.js';
@@ -110,8 +112,12 @@ interface Outcome {
   hash: number;
 }
 
-/** All packets through one fragment table, as the reference's run; a Balancer per option set. */
-function replay(compat: Compat | null): Outcome[] {
+/**
+ * All packets through one fragment table, as the reference's run; a Balancer per option set.
+ * `flowlb`: the Balancers select the table through a flow for TCP, UDP and SCTP (with the
+ * vector's SCTP encapsulation port), as `nfqlb flowlb` does.
+ */
+function replay(compat: Compat | null, flowlb = false): Outcome[] {
   const M = TargetTable.adjustM(Number(/--M=(\d+)/.exec(file.table.init.join(' '))![1]));
   const N = Number(/--N=(\d+)/.exec(file.table.init.join(' '))![1]);
   const table = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(M, N)), M, N, 0);
@@ -123,7 +129,17 @@ function replay(compat: Compat | null): Outcome[] {
     const key = `${hashMode}/${sctpEncap}`;
     let b = balancers.get(key);
     if (b === undefined) {
-      b = new Balancer(new SingleTable(table, 'vectors'), { hashMode, notargetsFwmark: -1, sctpEncap, frags, now: () => 0, compat });
+      let selector: TargetSelector = new SingleTable(table, 'vectors');
+      if (flowlb) {
+        const flows = new FlowSet();
+        flows.set({ name: 'tcp-udp', target: 'vectors', priority: 0, protocols: ['tcp', 'udp'] });
+        flows.set({ name: 'sctp', target: 'vectors', priority: 1, protocols: ['sctp'], udpencap: sctpEncap || undefined });
+        const s = new FlowSelector({ promiscuousPing: false, openTable: () => table });
+        s.setFlows(flows.specs());
+        selector = s;
+      }
+      const o = { hashMode, notargetsFwmark: -1, sctpEncap: flowlb ? 0 : sctpEncap, frags, now: () => 0, compat };
+      b = new Balancer(selector, o);
       balancers.set(key, b);
     }
     return b;
@@ -173,6 +189,13 @@ describe('nfqlb packet vectors (the reference lb callback, packet by packet)', (
     // Where the reference drops a packet we may forward it: it sends that packet nowhere.
     const dropped = outcomes.filter((o) => o.v.fwmark < 0);
     expect(dropped.length).toBeGreaterThan(20);
+  });
+
+  it("flowlb, compat 'nfqlb': every packet a TCP, UDP and SCTP flow balances gets the reference's fwmark", () => {
+    const outcomes = replay('nfqlb', true);
+    const balanced = outcomes.filter((o) => o.fwmark >= 0 && o.v.fwmark >= 0);
+    expect(balanced.length).toBeGreaterThan(500);
+    expect(balanced.filter((o) => o.fwmark !== o.v.fwmark).map(describeOutcome)).toEqual([]);
   });
 
   it('default: every difference is in a class docs/compatibility.md lists', () => {
