@@ -9,6 +9,9 @@
 // - ICMP echo request: addresses, protocol and the echo identifier.
 // - anything else (and other ICMP): addresses and protocol.
 // - non-first fragments: addresses only (they carry no ports; the fragment table maps them).
+//
+// PARSE_NFQLB (`--compat=nfqlb`) keys packets as the reference does wherever it forwards them,
+// its bugs included; where it drops a packet, the correct parse is used (docs/compatibility.md).
 
 // IP protocol numbers (IANA), the ones the parser and the flow key know.
 export const IPPROTO_HOPOPTS = 0;
@@ -22,6 +25,10 @@ export const IPPROTO_ICMPV6 = 58;
 export const IPPROTO_DSTOPTS = 60;
 export const IPPROTO_SCTP = 132;
 
+/** parsePacket modes: the correct parse, or the reference nfqlb 1.2.0's keys (`--compat=nfqlb`). */
+export const PARSE_CORRECT = 0;
+export const PARSE_NFQLB = 1;
+
 const ICMP_ECHO_REPLY = 0;
 const ICMP_ECHO_REQUEST = 8;
 const ICMP6_ECHO_REQUEST = 128;
@@ -32,6 +39,8 @@ const MAX_EXTENSION_HEADERS = 16;
 
 /** The parse result. All fields are numbers or booleans so the object stays monomorphic. */
 export class PacketInfo {
+  /** The parse mode (PARSE_CORRECT or PARSE_NFQLB); a re-parse of the packet uses the same. */
+  mode = PARSE_CORRECT;
   /** 0: not an IP packet we can read (too short, bad version or header length); else 4 or 6. */
   family = 0;
   /** Offset of the IP header. */
@@ -80,6 +89,8 @@ export class PacketInfo {
   icmpCode = -1;
   /** An ICMP error whose quoted packet gave the flow key. */
   icmpError = false;
+  /** An IPv4 ICMP error that is itself fragmented: dropped with its later fragments, as the reference does. */
+  fragmentedIcmpError = false;
   /** The quoted packet's IP header and transport header offsets (-1 if none). */
   innerL3Off = -1;
   innerL4Off = -1;
@@ -87,6 +98,7 @@ export class PacketInfo {
   sctpEncap = false;
 
   reset(): void {
+    this.mode = PARSE_CORRECT;
     this.family = 0;
     this.l3Off = 0;
     this.end = 0;
@@ -109,6 +121,7 @@ export class PacketInfo {
     this.icmpType = -1;
     this.icmpCode = -1;
     this.icmpError = false;
+    this.fragmentedIcmpError = false;
     this.innerL3Off = -1;
     this.innerL4Off = -1;
     this.sctpEncap = false;
@@ -125,10 +138,11 @@ function u32(buf: Uint8Array, at: number): number {
 
 /**
  * Parses the IP packet in buf[off, off + len) into p. `sctpEncapPort` (nfqlb's --sctp_encap,
- * 0 = off) is the UDP port that carries SCTP; such packets are keyed as SCTP.
+ * 0 = off) is the UDP port that carries SCTP; such packets are keyed as SCTP. `mode`: PARSE_*.
  */
-export function parsePacket(buf: Uint8Array, off: number, len: number, p: PacketInfo, sctpEncapPort = 0): void {
+export function parsePacket(buf: Uint8Array, off: number, len: number, p: PacketInfo, sctpEncapPort = 0, mode = PARSE_CORRECT): void {
   p.reset();
+  p.mode = mode;
   let end = off + len;
   if (end > buf.length) end = buf.length;
   // Also refuses NaN and fractional offsets (a caller's bug must not become a wild read).
@@ -183,13 +197,17 @@ function parseIPv6(buf: Uint8Array, off: number, end: number, p: PacketInfo, enc
   p.addrLen = 16;
   p.srcOff = off + 8;
   p.dstOff = off + 24;
-  const l4 = walkExtensions(buf, off + 40, end, buf[off + 6]!);
+  const nh = buf[off + 6]!;
+  let l4 = p.mode === PARSE_NFQLB ? walkNfqlb(buf, off + 40, end, nh, true) : -1;
+  const nfqlbWalk = l4 >= 0;
+  if (!nfqlbWalk) l4 = walkExtensions(buf, off + 40, end, nh);
   if (walkFragOff >= 0) {
     const offsetFlags = u16(buf, walkFragOff + 2);
     const fragOffset = offsetFlags & 0xfff8;
     const more = (offsetFlags & 1) !== 0;
-    // An atomic fragment (offset 0, no M flag, RFC 6946) is a whole packet.
-    if (more || fragOffset !== 0) {
+    // An atomic fragment (offset 0, no M flag, RFC 6946) is a whole packet; the reference's walk
+    // makes it a first fragment.
+    if (more || fragOffset !== 0 || nfqlbWalk) {
       p.isFragment = true;
       p.firstFragment = fragOffset === 0;
       p.moreFragments = more;
@@ -201,9 +219,11 @@ function parseIPv6(buf: Uint8Array, off: number, end: number, p: PacketInfo, enc
     p.truncated = true;
     return;
   }
-  p.l4Off = l4;
   p.l4Proto = walkNext;
   p.proto = walkNext;
+  // Only the reference's walk ends past the packet; it keys that on the addresses and protocol.
+  if (l4 > end) return;
+  p.l4Off = l4;
   if (p.isFragment && !p.firstFragment) return;
   parseTransport(buf, l4, end, walkNext, p, encap);
 }
@@ -253,6 +273,52 @@ function walkExtensions(buf: Uint8Array, at: number, end: number, nh: number): n
   return -1;
 }
 
+/**
+ * The reference's extension walk (getHashKeyIpv6 and getInnerHashKeyIpv6 in its iputils.c), for
+ * PARSE_NFQLB: it advances ip6e_len * 8 bytes, one 8-byte unit short, refuses a length of 0 and
+ * does not know AH. `outer` stops at a fragment header (nfqlbFragment); in a quoted packet a
+ * fragment header is one more header, of length 0. Returns where the reference reads the upper
+ * layer (its protocol in walkNext; possibly past `end`), or -1 where it drops the packet.
+ */
+function walkNfqlb(buf: Uint8Array, at: number, end: number, nh: number, outer: boolean): number {
+  walkFragOff = -1;
+  while (isNfqlbExtension(nh)) {
+    if (outer && nh === IPPROTO_FRAGMENT) return nfqlbFragment(buf, at, end);
+    if (at + 2 > end || buf[at + 1] === 0) return -1;
+    nh = buf[at]!;
+    at += buf[at + 1]! * 8;
+  }
+  walkNext = nh;
+  return at;
+}
+
+/**
+ * The reference at an outer fragment header. A later fragment ends the walk. After a first
+ * fragment (offset 0, an atomic one too) it walks on from the fragment header itself, whose
+ * reserved byte is its "length": the upper layer is read at the fragment header, whose first 4
+ * bytes become the ports. -1 where it would read past the packet or loop for ever.
+ */
+function nfqlbFragment(buf: Uint8Array, at: number, end: number): number {
+  if (at + 8 > end) return -1;
+  walkFragOff = at;
+  if ((u16(buf, at + 2) & 0xfff8) !== 0) {
+    walkNext = buf[at]!;
+    return at + 8;
+  }
+  let nh = IPPROTO_FRAGMENT;
+  for (let n = 0; isNfqlbExtension(nh); n++) {
+    if (n === MAX_EXTENSION_HEADERS || at + 2 > end) return -1;
+    nh = buf[at]!;
+    at += buf[at + 1]! * 8;
+  }
+  walkNext = nh;
+  return at;
+}
+
+function isNfqlbExtension(nh: number): boolean {
+  return nh === IPPROTO_HOPOPTS || nh === IPPROTO_ROUTING || nh === IPPROTO_FRAGMENT || nh === IPPROTO_DSTOPTS;
+}
+
 function parseTransport(buf: Uint8Array, l4: number, end: number, proto: number, p: PacketInfo, encap: number): void {
   if (proto === IPPROTO_TCP || proto === IPPROTO_UDP || proto === IPPROTO_SCTP) {
     readPorts(buf, l4, end, proto, p, encap, false);
@@ -292,52 +358,71 @@ function readPorts(
   p.hasPorts = true;
 }
 
-function isIcmpError(family: number, type: number): boolean {
+function isIcmpError(p: PacketInfo, type: number): boolean {
   // IPv4: destination unreachable (incl. fragmentation needed), source quench, redirect,
   // time exceeded, parameter problem. IPv6: destination unreachable, packet too big, time
-  // exceeded, parameter problem.
-  if (family === 4) return type === 3 || type === 4 || type === 5 || type === 11 || type === 12;
-  return type >= 1 && type <= 4;
+  // exceeded, parameter problem. The reference follows neither parameter problem, nor ICMPv6
+  // time exceeded.
+  const all = p.mode !== PARSE_NFQLB;
+  if (p.family === 4) return type === 3 || type === 4 || type === 5 || type === 11 || (type === 12 && all);
+  return type === 1 || type === 2 || ((type === 3 || type === 4) && all);
 }
 
 function parseIcmp(buf: Uint8Array, l4: number, end: number, p: PacketInfo, encap: number): void {
+  const echoRequest = p.family === 4 ? ICMP_ECHO_REQUEST : ICMP6_ECHO_REQUEST;
   if (l4 + 8 > end) {
+    // The reference keys a cut ICMP header on what it can read (an error's quote it cannot).
+    const type = l4 < end ? buf[l4]! : -1;
+    if (p.mode === PARSE_NFQLB && type >= 0 && !isIcmpError(p, type) && (type !== echoRequest || l4 + 6 <= end)) {
+      p.icmpType = type;
+      if (type === echoRequest) p.echoId = u16(buf, l4 + 4);
+      return;
+    }
     p.truncated = true;
     return;
   }
   const type = buf[l4]!;
   p.icmpType = type;
   p.icmpCode = buf[l4 + 1]!;
-  if (isIcmpError(p.family, type)) {
-    // A fragmented error is not followed into its quoted packet (the reference drops them):
-    // the key stays the outer addresses and protocol.
+  if (isIcmpError(p, type)) {
+    // A fragmented error is not followed into its quoted packet. An ICMP error is at most 576
+    // bytes, so an IPv4 one that is fragmented is dropped, as the reference does; an IPv6 one
+    // keeps the outer key (the key the reference gives it).
     if (!p.isFragment) parseQuoted(buf, l4 + 8, end, p, encap);
+    else p.fragmentedIcmpError = p.family === 4;
     return;
   }
-  if (type === (p.family === 4 ? ICMP_ECHO_REQUEST : ICMP6_ECHO_REQUEST)) p.echoId = u16(buf, l4 + 4);
+  if (type === echoRequest) p.echoId = u16(buf, l4 + 4);
 }
 
-/** The packet quoted by an ICMP error at `at`; its fields go into the key swapped. */
+/**
+ * The packet quoted by an ICMP error at `at`; its fields go into the key swapped. The reference
+ * (PARSE_NFQLB) does not check the quoted packet's version, reads a quoted later IPv4
+ * fragment's data as ports, puts no echo identifier in the key, and walks a quoted IPv6
+ * packet's extension headers its own way (walkNfqlb).
+ */
 function parseQuoted(buf: Uint8Array, at: number, end: number, p: PacketInfo, encap: number): void {
+  const nfqlb = p.mode === PARSE_NFQLB;
   let l4: number;
   let proto: number;
   let nonFirstFragment: boolean;
   if (p.family === 4) {
-    if (at + 20 > end || buf[at]! >> 4 !== 4 || (buf[at]! & 0x0f) < 5) {
+    if (at + 20 > end || (buf[at]! >> 4 !== 4 && !nfqlb) || (buf[at]! & 0x0f) < 5) {
       p.truncated = true;
       return;
     }
     proto = buf[at + 9]!;
     l4 = at + (buf[at]! & 0x0f) * 4;
-    nonFirstFragment = (u16(buf, at + 6) & 0x1fff) !== 0;
+    nonFirstFragment = (u16(buf, at + 6) & 0x1fff) !== 0 && !nfqlb;
     p.srcOff = at + 16;
     p.dstOff = at + 12;
   } else {
-    if (at + 40 > end || buf[at]! >> 4 !== 6) {
+    if (at + 40 > end || (buf[at]! >> 4 !== 6 && !nfqlb)) {
       p.truncated = true;
       return;
     }
-    l4 = walkExtensions(buf, at + 40, end, buf[at + 6]!);
+    l4 = nfqlb ? walkNfqlb(buf, at + 40, end, buf[at + 6]!, false) : -1;
+    if (l4 < 0) l4 = walkExtensions(buf, at + 40, end, buf[at + 6]!);
     if (l4 < 0) {
       p.truncated = true;
       return;
@@ -351,7 +436,8 @@ function parseQuoted(buf: Uint8Array, at: number, end: number, p: PacketInfo, en
   p.innerL3Off = at;
   p.proto = proto;
   if (l4 > end) {
-    p.truncated = true;
+    // The reference keys that on the addresses and protocol.
+    p.truncated = !nfqlb;
     return;
   }
   p.innerL4Off = l4;
@@ -362,7 +448,7 @@ function parseQuoted(buf: Uint8Array, at: number, end: number, p: PacketInfo, en
   } else if (proto === (p.family === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6)) {
     // An error about an echo reply belongs to the target that got the echo request.
     const replyType = p.family === 4 ? ICMP_ECHO_REPLY : ICMP6_ECHO_REPLY;
-    if (l4 + 8 <= end && buf[l4] === replyType) p.echoId = u16(buf, l4 + 4);
+    if (l4 + 8 <= end && buf[l4] === replyType && !nfqlb) p.echoId = u16(buf, l4 + 4);
   }
 }
 

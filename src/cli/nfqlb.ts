@@ -11,6 +11,7 @@ import { hashTuple } from '../hash.js';
 import { openShm } from '../shm.js';
 import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
 import { parseOffloadOptions } from '../nfqlb/offload.js';
+import { parseCompat } from '../nfqlb/compat.js';
 import { CT_DEFAULT_TIMEOUTS } from '../nfqlb/conntrack.js';
 import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { flowRequest } from '../nfqlb/flow-client.js';
@@ -70,6 +71,7 @@ const lbOptions = {
   ct_established_timeout: { arg: true, help: `Conntrack; idle seconds of an established TCP flow (default ${CT_DEFAULT_TIMEOUTS.establishedMs / 1000})` },
   ct_close_timeout: { arg: true, help: `Conntrack; seconds after FIN or RST (default ${CT_DEFAULT_TIMEOUTS.closeMs / 1000})` },
   ct_other_timeout: { arg: true, help: `Conntrack; idle seconds of UDP and other flows (default ${CT_DEFAULT_TIMEOUTS.otherMs / 1000})` },
+  compat: { arg: true, help: 'nfqlb: every packet a reference nfqlb 1.2.0 forwards gets its fwmark, bugs included (default off; docs/compatibility.md)' },
 };
 
 const MAX_CT_TIMEOUT_S = 7 * 86400;
@@ -105,6 +107,7 @@ function lbRunOptions(p: Parsed): Omit<LbOptions, 'targetTable' | 'sctpEncapPort
     allowRemote: p.opts.has('allow_remote'),
     metrics: metricsOption(p),
     conntrack: conntrackOptions(p),
+    compat: parseCompat(opt(p, 'compat')),
   };
 }
 

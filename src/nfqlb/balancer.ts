@@ -5,7 +5,7 @@
 // verdict for the later ones (which carry no ports). With --conntrack (conntrack.ts) a flow
 // keeps the target it was first given, at the price of per-LB state.
 import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
-import { PacketInfo, parsePacket, IPPROTO_SCTP } from '../packet.js';
+import { PacketInfo, parsePacket, IPPROTO_SCTP, PARSE_CORRECT, PARSE_NFQLB } from '../packet.js';
 import { packetHash, packetAddressHash } from '../hash.js';
 import { FRAG_STORED, type FragTable } from './frag-table.js';
 import { TRACE, type Tracer } from './tracer.js';
@@ -14,6 +14,7 @@ import type { TargetTable } from '../target-table.js';
 import type { Tun } from './tun.js';
 import { QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
 import type { ConnTrack } from './conntrack.js';
+import type { Compat } from './compat.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;
@@ -100,6 +101,11 @@ export interface BalancerOptions {
   now?: () => number;
   /** QUEUE_COUNTER words (a queue's shared block) for drops and fragments; default private. */
   counters?: Float64Array;
+  /**
+   * 'nfqlb' (`--compat=nfqlb`): every packet the reference nfqlb 1.2.0 forwards gets its fwmark,
+   * its bugs included, for a tier that still has reference LBs (docs/compatibility.md).
+   */
+  compat?: Compat | null;
 }
 
 /** Maglev over the flow hash, as the reference `nfqlb lb` (and `flowlb` with a flow selector). */
@@ -109,6 +115,7 @@ export class Balancer {
   private readonly notargetsFwmark: number;
   private readonly nolbFwmark: number;
   private readonly sctpEncap: number;
+  private readonly parseMode: number;
   /** Replaced when `nfqlb init` re-creates the file (see TableFollower in target-store.ts). */
   lbTable: TargetTable | null;
   private readonly frags: FragTable | null;
@@ -128,6 +135,7 @@ export class Balancer {
     this.notargetsFwmark = opts.notargetsFwmark;
     this.nolbFwmark = opts.nolbFwmark ?? -1;
     this.sctpEncap = opts.sctpEncap ?? 0;
+    this.parseMode = opts.compat === 'nfqlb' ? PARSE_NFQLB : PARSE_CORRECT;
     this.lbTable = opts.lbTable ?? null;
     this.frags = opts.frags ?? null;
     this.tun = opts.tun ?? null;
@@ -146,7 +154,7 @@ export class Balancer {
 
   readonly fwmarkOf: FwmarkFn = (buf, off, len) => {
     const p = this.pkt;
-    parsePacket(buf, off, len, p, this.sctpEncap);
+    parsePacket(buf, off, len, p, this.sctpEncap, this.parseMode);
     // Not IP, or too short to find the addresses: nothing to balance on.
     if (p.family === 0) {
       this.counters[QC.parseErrors]!++;
@@ -182,6 +190,12 @@ export class Balancer {
         this.counters[QC.fragsToLbTier]!++;
         return lbFw;
       }
+    }
+    if (p.fragmentedIcmpError) {
+      // Dropped; with a fragment table, its later fragments too (they find the "drop" verdict).
+      this.counters[QC.fragsDropped]!++;
+      this.frags?.insertFirst(buf, p, -1, this.now(), this.inject);
+      return -1;
     }
     const frags = this.frags;
     if (frags === null) return this.whole(buf, off, len, p);

@@ -8,7 +8,7 @@
 // owns the flow channel; FlowSelector is the data plane of one queue, rebuilt from the specs
 // on every change and matching with typed arrays only.
 import { parseIPv4, parseIPv6, formatAddress } from '../address.js';
-import { parsePacket, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
+import { parsePacket, PARSE_NFQLB, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
 import type { TargetTable } from '../target-table.js';
 import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import type { Tracer } from './tracer.js';
@@ -216,7 +216,8 @@ export class Flow {
   // Byte matches read the packet's own transport header (the inner SCTP header when it is
   // UDP encapsulated); statements for another protocol do not apply.
   private bytesMatch(buf: Uint8Array, p: PacketInfo): boolean {
-    if (p.l4Off < 0) return false;
+    // The reference finds no transport header behind an IPv6 fragment header (--compat=nfqlb).
+    if (p.l4Off < 0 || (p.mode === PARSE_NFQLB && p.family === 6 && p.isFragment)) return false;
     let proto = p.l4Proto;
     let l4 = p.l4Off;
     if (p.sctpEncap && !p.icmpError) {
@@ -422,7 +423,7 @@ export class FlowSelector implements TargetSelector {
     const encap = i < 0 ? 0 : this.flows[i]!.udpencap;
     if (encap !== 0 && !p.sctpEncap && p.proto === IPPROTO_UDP && p.dport === encap) {
       // UDP to an SCTP encapsulation port: re-read it as SCTP and look again.
-      parsePacket(buf, off, len, p, encap);
+      parsePacket(buf, off, len, p, encap, p.mode);
       i = (p.proto as number) === IPPROTO_SCTP ? this.find(buf, p) : -1;
     }
     if (i < 0) {

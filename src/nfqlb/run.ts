@@ -25,6 +25,7 @@ import { QUEUE_COUNTER, QueueCounters } from './counters.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
 import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
+import { compatOffload, type Compat } from './compat.js';
 
 /**
  * What `nfqlb lb` and `nfqlb flowlb` run with. The CLI (cli/nfqlb.ts) maps the reference's
@@ -77,6 +78,8 @@ export interface LbOptions {
   };
   /** lb --offload: whole VIP packets are marked at tc ingress and never reach the queue. */
   offload?: OffloadOptions;
+  /** --compat=nfqlb: the reference's fwmark for every packet it forwards (see compat.ts). */
+  compat?: Compat | null;
 }
 
 /** The fragment table: later fragments follow their first one's target. */
@@ -171,14 +174,16 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     tun: o.tun === null || ctx.tunFd === null ? null : new Tun(o.tun, ctx.tunFd),
     tracer,
     conntrack,
+    compat: o.compat,
   });
   const queue = new NfQueue({
     queue: ctx.queue,
     maxLen: o.queueLength,
     failOpen: o.failOpen,
     batch: o.batch,
-    // Stored fragments must be whole; otherwise the headers are all we need.
-    copyRange: o.tun === null ? 256 : o.mtu,
+    // Stored fragments must be whole; otherwise the headers are all we need (--compat: as many as
+    // the reference, which reads --mtu bytes).
+    copyRange: o.tun === null && !o.compat ? 256 : o.mtu,
     onError: (e) => log.error({ queue: ctx.queue, err: e.message }, 'verdict handler failed'),
   });
   serveQueue(queue, balancer.fwmarkOf, o.metrics ? counters : null);
@@ -265,7 +270,8 @@ export async function runLb(o: LbOptions): Promise<number> {
     throw e;
   });
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
-  const offload = o.offload === undefined ? null : Offload.start(o.offload, o.targetTable!, o.hashMode, o.sctpEncapPort);
+  const offloadOptions = compatOffload(o.offload, o.compat);
+  const offload = offloadOptions === undefined ? null : Offload.start(offloadOptions, o.targetTable!, o.hashMode, o.sctpEncapPort);
   const f = o.fragments;
   createFragStats(f.statsShm, o.queues.length);
   const logConfig = claimLogConfig();

@@ -101,6 +101,7 @@ describe('nfqlb lb --conntrack --ct_other_timeout', () => {
     ['--ct_established_timeout=5m', /^nfqlb lb: --ct_established_timeout: '5m' is not a number\n$/],
     ['--ct_close_timeout=-1', /^nfqlb lb: --ct_close_timeout: -1 is out of range 1\.\.\d+\n$/],
     ['--ct_other_timeout=999999999', /^nfqlb lb: --ct_other_timeout: 999999999 is out of range 1\.\.\d+\n$/],
+    ['--compat=nfqlb-1.3', /^nfqlb lb: --compat: 'nfqlb-1\.3' is not one of: nfqlb\n$/],
   ])('%s: one line on stderr, exit 1, no queue bound', (arg, message) => {
     const r = inRouter('lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, '--conntrack=1024', arg);
     expect(r).toMatchObject({ status: 1, stdout: '' });

@@ -1,8 +1,8 @@
 // Property test: over a million random and mutated packets (seeded, so a failure replays), the
-// parser never throws and what it reports always points inside the packet.
+// parser never throws and what it reports always points inside the packet, in both parse modes.
 import { describe, expect, it } from 'vitest';
 import { hashAddresses, hashKey, packetAddressHash, packetHash, writeHashKey } from '../../src/hash.js';
-import { PacketInfo, parsePacket } from '../../src/packet.js';
+import { PacketInfo, parsePacket, PARSE_CORRECT, PARSE_NFQLB } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';
 
@@ -20,11 +20,13 @@ const corpus: Uint8Array[] = [
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).udp({ sport: 9899, dport: 9899 }).payload(16).build(),
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).icmp(8, 0, { id: 5 }).payload(20).build(),
   ipv4({ src: '192.168.1.1', dst: '10.0.0.1' }).icmp(3, 4, { rest: 1400 }).inner(tcp4Reply.subarray(0, 60)).build(),
-  ipv4({ src: '192.168.1.1', dst: '10.0.0.1' }).icmp(11, 0).inner(ipv4({ src: '10.0.0.1', dst: '50.0.0.7' }).icmp(0, 0, { id: 5 }).build()).build(),
+  ipv4({ src: '192.168.1.1', dst: '10.0.0.1' }).icmp(11, 0)
+    .inner(ipv4({ src: '10.0.0.1', dst: '50.0.0.7' }).icmp(0, 0, { id: 5 }).build()).build(),
   ...fragmentPacket(tcp4Reply, 96),
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).proto(47).payload(30).build(),
   ipv6({ src: '2000::7', dst: '1000::1' }).tcp({ sport: 40000, dport: 80 }).payload(40).build(),
-  ipv6({ src: '2000::7', dst: '1000::1' }).ext('hop').ext('routing', { length: 24 }).ext('dst').ext('ah').udp({ sport: 1, dport: 2 }).build(),
+  ipv6({ src: '2000::7', dst: '1000::1' }).ext('hop').ext('routing', { length: 24 }).ext('dst').ext('ah')
+    .udp({ sport: 1, dport: 2 }).build(),
   ipv6({ src: '2000::7', dst: '1000::1' }).ext('frag', { id: 9, mf: true }).sctp({ sport: 1, dport: 2 }).build(),
   ipv6({ src: '2000::7', dst: '1000::1' }).icmp(128, 0, { id: 5 }).payload(20).build(),
   ipv6({ src: '1000::ff', dst: '1000::1' }).icmp(2, 0, { rest: 1280 }).inner(tcp6Reply).build(),
@@ -44,8 +46,8 @@ interface Stats {
 }
 
 /** Checks every invariant; returns a description of the first one broken, or null. */
-function check(buf: Uint8Array, off: number, len: number, p: PacketInfo, stats: Stats): string | null {
-  parsePacket(buf, off, len, p, 9899);
+function check(buf: Uint8Array, off: number, len: number, p: PacketInfo, stats: Stats, parseMode: number): string | null {
+  parsePacket(buf, off, len, p, 9899, parseMode);
   const h1 = packetHash(buf, p, 1);
   const h0 = packetHash(buf, p, 0);
   const ha = packetAddressHash(buf, p);
@@ -123,7 +125,7 @@ describe('parsePacket fuzz', () => {
       const view = rnd() % 8 === 0 ? buf.subarray(0, off + (rnd() % (len + 1))) : buf;
       let problem: string | null;
       try {
-        problem = check(view, off, len, p, stats);
+        problem = check(view, off, len, p, stats, round & 1 ? PARSE_NFQLB : PARSE_CORRECT);
       } catch (e) {
         problem = `threw ${(e as Error).message}`;
       }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress, toKeyAddress } from '../../src/address.js';
 import { djb2, hashAddresses, hashKey, hashTuple, packetAddressHash, packetHash, writeHashKey } from '../../src/hash.js';
-import { PacketInfo, parsePacket } from '../../src/packet.js';
+import { PacketInfo, parsePacket, PARSE_NFQLB } from '../../src/packet.js';
 import { PROTO, checksum, crc32c, fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
 // An independent statement of the reference key: src[16] dst[16] user u16 (wire order),
@@ -150,7 +150,9 @@ const fixtures: Fixture[] = [
   {
     name: 'IPv4 middle fragment: addresses only',
     packet: ipv4({ src: C4, dst: V4, id: 0x4321, mf: true, fragOffset: 1480, proto: PROTO.udp }).payload(64).build(),
-    fields: { isFragment: true, firstFragment: false, moreFragments: true, fragId: 0x4321, fragOffset: 1480, hasPorts: false, l4Off: 20, proto: 17 },
+    fields: {
+      isFragment: true, firstFragment: false, moreFragments: true, fragId: 0x4321, fragOffset: 1480, hasPorts: false, l4Off: 20, proto: 17,
+    },
     hash: addressesOnly(C4, V4),
   },
   {
@@ -186,7 +188,8 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'IPv6 hop-by-hop, routing, destination options, AH, then TCP',
-    packet: ipv6({ src: C6, dst: V6 }).ext('hop').ext('routing', { length: 24 }).ext('dst', { length: 16 }).ext('ah').tcp({ sport: 40000, dport: 80 }).build(),
+    packet: ipv6({ src: C6, dst: V6 }).ext('hop').ext('routing', { length: 24 }).ext('dst', { length: 16 }).ext('ah')
+      .tcp({ sport: 40000, dport: 80 }).build(),
     fields: { family: 6, proto: 6, l4Off: 40 + 8 + 24 + 16 + 24, sport: 40000, dport: 80 },
     hash: hashTuple(tupleTcp6, 1),
   },
@@ -232,14 +235,21 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'IPv6 first fragment (after hop-by-hop) has ports',
-    packet: ipv6({ src: C6, dst: V6 }).ext('hop').ext('frag', { id: 0xdeadbeef, mf: true }).udp({ sport: 5001, dport: 53 }).payload(100).build(),
-    fields: { isFragment: true, firstFragment: true, moreFragments: true, fragId: 0xdeadbeef, fragOffset: 0, l4Off: 56, sport: 5001, hasPorts: true },
+    packet: ipv6({ src: C6, dst: V6 }).ext('hop').ext('frag', { id: 0xdeadbeef, mf: true }).udp({ sport: 5001, dport: 53 })
+      .payload(100).build(),
+    fields: {
+      isFragment: true, firstFragment: true, moreFragments: true, fragId: 0xdeadbeef, fragOffset: 0, l4Off: 56, sport: 5001, hasPorts: true,
+    },
     hash: hashTuple(tupleUdp6, 1),
   },
   {
     name: 'IPv6 middle fragment: addresses only',
-    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 0xdeadbeef, mf: true, offset: 1232, nextHeader: PROTO.udp }).payload(100).build(),
-    fields: { isFragment: true, firstFragment: false, moreFragments: true, fragId: 0xdeadbeef, fragOffset: 1232, hasPorts: false, proto: 17, l4Off: 48 },
+    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 0xdeadbeef, mf: true, offset: 1232, nextHeader: PROTO.udp })
+      .payload(100).build(),
+    fields: {
+      isFragment: true, firstFragment: false, moreFragments: true, fragId: 0xdeadbeef, fragOffset: 1232, hasPorts: false,
+      proto: 17, l4Off: 48,
+    },
     hash: addressesOnly(C6, V6),
   },
   {
@@ -264,7 +274,10 @@ const fixtures: Fixture[] = [
   {
     name: 'ICMP frag-needed quoting a TCP reply',
     packet: ipv4({ src: R4, dst: V4 }).icmp(3, 4, { rest: 1400 }).inner(quote(tcp4Reply, 548)).build(),
-    fields: { family: 4, l4Proto: 1, icmpType: 3, icmpCode: 4, icmpError: true, innerL3Off: 28, innerL4Off: 48, proto: 6, sport: 40000, dport: 80, srcOff: 28 + 16, dstOff: 28 + 12 },
+    fields: {
+      family: 4, l4Proto: 1, icmpType: 3, icmpCode: 4, icmpError: true, innerL3Off: 28, innerL4Off: 48, proto: 6, sport: 40000, dport: 80,
+      srcOff: 28 + 16, dstOff: 28 + 12,
+    },
     hash: hashTuple(tupleTcp4, 1),
   },
   {
@@ -312,14 +325,15 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'ICMP error quoting a later fragment: swapped addresses and protocol',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 1).inner(ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp }).payload(8).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 1)
+      .inner(ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp }).payload(8).build()).build(),
     fields: { icmpError: true, hasPorts: false, truncated: false, proto: 17 },
     hash: oracle({ src: C4, dst: V4, proto: 17 }),
   },
   {
     name: 'ICMP error that is itself a first fragment is not followed inside',
     packet: ipv4({ src: R4, dst: V4, mf: true }).icmp(3, 4).inner(quote(tcp4Reply, 548)).build(),
-    fields: { icmpError: false, isFragment: true, firstFragment: true, icmpType: 3, proto: 1 },
+    fields: { icmpError: false, isFragment: true, firstFragment: true, icmpType: 3, proto: 1, fragmentedIcmpError: true },
     hash: oracle({ src: R4, dst: V4, proto: 1 }),
   },
   {
@@ -349,7 +363,10 @@ const fixtures: Fixture[] = [
   {
     name: 'ICMPv6 packet too big quoting a TCP reply',
     packet: ipv6({ src: R6, dst: V6 }).icmp(2, 0, { rest: 1280 }).inner(quote(tcp6Reply, 1232)).build(),
-    fields: { family: 6, l4Proto: 58, icmpType: 2, icmpError: true, innerL3Off: 48, innerL4Off: 88, proto: 6, sport: 40000, dport: 80, srcOff: 48 + 24, dstOff: 48 + 8 },
+    fields: {
+      family: 6, l4Proto: 58, icmpType: 2, icmpError: true, innerL3Off: 48, innerL4Off: 88, proto: 6, sport: 40000, dport: 80,
+      srcOff: 48 + 24, dstOff: 48 + 8,
+    },
     hash: hashTuple(tupleTcp6, 1),
   },
   {
@@ -402,7 +419,8 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'SCTP in UDP (--sctp_encap=9899) is keyed as SCTP on the inner ports',
-    packet: ipv4({ src: C4, dst: V4 }).udp({ sport: 9899, dport: 9899 }).payload(Uint8Array.of(0x1b, 0x58, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 0)).build(),
+    packet: ipv4({ src: C4, dst: V4 }).udp({ sport: 9899, dport: 9899 })
+      .payload(Uint8Array.of(0x1b, 0x58, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 0)).build(),
     fields: { proto: 132, sctpEncap: true, sport: 7000, dport: 7001, l4Proto: 17 },
     hash: hashTuple(tupleSctp4, 1),
     hash0: hashTuple(tupleSctp4, 0),
@@ -417,7 +435,8 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'ICMP error quoting SCTP in UDP (source port is the encapsulation port)',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(3, 4).inner(ipv4({ src: V4, dst: C4 }).udp({ sport: 9899, dport: 9899 }).payload(Uint8Array.of(0x1b, 0x59, 0x1b, 0x58, 0, 0, 0, 0)).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 }).icmp(3, 4).inner(ipv4({ src: V4, dst: C4 }).udp({ sport: 9899, dport: 9899 })
+      .payload(Uint8Array.of(0x1b, 0x59, 0x1b, 0x58, 0, 0, 0, 0)).build()).build(),
     fields: { icmpError: true, proto: 132, sctpEncap: true, sport: 7000, dport: 7001 },
     hash: hashTuple(tupleSctp4, 1),
     hash0: hashTuple(tupleSctp4, 0),
@@ -454,6 +473,118 @@ describe('parsePacket fixtures', () => {
     }
     expect(pick(p, f.fields)).toEqual(shifted);
     expect(packetHash(big, p, 1)).toBe(f.hash);
+  });
+});
+
+// PARSE_NFQLB: the reference's key where it forwards the packet (docs/compatibility.md);
+// test/conformance/nfqlb-packet-vectors.test.ts checks it against the reference's own verdicts.
+const nfqlbFixtures: Omit<Fixture, 'hash0' | 'encap'>[] = [
+  {
+    name: 'IPv6 first fragment: the fragment header is read as the ports',
+    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 7, mf: true }).udp({ sport: 5001, dport: 53 }).payload(100).build(),
+    fields: { isFragment: true, firstFragment: true, fragId: 7, l4Off: 40, proto: 17, sport: 17 << 8, dport: 1 },
+    hash: oracle({ src: C6, dst: V6, proto: 17, sport: 17 << 8, dport: 1 }),
+  },
+  {
+    name: 'IPv6 atomic fragment: a first fragment',
+    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 9 }).tcp({ sport: 40000, dport: 80 }).build(),
+    fields: { isFragment: true, firstFragment: true, moreFragments: false, fragId: 9, sport: 6 << 8, dport: 0 },
+    hash: oracle({ src: C6, dst: V6, proto: 6, sport: 6 << 8, dport: 0 }),
+  },
+  {
+    name: 'IPv6 later fragment: addresses only, as always',
+    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 7, offset: 1232, nextHeader: PROTO.udp }).payload(100).build(),
+    fields: { isFragment: true, firstFragment: false, fragId: 7, hasPorts: false },
+    hash: addressesOnly(C6, V6),
+  },
+  {
+    name: 'IPv6 16-byte destination options: the upper layer is read 8 bytes early',
+    packet: ipv6({ src: C6, dst: V6 }).ext('dst', { length: 16 }).tcp({ sport: 40000, dport: 80 }).build(),
+    fields: { l4Off: 48, proto: 6, sport: 0, dport: 0 },
+    hash: oracle({ src: C6, dst: V6, proto: 6 }),
+  },
+  {
+    name: 'IPv6 8-byte hop-by-hop: the reference drops it, the correct key is used',
+    packet: ipv6({ src: C6, dst: V6 }).ext('hop').tcp({ sport: 40000, dport: 80 }).build(),
+    fields: { l4Off: 48, proto: 6, sport: 40000, dport: 80 },
+    hash: hashTuple(tupleTcp6, 1),
+  },
+  {
+    name: 'IPv6 AH is an upper-layer protocol',
+    packet: ipv6({ src: C6, dst: V6 }).ext('ah').tcp({ sport: 40000, dport: 80 }).build(),
+    fields: { proto: 51, hasPorts: false },
+    hash: oracle({ src: C6, dst: V6, proto: 51 }),
+  },
+  {
+    name: 'ICMP parameter problem: not followed inside',
+    packet: ipv4({ src: R4, dst: V4 }).icmp(12, 0, { rest: 20 << 24 }).inner(quote(tcp4Reply, 28)).build(),
+    fields: { icmpError: false, icmpType: 12, proto: 1 },
+    hash: oracle({ src: R4, dst: V4, proto: 1 }),
+  },
+  {
+    name: 'ICMPv6 time exceeded: not followed inside',
+    packet: ipv6({ src: R6, dst: V6 }).icmp(3, 0).inner(quote(tcp6Reply, 64)).build(),
+    fields: { icmpError: false, icmpType: 3, proto: 58 },
+    hash: oracle({ src: R6, dst: V6, proto: 58 }),
+  },
+  {
+    name: 'ICMP error quoting an echo reply: no identifier',
+    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 0).inner(ipv4({ src: V4, dst: C4 }).icmp(0, 0, { id: 0x1234, seq: 9 }).build()).build(),
+    fields: { icmpError: true, proto: 1, echoId: 0 },
+    hash: oracle({ src: C4, dst: V4, proto: 1 }),
+  },
+  {
+    name: 'ICMP error quoting a later fragment: its data is read as ports',
+    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 1).inner(ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp })
+      .payload(Uint8Array.of(0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0)).build()).build(),
+    fields: { icmpError: true, proto: 17, sport: 0x5678, dport: 0x1234 },
+    hash: oracle({ src: C4, dst: V4, proto: 17, sport: 0x5678, dport: 0x1234 }),
+  },
+  {
+    name: 'ICMPv6 error quoting a fragment: the reference drops it, the correct key is used',
+    packet: ipv6({ src: R6, dst: V6 }).icmp(2, 0, { rest: 1280 }).inner(fragmentPacket(tcp6Reply, 1232)[0]!.subarray(0, 100)).build(),
+    fields: { icmpError: true, proto: 6, sport: 40000, dport: 80 },
+    hash: hashTuple(tupleTcp6, 1),
+  },
+  {
+    name: 'ICMP header cut short: keyed on the type and identifier it has',
+    packet: ipv4({ src: C4, dst: V4 }).icmp(8, 0, { id: 0x1234 }).build().subarray(0, 27),
+    fields: { icmpType: 8, echoId: 0x1234, truncated: false },
+    hash: oracle({ src: C4, dst: V4, proto: 1, user: 0x1234 }),
+  },
+];
+
+describe('parsePacket PARSE_NFQLB (--compat=nfqlb)', () => {
+  it.each(nfqlbFixtures)('$name', (f) => {
+    const p = new PacketInfo();
+    parsePacket(f.packet, 0, f.packet.length, p, 0, PARSE_NFQLB);
+    expect(pick(p, f.fields)).toEqual(f.fields);
+    expect(p.mode).toBe(PARSE_NFQLB);
+    expect(packetHash(f.packet, p, 1)).toBe(f.hash);
+    const key = new Uint8Array(40);
+    writeHashKey(f.packet, p, key);
+    expect(packetHash(f.packet, p, 1)).toBe(p.isFragment && !p.firstFragment ? hashAddresses(key) : hashKey(key, 1));
+  });
+
+  it('keys the other fixtures as the correct parse does', () => {
+    const p = new PacketInfo();
+    const differ: string[] = [];
+    for (const f of fixtures) {
+      parsePacket(f.packet, 0, f.packet.length, p, f.encap ?? 0, PARSE_NFQLB);
+      if (packetHash(f.packet, p, 1) !== f.hash) differ.push(f.name);
+    }
+    // (An 8-byte hop-by-hop header the reference drops: those get the correct key.)
+    expect(differ).toEqual([
+      'IPv6 a 2 KB destination options header',
+      'IPv6 atomic fragment (RFC 6946) is a whole packet',
+      'ICMP parameter problem quoting a TCP reply',
+      'ICMP error quoting a later fragment: swapped addresses and protocol',
+      'ICMP error quoting an echo reply hashes like the echo request',
+      'ICMP header cut short',
+      'ICMPv6 time exceeded',
+      'ICMPv6 parameter problem',
+      'ICMPv6 error quoting an IPv4 packet is not followed inside',
+    ]);
   });
 });
 
