@@ -259,6 +259,8 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     d.proc.kill('SIGTERM');
     await waitFor('the target to be draining', () => value(claim.key)?.state === 'draining');
     await waitFor('the key to be deleted', () => value(claim.key) === undefined, { timeout: 15_000 });
+    // It exits by itself: stop() now would send a second SIGTERM.
+    await waitFor('the sidecar to exit', () => d.proc.exitCode !== null || d.proc.signalCode !== null);
     const out = await d.stop();
     expect(d.proc.exitCode).toBe(0);
     const logs = out.split('\n').filter((l) => l.includes('"msg"')).map((l) => JSON.parse(l) as { msg: string; time: number });
@@ -268,14 +270,14 @@ describe('nfqlb registry over etcd with TLS and users', () => {
 
   it('register --lease: after SIGKILL the key goes when the lease expires', async () => {
     init('kill');
-    const { d, claim } = await sidecar(['--service=kill', '--fwmark=302', '--lease=2']);
+    const { d, claim } = await sidecar(['--service=kill', '--fwmark=302', '--lease=3']);
     d.proc.kill('SIGKILL');
     await d.stop();
     const killed = Date.now();
     expect(value(claim.key)?.state).toBe('active'); // nothing deleted it
     await waitFor('the lease to expire', () => value(claim.key) === undefined, { timeout: 15_000 });
-    // 2 s TTL, renewed every TTL/3: gone within the TTL (and etcd's expiry check) of the kill.
-    expect(Date.now() - killed).toBeLessThan(2000 + 3000);
+    // 3 s TTL, renewed every TTL/3: gone within the TTL (and etcd's expiry check) of the kill.
+    expect(Date.now() - killed).toBeLessThan(3000 + 3000);
   });
 
   it('register --lease: a sidecar whose lease etcd drops registers again, on its slot', async () => {
