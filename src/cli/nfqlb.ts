@@ -20,6 +20,7 @@ import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nf
 import { clientKey } from '../nfqlb/control-auth.js';
 import { LEVEL_WORD, MASK_WORD, parseTraceSelection } from '../nfqlb/tracer.js';
 import { openLogConfig } from '../nfqlb/log-level.js';
+import { registerCommands, registryMain } from './registry.js';
 
 const INT32_MAX = 0x7fffffff;
 
@@ -490,5 +491,7 @@ function streamTrace(address: ReturnType<typeof parseControlAddress>, addressTex
 }
 
 export function main(argv: readonly string[]): Promise<number> {
-  return dispatch('nfqlb', commands, argv);
+  // `registry` has commands of its own (init, show, ...), each with its options.
+  if (argv[0] === 'registry') return registryMain(argv.slice(1));
+  return dispatch('nfqlb', { ...commands, ...registerCommands }, argv);
 }

@@ -1,0 +1,97 @@
+// `nfqlb register --lease`: the sidecar a target runs beside its server (as Meridio's TAPA
+// does). It holds its slot under a lease it keeps alive. On SIGTERM or SIGINT it drains: the
+// target goes to "draining" (the LBs stop sending it new flows), stays for the drain time,
+// then its key is deleted and the lease revoked. Killed outright, it stops renewing the lease
+// and etcd deletes the key when the lease's TTL runs out. If etcd drops the lease while the
+// sidecar lives (etcd unreachable for longer than the TTL), it registers again, on the same
+// slot when that is still free.
+import { log } from '../log.js';
+import type { ServiceKeys } from './model.js';
+import type { Claim, HeldLease, Registry } from './etcd.js';
+
+export interface HoldOptions {
+  fwmark: number;
+  name: string | null;
+  slot?: number;
+  /** Lease TTL, seconds. */
+  ttl: number;
+  drainMs: number;
+  /** Called after the first claim (the command prints it: the sidecar is then registered). */
+  onClaim(c: Claim, lease: HeldLease): void;
+}
+
+/** How long a failed re-registration waits before the next try. */
+const RETRY_MS = 1000;
+
+const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Grants a lease and claims a slot under it; the lease is revoked again if the claim fails. */
+type Held = { claim: Claim; lease: HeldLease };
+
+async function claimWithLease(reg: Registry, keys: ServiceKeys, o: HoldOptions, prefer?: number): Promise<Held> {
+  const lease = await reg.grantLease(o.ttl);
+  try {
+    return { claim: await reg.claim(keys, o.fwmark, { name: o.name, slot: o.slot, prefer, lease: lease.id }), lease };
+  } catch (e) {
+    await lease.revoke().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Registers, holds the registration until a signal, then drains and deregisters. Resolves with the exit code. */
+export async function holdRegistration(reg: Registry, keys: ServiceKeys, o: HoldOptions): Promise<number> {
+  let stop!: () => void;
+  const stopped = new Promise<'stop'>((r) => (stop = () => r('stop')));
+  // Installed before the first claim: a SIGTERM while registering still ends in a clean deregistration.
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  try {
+    let { claim, lease } = await claimWithLease(reg, keys, o);
+    o.onClaim(claim, lease);
+    for (;;) {
+      const lost = new Promise<{ lost: string }>((r) => lease.onLost((why) => r({ lost: why })));
+      const ev = await Promise.race([stopped, lost]);
+      if (ev === 'stop') break;
+      log.warn({ key: claim.key, why: ev.lost }, 'registry lease lost: registering again');
+      // The old lease may still hold the key (etcd extends leases across a leader change).
+      await lease.revoke().catch(() => undefined);
+      const again = await reclaim(reg, keys, o, claim.slot, stopped);
+      if (again === 'stop') return 0;
+      ({ claim, lease } = again);
+      log.info({ key: claim.key, fwmark: o.fwmark, lease: BigInt(lease.id).toString(16) }, 'registered again');
+    }
+    await deregister(reg, keys, o, claim, lease);
+    return 0;
+  } finally {
+    process.off('SIGTERM', stop);
+    process.off('SIGINT', stop);
+  }
+}
+
+async function reclaim(reg: Registry, keys: ServiceKeys, o: HoldOptions, prefer: number, stopped: Promise<'stop'>): Promise<Held | 'stop'> {
+  let said = '';
+  for (;;) {
+    try {
+      return await claimWithLease(reg, keys, o, prefer);
+    } catch (e) {
+      // One line per distinct failure, not one a second.
+      if ((e as Error).message !== said) log.warn({ err: (said = (e as Error).message) }, 'registering again failed: retrying');
+    }
+    if ((await Promise.race([stopped, delay(RETRY_MS)])) === 'stop') return 'stop';
+  }
+}
+
+async function deregister(reg: Registry, keys: ServiceKeys, o: HoldOptions, claim: Claim, lease: HeldLease): Promise<void> {
+  // By slot and fwmark: never touch a slot some other target holds by now.
+  const sel = { slot: claim.slot, fwmark: o.fwmark };
+  try {
+    await reg.setState(keys, sel, 'draining');
+    log.info({ key: claim.key, drainMs: o.drainMs }, 'draining');
+    await delay(o.drainMs);
+    await reg.remove(keys, sel);
+  } catch (e) {
+    log.warn({ key: claim.key, err: (e as Error).message }, 'deregistering');
+  }
+  await lease.revoke().catch((e: Error) => log.warn({ err: e.message }, 'revoking the lease'));
+  log.info({ key: claim.key }, 'deregistered');
+}
