@@ -16,6 +16,7 @@ import { sameInt32, type TargetTable } from '../target-table.js';
 import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import { UsageError } from '../usage-error.js';
 import { log } from '../log.js';
+import type { Compat } from './compat.js';
 
 /** The program's name in the kernel (`bpftool prog`, leftover checks). */
 export const OFFLOAD_PROGRAM = 'tslb_offload';
@@ -183,4 +184,19 @@ export class Offload {
     this.program.close();
     log.info({ devs: this.o.devs, ...counters }, 'offload detached');
   }
+}
+
+/**
+ * The offload program walks IPv6 extension headers correctly, and the reference does not: with
+ * --compat=nfqlb it gets only the IPv4 VIPs (where both key every packet the same), so IPv6 VIP
+ * packets all go to the queue. Undefined when nothing is left to offload.
+ */
+export function compatOffload(o: OffloadOptions | undefined, compat: Compat | null | undefined): OffloadOptions | undefined {
+  if (o === undefined || compat !== 'nfqlb') return o;
+  const vips = o.vips.filter((v) => parseAddress(v).family === 4);
+  if (vips.length < o.vips.length) {
+    const ipv6Vips = o.vips.filter((v) => !vips.includes(v));
+    log.info({ ipv6Vips }, '--compat=nfqlb: IPv6 VIP packets are not offloaded: the queue keys them as the reference does');
+  }
+  return vips.length === 0 ? undefined : { ...o, vips };
 }

@@ -19,13 +19,13 @@ import { startTraceServer } from './trace-server.js';
 import { Balancer, SingleTable, serveQueue, type TargetSelector } from './balancer.js';
 import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
 import { FlowServer } from './flow-server.js';
-import { Offload, type OffloadOptions } from './offload.js';
+import { compatOffload, Offload, type OffloadOptions } from './offload.js';
 import { Announcement } from './announce.js';
 import { QUEUE_COUNTER, QueueCounters } from './counters.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
 import { registerNfqlbMetrics } from './metrics.js';
 import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
-import { compatOffload, type Compat } from './compat.js';
+import type { Compat } from './compat.js';
 
 /**
  * What `nfqlb lb` and `nfqlb flowlb` run with. The CLI (cli/nfqlb.ts) maps the reference's

@@ -4,11 +4,19 @@ import { existsSync } from 'node:fs';
 import { Counter, type Registry } from 'prom-client';
 import { shmPath } from '../shm.js';
 import type { HealthCheck } from '../metrics.js';
-import type { XdpLb } from './run.js';
+import type { ForwarderCounters } from './forwarder.js';
+import type { XskStats } from './xsk.js';
+
+/** What the metrics read of a running xdplb (XdpLb in run.ts, which registers them). */
+export interface MeteredXdpLb {
+  readonly running: boolean;
+  readonly forwarder: { readonly targetFrames: Float64Array };
+  stats(): XskStats & ForwarderCounters;
+}
 
 /** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
-export function registerXdpMetrics(registry: Registry, lb: () => XdpLb | null, shm: string): HealthCheck {
-  const counter = (name: string, help: string, labelNames: string[], fill: (l: XdpLb, put: (labels: Record<string, string>, v: number) => void) => void) =>
+export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | null, shm: string): HealthCheck {
+  const counter = (name: string, help: string, labelNames: string[], fill: (l: MeteredXdpLb, put: (labels: Record<string, string>, v: number) => void) => void) =>
     new Counter({
       name, help, labelNames, registers: [registry],
       collect() {

@@ -9,7 +9,7 @@ import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';
 import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
 import { lookupFwmarks, offloadAddon, offloadObjectFile } from '../../src/nfqlb/offload.js';
-import { compatOffload } from '../../src/nfqlb/compat.js';
+import { compatOffload } from '../../src/nfqlb/offload.js';
 import { formatAddress } from '../../src/address.js';
 import { buildTable, fixtureBalancer, fixtureGroups, SCTP_ENCAP, VIP4, VIP6, type TableName } from '../fixtures/nfqlb-fixtures.js';
 import { fragmentPacket, ipv4, ipv6, PROTO, type ExtKind } from '../fixtures/packet-builder.js';

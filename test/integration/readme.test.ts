@@ -15,46 +15,9 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createTopology, labNamespaces, type Topology } from '../../src/lab/topology.js';
 import { keyHash } from '../fixtures/nfqlb-fixtures.js';
 import { mconnect, requireBuild, ROOT, startDaemon, startServers } from './harness.js';
+import { docCommands, docPages, shBlocks, type Section } from './doc-blocks.js';
 
 const PREFIX = 'tfc-rd-';
-
-/** A ```sh block: its page (README.md, docs/x.md), the heading above it (any level), its lines. */
-export interface DocBlock { file: string; heading: string; lines: string[] }
-
-/** The pages whose ```sh blocks must all be run: README.md and docs/*.md. */
-function docPages(): string[] {
-  return ['README.md', ...readdirSync(`${ROOT}docs`).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
-}
-
-/** Every ```sh block of a page, with the heading it stands under; blank lines left out. */
-export function shBlocks(file: string): DocBlock[] {
-  const blocks: DocBlock[] = [];
-  let heading = '';
-  let fence: { lang: string; lines: string[] } | null = null;
-  for (const line of readFileSync(`${ROOT}${file}`, 'utf8').split('\n')) {
-    if (fence === null) {
-      const open = /^```(\S*)\s*$/.exec(line);
-      if (open) fence = { lang: open[1]!, lines: [] };
-      else heading = /^#{1,6} (.*)$/.exec(line)?.[1] ?? heading;
-    } else if (line === '```') {
-      if (fence.lang === 'sh') blocks.push({ file, heading, lines: fence.lines.filter((l) => l.trim() !== '') });
-      fence = null;
-    } else {
-      fence.lines.push(line);
-    }
-  }
-  return blocks;
-}
-
-/** A page and one of its headings. */
-type Section = readonly [file: string, heading: string];
-
-/** The lines of all ```sh blocks of a section, in order; a section without one is an error. */
-export function docCommands([file, heading]: Section): string[] {
-  const blocks = shBlocks(file).filter((b) => b.heading === heading);
-  if (blocks.length === 0) throw new Error(`${file} has no \`\`\`sh block under the heading '${heading}'`);
-  return blocks.flatMap((b) => b.lines);
-}
 
 // The sections with ```sh blocks, each run by a test below.
 const USING_NFQLB: Section = ['README.md', 'Using nfqlb'];
@@ -77,7 +40,9 @@ const WITH_LB: { section: Section; probe: string; want: RegExp; balances: boolea
 ];
 const LAB: Section = ['docs/lab.md', 'Running it'];
 const BGP: Section = ['docs/bgp.md', 'Running it'];
-const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP];
+/** Run by registry.test.ts, next to the etcd it starts. */
+const REGISTRY_SECTIONS: readonly Section[] = [['docs/registry.md', 'Try it'], ['docs/registry.md', 'A tier with TLS and users']];
+const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP, ...REGISTRY_SECTIONS];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
 const daemonLine = (line: string): boolean => /^(\w+=\S+ )*bin\/(nfqlb|xdplb) (lb|flowlb)\b/.test(line);

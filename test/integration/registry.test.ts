@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { addNs, listNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { waitFor } from '../wait.js';
 import { NFQLB, ROOT, nfqlbIn, requireBuild, runIn, startDaemon, type Daemon, type RunResult } from './harness.js';
+import { docCommands } from './doc-blocks.js';
 
 const NS = `treg-${process.pid}`;
 const ENDPOINT = 'https://127.0.0.1:2379';
@@ -371,22 +372,12 @@ describe('nfqlb registry over etcd with TLS and users', () => {
   });
 });
 
-/** The one ```sh block of docs/registry.md's section `heading`. */
-function docBlock(heading: string): string {
-  const doc = readFileSync(`${ROOT}docs/registry.md`, 'utf8');
-  const start = doc.indexOf(`\n## ${heading}\n`);
-  const end = doc.indexOf('\n## ', start + 1);
-  const blocks = [...doc.slice(start, end < 0 ? undefined : end).matchAll(/```sh\n([\s\S]*?)```/g)];
-  expect(start >= 0 && blocks.length === 1, `one sh block under '## ${heading}'`).toBe(true);
-  return blocks[0]![1]!;
-}
-
 /** Runs a block as one shell script from the checkout, in a namespace of its own (its own loopback ports). */
 function runDoc(heading: string): RunResult {
   const ns = `${NS}-d`;
   addNs(ns);
   try {
-    const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', docBlock(heading)],
+    const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', docCommands(['docs/registry.md', heading]).join('\n')],
       { cwd: ROOT, encoding: 'utf8', timeout: 90_000, env: { ...process.env, TMPDIR: dir } });
     // The shell says 'Terminated' when `wait` collects the etcd it stopped.
     return { status: r.status, stdout: r.stdout, stderr: r.stderr.replace(/^Terminated\n/gm, '') };

@@ -1,7 +1,8 @@
 // `--compat=nfqlb`: the option and what it does to --offload (the parse itself is in
 // packet.test.ts and test/conformance/nfqlb-packet-vectors.test.ts).
 import { describe, expect, it } from 'vitest';
-import { compatOffload, parseCompat } from '../../src/nfqlb/compat.js';
+import { parseCompat } from '../../src/nfqlb/compat.js';
+import { compatOffload } from '../../src/nfqlb/offload.js';
 
 describe('parseCompat', () => {
   it('takes nfqlb; absent is the correct behaviour', () => {
