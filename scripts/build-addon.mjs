@@ -30,11 +30,14 @@ const needs = [
   ['/usr/include/linux/bpf.h', 'linux-libc-dev'],
   ...(multiarch ? [[`/usr/include/${multiarch}/asm/types.h`, 'linux-libc-dev']] : []),
 ];
-const tools = [['gcc', 'build-essential'], ['g++', 'build-essential'], ['make', 'build-essential'], ['python3', 'python3'], ['clang', 'clang']];
-const missing = [
-  ...tools.filter(([cmd]) => !onPath(cmd)),
-  ...needs.filter(([file]) => !existsSync(file)),
-].map(([, pkg]) => pkg);
+const tools = [
+  ['gcc', 'build-essential'],
+  ['g++', 'build-essential'],
+  ['make', 'build-essential'],
+  ['python3', 'python3'],
+  ['clang', 'clang'],
+];
+const missing = [...tools.filter(([cmd]) => !onPath(cmd)), ...needs.filter(([file]) => !existsSync(file))].map(([, pkg]) => pkg);
 if (missing.length > 0) fail(`cannot build the native addons: apt-get install ${[...new Set(missing)].join(' ')}`);
 
 // npm passes --nodedir on as npm_config_nodedir; otherwise the running Node's own prefix
@@ -45,5 +48,7 @@ if (!existsSync(join(nodedir, 'include', 'node', 'node.h'))) {
   fail(`no Node headers in ${nodedir}/include/node: install them with Node (apt-get install libnode-dev) or set npm_config_nodedir`);
 }
 
-const gyp = spawnSync(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js'), 'rebuild', `--nodedir=${nodedir}`], { stdio: 'inherit' });
+const gyp = spawnSync(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js'), 'rebuild', `--nodedir=${nodedir}`], {
+  stdio: 'inherit',
+});
 process.exit(gyp.status ?? 1);

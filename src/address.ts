@@ -55,8 +55,8 @@ export function parseIPv6(text: string): Uint8Array | null {
   const total = words.length + tailWords.length;
   if (halves.length === 1 ? total !== 8 : total > 7) return null;
   const out = new Uint8Array(16);
-  words.forEach((w, i) => writeWord(out, i, w));
-  tailWords.forEach((w, i) => writeWord(out, 8 - tailWords.length + i, w));
+  for (const [i, w] of words.entries()) writeWord(out, i, w);
+  for (const [i, w] of tailWords.entries()) writeWord(out, 8 - tailWords.length + i, w);
   return out;
 }
 
@@ -166,7 +166,7 @@ export function formatAddress(buf: Uint8Array, off: number, len: number): string
   const words: number[] = [];
   for (let i = 0; i < 8; i++) words.push((buf[off + 2 * i]! << 8) | buf[off + 2 * i + 1]!);
   if (words.slice(0, 5).every((w) => w === 0) && words[5] === 0xffff) {
-    return '::ffff:' + formatAddress(buf, off + 12, 4);
+    return `::ffff:${formatAddress(buf, off + 12, 4)}`;
   }
   // The longest run of two or more zero words becomes '::' (the first one on a tie).
   let bestAt = -1;
@@ -182,5 +182,5 @@ export function formatAddress(buf: Uint8Array, off: number, len: number): string
   }
   const hex = words.map((w) => w.toString(16));
   if (bestAt < 0) return hex.join(':');
-  return hex.slice(0, bestAt).join(':') + '::' + hex.slice(bestAt + bestLen).join(':');
+  return `${hex.slice(0, bestAt).join(':')}::${hex.slice(bestAt + bestLen).join(':')}`;
 }

@@ -64,7 +64,7 @@ export class DrainList {
   /** Fwmarks in the list (the count is clamped: another process may have written anything). */
   get size(): number {
     const n = this.words[W_COUNT]!;
-    return n < 0 ? 0 : n > DRAIN_CAPACITY ? DRAIN_CAPACITY : n;
+    return n < 0 ? 0 : Math.min(n, DRAIN_CAPACITY);
   }
 
   /** Whether `fwmark` is draining. Hot only for flows on a target no longer in the table. */

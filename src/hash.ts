@@ -38,8 +38,7 @@ export function djb2(bytes: Uint8Array, start: number, end: number, seed = 5381)
 
 /** The hash of a filled 40-byte key at key[off] under nfqlb's hash_mode. */
 export function hashKey(key: Uint8Array, hashMode: number, off = 0): number {
-  const sctpPortsOnly =
-    hashMode === HASH_MODE_SCTP_PORTS && key[off + KEY_PROTO] === IPPROTO_SCTP && key[off + KEY_PROTO + 1] === 0;
+  const sctpPortsOnly = hashMode === HASH_MODE_SCTP_PORTS && key[off + KEY_PROTO] === IPPROTO_SCTP && key[off + KEY_PROTO + 1] === 0;
   if (sctpPortsOnly) return djb2(key, off + KEY_PORTS, off + HASH_KEY_BYTES);
   return djb2(key, off, off + HASH_KEY_BYTES);
 }
@@ -55,10 +54,7 @@ const PROTOCOLS: Record<string, number> = { tcp: IPPROTO_TCP, udp: IPPROTO_UDP, 
  * The hash `nfqlb fwmark` prints: src/dst are 'a.b.c.d:port' or '[v6]:port'; with proto null
  * only the addresses count (a bare address is then accepted). Throws one line on bad input.
  */
-export function hashTuple(
-  t: { proto: 'tcp' | 'udp' | 'sctp' | null; src: string; dst: string },
-  hashMode: number,
-): number {
+export function hashTuple(t: { proto: 'tcp' | 'udp' | 'sctp' | null; src: string; dst: string }, hashMode: number): number {
   const portRequired = t.proto !== null;
   const src = parseEndpoint(t.src, portRequired);
   const dst = parseEndpoint(t.dst, portRequired);
@@ -178,7 +174,7 @@ export function packetHash(buf: Uint8Array, p: PacketInfo, hashMode: number): nu
   if (hashMode === HASH_MODE_SCTP_PORTS && p.proto === IPPROTO_SCTP) {
     return (PORTS_SEED + portTerms(p)) >>> 0;
   }
-  const proto = p.proto >= 0 ? p.proto : 0;
+  const proto = Math.max(p.proto, 0);
   const tail =
     Math.imul(p.echoId >> 8, pow33(HASH_KEY_BYTES - 1 - KEY_USER)) +
     Math.imul(p.echoId & 0xff, pow33(HASH_KEY_BYTES - 2 - KEY_USER)) +

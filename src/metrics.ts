@@ -40,15 +40,23 @@ export class MetricsServer {
    * Listens, or throws one line (address not local, port taken) with nothing left open.
    * `onClose` stops what feeds the registry (timers) when the server closes.
    */
-  static async start(address: MetricsAddress, registry: Registry, health: HealthCheck, onClose: () => void = () => {}): Promise<MetricsServer> {
+  static async start(
+    address: MetricsAddress,
+    registry: Registry,
+    health: HealthCheck,
+    onClose: () => void = () => {},
+  ): Promise<MetricsServer> {
     // Node checks the timeouts every connectionsCheckingInterval (30 s by default).
-    const server = createServer({ headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 1000 }, (req, res) => {
-      serve(req, res, registry, health).catch((e: Error) => {
-        log.warn({ err: e.message, url: req.url }, 'metrics request failed');
-        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
-        res.end();
-      });
-    });
+    const server = createServer(
+      { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, connectionsCheckingInterval: 1000 },
+      (req, res) => {
+        serve(req, res, registry, health).catch((e: Error) => {
+          log.warn({ err: e.message, url: req.url }, 'metrics request failed');
+          if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end();
+        });
+      },
+    );
     server.maxConnections = MAX_CONNECTIONS;
     // An unparsable request, or one too slow (headers not complete in time, also a client that
     // sends nothing): answer if the socket still takes it, then drop the connection even if
@@ -90,7 +98,7 @@ async function serve(req: IncomingMessage, res: ServerResponse, registry: Regist
     res.writeHead(200, { 'content-type': registry.contentType }).end(text);
   } else if (path === '/healthz') {
     const problem = health();
-    res.writeHead(problem === null ? 200 : 503, { 'content-type': 'text/plain' }).end(problem === null ? 'ok\n' : problem + '\n');
+    res.writeHead(problem === null ? 200 : 503, { 'content-type': 'text/plain' }).end(problem === null ? 'ok\n' : `${problem}\n`);
   } else {
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics or /healthz\n');
   }

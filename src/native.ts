@@ -1,7 +1,8 @@
 // Loads the C++ addons built by node-gyp (binding.gyp). Each addon wraps one kernel
 // facility; a missing one is reported with the Debian package that provides its library.
-import { createRequire } from 'node:module';
+
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -12,7 +13,7 @@ export function packageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   while (!existsSync(join(dir, 'package.json'))) {
     const up = dirname(dir);
-    if (up === dir) throw new Error('tslb: cannot find package.json above ' + fileURLToPath(import.meta.url));
+    if (up === dir) throw new Error(`tslb: cannot find package.json above ${fileURLToPath(import.meta.url)}`);
     dir = up;
   }
   return dir;
@@ -33,7 +34,9 @@ export function loadAddon<T>(name: string): T {
   if (cached) return cached as T;
   const file = join(packageRoot(), 'build', 'Release', `${name}.node`);
   if (!existsSync(file)) {
-    throw new Error(`native addon ${name} is not built (${file}): run 'make build' (needs apt packages: ${aptPackage[name] ?? 'build-essential'})`);
+    throw new Error(
+      `native addon ${name} is not built (${file}): run 'make build' (needs apt packages: ${aptPackage[name] ?? 'build-essential'})`,
+    );
   }
   let addon: T;
   try {

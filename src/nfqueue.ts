@@ -61,8 +61,15 @@ export interface NativeNfQueue {
   stats(): NfQueueStats;
 }
 export type NativeNfQueueClass = new (
-  queue: number, copyRange: number, maxLen: number, cfgFlags: number, rcvBuf: number, errorVerdict: number,
-  desc: Uint32Array, data: Uint8Array, verdicts: Int32Array,
+  queue: number,
+  copyRange: number,
+  maxLen: number,
+  cfgFlags: number,
+  rcvBuf: number,
+  errorVerdict: number,
+  desc: Uint32Array,
+  data: Uint8Array,
+  verdicts: Int32Array,
 ) => NativeNfQueue;
 
 // NFQA_CFG_FLAGS bits.

@@ -328,15 +328,7 @@ function parseTransport(buf: Uint8Array, l4: number, end: number, proto: number,
 }
 
 /** Ports at `l4`; `swapped` for a quoted packet, whose source is our destination. */
-function readPorts(
-  buf: Uint8Array,
-  l4: number,
-  end: number,
-  proto: number,
-  p: PacketInfo,
-  encap: number,
-  swapped: boolean,
-): void {
+function readPorts(buf: Uint8Array, l4: number, end: number, proto: number, p: PacketInfo, encap: number, swapped: boolean): void {
   if (l4 + 4 > end) {
     p.truncated = true;
     return;

@@ -13,7 +13,7 @@ export function shmPath(name: string): string {
   if (name === '' || name.includes('/') || name === '.' || name === '..' || name.includes('\0')) {
     throw new Error(`invalid shm name '${name}': it must be a plain non-empty file name (no '/')`);
   }
-  return '/dev/shm/' + name;
+  return `/dev/shm/${name}`;
 }
 
 /**

@@ -13,7 +13,7 @@
 import { DrainList } from './drain-list.js';
 import { log } from './log.js';
 import { deleteShm, mapShm, openShm, publishShm, shmInode } from './shm.js';
-import { TargetTable, type TableChange } from './target-table.js';
+import { type TableChange, TargetTable } from './target-table.js';
 
 /** A kind of table file: how to view, size and initialize one, and whether its targets drain. */
 export interface TableKind<T, Shape> {

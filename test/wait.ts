@@ -38,14 +38,22 @@ export async function waitFor<T>(what: string, condition: () => T | Promise<T>, 
  * Resolves with `sample()` once two samples `settle` ms apart are equal (JSON-compared): for
  * counters that another process is still moving. Rejects like waitFor at the deadline.
  */
-export async function waitUntilStable<T>(what: string, sample: () => T | Promise<T>, o: WaitOptions & { settle?: number } = {}): Promise<T> {
+export async function waitUntilStable<T>(
+  what: string,
+  sample: () => T | Promise<T>,
+  o: WaitOptions & { settle?: number } = {},
+): Promise<T> {
   let prev = JSON.stringify(await sample());
-  return waitFor(what + ' to stop changing', async () => {
-    await new Promise((r) => setTimeout(r, o.settle ?? 200));
-    const v = await sample();
-    const s = JSON.stringify(v);
-    if (s === prev) return { v };
-    prev = s;
-    return undefined;
-  }, o).then((x) => x.v);
+  return waitFor(
+    `${what} to stop changing`,
+    async () => {
+      await new Promise((r) => setTimeout(r, o.settle ?? 200));
+      const v = await sample();
+      const s = JSON.stringify(v);
+      if (s === prev) return { v };
+      prev = s;
+      return undefined;
+    },
+    o,
+  ).then((x) => x.v);
 }

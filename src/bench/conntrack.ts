@@ -28,7 +28,10 @@ export function benchConntrack(): void {
   table.activate(Array.from({ length: 10 }, (_, i) => 101 + i));
   const flows = Array.from({ length: FLOWS }, (_, k) => flowPacket(k));
   let seed = 12345;
-  const order = Uint32Array.from({ length: PACKETS }, () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % FLOWS));
+  const order = Uint32Array.from({ length: PACKETS }, () => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed % FLOWS;
+  });
   const best = (lb: Balancer): number => {
     let ns = Infinity;
     for (let r = 0; r < ROUNDS; r++) {
@@ -49,7 +52,9 @@ export function benchConntrack(): void {
   const withCt = best(tracked);
   const base = Math.min(before, best(stateless));
   const bytes = ConnTrack.byteLength(ENTRIES);
-  console.log(`conntrack: decision ${base.toFixed(0)} ns/packet stateless, ${withCt.toFixed(0)} ns/packet with --conntrack=${ENTRIES} ` +
-    `(${(withCt / base).toFixed(2)}x; ${FLOWS} flows, ${PACKETS} packets, best of ${ROUNDS}); ` +
-    `${bytes / ENTRIES} bytes/entry, ${(bytes / 2 ** 20).toFixed(1)} MiB per queue`);
+  console.log(
+    `conntrack: decision ${base.toFixed(0)} ns/packet stateless, ${withCt.toFixed(0)} ns/packet with --conntrack=${ENTRIES} ` +
+      `(${(withCt / base).toFixed(2)}x; ${FLOWS} flows, ${PACKETS} packets, best of ${ROUNDS}); ` +
+      `${bytes / ENTRIES} bytes/entry, ${(bytes / 2 ** 20).toFixed(1)} MiB per queue`,
+  );
 }

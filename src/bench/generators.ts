@@ -6,9 +6,10 @@
 // connected UDP sockets, the kind the reference's lab figure came from). Each floods the same
 // sink — the router drops the packets in raw PREROUTING — and the one that sends the most
 // packets per second of its own CPU time drives every UDP row (BENCH_GEN=<name> forces one).
-import { fileURLToPath } from 'node:url';
+
 import type { ChildProcess } from 'node:child_process';
-import { createTopology, routerAddr, testerAddr, type Topology } from '../lab/topology.js';
+import { fileURLToPath } from 'node:url';
+import { createTopology, routerAddr, type Topology, testerAddr } from '../lab/topology.js';
 import { GEN_CPU, measureFlood, onCpu, printRows, type Row } from './measure.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
@@ -19,23 +20,32 @@ const PREFIX = 'tbn-g-';
 const SINK = '192.168.1.250'; // no such host: the router drops it before routing
 
 /** The tester's eth1 sends through router 1 to `dst`. */
-export interface Target { topo: Topology; dst: string }
+export interface Target {
+  topo: Topology;
+  dst: string;
+}
 
 export interface Generator {
   name: string;
   argv(t: Target): string[];
 }
 
-const routerMac = (t: Target): string =>
-  t.topo.exec(t.topo.ns.router(1), ['cat', '/sys/class/net/eth2/address']).trim();
+const routerMac = (t: Target): string => t.topo.exec(t.topo.ns.router(1), ['cat', '/sys/class/net/eth2/address']).trim();
 
 export const GENERATORS: readonly Generator[] = [
   {
     name: 'trafgen',
     // One worker process (--cpus 1), which trafgen itself binds to CPU 0: GEN_CPU must stay 0.
-    argv: (t) => ['trafgen', '--dev', 'eth1', '--cpus', '1', '--no-cpu-stats',
+    argv: (t) => [
+      'trafgen',
+      '--dev',
+      'eth1',
+      '--cpus',
+      '1',
+      '--no-cpu-stats',
       `{ eth(da=${routerMac(t)}), ipv4(saddr=${testerAddr(4)}, daddr=${t.dst}, ttl=64), ` +
-      `udp(sp=dinc(${SPORT}, ${SPORT + FLOWS - 1}), dp=9), fill(0x00, ${UDP_PAYLOAD}) }`],
+        `udp(sp=dinc(${SPORT}, ${SPORT + FLOWS - 1}), dp=9), fill(0x00, ${UDP_PAYLOAD}) }`,
+    ],
   },
   {
     name: 'AF_XDP',
@@ -73,8 +83,10 @@ export async function pickGenerator(): Promise<Generator> {
   const cost = (r: Row): number => r.genUs ?? Infinity;
   const best = rows.reduce((a, b) => (cost(b) < cost(a) ? b : a));
   const pick = GENERATORS.find((g) => g.name === (forced ?? best.path))!;
-  console.log(`\nGenerators on cpu${GEN_CPU}, ${FLOWS} flows of ${UDP_PAYLOAD + 42}-byte UDP frames into a router that drops them; ` +
-    `fastest per core (least generator CPU per packet): ${best.path}${forced ? `; BENCH_GEN=${forced} used` : ''}`);
+  console.log(
+    `\nGenerators on cpu${GEN_CPU}, ${FLOWS} flows of ${UDP_PAYLOAD + 42}-byte UDP frames into a router that drops them; ` +
+      `fastest per core (least generator CPU per packet): ${best.path}${forced ? `; BENCH_GEN=${forced} used` : ''}`,
+  );
   printRows(rows, null);
   return pick;
 }

@@ -1,13 +1,13 @@
 // `make bench`: figures and ratios against baselines measured in the same run. Not a test.
 // It owns the machine while it runs: other load on either core shows in every figure.
 import { execFileSync } from 'node:child_process';
-import { benchMaglev } from './maglev.js';
-import { benchParse } from './parse.js';
 import { benchConntrack } from './conntrack.js';
 import { pickGenerator } from './generators.js';
-import { benchNfqlb, referenceNfqlb } from './nfqlb.js';
-import { benchXdp } from './xdp.js';
+import { benchMaglev } from './maglev.js';
 import { checkCpus, GEN_CPU } from './measure.js';
+import { benchNfqlb, referenceNfqlb } from './nfqlb.js';
+import { benchParse } from './parse.js';
+import { benchXdp } from './xdp.js';
 
 checkCpus();
 // A REF_NFQLB that is no nfqlb fails now, not after the first half of the run.

@@ -7,9 +7,10 @@
 // over received packets, core busy = each core's non-idle share (/proc/stat). Without
 // IRQ time accounting the kernel charges softirq work to the task it interrupted, so the lb's
 // time includes the forwarding its verdicts and transmits trigger.
+
+import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChildProcess } from 'node:child_process';
 import type { Topology } from '../lab/topology.js';
 
 export const GEN_CPU = 0;
@@ -29,7 +30,9 @@ export function onCpu(cpu: number, argv: readonly string[]): string[] {
 }
 
 export function checkCpus(): void {
-  const online = readFileSync('/proc/stat', 'utf8').split('\n').filter((l) => /^cpu\d/.test(l)).length;
+  const online = readFileSync('/proc/stat', 'utf8')
+    .split('\n')
+    .filter((l) => /^cpu\d/.test(l)).length;
   if (online <= Math.max(GEN_CPU, LB_CPU)) {
     throw new Error(`bench: needs CPUs ${GEN_CPU} (generator) and ${LB_CPU} (lb); this machine has ${online}`);
   }
@@ -44,17 +47,22 @@ export function processTicks(pid: number): number {
     for (const child of readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ')) {
       if (child.trim()) ticks += processTicks(Number(child));
     }
-  } catch { /* exited meanwhile */ }
+  } catch {
+    /* exited meanwhile */
+  }
   return ticks;
 }
 
 /** [busy, total] ticks per core (idle and iowait are not busy). */
 function coreTicks(): Array<[number, number]> {
-  return readFileSync('/proc/stat', 'utf8').split('\n').filter((l) => /^cpu\d/.test(l)).map((l) => {
-    const f = l.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
-    const total = f.reduce((a, b) => a + b, 0);
-    return [total - f[3]! - f[4]!, total];
-  });
+  return readFileSync('/proc/stat', 'utf8')
+    .split('\n')
+    .filter((l) => /^cpu\d/.test(l))
+    .map((l) => {
+      const f = l.trim().split(/\s+/).slice(1, 9).map(Number); // user nice system idle iowait irq softirq steal
+      const total = f.reduce((a, b) => a + b, 0);
+      return [total - f[3]! - f[4]!, total];
+    });
 }
 
 /** Where a window's counters are read. */
@@ -68,7 +76,15 @@ export interface Probe {
   drops?: () => number;
 }
 
-interface Sample { at: bigint; cores: Array<[number, number]>; lb: number; gen: number; sent: number; received: number; drops: number }
+interface Sample {
+  at: bigint;
+  cores: Array<[number, number]>;
+  lb: number;
+  gen: number;
+  sent: number;
+  received: number;
+  drops: number;
+}
 
 function netCounter(topo: Topology, ns: string, dev: string, field: 'tx_packets' | 'rx_packets'): number {
   return Number(topo.exec(ns, ['cat', `/sys/class/net/${dev}/statistics/${field}`]));
@@ -113,7 +129,9 @@ export async function measure(p: Probe, path: string, tcp: boolean, during: () =
   const sent = b.sent - a.sent;
   const perPacket = (ticks: number, packets: number): number | null => (packets > 0 ? (ticks / CLK_TCK / packets) * 1e6 : null);
   const row: Row = {
-    path, gbps, notes: [],
+    path,
+    gbps,
+    notes: [],
     genUs: p.gen ? perPacket(b.gen - a.gen, sent) : null,
     lbUs: p.lb ? perPacket(b.lb - a.lb, received) : null,
     lbCpu: p.lb ? ((b.lb - a.lb) / CLK_TCK / secs) * 100 : null,
@@ -140,7 +158,11 @@ export async function measureFlood(p: Probe & { gen: ChildProcess }, path: strin
       return null;
     });
   } finally {
-    try { process.kill(-generator.pid!, 'SIGTERM'); } catch { /* gone */ }
+    try {
+      process.kill(-generator.pid!, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
     await exited;
   }
 }
@@ -159,17 +181,21 @@ export function printRows(rows: readonly Row[], base: Row | null): void {
   const cores = rows[0]?.cores.map((_, i) => `cpu${i}`.padStart(6)).join('') ?? '';
   console.log(`${'path'.padEnd(38)}offered  received  Gbit/s  gen µs/pkt  lb µs/pkt  lb cpu${cores}  rx×base  µs×base  notes`);
   for (const r of rows) {
-    const ratio = (v: number | null, b: number | null | undefined): string =>
-      fix(v !== null && b ? v / b : null, 2, 9);
-    console.log(`${r.path.padEnd(38)}${fix(r.offered, 0, 7)}${fix(r.received, 0, 10)}${fix(r.gbps, 2, 8)}` +
-      `${fix(r.genUs, 2, 12)}${fix(r.lbUs, 2, 11)}${pct(r.lbCpu, 8)}` +
-      `${r.cores.map((c) => pct(c, 6)).join('')}` +
-      `${ratio(r.received, base?.received)}${ratio(r.lbUs, base?.lbUs)}  ${r.notes.join(', ')}`);
+    const ratio = (v: number | null, b: number | null | undefined): string => fix(v !== null && b ? v / b : null, 2, 9);
+    console.log(
+      `${r.path.padEnd(38)}${fix(r.offered, 0, 7)}${fix(r.received, 0, 10)}${fix(r.gbps, 2, 8)}` +
+        `${fix(r.genUs, 2, 12)}${fix(r.lbUs, 2, 11)}${pct(r.lbCpu, 8)}` +
+        `${r.cores.map((c) => pct(c, 6)).join('')}` +
+        `${ratio(r.received, base?.received)}${ratio(r.lbUs, base?.lbUs)}  ${r.notes.join(', ')}`,
+    );
   }
 }
 
 /** An lb started on LB_CPU in `ns`; resolves once its log shows `ready` (or `ready()` is true, polled). */
-export interface Lb { proc: ChildProcess; output(): string }
+export interface Lb {
+  proc: ChildProcess;
+  output(): string;
+}
 
 export function startLb(topo: Topology, ns: string, argv: readonly string[], ready: string | (() => boolean)): Promise<Lb> {
   const proc = topo.spawn(ns, onCpu(LB_CPU, argv));
@@ -177,7 +203,12 @@ export function startLb(topo: Topology, ns: string, argv: readonly string[], rea
   const lb: Lb = { proc, output: () => out };
   return new Promise((resolve, reject) => {
     let poll: NodeJS.Timeout | undefined;
-    if (typeof ready === 'function') poll = setInterval(() => ready() && (clearInterval(poll), resolve(lb)), 50);
+    if (typeof ready === 'function')
+      poll = setInterval(() => {
+        if (!ready()) return;
+        clearInterval(poll);
+        resolve(lb);
+      }, 50);
     proc.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       if (typeof ready === 'string' && out.includes(ready)) resolve(lb);

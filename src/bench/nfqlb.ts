@@ -3,15 +3,27 @@
 // `nfqlb lb` on the router (NFQUEUE, fwmark, policy route, DSR). Every lb variant in VARIANTS
 // gets the same rows, with ratios against the first one (plain `nfqlb lb`) of the same run;
 // so does the reference C nfqlb when `make bench REF_NFQLB=/path/to/nfqlb` names a build of it.
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { kernelQueueStats } from '../nfqueue.js';
 import { addFwmarkRoutes, nfqueueRule, serverFwmark, vipHost } from '../lab/rules.js';
-import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
-import { FLOWS, startGenerator, UDP_PAYLOAD, type Generator } from './generators.js';
+import { createTopology, routerAddr, serverAddr, type Topology, VIP } from '../lab/topology.js';
+import { kernelQueueStats } from '../nfqueue.js';
+import { FLOWS, type Generator, startGenerator, UDP_PAYLOAD } from './generators.js';
 import {
-  GEN_CPU, LB_CPU, measure, measureFlood, medianRow, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Probe, type Row,
+  GEN_CPU,
+  LB_CPU,
+  type Lb,
+  measure,
+  measureFlood,
+  medianRow,
+  onCpu,
+  type Probe,
+  printRows,
+  type Row,
+  SECONDS,
+  startLb,
+  stopLb,
 } from './measure.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
@@ -27,7 +39,10 @@ const QUEUE = 2;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
 /** What a variant's hooks may change: the lab, the router's namespace. */
-export interface NfqlbLab { topo: Topology; router: string }
+export interface NfqlbLab {
+  topo: Topology;
+  router: string;
+}
 
 /**
  * One `nfqlb lb` configuration to compare with the plain one. Adding a row to every table is
@@ -57,9 +72,15 @@ export const VARIANTS: readonly LbVariant[] = [
     label: 'lb --metrics',
     args: [`--metrics=${METRICS_PORT}`],
     setup: ({ topo, router }) => {
-      scraper = topo.spawn(router, onCpu(GEN_CPU, ['node', '-e',
-        `setInterval(() => fetch('http://127.0.0.1:${METRICS_PORT}/metrics').then((r) => r.text(), () => {}), 1000)`]),
-      { stdio: 'ignore' });
+      scraper = topo.spawn(
+        router,
+        onCpu(GEN_CPU, [
+          'node',
+          '-e',
+          `setInterval(() => fetch('http://127.0.0.1:${METRICS_PORT}/metrics').then((r) => r.text(), () => {}), 1000)`,
+        ]),
+        { stdio: 'ignore' },
+      );
     },
     teardown: () => {
       scraper?.kill();
@@ -89,8 +110,10 @@ export function referenceNfqlb(): { path: string; version: string } | null {
   const r = spawnSync(path, ['version'], { encoding: 'utf8' });
   if (r.status !== 0) {
     const why = r.error?.message ?? (r.stderr.trim() || `exit status ${r.status}`);
-    throw new Error(`bench: REF_NFQLB=${given}: '${path} version' failed (${why}); ` +
-      'it must name a build of the reference nfqlb (see docs/performance.md)');
+    throw new Error(
+      `bench: REF_NFQLB=${given}: '${path} version' failed (${why}); ` +
+        'it must name a build of the reference nfqlb (see docs/performance.md)',
+    );
   }
   return { path, version: r.stdout.trim() };
 }
@@ -102,7 +125,8 @@ function variants(ref: { path: string } | null): readonly LbVariant[] {
 
 /** What the bench prints about the reference: measured, or how to measure it. */
 export function referenceLine(ref: { path: string; version: string } | null): string {
-  return ref ? `reference C nfqlb ${ref.version} (${ref.path}): measured on every nfqlb row, as 'reference C nfqlb lb'`
+  return ref
+    ? `reference C nfqlb ${ref.version} (${ref.path}): measured on every nfqlb row, as 'reference C nfqlb lb'`
     : 'reference C nfqlb: not measured (make bench REF_NFQLB=/path/to/nfqlb adds its rows; see docs/performance.md)';
 }
 
@@ -115,10 +139,11 @@ interface Test {
 
 function tests(topo: Topology, gen: Generator): Test[] {
   const udp: Test['run'] = (probe, path, dst) => measureFlood({ ...probe, gen: startGenerator(gen, { topo, dst }) }, path);
-  const tcp: Test['run'] = (probe, path, dst) => measure(probe, path, true, async () => {
-    const csv = topo.exec(topo.ns.tester, onCpu(GEN_CPU, ['iperf', '-c', dst, '-t', String(SECONDS), '-y', 'C'])).trim();
-    return Number(csv.split('\n').at(-1)!.split(',').at(-1)) / 1e9; // last field: bits per second
-  });
+  const tcp: Test['run'] = (probe, path, dst) =>
+    measure(probe, path, true, async () => {
+      const csv = topo.exec(topo.ns.tester, onCpu(GEN_CPU, ['iperf', '-c', dst, '-t', String(SECONDS), '-y', 'C'])).trim();
+      return Number(csv.split('\n').at(-1)!.split(',').at(-1)) / 1e9; // last field: bits per second
+    });
   return [
     { title: `${UDP_PAYLOAD + 42}-byte UDP, ${FLOWS} flows from ${gen.name} (kpps)`, offloads: true, run: udp },
     { title: 'TCP, iperf2, 1 stream, veth offloads on (received: kpps of segments)', offloads: true, run: tcp },
@@ -133,8 +158,11 @@ function queueBound(topo: Topology): boolean {
 
 /** user_dropped + queue_dropped of our queue in the router's namespace. */
 function queueDrops(topo: Topology): number {
-  const f = topo.exec(topo.ns.router(1), ['cat', '/proc/net/netfilter/nfnetlink_queue'])
-    .split('\n').map((l) => l.trim().split(/\s+/)).find((l) => l[0] === String(QUEUE));
+  const f = topo
+    .exec(topo.ns.router(1), ['cat', '/proc/net/netfilter/nfnetlink_queue'])
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .find((l) => l[0] === String(QUEUE));
   return f ? Number(f[5]) + Number(f[6]) : 0;
 }
 
@@ -184,9 +212,11 @@ export async function benchNfqlb(gen: Generator, ref: { path: string; version: s
         topo.exec(router, ['iptables', '-t', 'mangle', '-D', ...queueRule(v)]);
       }
     }
-    console.log(`\nnfqlb: kernel forwarding to the server vs the VIP through nfqlb lb; generator and iperf on cpu${GEN_CPU}, ` +
-      `lb on cpu${LB_CPU}; ${SECONDS} s per row, ${ROUNDS} rounds with the paths in turn, the median round shown; ` +
-      `ratios against '${lbs[0]!.label}'`);
+    console.log(
+      `\nnfqlb: kernel forwarding to the server vs the VIP through nfqlb lb; generator and iperf on cpu${GEN_CPU}, ` +
+        `lb on cpu${LB_CPU}; ${SECONDS} s per row, ${ROUNDS} rounds with the paths in turn, the median round shown; ` +
+        `ratios against '${lbs[0]!.label}'`,
+    );
     console.log(referenceLine(ref));
     for (const [i, t] of all.entries()) {
       console.log(`${t.title}:`);
@@ -197,7 +227,11 @@ export async function benchNfqlb(gen: Generator, ref: { path: string; version: s
     if (lb) await stopLb(lb);
     topo.destroy();
     for (const shm of [SHM, FT_SHM]) {
-      try { execFileSync('node', [NFQLB, 'delete', `--shm=${shm}`]); } catch { /* not created */ }
+      try {
+        execFileSync('node', [NFQLB, 'delete', `--shm=${shm}`]);
+      } catch {
+        /* not created */
+      }
     }
   }
 }

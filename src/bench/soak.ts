@@ -2,11 +2,12 @@
 // target deactivated or activated again every few seconds. Prints the lb's RSS over time,
 // the messages and packets that passed, and the kernel's queue drops; fails (exit 1) if the
 // RSS grew by more than the bound, i.e. if memory grows with time. Not part of `make test`.
+
+import type { ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { nfqueueLb, removeLabShm, type LabHandle } from '../lab/lb-setup.js';
+import { type LabHandle, nfqueueLb, removeLabShm } from '../lab/lb-setup.js';
 import { CLIENT_CIDR, createTopology, VIP, vmName } from '../lab/topology.js';
 import { analyze, asStats } from '../lab/traffic/stats.js';
 import { toolArgv } from '../lab/traffic/tools.js';
@@ -37,27 +38,37 @@ try {
   for (let n = 1; n <= NVM; n++) procs.push(topo.spawn(topo.ns.server(n), [...toolArgv('server'), `--name=${vmName(n)}`]));
   const lab: LabHandle = {
     topo,
-    daemon: (ns, argv, _name, ready) => new Promise((resolve, reject) => {
-      const p = topo.spawn(ns, argv);
-      procs.push(p);
-      lbPid = p.pid!;
-      let out = '';
-      p.stdout!.on('data', (d: Buffer) => {
-        if (out.length < 1 << 16) out += d.toString();
-        if (out.includes(ready)) resolve(p);
-      });
-      p.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
-      p.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}): ${out}`)));
-    }),
+    daemon: (ns, argv, _name, ready) =>
+      new Promise((resolve, reject) => {
+        const p = topo.spawn(ns, argv);
+        procs.push(p);
+        lbPid = p.pid!;
+        let out = '';
+        p.stdout!.on('data', (d: Buffer) => {
+          if (out.length < 1 << 16) out += d.toString();
+          if (out.includes(ready)) resolve(p);
+        });
+        p.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
+        p.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}): ${out}`)));
+      }),
   };
   const lb = nfqueueLb(lab, { synOnly: false, conntrack: 0 });
   await lb.start();
 
-  const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${VIP[4]}:5003`, `--nconn=${NCONN}`, `--rate=${RATE}`,
-    `--timeout=${SECONDS}s`, `--srccidr=${CLIENT_CIDR[4]}`, `--stats-file=${statsFile}`]);
+  const client = topo.spawn(topo.ns.tester, [
+    ...toolArgv('ctraffic'),
+    `--address=${VIP[4]}:5003`,
+    `--nconn=${NCONN}`,
+    `--rate=${RATE}`,
+    `--timeout=${SECONDS}s`,
+    `--srccidr=${CLIENT_CIDR[4]}`,
+    `--stats-file=${statsFile}`,
+  ]);
   procs.push(client);
   const clientDone = new Promise<number | null>((r) => client.once('exit', r));
-  console.log(`soak: nfqlb lb, ${NVM} servers, ${NCONN} connections at ${RATE} msg/s, a target toggled every ${TOGGLE_MS / 1000} s, ${SECONDS} s`);
+  console.log(
+    `soak: nfqlb lb, ${NVM} servers, ${NCONN} connections at ${RATE} msg/s, a target toggled every ${TOGGLE_MS / 1000} s, ${SECONDS} s`,
+  );
 
   const t0 = performance.now();
   const elapsed = () => performance.now() - t0;
@@ -90,12 +101,16 @@ try {
   const rssEnd = rssMiB(lbPid);
   const q = kernelQueueStats(2, topo.exec(topo.ns.router(1), ['cat', '/proc/net/netfilter/nfnetlink_queue']));
   const a = analyze(asStats(JSON.parse(readFileSync(statsFile, 'utf8'))));
-  console.log([
-    `lb RSS: ${rssStart.toFixed(1)} MiB at start, ${rssEnd.toFixed(1)} MiB at the end, ${rssMax.toFixed(1)} MiB at most (bound: start + ${RSS_BOUND_MIB} MiB)`,
-    `messages sent/received: ${a.sent}/${a.received} (not sent while a connection lagged: ${a.dropped})`,
-    `packets queued to the lb: ${q?.idSequence ?? '?'}; kernel queue drops: ${q ? q.queueDropped + q.userDropped : '?'} (queue full ${q?.queueDropped ?? '?'}, socket overrun ${q?.userDropped ?? '?'})`,
-    `target toggles: ${toggles}; connections lost to them (and reconnected): ${a.lostEvents}; failed connects: ${a.failedConnects}`,
-  ].join('\n  '));
+  console.log(
+    [
+      `lb RSS: ${rssStart.toFixed(1)} MiB at start, ${rssEnd.toFixed(1)} MiB at the end, ` +
+        `${rssMax.toFixed(1)} MiB at most (bound: start + ${RSS_BOUND_MIB} MiB)`,
+      `messages sent/received: ${a.sent}/${a.received} (not sent while a connection lagged: ${a.dropped})`,
+      `packets queued to the lb: ${q?.idSequence ?? '?'}; kernel queue drops: ${q ? q.queueDropped + q.userDropped : '?'} ` +
+        `(queue full ${q?.queueDropped ?? '?'}, socket overrun ${q?.userDropped ?? '?'})`,
+      `target toggles: ${toggles}; connections lost to them (and reconnected): ${a.lostEvents}; failed connects: ${a.failedConnects}`,
+    ].join('\n  '),
+  );
   if (code !== 0) throw new Error(`ctraffic exited with ${code}`);
   if (rssEnd > rssStart + RSS_BOUND_MIB) {
     console.log(`FAIL: the lb's RSS grew by ${(rssEnd - rssStart).toFixed(1)} MiB`);

@@ -23,7 +23,15 @@ function put16(b: Uint8Array, at: number, v: number): void {
 }
 
 /** Writes a 60-byte Ethernet/IPv4/UDP frame (UDP checksum 0: none) at b[at]. */
-function writeFrame(b: Uint8Array, at: number, dstMac: Uint8Array, srcMac: Uint8Array, src: Uint8Array, dst: Uint8Array, sport: number): void {
+function writeFrame(
+  b: Uint8Array,
+  at: number,
+  dstMac: Uint8Array,
+  srcMac: Uint8Array,
+  src: Uint8Array,
+  dst: Uint8Array,
+  sport: number,
+): void {
   b.fill(0, at, at + FRAME_BYTES);
   b.set(dstMac, at);
   b.set(srcMac, at + 6);

@@ -5,9 +5,9 @@
 // packets pass). TCP: iperf2, one stream, with the veth offloads on and off.
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createTopology, routerAddr, serverAddr, VIP, type Topology } from '../lab/topology.js';
-import { FLOWS, startGenerator, UDP_PAYLOAD, type Generator } from './generators.js';
-import { GEN_CPU, LB_CPU, measure, measureFlood, onCpu, printRows, SECONDS, startLb, stopLb, type Lb, type Row } from './measure.js';
+import { createTopology, routerAddr, serverAddr, type Topology, VIP } from '../lab/topology.js';
+import { FLOWS, type Generator, startGenerator, UDP_PAYLOAD } from './generators.js';
+import { GEN_CPU, LB_CPU, type Lb, measure, measureFlood, onCpu, printRows, type Row, SECONDS, startLb, stopLb } from './measure.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const XDPLB = `${ROOT}bin/xdplb`;
@@ -15,8 +15,12 @@ const PREFIX = 'tbn-x-';
 const SHM = 'tbn-xdplb';
 
 function start(topo: Topology, mode: 'native' | 'generic'): Promise<Lb> {
-  return startLb(topo, topo.ns.router(1),
-    ['node', XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, `--vip=${VIP[4]}`], 'xdplb forwarding');
+  return startLb(
+    topo,
+    topo.ns.router(1),
+    ['node', XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, `--vip=${VIP[4]}`],
+    'xdplb forwarding',
+  );
 }
 
 /** The lb's losses from its final counters (the "xdplb stopped" log line), as a note for `row`. */
@@ -44,10 +48,11 @@ export async function benchXdp(gen: Generator): Promise<void> {
 
     const udp = (path: string, dst: string): Promise<Row> =>
       measureFlood({ topo, lb: lb?.proc ?? null, gen: startGenerator(gen, { topo, dst }) }, path);
-    const tcp = (path: string, dst: string): Promise<Row> => measure({ topo, lb: lb?.proc ?? null }, path, true, async () => {
-      const csv = topo.exec(topo.ns.tester, onCpu(GEN_CPU, ['iperf', '-c', dst, '-t', String(SECONDS), '-y', 'C'])).trim();
-      return Number(csv.split('\n').at(-1)!.split(',').at(-1)) / 1e9;
-    });
+    const tcp = (path: string, dst: string): Promise<Row> =>
+      measure({ topo, lb: lb?.proc ?? null }, path, true, async () => {
+        const csv = topo.exec(topo.ns.tester, onCpu(GEN_CPU, ['iperf', '-c', dst, '-t', String(SECONDS), '-y', 'C'])).trim();
+        return Number(csv.split('\n').at(-1)!.split(',').at(-1)) / 1e9;
+      });
 
     const rows: Row[] = [await udp('kernel forwarding (no XDP)', serverAddr(1, 4))];
     lb = await start(topo, 'native');
@@ -71,8 +76,10 @@ export async function benchXdp(gen: Generator): Promise<void> {
       tcpRows.push([kernel, row]);
     }
 
-    console.log(`\nxdplb: kernel forwarding to the server vs the VIP through xdplb; generator and iperf on cpu${GEN_CPU}, ` +
-      `lb on cpu${LB_CPU}; ${SECONDS} s per row; ratios against 'xdplb native'`);
+    console.log(
+      `\nxdplb: kernel forwarding to the server vs the VIP through xdplb; generator and iperf on cpu${GEN_CPU}, ` +
+        `lb on cpu${LB_CPU}; ${SECONDS} s per row; ratios against 'xdplb native'`,
+    );
     console.log(`${UDP_PAYLOAD + 42}-byte UDP, ${FLOWS} flows from ${gen.name} (kpps):`);
     printRows(rows, native);
     for (const [i, r] of tcpRows.entries()) {
@@ -82,6 +89,10 @@ export async function benchXdp(gen: Generator): Promise<void> {
   } finally {
     if (lb) await stopLb(lb);
     topo.destroy();
-    try { execFileSync('rm', ['-f', `/dev/shm/${SHM}`]); } catch { /* not created */ }
+    try {
+      execFileSync('rm', ['-f', `/dev/shm/${SHM}`]);
+    } catch {
+      /* not created */
+    }
   }
 }

@@ -1,7 +1,8 @@
 // The shape shared by the nfqlb and xdplb command tables: each command declares its options,
 // and the dispatcher turns every error into one line on stderr and a non-zero exit.
-import { parseOptions, usage, type OptionSpecs, type Parsed } from './options.js';
+
 import { UsageError } from '../usage-error.js';
+import { type OptionSpecs, type Parsed, parseOptions, usage } from './options.js';
 
 export interface Command {
   synopsis: string;
@@ -22,7 +23,11 @@ export function opt(p: Parsed, name: string, dflt?: string): string | undefined 
 export async function dispatch(prog: string, table: CommandTable, argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
-    process.stdout.write(`Usage: ${prog} <command> [opt...]\nCommands:\n${Object.keys(table).map((c) => `  ${c}\n`).join('')}`);
+    process.stdout.write(
+      `Usage: ${prog} <command> [opt...]\nCommands:\n${Object.keys(table)
+        .map((c) => `  ${c}\n`)
+        .join('')}`,
+    );
     return 0;
   }
   const cmd = table[name];
@@ -31,7 +36,7 @@ export async function dispatch(prog: string, table: CommandTable, argv: readonly
     return 1;
   }
   if (rest.includes('-h') || rest.includes('--help')) {
-    process.stdout.write(usage(cmd.synopsis, cmd.options) + '\n');
+    process.stdout.write(`${usage(cmd.synopsis, cmd.options)}\n`);
     return 0;
   }
   try {
@@ -39,7 +44,8 @@ export async function dispatch(prog: string, table: CommandTable, argv: readonly
   } catch (e) {
     const err = e as Error;
     // Expected failures (bad input, missing shm, kernel refusal) are one line; a bug keeps its stack.
-    const known = err instanceof UsageError || err instanceof RangeError || (err as NodeJS.ErrnoException).code !== undefined || err.name === 'Error';
+    const known =
+      err instanceof UsageError || err instanceof RangeError || (err as NodeJS.ErrnoException).code !== undefined || err.name === 'Error';
     process.stderr.write(`${prog} ${name}: ${known ? err.message : err.stack}\n`);
     return 1;
   }

@@ -2,13 +2,14 @@
 // follow the original load-balancer.sh (`__nvm=10 ./load-balancer.sh test --scale="1 2"
 // nfqueue_scale` becomes `lblab test --nvm=10 --scale="1 2" nfqueue_scale`; the original's
 // environment variables __nvm, __nrouters, __scale and xcluster_SYN_ONLY=yes work too).
-import { dispatch, opt, type CommandTable } from './command.js';
-import { intOption, type Parsed } from './options.js';
-import { UsageError } from '../usage-error.js';
+
 import { formatHosts, formatLossReport } from '../lab/report.js';
-import { TESTS, checkTest, formatMs, removeLab, runTest, type LabOptions, type TestResult } from '../lab/suite.js';
-import { MAX_ROUTERS, MAX_SERVERS, type Family } from '../lab/topology.js';
+import { checkTest, formatMs, type LabOptions, removeLab, runTest, TESTS, type TestResult } from '../lab/suite.js';
+import { type Family, MAX_ROUTERS, MAX_SERVERS } from '../lab/topology.js';
 import { parseDuration } from '../lab/traffic/common.js';
+import { UsageError } from '../usage-error.js';
+import { type CommandTable, dispatch, opt } from './command.js';
+import { intOption, type Parsed } from './options.js';
 
 const DEFAULT_PREFIX = 'lblab-';
 const DEFAULT_OUT = '/tmp/lblab';
@@ -24,7 +25,10 @@ function families(text: string): Family[] {
 }
 
 function scaleList(text: string): number[] {
-  const words = text.trim().split(/[\s,]+/).filter(Boolean);
+  const words = text
+    .trim()
+    .split(/[\s,]+/)
+    .filter(Boolean);
   if (words.length === 0) throw new UsageError('--scale: empty');
   return words.map((w) => intOption('scale', w, 1, 220));
 }
@@ -60,8 +64,10 @@ function labOptions(p: Parsed): LabOptions {
 function printResult(r: TestResult, view: boolean): void {
   const out: string[] = [];
   for (const m of r.mconnect) {
-    out.push(`${r.test} IPv${m.family}: mconnect ${m.result.connections} connections, failed connects ${m.result.failed_connects}, ` +
-      `failed reads ${m.result.failed_reads}`);
+    out.push(
+      `${r.test} IPv${m.family}: mconnect ${m.result.connections} connections, failed connects ${m.result.failed_connects}, ` +
+        `failed reads ${m.result.failed_reads}`,
+    );
     out.push(`  ${formatHosts(m.result.hosts)}`);
   }
   for (const run of r.runs) {
@@ -74,28 +80,36 @@ function printResult(r: TestResult, view: boolean): void {
   }
   if (r.unavailable) out.push(`NOT RUN ${r.test}: ${r.unavailable}`);
   else out.push(`${r.ok ? 'PASS' : 'FAIL'} ${r.test}${r.problems.length > 0 ? `: ${r.problems.join('; ')}` : ''}`);
-  process.stdout.write(out.join('\n') + '\n');
+  process.stdout.write(`${out.join('\n')}\n`);
 }
 
 /** The loss figures of every scale run, one line each (several runs: the demo's closing table). */
 function summary(results: TestResult[]): string {
-  const rows = results.flatMap((r) => r.runs.map((run) => {
-    const cell = (kind: 'scale-in' | 'scale-out'): string => {
-      const p = run.report.phases.find((x) => x.event.kind === kind);
-      return p ? `${p.lost} / ${p.ideal}` : '-';
-    };
-    return `  ${r.test.padEnd(18)} IPv${run.family}  ${cell('scale-in').padStart(12)}  ${cell('scale-out').padStart(12)}   ${run.plotFile}`;
-  }));
+  const rows = results.flatMap((r) =>
+    r.runs.map((run) => {
+      const cell = (kind: 'scale-in' | 'scale-out'): string => {
+        const p = run.report.phases.find((x) => x.event.kind === kind);
+        return p ? `${p.lost} / ${p.ideal}` : '-';
+      };
+      const cells = `${cell('scale-in').padStart(12)}  ${cell('scale-out').padStart(12)}`;
+      return `  ${r.test.padEnd(18)} IPv${run.family}  ${cells}   ${run.plotFile}`;
+    }),
+  );
   if (rows.length < 2) return '';
   const n = results.find((r) => r.runs.length > 0)?.runs[0]?.report.nconn ?? 0;
-  return [`Lost / ideal connections (of ${n}):`, `  ${'test'.padEnd(18)} family  ${'scale-in'.padStart(10)}  ${'scale-out'.padStart(12)}   plot`, ...rows].join('\n') + '\n';
+  return `${[
+    `Lost / ideal connections (of ${n}):`,
+    `  ${'test'.padEnd(18)} family  ${'scale-in'.padStart(10)}  ${'scale-out'.padStart(12)}   plot`,
+    ...rows,
+  ].join('\n')}\n`;
 }
 
 const commands: CommandTable = {
   test: {
     synopsis: [
       'test --list',
-      'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--conntrack] [--stop-servers] [--no-stop] [--bgp] [--resilient] [opt...] <test...>',
+      'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--conntrack]\n' +
+        '     [--stop-servers] [--no-stop] [--bgp] [--resilient] [opt...] <test...>',
       '  Run tests (names as the original load-balancer.sh); start_* leave the lab up',
     ].join('\n'),
     options: {
@@ -119,7 +133,7 @@ const commands: CommandTable = {
     },
     async run(p) {
       if (p.opts.has('list')) {
-        process.stdout.write(Object.keys(TESTS).join('\n') + '\n');
+        process.stdout.write(`${Object.keys(TESTS).join('\n')}\n`);
         return 0;
       }
       if (p.args.length === 0) throw new UsageError("no test given (see 'lblab test --list')");
@@ -135,8 +149,10 @@ const commands: CommandTable = {
       const results: TestResult[] = [];
       try {
         for (const test of p.args) {
-          o.log(`=== lblab: ${test} (${o.nvm} servers, ${o.nrouters} router${o.nrouters > 1 ? 's' : ''}${o.scale ? `, scale ${o.scale.join(' ')}` : ''}` +
-            `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''})`);
+          const routers = `${o.nrouters} router${o.nrouters > 1 ? 's' : ''}`;
+          const scale = o.scale ? `, scale ${o.scale.join(' ')}` : '';
+          const extras = `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''}`;
+          o.log(`=== lblab: ${test} (${o.nvm} servers, ${routers}${scale}${extras})`);
           const r = await runTest(test, o);
           results.push(r);
           printResult(r, p.opts.has('view'));

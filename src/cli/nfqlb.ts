@@ -1,25 +1,26 @@
 // `nfqlb`: the reference's command set over the library. Each command validates all of its
 // input before it touches shared memory, so a bad call changes nothing.
-import { dispatch, opt, type CommandTable } from './command.js';
+
 import { connect } from 'node:net';
-import { intOption, metricsOption, type Parsed } from './options.js';
-import { UsageError } from '../usage-error.js';
-import { primeBelow } from '../maglev.js';
-import { TargetTable } from '../target-table.js';
-import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import { hashTuple } from '../hash.js';
-import { openShm } from '../shm.js';
-import { runLb, parseQueueRange, type LbOptions } from '../nfqlb/run.js';
-import { parseOffloadOptions } from '../nfqlb/offload.js';
+import { primeBelow } from '../maglev.js';
+import { checkAnnounceDevice } from '../nfqlb/announce.js';
 import { parseCompat } from '../nfqlb/compat.js';
 import { CT_DEFAULT_TIMEOUTS } from '../nfqlb/conntrack.js';
-import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
-import { flowRequest } from '../nfqlb/flow-client.js';
-import { checkAnnounceDevice } from '../nfqlb/announce.js';
 import { DEFAULT_TRACE_ADDRESS, parseControlAddress, socketOptions } from '../nfqlb/control-address.js';
 import { clientKey } from '../nfqlb/control-auth.js';
-import { LEVEL_WORD, MASK_WORD, parseTraceSelection } from '../nfqlb/tracer.js';
+import { flowRequest } from '../nfqlb/flow-client.js';
+import { FRAG_STAT, FRAG_STATS_BYTES, formatFragStats } from '../nfqlb/frag-table.js';
 import { openLogConfig } from '../nfqlb/log-level.js';
+import { parseOffloadOptions } from '../nfqlb/offload.js';
+import { type LbOptions, parseQueueRange, runLb } from '../nfqlb/run.js';
+import { LEVEL_WORD, MASK_WORD, parseTraceSelection } from '../nfqlb/tracer.js';
+import { openShm } from '../shm.js';
+import { NFQLB_TABLE, TargetStore } from '../target-store.js';
+import { TargetTable } from '../target-table.js';
+import { UsageError } from '../usage-error.js';
+import { type CommandTable, dispatch, opt } from './command.js';
+import { intOption, metricsOption, type Parsed } from './options.js';
 import { registerCommands, registryMain } from './registry.js';
 
 const INT32_MAX = 0x7fffffff;
@@ -69,10 +70,16 @@ const lbOptions = {
   metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
   conntrack: { arg: true, help: 'Connection tracking: flow entries per queue, 64 bytes each (default 0 = stateless)' },
   ct_syn_timeout: { arg: true, help: `Conntrack; seconds a TCP flow lives after a SYN (default ${CT_DEFAULT_TIMEOUTS.synMs / 1000})` },
-  ct_established_timeout: { arg: true, help: `Conntrack; idle seconds of an established TCP flow (default ${CT_DEFAULT_TIMEOUTS.establishedMs / 1000})` },
+  ct_established_timeout: {
+    arg: true,
+    help: `Conntrack; idle seconds of an established TCP flow (default ${CT_DEFAULT_TIMEOUTS.establishedMs / 1000})`,
+  },
   ct_close_timeout: { arg: true, help: `Conntrack; seconds after FIN or RST (default ${CT_DEFAULT_TIMEOUTS.closeMs / 1000})` },
   ct_other_timeout: { arg: true, help: `Conntrack; idle seconds of UDP and other flows (default ${CT_DEFAULT_TIMEOUTS.otherMs / 1000})` },
-  compat: { arg: true, help: 'nfqlb: every packet a reference nfqlb 1.2.0 forwards gets its fwmark, bugs included (default off; docs/compatibility.md)' },
+  compat: {
+    arg: true,
+    help: 'nfqlb: every packet a reference nfqlb 1.2.0 forwards gets its fwmark, bugs included (default off; docs/compatibility.md)',
+  },
 };
 
 const MAX_CT_TIMEOUT_S = 7 * 86400;
@@ -189,7 +196,7 @@ const commands: CommandTable = {
     options: shmOption,
     run(p) {
       const name = opt(p, 'shm', 'nfqlb');
-      process.stdout.write(openStore(name, false).table.show(name) + '\n');
+      process.stdout.write(`${openStore(name, false).table.show(name)}\n`);
       return 0;
     },
   },
@@ -231,8 +238,9 @@ const commands: CommandTable = {
         // doing nothing would leave that target draining (reachable) until it is activated.
         const draining = store.draining();
         if (draining.length > 0) {
-          throw new UsageError(`--index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${
-            draining.join(' ')})`);
+          throw new UsageError(
+            `--index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${draining.join(' ')})`,
+          );
         }
       }
       if (index === undefined) store.deactivate(fwmarks, { now });
@@ -282,7 +290,7 @@ const commands: CommandTable = {
     synopsis: 'version\n  Print the version (the reference release this is compatible with)',
     options: {},
     run() {
-      process.stdout.write(NFQLB_VERSION + '\n');
+      process.stdout.write(`${NFQLB_VERSION}\n`);
       return 0;
     },
   },
@@ -337,12 +345,13 @@ const commands: CommandTable = {
       const blocks = Math.max(1, Math.floor(buf.byteLength / FRAG_STATS_BYTES));
       if (buf.byteLength < FRAG_STATS_BYTES) throw new UsageError(`--ft_shm: not a fragment statistics file (${buf.byteLength} bytes)`);
       const views = Array.from({ length: blocks }, (_, i) => new Uint32Array(buf, i * FRAG_STATS_BYTES, FRAG_STAT.WORDS));
-      process.stdout.write(formatFragStats(views) + '\n');
+      process.stdout.write(`${formatFragStats(views)}\n`);
       return 0;
     },
   },
   'flow-set': {
-    synopsis: 'flow-set [options]\n  Set a flow. An un-defined value means match-all.\n  Use comma separated lists for multiple items (no spaces)',
+    synopsis:
+      'flow-set [options]\n  Set a flow. An un-defined value means match-all.\n  Use comma separated lists for multiple items (no spaces)',
     options: {
       name: { arg: true, required: true, help: 'Name of the flow (letters, digits, -+_)' },
       target: { arg: true, required: true, help: 'Name of SHM for the load-balancer' },
@@ -359,7 +368,15 @@ const commands: CommandTable = {
         if (!/sctp/i.test(protocols)) throw new UsageError('udpencap specified without sctp');
       }
       if (opt(p, 'prio') !== undefined) intOption('prio', opt(p, 'prio')!, 0, INT32_MAX);
-      return reply(await flowRequest('set', [['name', opt(p, 'name')], ['target', opt(p, 'target')], ['priority', opt(p, 'prio')], ...matchParams(p), ['udpencap', udpencap]]));
+      return reply(
+        await flowRequest('set', [
+          ['name', opt(p, 'name')],
+          ['target', opt(p, 'target')],
+          ['priority', opt(p, 'prio')],
+          ...matchParams(p),
+          ['udpencap', udpencap],
+        ]),
+      );
     },
   },
   ...flowSetCommands('', 'flow'),
@@ -377,7 +394,8 @@ const commands: CommandTable = {
       let mask: number;
       if (selection !== undefined) mask = parseTraceSelection(selection);
       else {
-        if (!/^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})$/.test(maskText!) || Number(maskText) > 0xffffffff) throw new UsageError(`--mask: '${maskText}' is not a 32-bit number`);
+        if (!/^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})$/.test(maskText!) || Number(maskText) > 0xffffffff)
+          throw new UsageError(`--mask: '${maskText}' is not a 32-bit number`);
         mask = Number(maskText);
       }
       const addressText = opt(p, 'trace_address', DEFAULT_TRACE_ADDRESS);
@@ -440,7 +458,7 @@ function flowSetCommands(prefix: '' | 'trace-', what: string): CommandTable {
 
 /** Prints a set/delete reply; success is a reply starting with OK. */
 function reply(text: string): number {
-  process.stdout.write(text + '\n');
+  process.stdout.write(`${text}\n`);
   return text.startsWith('OK') ? 0 : 1;
 }
 

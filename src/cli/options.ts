@@ -2,8 +2,8 @@
 // `--name value`, a single dash, and any unique prefix of a long name. Errors are thrown as
 // UsageError so the CLI prints exactly one line and exits non-zero.
 import { isIPv4, isIPv6 } from 'node:net';
-import { UsageError } from '../usage-error.js';
 import type { MetricsAddress } from '../metrics.js';
+import { UsageError } from '../usage-error.js';
 
 export interface OptionSpec {
   /** Takes a value (`--shm=x`); otherwise a flag. */
@@ -25,7 +25,7 @@ function resolve(specs: OptionSpecs, given: string): string {
   if (given in specs) return given;
   const candidates = Object.keys(specs).filter((n) => n.startsWith(given));
   if (candidates.length === 1) return candidates[0]!;
-  if (candidates.length > 1) throw new UsageError(`option --${given} is ambiguous (${candidates.map((c) => '--' + c).join(', ')})`);
+  if (candidates.length > 1) throw new UsageError(`option --${given} is ambiguous (${candidates.map((c) => `--${c}`).join(', ')})`);
   throw new UsageError(`unknown option --${given}`);
 }
 

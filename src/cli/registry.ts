@@ -3,12 +3,12 @@
 // request; the password never comes from argv. The etcd client is loaded only here, so the
 // other nfqlb commands do not pay for it.
 import { readFileSync } from 'node:fs';
-import { dispatch, opt, type CommandTable } from './command.js';
-import { intOption, type OptionSpecs, type Parsed } from './options.js';
-import { UsageError } from '../usage-error.js';
-import { TargetTable } from '../target-table.js';
-import { DEFAULT_PREFIX, FWMARK_MAX, ServiceKeys, type DesiredSet } from '../registry/model.js';
 import type { Claim, EtcdOptions, Registry, Selector } from '../registry/etcd.js';
+import { DEFAULT_PREFIX, type DesiredSet, FWMARK_MAX, ServiceKeys } from '../registry/model.js';
+import { TargetTable } from '../target-table.js';
+import { UsageError } from '../usage-error.js';
+import { type CommandTable, dispatch, opt } from './command.js';
+import { intOption, type OptionSpecs, type Parsed } from './options.js';
 
 const INT32_MAX = 0x7fffffff;
 export const DEFAULT_ETCD = 'http://127.0.0.1:2379';
@@ -132,14 +132,18 @@ async function withRegistry<T>(p: Parsed, fn: (reg: Registry, keys: ServiceKeys)
 
 /** What `registry show` prints: the desired set without the bookkeeping a follower uses. */
 export function showJson(keys: ServiceKeys, d: DesiredSet): string {
-  return JSON.stringify({
-    service: keys.service,
-    prefix: keys.prefix,
-    revision: d.revision,
-    config: d.config,
-    targets: d.targets.map(({ slot, fwmark, state, name, ts, lease }) => ({ slot, fwmark, state, name, ts, lease })),
-    rejected: d.rejected,
-  }, null, 2);
+  return JSON.stringify(
+    {
+      service: keys.service,
+      prefix: keys.prefix,
+      revision: d.revision,
+      config: d.config,
+      targets: d.targets.map(({ slot, fwmark, state, name, ts, lease }) => ({ slot, fwmark, state, name, ts, lease })),
+      rejected: d.rejected,
+    },
+    null,
+    2,
+  );
 }
 
 const selectorSpecs: OptionSpecs = {
@@ -154,7 +158,10 @@ function stateCommand(state: 'draining' | 'active', synopsis: string): CommandTa
     options: selectorSpecs,
     run(p) {
       const sel = selectorOption(p);
-      return withRegistry(p, async (reg, keys) => (await reg.setState(keys, sel, state), 0));
+      return withRegistry(p, async (reg, keys) => {
+        await reg.setState(keys, sel, state);
+        return 0;
+      });
     },
   };
 }
@@ -186,7 +193,7 @@ const registryCommands: CommandTable = {
     options: serviceSpecs,
     run(p) {
       return withRegistry(p, async (reg, keys) => {
-        process.stdout.write(showJson(keys, await reg.read(keys)) + '\n');
+        process.stdout.write(`${showJson(keys, await reg.read(keys))}\n`);
         return 0;
       });
     },
@@ -198,7 +205,10 @@ const registryCommands: CommandTable = {
     options: selectorSpecs,
     run(p) {
       const sel = selectorOption(p);
-      return withRegistry(p, async (reg, keys) => (await reg.remove(keys, sel), 0));
+      return withRegistry(p, async (reg, keys) => {
+        await reg.remove(keys, sel);
+        return 0;
+      });
     },
   },
 };
@@ -243,7 +253,7 @@ export const registerCommands: CommandTable = {
       const drainMs = intOption('drain', opt(p, 'drain', '2000'), 0, 600_000);
       return withRegistry(p, async (reg, keys) => {
         const print = ({ slot, key, revision }: Claim, lease: string | null) =>
-          process.stdout.write(JSON.stringify({ service: keys.service, slot, fwmark, key, revision, lease }) + '\n');
+          process.stdout.write(`${JSON.stringify({ service: keys.service, slot, fwmark, key, revision, lease })}\n`);
         if (ttl === undefined) {
           print(await reg.claim(keys, fwmark, { name, slot }), null);
           return 0;

@@ -2,13 +2,13 @@
 // plus VIP management, so no bpftool is needed. Every command validates all of its input
 // before it touches shared memory, so a bad call changes nothing.
 import { existsSync, readdirSync } from 'node:fs';
-import { dispatch, opt, type CommandTable } from './command.js';
-import { intOption, metricsOption, type Parsed } from './options.js';
-import { UsageError } from '../usage-error.js';
-import { TargetTable } from '../target-table.js';
 import { TargetStore } from '../target-store.js';
-import { XDPLB_M, XDPLB_N, XDPLB_TABLE, XdpTable, parseMac, vipKey } from '../xdp/table.js';
+import { TargetTable } from '../target-table.js';
+import { UsageError } from '../usage-error.js';
 import { runXdpLb } from '../xdp/run.js';
+import { parseMac, vipKey, XDPLB_M, XDPLB_N, XDPLB_TABLE, type XdpTable } from '../xdp/table.js';
+import { type CommandTable, dispatch, opt } from './command.js';
+import { intOption, metricsOption, type Parsed } from './options.js';
 
 const DEFAULT_SHM = 'xdplb';
 const shmOption = { shm: { arg: true, help: `Shared memory (default ${DEFAULT_SHM})` } };
@@ -94,7 +94,7 @@ const commands: CommandTable = {
     },
   },
   activate: {
-    synopsis: 'activate [--shm=] [--mac=0:0:0:1:1:1] <index>\n  Set a target\'s MAC address and make it active',
+    synopsis: "activate [--shm=] [--mac=0:0:0:1:1:1] <index>\n  Set a target's MAC address and make it active",
     options: { ...shmOption, mac: { arg: true, help: 'MAC address of the target' } },
     run(p) {
       const text = opt(p, 'mac');
@@ -139,7 +139,7 @@ const commands: CommandTable = {
     synopsis: 'vip-list [--shm=]\n  Print the VIPs, one a line',
     options: shmOption,
     run(p) {
-      for (const v of openTable(p, false).vips()) process.stdout.write(v + '\n');
+      for (const v of openTable(p, false).vips()) process.stdout.write(`${v}\n`);
       return 0;
     },
   },
@@ -150,7 +150,7 @@ const commands: CommandTable = {
     options: {
       ...shmOption,
       idev: { arg: true, required: true, help: 'Ingress device (the XDP program goes here)' },
-      edev: { arg: true, required: true, help: 'Egress device, on the targets\' network' },
+      edev: { arg: true, required: true, help: "Egress device, on the targets' network" },
       queue: { arg: true, help: 'The ingress rx queue to serve (default 0)' },
       mode: { arg: true, help: 'XDP attach mode: native (default) or generic' },
       vip: { arg: true, multiple: true, help: 'A VIP to add to the table at start (repeatable)' },

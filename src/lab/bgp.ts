@@ -10,9 +10,9 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { repoRoot, type LabHandle } from './lb-setup.js';
+import { type LabHandle, repoRoot } from './lb-setup.js';
 import { run } from './netns.js';
-import { VIP, VIP_NET, routerAddr, testerAddr, type Family, type Topology } from './topology.js';
+import { type Family, routerAddr, type Topology, testerAddr, VIP, VIP_NET } from './topology.js';
 
 /** The device every LB's `nfqlb lb --announce` holds (one per namespace). */
 export const ANNOUNCE_IF = 'vip0';
@@ -47,8 +47,11 @@ export function bgpUnavailable(): string | null {
 
 /** Next-hops of the gateway's VIP route (0: no route). */
 export function vipNexthops(topo: Topology, family: Family): number {
-  const routes = JSON.parse(topo.exec(topo.ns.tester, ['ip', '-j', `-${family}`, 'route', 'show', VIP_ROUTE[family]]) || '[]') as
-    { gateway?: string; dev?: string; nexthops?: unknown[] }[];
+  const routes = JSON.parse(topo.exec(topo.ns.tester, ['ip', '-j', `-${family}`, 'route', 'show', VIP_ROUTE[family]]) || '[]') as {
+    gateway?: string;
+    dev?: string;
+    nexthops?: unknown[];
+  }[];
   const r = routes[0];
   if (r === undefined) return 0;
   return r.nexthops?.length ?? 1;
@@ -77,15 +80,24 @@ export class BgpTier {
       lb_net6: `${routerAddr(1, 2, 6).replace(/\.\d+$/, '.0')}/120`,
     });
     for (let i = 1; i <= topo.nrouters; i++) {
-      await this.bird(topo.ns.router(i), 'lb', `lb-${200 + i}`, { ...common, router_id: routerAddr(i, 2, 4), uplink: 'eth2', announce_if: ANNOUNCE_IF });
+      await this.bird(topo.ns.router(i), 'lb', `lb-${200 + i}`, {
+        ...common,
+        router_id: routerAddr(i, 2, 4),
+        uplink: 'eth2',
+        announce_if: ANNOUNCE_IF,
+      });
     }
   }
 
   private async bird(ns: string, template: 'lb' | 'gateway', name: string, vars: Record<string, string | number>): Promise<void> {
     const conf = join(this.dir, `${name}.conf`);
     writeFileSync(conf, renderTemplate(readFileSync(join(repoRoot(), 'contrib', 'bird', `${template}.conf`), 'utf8'), vars));
-    await this.lab.daemon(ns, ['bird', '-f', '-c', conf, '-s', this.socket(name), '-P', join(this.dir, `${name}.pid`)],
-      `${ns}-bird`, 'Started');
+    await this.lab.daemon(
+      ns,
+      ['bird', '-f', '-c', conf, '-s', this.socket(name), '-P', join(this.dir, `${name}.pid`)],
+      `${ns}-bird`,
+      'Started',
+    );
   }
 
   /** The control socket of BIRD `name` (`birdc -s` it from any namespace). */
@@ -103,8 +115,10 @@ export class BgpTier {
       for (const f of [4, 6] as const) if (done[f] === undefined && vipNexthops(this.lab.topo, f) === count) done[f] = Date.now() - since;
       if (done[4] !== undefined && done[6] !== undefined) return done as Record<Family, number>;
       if (Date.now() - since > timeoutMs) {
-        throw new Error(`gateway: VIP routes did not reach ${count} next-hops in ${timeoutMs} ms ` +
-          `(IPv4 ${vipNexthops(this.lab.topo, 4)}, IPv6 ${vipNexthops(this.lab.topo, 6)}; see ${this.dir} and the bird logs)`);
+        throw new Error(
+          `gateway: VIP routes did not reach ${count} next-hops in ${timeoutMs} ms ` +
+            `(IPv4 ${vipNexthops(this.lab.topo, 4)}, IPv6 ${vipNexthops(this.lab.topo, 6)}; see ${this.dir} and the bird logs)`,
+        );
       }
       await sleep(5);
     }

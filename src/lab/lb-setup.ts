@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from './netns.js';
 import { addFwmarkRoutes, fwmarkTable, lbFwmark, nfqueueRule, serverFwmark } from './rules.js';
-import { VIP, VIP_NET, routerAddr, serverAddr, type Family, type Topology } from './topology.js';
+import { type Family, routerAddr, serverAddr, type Topology, VIP, VIP_NET } from './topology.js';
 
 export type LbKind = 'nfqueue' | 'ecmp' | 'xdp' | 'ipvs';
 
@@ -109,9 +109,13 @@ function nfqueueRules(family: Family, synOnly: boolean): string {
     );
   }
   // Fragments nfqlb stored come back through its tun device and must be queued again.
-  lines.push(['-A', 'VIP', ...nfqueueRule({ queue: NFQUEUE_NUM })].join(' '), `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`,
-    `-A PREROUTING -i ${TUN} -d ${vipNet} -j VIP`, 'COMMIT');
-  return lines.join('\n') + '\n';
+  lines.push(
+    ['-A', 'VIP', ...nfqueueRule({ queue: NFQUEUE_NUM })].join(' '),
+    `-A PREROUTING -i eth2 -d ${vipNet} -j VIP`,
+    `-A PREROUTING -i ${TUN} -d ${vipNet} -j VIP`,
+    'COMMIT',
+  );
+  return `${lines.join('\n')}\n`;
 }
 
 export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
@@ -123,11 +127,25 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
     const ns = topo.ns.router(i);
     // A restart logs to a file of its own: the ready line of the first run is still in the old one.
     const log = `${ns}-nfqlb${starts++ < topo.nrouters ? '' : `-${starts}`}`;
-    procs.set(i, await lab.daemon(ns, [...binArgv('nfqlb'), 'lb', `--tshm=${shmName(topo, 'nfqlb', i)}`,
-      `--lbshm=${shmName(topo, 'nfqlbLb', i)}`,
-      `--tun=${TUN}`, `--ft_shm=${shmName(topo, 'ftshm', i)}`, `--queue=${NFQUEUE_NUM}`,
-      ...(o.announce ? [`--announce=${o.announce}`] : []), ...(o.conntrack > 0 ? [`--conntrack=${o.conntrack}`] : [])],
-    log, 'serving queue'));
+    procs.set(
+      i,
+      await lab.daemon(
+        ns,
+        [
+          ...binArgv('nfqlb'),
+          'lb',
+          `--tshm=${shmName(topo, 'nfqlb', i)}`,
+          `--lbshm=${shmName(topo, 'nfqlbLb', i)}`,
+          `--tun=${TUN}`,
+          `--ft_shm=${shmName(topo, 'ftshm', i)}`,
+          `--queue=${NFQUEUE_NUM}`,
+          ...(o.announce ? [`--announce=${o.announce}`] : []),
+          ...(o.conntrack > 0 ? [`--conntrack=${o.conntrack}`] : []),
+        ],
+        log,
+        'serving queue',
+      ),
+    );
   };
   return {
     kind: 'nfqueue',
@@ -145,7 +163,9 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
         for (const j of routers(topo)) nfqlb(i, ['activate', `--shm=${lbShm}`, `--index=${j}`, String(lbFwmark(j))]);
         addFwmarkRoutes(topo, ns, (family) => [
           ...servers(topo).map((n) => [serverFwmark(n), serverAddr(n, family)] as const),
-          ...routers(topo).filter((j) => j !== i).map((j) => [lbFwmark(j), routerAddr(j, 2, family)] as const),
+          ...routers(topo)
+            .filter((j) => j !== i)
+            .map((j) => [lbFwmark(j), routerAddr(j, 2, family)] as const),
         ]);
         topo.ip(ns, [`tuntap add dev ${TUN} mode tun`, `link set ${TUN} up`]);
         // Handing a fragment to another LB sends it out of the interface it came in by: no redirects.
@@ -167,8 +187,12 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
       for (const i of routers(topo)) {
         const shm = shmName(topo, 'nfqlb', i);
         for (const n of list) {
-          nfqlb(i, active ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]
-            : ['deactivate', `--shm=${shm}`, `--index=${n}`, ...(now ? ['--now'] : [])]);
+          nfqlb(
+            i,
+            active
+              ? ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]
+              : ['deactivate', `--shm=${shm}`, `--index=${n}`, ...(now ? ['--now'] : [])],
+          );
         }
       }
     },
@@ -215,13 +239,20 @@ export function ecmpLb(lab: LabHandle, o: EcmpOptions): LoadBalancer {
         // disagree on the server; namespaces would all agree: hash policy 1 reuses the L4 hash
         // that the tester's socket put on the skb (it survives the veths). Policy 3 hashes the
         // 5-tuple itself (fields 0x37), with a seed per router (net.ipv4's seed serves IPv6 too).
-        topo.exec(topo.ns.router(i), ['sysctl', '-qw', `net.ipv4.fib_multipath_hash_seed=${200 + i}`,
-          'net.ipv4.fib_multipath_hash_policy=3', 'net.ipv4.fib_multipath_hash_fields=0x37',
-          'net.ipv6.fib_multipath_hash_policy=3', 'net.ipv6.fib_multipath_hash_fields=0x37']);
+        topo.exec(topo.ns.router(i), [
+          'sysctl',
+          '-qw',
+          `net.ipv4.fib_multipath_hash_seed=${200 + i}`,
+          'net.ipv4.fib_multipath_hash_policy=3',
+          'net.ipv4.fib_multipath_hash_fields=0x37',
+          'net.ipv6.fib_multipath_hash_policy=3',
+          'net.ipv6.fib_multipath_hash_fields=0x37',
+        ]);
         if (o.resilient) {
           topo.ip(topo.ns.router(i), [
-            ...[4, 6].flatMap((f) => servers(topo).map((n) =>
-              `nexthop add id ${nexthopId(n, f as Family)} via ${serverAddr(n, f as Family)} dev eth1`)),
+            ...[4, 6].flatMap((f) =>
+              servers(topo).map((n) => `nexthop add id ${nexthopId(n, f as Family)} via ${serverAddr(n, f as Family)} dev eth1`),
+            ),
             ...[4, 6].map((f) => resilientGroup(active, f as Family)),
             ...[4, 6].map((f) => `route replace ${VIP_NET[f as Family]} nhid ${RESILIENT_GROUP[f as Family]}`),
           ]);
@@ -235,8 +266,16 @@ export function ecmpLb(lab: LabHandle, o: EcmpOptions): LoadBalancer {
       if (next.length === 0) throw new RangeError('ecmp: cannot remove every server (a route needs a next-hop)');
       active = next;
       for (const i of routers(topo)) {
-        if (o.resilient) topo.ip(topo.ns.router(i), [4, 6].map((f) => resilientGroup(active, f as Family)));
-        else topo.ip(topo.ns.router(i), [4, 6].map((f) => `route change ${VIP_NET[f as Family]} ${nexthops(active, f as Family)}`));
+        if (o.resilient)
+          topo.ip(
+            topo.ns.router(i),
+            [4, 6].map((f) => resilientGroup(active, f as Family)),
+          );
+        else
+          topo.ip(
+            topo.ns.router(i),
+            [4, 6].map((f) => `route change ${VIP_NET[f as Family]} ${nexthops(active, f as Family)}`),
+          );
       }
     },
     manual() {
@@ -273,12 +312,24 @@ export function xdpLb(lab: LabHandle): LoadBalancer {
       for (const i of routers(topo)) {
         const ns = topo.ns.router(i);
         xdplb(i, ['init']);
-        macs.forEach((mac, k) => xdplb(i, ['activate', `--mac=${mac}`, String(k)]));
+        for (const [k, mac] of macs.entries()) xdplb(i, ['activate', `--mac=${mac}`, String(k)]);
         // One socket serves one rx queue: the ingress device must have just one (the original
         // ran `ethtool -L eth2 combined 1`; a veth counts rx and tx channels instead).
         topo.exec(ns, ['ethtool', '-L', 'eth2', 'rx', '1', 'tx', '1']);
-        await lab.daemon(ns, [...binArgv('xdplb'), 'lb', '--idev=eth2', '--edev=eth1', `--shm=${shmName(topo, 'xdplb', i)}`,
-          `--vip=${VIP[4]}`, `--vip=${VIP[6]}`], `${ns}-xdplb`, 'xdplb forwarding');
+        await lab.daemon(
+          ns,
+          [
+            ...binArgv('xdplb'),
+            'lb',
+            '--idev=eth2',
+            '--edev=eth1',
+            `--shm=${shmName(topo, 'xdplb', i)}`,
+            `--vip=${VIP[4]}`,
+            `--vip=${VIP[6]}`,
+          ],
+          `${ns}-xdplb`,
+          'xdplb forwarding',
+        );
       }
     },
     setServers(list, active) {
@@ -331,9 +382,22 @@ export function ipvsLb(lab: LabHandle): LoadBalancer {
         for (const family of [4, 6] as const) {
           // Mark VIP packets and deliver them locally (IPVS works in LOCAL_IN) without the
           // router owning the VIP, so the servers' DSR replies are not martians here.
-          topo.exec(ns, [family === 4 ? 'iptables' : 'ip6tables', '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth2', '-d', VIP_NET[family],
-            '-j', 'MARK', '--set-mark', String(IPVS_FWMARK)]);
-          topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], fwmarkTable(IPVS_FWMARK, 'local default dev lo').join('\n') + '\n');
+          topo.exec(ns, [
+            family === 4 ? 'iptables' : 'ip6tables',
+            '-t',
+            'mangle',
+            '-A',
+            'PREROUTING',
+            '-i',
+            'eth2',
+            '-d',
+            VIP_NET[family],
+            '-j',
+            'MARK',
+            '--set-mark',
+            String(IPVS_FWMARK),
+          ]);
+          topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], `${fwmarkTable(IPVS_FWMARK, 'local default dev lo').join('\n')}\n`);
           // mh: the kernel's Maglev scheduler, the same idea as nfqlb's table.
           topo.exec(ns, ['ipvsadm', '-A', ...(family === 6 ? ['-6'] : []), '-f', String(IPVS_FWMARK), '-s', 'mh']);
           for (const n of servers(topo)) topo.exec(ns, ['ipvsadm', '-a', ...real(n, family), '-g']);
@@ -364,9 +428,13 @@ export function lbUnavailable(kind: LbKind): string | null {
 
 export function createLb(kind: LbKind, lab: LabHandle, o: NfqueueOptions & EcmpOptions): LoadBalancer {
   switch (kind) {
-    case 'nfqueue': return nfqueueLb(lab, o);
-    case 'ecmp': return ecmpLb(lab, o);
-    case 'xdp': return xdpLb(lab);
-    case 'ipvs': return ipvsLb(lab);
+    case 'nfqueue':
+      return nfqueueLb(lab, o);
+    case 'ecmp':
+      return ecmpLb(lab, o);
+    case 'xdp':
+      return xdpLb(lab);
+    case 'ipvs':
+      return ipvsLb(lab);
   }
 }

@@ -1,7 +1,7 @@
 // Thin, synchronous wrappers over iproute2 for the lab and the integration tests.
 // Every namespace we create carries a caller-chosen prefix so cleanup can find it
 // again, even after a crash; the root namespace is never modified.
-import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { type ChildProcess, execFileSync, type SpawnOptions, spawn } from 'node:child_process';
 
 /** Runs a command, returns its stdout; throws with the command line and its stderr. */
 export function run(argv: readonly string[], input?: string): string {
@@ -44,10 +44,16 @@ export function removeNs(prefix: string): void {
     try {
       const pids = run(['ip', 'netns', 'pids', ns]).split('\n').filter(Boolean);
       for (const pid of pids) {
-        try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
       }
       run(['ip', 'netns', 'del', ns]);
-    } catch { /* raced with another cleanup */ }
+    } catch {
+      /* raced with another cleanup */
+    }
   }
 }
 
@@ -58,7 +64,7 @@ export function removeNs(prefix: string): void {
  */
 export function ipBatch(ns: string | null, lines: readonly string[]): void {
   if (lines.length === 0) return;
-  run(ns === null ? ['ip', '-batch', '-'] : ['ip', '-n', ns, '-batch', '-'], lines.join('\n') + '\n');
+  run(ns === null ? ['ip', '-batch', '-'] : ['ip', '-n', ns, '-batch', '-'], `${lines.join('\n')}\n`);
 }
 
 /** Sets sysctls (`key=value`) inside `ns` with one exec. */

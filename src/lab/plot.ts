@@ -2,8 +2,9 @@
 // plot.sh drew with gnuplot in the original lab): active and connecting connections, the
 // cumulative lost connections and failed connects, a tick per lost connection, and a dashed
 // line at each scale event. Pure and dependency-free; any browser shows the file.
-import type { CtrafficStats } from './traffic/stats.js';
+
 import type { ScaleEvent } from './report.js';
+import type { CtrafficStats } from './traffic/stats.js';
 
 export interface PlotOptions {
   title: string;
@@ -49,7 +50,8 @@ export function connectionsSvg(stats: CtrafficStats, events: readonly ScaleEvent
   const y = (v: number): number => MARGIN.top + ph - (ph * v) / yMax;
 
   const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}"` +
+      ' font-family="sans-serif" font-size="12">',
     `<rect width="${width}" height="${height}" fill="white"/>`,
     `<text x="${width / 2}" y="20" text-anchor="middle" font-size="15">${escapeXml(o.title)}</text>`,
   ];
@@ -69,7 +71,9 @@ export function connectionsSvg(stats: CtrafficStats, events: readonly ScaleEvent
   // Scale events: a dashed line and what was scaled.
   for (const e of events) {
     const ex = num(x(e.t / 1000));
-    out.push(`<line class="scale-event" x1="${ex}" y1="${MARGIN.top}" x2="${ex}" y2="${MARGIN.top + ph}" stroke="#555" stroke-dasharray="5,4"/>`);
+    out.push(
+      `<line class="scale-event" x1="${ex}" y1="${MARGIN.top}" x2="${ex}" y2="${MARGIN.top + ph}" stroke="#555" stroke-dasharray="5,4"/>`,
+    );
     out.push(`<text x="${num(x(e.t / 1000) + 4)}" y="${MARGIN.top + 14}">${escapeXml(`${e.kind} ${e.targets.join(' ')}`)}</text>`);
   }
 
@@ -96,5 +100,5 @@ export function connectionsSvg(stats: CtrafficStats, events: readonly ScaleEvent
     out.push(`<text x="${lx + 24}" y="${ly + 4}">${escapeXml(s.label)}</text>`);
   });
   out.push('</svg>');
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }

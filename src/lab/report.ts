@@ -107,14 +107,17 @@ const pct = (n: number, of: number): string => `${of > 0 ? Math.round((100 * n) 
 
 /** `vm-001=11 vm-002=9 ...`, sorted by name. */
 export function formatHosts(m: Record<string, number>): string {
-  return Object.keys(m).sort().map((h) => `${h}=${m[h]}`).join(' ') || '-';
+  return (
+    Object.keys(m)
+      .sort()
+      .map((h) => `${h}=${m[h]}`)
+      .join(' ') || '-'
+  );
 }
 
 /** The per-test report: a table of phases, the distribution, and the original's one-line verdict. */
 export function formatLossReport(r: LossReport, nservers: number): string {
-  const lines = [
-    `  ${'event'.padEnd(10)} ${'time'.padStart(6)}  ${'targets'.padEnd(16)} ${'lost'.padStart(5)} ${'ideal'.padStart(6)}`,
-  ];
+  const lines = [`  ${'event'.padEnd(10)} ${'time'.padStart(6)}  ${'targets'.padEnd(16)} ${'lost'.padStart(5)} ${'ideal'.padStart(6)}`];
   for (const p of r.phases) {
     lines.push(
       `  ${p.event.kind.padEnd(10)} ${(p.event.t / 1000).toFixed(1).padStart(5)}s  ${p.event.targets.join(' ').padEnd(16)}` +

@@ -1,7 +1,7 @@
 // The router set-up nfqlb needs, written once for the lab, the bench and the kernel tests:
 // a policy route per fwmark (the lb only marks packets; the routes take them to their target)
 // and the iptables rule that hands packets to an NFQUEUE queue.
-import { VIP, type Family } from './topology.js';
+import { type Family, VIP } from './topology.js';
 
 /** Server n of a lab is fwmark 100+n (the original's `nfqlb activate --index=n $((n+100))`). */
 export const serverFwmark = (n: number): number => 100 + n;
@@ -20,17 +20,23 @@ export function fwmarkRoute(fwmark: number, via: string): string[] {
 }
 
 /** What runs `ip` in a namespace: a lab's Topology. */
-interface Exec { exec(ns: string, argv: readonly string[], input?: string): string }
+interface Exec {
+  exec(ns: string, argv: readonly string[], input?: string): string;
+}
 
 /**
  * Adds in namespace `ns`, for each family (one `ip -batch` each), the fwmark routes
  * `routes(family)` gives: fwmark and next-hop.
  */
-export function addFwmarkRoutes(topo: Exec, ns: string, routes: (family: Family) => ReadonlyArray<readonly [number, string]>,
-  families: readonly Family[] = [4, 6]): void {
+export function addFwmarkRoutes(
+  topo: Exec,
+  ns: string,
+  routes: (family: Family) => ReadonlyArray<readonly [number, string]>,
+  families: readonly Family[] = [4, 6],
+): void {
   for (const family of families) {
     const lines = routes(family).flatMap(([fwmark, via]) => fwmarkRoute(fwmark, via));
-    if (lines.length > 0) topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+    if (lines.length > 0) topo.exec(ns, ['ip', `-${family}`, '-batch', '-'], `${lines.join('\n')}\n`);
   }
 }
 
@@ -60,7 +66,9 @@ export function nfqueueRule(r: NfqueueRule): string[] {
     ...(r.iif === undefined ? [] : ['-i', r.iif]),
     ...(r.dst === undefined ? [] : ['-d', r.dst]),
     ...(r.match ?? []),
-    '-j', 'NFQUEUE', ...(queue.includes(':') ? ['--queue-balance', queue] : ['--queue-num', queue]),
+    '-j',
+    'NFQUEUE',
+    ...(queue.includes(':') ? ['--queue-balance', queue] : ['--queue-num', queue]),
     ...(r.bypass ? ['--queue-bypass'] : []),
   ];
 }

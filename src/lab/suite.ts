@@ -5,18 +5,18 @@
 // on the tester) and `start_*` (leave the lab up for manual work). With `--bgp` the LBs sit
 // behind a BGP gateway (./bgp.ts): `*_scale_lb` stops and starts the lb processes themselves and
 // `nfqueue_crash_lb` kills one, and the gateway's routes follow.
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createLb, lbUnavailable, removeLabShm, repoRoot, type LabHandle, type LbKind, type LoadBalancer } from './lb-setup.js';
-import { connectionsSvg } from './plot.js';
 import { ANNOUNCE_IF, BgpTier, bgpUnavailable, removeBirdFiles } from './bgp.js';
-import { lossReport, type LossReport, type ScaleEvent } from './report.js';
-import { CLIENT_CIDR, VIP, createTopology, destroyLab, vmName, type Family, type Topology } from './topology.js';
+import { createLb, type LabHandle, type LbKind, type LoadBalancer, lbUnavailable, removeLabShm, repoRoot } from './lb-setup.js';
+import { connectionsSvg } from './plot.js';
+import { type LossReport, lossReport, type ScaleEvent } from './report.js';
+import { CLIENT_CIDR, createTopology, destroyLab, type Family, type Topology, VIP, vmName } from './topology.js';
+import type { MconnectResult } from './traffic/mconnect.js';
 import { asStats } from './traffic/stats.js';
 import { toolArgv } from './traffic/tools.js';
-import type { MconnectResult } from './traffic/mconnect.js';
 
 type TestKind = 'basic' | 'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'crash_lb' | 'start';
 
@@ -150,7 +150,10 @@ class Lab implements LabHandle {
   /** The traffic server process of each server, by number. */
   private readonly serverProcs = new Map<number, ChildProcess>();
 
-  constructor(readonly o: LabOptions, readonly detached: boolean) {
+  constructor(
+    readonly o: LabOptions,
+    readonly detached: boolean,
+  ) {
     removeLabShm(o.prefix);
     this.topo = createTopology({ prefix: o.prefix, nvm: o.nvm, nrouters: o.nrouters });
     this.routersUp = Array.from({ length: o.nrouters }, (_, k) => k + 1);
@@ -185,7 +188,12 @@ class Lab implements LabHandle {
       // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
       topo.setTesterRoute(this.routersUp);
     }
-    this.lb = createLb(kind, this, { synOnly: o.synOnly, resilient: o.resilient === true, announce: o.bgp ? ANNOUNCE_IF : undefined, conntrack: o.conntrack ?? 0 });
+    this.lb = createLb(kind, this, {
+      synOnly: o.synOnly,
+      resilient: o.resilient === true,
+      announce: o.bgp ? ANNOUNCE_IF : undefined,
+      conntrack: o.conntrack ?? 0,
+    });
     await this.lb.start();
     const t = Date.now();
     if (this.bgp) o.log(`  BGP: every LB announced, ${formatMs(await this.bgp.converge(this.routersUp.length, t))}`);
@@ -200,15 +208,31 @@ class Lab implements LabHandle {
   destroy(): void {
     for (const p of this.procs) {
       if (p.pid !== undefined && p.exitCode === null && p.signalCode === null) {
-        try { process.kill(p.pid, 'SIGKILL'); } catch { /* already gone */ }
+        try {
+          process.kill(p.pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
       }
     }
     removeLab(this.o.prefix);
   }
 
   mconnect(family: Family): MconnectResult {
-    const r = spawnSync('ip', ['netns', 'exec', this.topo.ns.tester, ...toolArgv('mconnect'), `--address=${vipAddr(family, 5001)}`,
-      `--nconn=${this.o.nconn}`, `--srccidr=${CLIENT_CIDR[family]}`, '--output=json'], { encoding: 'utf8' });
+    const r = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        this.topo.ns.tester,
+        ...toolArgv('mconnect'),
+        `--address=${vipAddr(family, 5001)}`,
+        `--nconn=${this.o.nconn}`,
+        `--srccidr=${CLIENT_CIDR[family]}`,
+        '--output=json',
+      ],
+      { encoding: 'utf8' },
+    );
     if (r.status !== 0 && r.status !== 1) throw new Error(`mconnect failed (${r.status}): ${r.stderr.trim()}`);
     return JSON.parse(r.stdout) as MconnectResult;
   }
@@ -232,7 +256,9 @@ class Lab implements LabHandle {
       this.lb.setServers(list, active, this.o.stopServers === true);
       return null;
     }
-    this.routersUp = active ? [...new Set([...this.routersUp, ...list])].sort((a, b) => a - b) : this.routersUp.filter((i) => !list.includes(i));
+    this.routersUp = active
+      ? [...new Set([...this.routersUp, ...list])].sort((a, b) => a - b)
+      : this.routersUp.filter((i) => !list.includes(i));
     if (!this.bgp) {
       this.topo.setTesterRoute(this.routersUp);
       return null;
@@ -240,11 +266,13 @@ class Lab implements LabHandle {
     const t = Date.now();
     const how = active ? 'lb started' : kind === 'crash_lb' ? 'lb SIGKILLed' : 'lb SIGTERMed';
     // A graceful stop withdraws first and drains for 2 s: the route changes long before the exit.
-    const exits = active ? list.map((i) => this.lb.startRouter!(i)) : list.map((i) => this.lb.stopRouter!(i, kind === 'crash_lb' ? 'SIGKILL' : 'SIGTERM'));
+    const exits = active
+      ? list.map((i) => this.lb.startRouter!(i))
+      : list.map((i) => this.lb.stopRouter!(i, kind === 'crash_lb' ? 'SIGKILL' : 'SIGTERM'));
     // Timed when it happens: the route may change before the processes are done or after.
     const processDone = Promise.all(exits.map((e) => e.then(() => Date.now() - t)));
     const ms = await this.bgp.converge(this.routersUp.length, t);
-    const processMs = Math.max(...await processDone);
+    const processMs = Math.max(...(await processDone));
     this.o.log(`    gateway converged (${how} -> route changed): ${formatMs(ms)}`);
     return { kind: active ? 'scale-out' : 'scale-in', how, ms, processMs };
   }
@@ -258,16 +286,29 @@ class Lab implements LabHandle {
     const base = join(o.outDir, `${test}-ipv${family}`);
     const statsFile = `${base}.json`;
     rmSync(statsFile, { force: true });
-    const kinds: ScaleEvent['kind'][] = kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' || kind === 'crash_lb' ? ['scale-in'] : ['scale-in', 'scale-out'];
+    const kinds: ScaleEvent['kind'][] =
+      kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' || kind === 'crash_lb' ? ['scale-in'] : ['scale-in', 'scale-out'];
     if (kind === 'scale_out') await this.scaleTargets(kind, list, false);
     const convergence: Convergence[] = [];
 
-    const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${vipAddr(family, 5003)}`, `--nconn=${o.nconn}`,
-      `--rate=${o.rate}`, `--timeout=${durationMs}ms`, `--srccidr=${CLIENT_CIDR[family]}`, `--stats-file=${statsFile}`],
-    { stdio: ['ignore', 'ignore', 'pipe'] });
+    const client = topo.spawn(
+      topo.ns.tester,
+      [
+        ...toolArgv('ctraffic'),
+        `--address=${vipAddr(family, 5003)}`,
+        `--nconn=${o.nconn}`,
+        `--rate=${o.rate}`,
+        `--timeout=${durationMs}ms`,
+        `--srccidr=${CLIENT_CIDR[family]}`,
+        `--stats-file=${statsFile}`,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     this.procs.push(client);
     let stderr = '';
-    client.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    client.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     const exited = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
     const spawned = Date.now();
     const wall: { at: number; kind: ScaleEvent['kind'] }[] = [];
@@ -292,7 +333,16 @@ class Lab implements LabHandle {
     const plotFile = `${base}.svg`;
     const what = isLbKind(kind) ? `${o.nrouters} load-balancers${o.bgp ? ' behind BGP' : ''}` : `${o.nvm} servers`;
     writeFileSync(plotFile, connectionsSvg(stats, events, { title: `${test} IPv${family}: ${o.nconn} connections, ${what}` }));
-    return { family, events, report, nservers: isLbKind(kind) ? o.nrouters : o.nvm, statsFile, plotFile, convergence, maxDelay: stats.maxDelay };
+    return {
+      family,
+      events,
+      report,
+      nservers: isLbKind(kind) ? o.nrouters : o.nvm,
+      statsFile,
+      plotFile,
+      convergence,
+      maxDelay: stats.maxDelay,
+    };
   }
 }
 
@@ -305,14 +355,16 @@ export function checkTest(test: string, o: LabOptions): number[] {
   if (!spec) throw new RangeError(`unknown test '${test}' (see 'lblab test --list')`);
   const isLb = isLbKind(spec.kind);
   if (isLb && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (load-balancers to scale)`);
-  if (spec.kind === 'crash_lb' && !o.bgp) throw new RangeError(`${test}: needs --bgp (without a routing daemon nothing withdraws a dead LB)`);
+  if (spec.kind === 'crash_lb' && !o.bgp)
+    throw new RangeError(`${test}: needs --bgp (without a routing daemon nothing withdraws a dead LB)`);
   if (o.bgp && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --bgp is for the nfqueue tests (the announcement follows 'nfqlb lb')`);
   if (o.resilient && spec.lb !== 'ecmp') throw new RangeError(`${test}: --resilient is for the ecmp tests`);
   if ((o.conntrack ?? 0) > 0 && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --conntrack is for the nfqueue tests (nfqlb)`);
   const list = o.scale ?? [isLb ? 201 : 1];
   const [lo, hi] = isLb ? [201, 200 + o.nrouters] : [1, o.nvm];
   for (const n of list) {
-    if (!Number.isInteger(n) || n < lo || n > hi) throw new RangeError(`${test}: --scale ${n} is not a ${isLb ? 'router' : 'server'} (${lo}..${hi})`);
+    if (!Number.isInteger(n) || n < lo || n > hi)
+      throw new RangeError(`${test}: --scale ${n} is not a ${isLb ? 'router' : 'server'} (${lo}..${hi})`);
   }
   if (new Set(list).size >= hi - lo + 1 && spec.kind !== 'basic' && spec.kind !== 'start') {
     throw new RangeError(`${test}: --scale would remove every ${isLb ? 'router' : 'server'}`);
@@ -325,21 +377,24 @@ export function manualText(lab: { topo: Topology; lb: LoadBalancer; bgp?: BgpTie
   const { topo } = lab;
   const last = topo.ns.server(topo.nvm);
   const tool = (t: 'mconnect' | 'ctraffic'): string => toolArgv(t).join(' ');
+  const lastRouter = topo.nrouters > 1 ? ` .. ${topo.ns.router(topo.nrouters)}` : '';
   return [
     `Lab '${o.prefix}' is up: ${lab.lb.kind}, ${topo.nvm} servers, ${topo.nrouters} router(s). Enter a namespace:`,
     `  ip netns exec ${topo.ns.tester} bash      # tester vm-221`,
-    `  ip netns exec ${topo.ns.router(1)} bash      # load-balancer vm-201${topo.nrouters > 1 ? ` .. ${topo.ns.router(topo.nrouters)}` : ''}`,
+    `  ip netns exec ${topo.ns.router(1)} bash      # load-balancer vm-201${lastRouter}`,
     `  ip netns exec ${topo.ns.server(1)} bash      # server vm-001${topo.nvm > 1 ? ` .. ${last}` : ''}`,
     'On the tester:',
     `  ${tool('mconnect')} --address=${vipAddr(4, 5001)} --nconn=100 --srccidr=${CLIENT_CIDR[4]}`,
     `  ${tool('mconnect')} --address=${vipAddr(6, 5001)} --nconn=100 --srccidr=${CLIENT_CIDR[6]}`,
     `  ${tool('ctraffic')} --address=${vipAddr(4, 5003)} --nconn=100 --rate=100 --timeout=30s --srccidr=${CLIENT_CIDR[4]} --monitor`,
     ...lab.lb.manual().map((l) => `  ${l}`),
-    ...(lab.bgp ? [
-      '  # The BGP tier: the gateway (tester) learns one multipath route; each BIRD has its own socket:',
-      `  ip -n ${topo.ns.tester} route show ${VIP[4]}/32; ip -n ${topo.ns.tester} -6 route show ${VIP[6]}/128`,
-      `  birdc -s ${lab.bgp.socket('gateway')} show protocols; birdc -s ${lab.bgp.socket('lb-201')} show route`,
-    ] : []),
+    ...(lab.bgp
+      ? [
+          '  # The BGP tier: the gateway (tester) learns one multipath route; each BIRD has its own socket:',
+          `  ip -n ${topo.ns.tester} route show ${VIP[4]}/32; ip -n ${topo.ns.tester} -6 route show ${VIP[6]}/128`,
+          `  birdc -s ${lab.bgp.socket('gateway')} show protocols; birdc -s ${lab.bgp.socket('lb-201')} show route`,
+        ]
+      : []),
     `Logs: ${o.outDir}/*.log`,
     `Remove the lab: ${process.execPath} ${join(repoRoot(), 'bin', 'lblab.js')} down --prefix=${o.prefix}`,
   ].join('\n');
@@ -370,7 +425,8 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
       for (const family of [4, 6] as const) {
         const r = lab.mconnect(family);
         result.mconnect.push({ family, result: r });
-        if (r.failed_connects + r.failed_reads > 0) result.problems.push(`IPv${family}: ${r.failed_connects} failed connects, ${r.failed_reads} failed reads`);
+        if (r.failed_connects + r.failed_reads > 0)
+          result.problems.push(`IPv${family}: ${r.failed_connects} failed connects, ${r.failed_reads} failed reads`);
         const missed = Array.from({ length: o.nvm }, (_, k) => vmName(k + 1)).filter((h) => !r.hosts[h]);
         if (missed.length > 0) result.problems.push(`IPv${family}: servers not reached: ${missed.join(' ')}`);
       }
@@ -386,7 +442,9 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
         // A resilient group moves only the removed next-hop's buckets: the ideal, give or take a few.
         const scaleIn = run.report.phases.find((p) => p.event.kind === 'scale-in');
         if (o.resilient && scaleIn && scaleIn.lost > scaleIn.ideal + 5) {
-          result.problems.push(`IPv${family}: scale-in lost ${scaleIn.lost}, more than the ideal ${scaleIn.ideal} + 5 (resilient next-hops)`);
+          result.problems.push(
+            `IPv${family}: scale-in lost ${scaleIn.lost}, more than the ideal ${scaleIn.ideal} + 5 (resilient next-hops)`,
+          );
         }
       }
     }

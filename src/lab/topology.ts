@@ -1,6 +1,7 @@
 // The xcluster "load-balancer" network, built from network namespaces instead of VMs.
 //
-//   tester vm-221 ──eth1── [net2 bridge] ──eth2── routers vm-201.. ──eth1── [net1 bridge] ──eth1── servers vm-001..
+//   tester vm-221 ──eth1── [net2 bridge] ──eth2── routers vm-201..
+//                          routers ──eth1── [net1 bridge] ──eth1── servers vm-001..
 //    192.168.2.221          192.168.2.0/24        .201.. on both nets       192.168.1.0/24         192.168.1.1..
 //
 // IPv6 mirrors IPv4 as 1000::1:192.168.<net>.<host>/120. Servers hold the VIPs 10.0.0.0/32
@@ -11,8 +12,9 @@
 // Each bridge lives in its own "switch" namespace, so the root namespace holds nothing:
 // every namespace, and every device outside the vm namespaces, is named with the lab
 // prefix, and deleting the namespaces deletes all of it (veth pairs die with either end).
-import { inNs, ipBatch, listNs, removeNs, spawnInNs, sysctlInNs } from './netns.js';
+
 import type { ChildProcess, SpawnOptions } from 'node:child_process';
+import { inNs, ipBatch, listNs, removeNs, spawnInNs, sysctlInNs } from './netns.js';
 
 export type Family = 4 | 6;
 
@@ -194,21 +196,37 @@ export function createTopology(o: TopologyOptions): Topology {
     setTesterRoute(via) {
       if (via.length === 0) throw new RangeError('setTesterRoute: no routers');
       ipBatch(ns.tester, [
-        routeVia(VIP_NET[4], via.map((i) => routerAddr(i, 2, 4))),
-        routeVia(VIP_NET[6], via.map((i) => routerAddr(i, 2, 6))),
+        routeVia(
+          VIP_NET[4],
+          via.map((i) => routerAddr(i, 2, 4)),
+        ),
+        routeVia(
+          VIP_NET[6],
+          via.map((i) => routerAddr(i, 2, 6)),
+        ),
       ]);
     },
     setRouterVipRoute(router, to) {
       if (to.length === 0) {
         // `ip -force`-like tolerance: a missing route is what the caller wants.
         for (const dest of [VIP_NET[4], VIP_NET[6]]) {
-          try { ipBatch(ns.router(router), [`route del ${dest}`]); } catch { /* not there */ }
+          try {
+            ipBatch(ns.router(router), [`route del ${dest}`]);
+          } catch {
+            /* not there */
+          }
         }
         return;
       }
       ipBatch(ns.router(router), [
-        routeVia(VIP_NET[4], to.map((n) => serverAddr(n, 4))),
-        routeVia(VIP_NET[6], to.map((n) => serverAddr(n, 6))),
+        routeVia(
+          VIP_NET[4],
+          to.map((n) => serverAddr(n, 4)),
+        ),
+        routeVia(
+          VIP_NET[6],
+          to.map((n) => serverAddr(n, 6)),
+        ),
       ]);
     },
     setOffloads(on) {
@@ -229,7 +247,10 @@ export function createTopology(o: TopologyOptions): Topology {
 
   destroyLab(prefix);
   try {
-    ipBatch(null, ns.all().map((n) => `netns add ${n}`));
+    ipBatch(
+      null,
+      ns.all().map((n) => `netns add ${n}`),
+    );
     const base = baseSysctls(o.dad === true);
     // arp_ignore/arp_announce: the usual DSR hygiene, so a server never claims the VIP on eth1.
     for (const n of servers) {
@@ -255,11 +276,13 @@ export function createTopology(o: TopologyOptions): Topology {
     // Everything a vm needs on its own interfaces (lo first: local routes need it up).
     const addrLines = (vmNs: string): string[] => [
       'link set lo up',
-      ...ports.filter((p) => p.vmNs === vmNs).flatMap((p) => [
-        `link set ${p.dev} up`,
-        `addr add ${hostAddr(p.net, p.host, 4)}/24 dev ${p.dev}`,
-        `addr add ${hostAddr(p.net, p.host, 6)}/120 dev ${p.dev}${v6flags}`,
-      ]),
+      ...ports
+        .filter((p) => p.vmNs === vmNs)
+        .flatMap((p) => [
+          `link set ${p.dev} up`,
+          `addr add ${hostAddr(p.net, p.host, 4)}/24 dev ${p.dev}`,
+          `addr add ${hostAddr(p.net, p.host, 6)}/120 dev ${p.dev}${v6flags}`,
+        ]),
     ];
 
     for (const n of servers) {
@@ -278,11 +301,7 @@ export function createTopology(o: TopologyOptions): Topology {
         `route add ${CLIENT_CIDR[6]} via ${testerAddr(6)}`,
       ]);
     }
-    ipBatch(ns.tester, [
-      ...addrLines(ns.tester),
-      `route add local ${CLIENT_CIDR[4]} dev lo`,
-      `route add local ${CLIENT_CIDR[6]} dev lo`,
-    ]);
+    ipBatch(ns.tester, [...addrLines(ns.tester), `route add local ${CLIENT_CIDR[4]} dev lo`, `route add local ${CLIENT_CIDR[6]} dev lo`]);
     topo.setTesterRoute([1]);
     if (o.offloads === false) topo.setOffloads(false);
   } catch (e) {

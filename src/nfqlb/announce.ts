@@ -6,8 +6,8 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UsageError } from '../usage-error.js';
 import { log } from '../log.js';
+import { UsageError } from '../usage-error.js';
 import { Tun } from './tun.js';
 
 /** Checks an --announce device name: valid, and no such device yet (we must own it). Throws one line. */
@@ -21,7 +21,10 @@ export function checkAnnounceDevice(name: string): string {
 export class Announcement {
   #tun: Tun | null;
 
-  private constructor(readonly name: string, tun: Tun) {
+  private constructor(
+    readonly name: string,
+    tun: Tun,
+  ) {
     this.#tun = tun;
   }
 

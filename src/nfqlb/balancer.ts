@@ -4,17 +4,18 @@
 // Fragments need the one piece of state: the fragment table remembers the first fragment's
 // verdict for the later ones (which carry no ports). With --conntrack (conntrack.ts) a flow
 // keeps the target it was first given, at the price of per-LB state.
-import { NfQueue, DESC, NF_ACCEPT, NF_DROP } from '../nfqueue.js';
-import { PacketInfo, parsePacket, IPPROTO_SCTP, PARSE_CORRECT, PARSE_NFQLB } from '../packet.js';
-import { packetHash, packetAddressHash } from '../hash.js';
+
+import { formatAddress } from '../address.js';
+import { packetAddressHash, packetHash } from '../hash.js';
+import { DESC, NF_ACCEPT, NF_DROP, type NfQueue } from '../nfqueue.js';
+import { IPPROTO_SCTP, PARSE_CORRECT, PARSE_NFQLB, PacketInfo, parsePacket } from '../packet.js';
+import type { TargetTable } from '../target-table.js';
+import type { Compat } from './compat.js';
+import type { ConnTrack } from './conntrack.js';
+import { QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
 import { FRAG_STORED, type FragTable } from './frag-table.js';
 import { TRACE, type Tracer } from './tracer.js';
-import { formatAddress } from '../address.js';
-import type { TargetTable } from '../target-table.js';
 import type { Tun } from './tun.js';
-import { QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
-import type { ConnTrack } from './conntrack.js';
-import type { Compat } from './compat.js';
 
 /** Returns the fwmark for the IP packet in buf[off, off+len), or a negative number to drop it. */
 export type FwmarkFn = (buf: Uint8Array, off: number, len: number) => number;

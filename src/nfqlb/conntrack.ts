@@ -19,10 +19,11 @@
 // client's flags: SYN without ACK opens (SYN-seen), anything else establishes, FIN or RST
 // closes. Time is a millisecond clock modulo 2^32 set by tick(); an age (now - seen) is exact
 // as an int32 because entries are swept within seconds of their timeout (at most 2^31 ms).
-import { HASH_KEY_BYTES, HASH_MODE_SCTP_PORTS } from '../hash.js';
-import { addressWords, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP } from '../packet.js';
-import type { TargetTable } from '../target-table.js';
+
 import type { DrainList } from '../drain-list.js';
+import { HASH_KEY_BYTES, HASH_MODE_SCTP_PORTS } from '../hash.js';
+import { addressWords, IPPROTO_SCTP, IPPROTO_TCP, type PacketInfo } from '../packet.js';
+import type { TargetTable } from '../target-table.js';
 
 /** Entries per bucket: one bucket is a few cache lines of each array. */
 export const CT_WAYS = 8;
@@ -74,7 +75,16 @@ export const CT_STAT = {
 } as const;
 
 export const CT_STAT_NAMES = [
-  'entries', 'hits', 'missSyn', 'missNonSyn', 'missOther', 'draining', 'replaced', 'evictions', 'expired', 'noRoom',
+  'entries',
+  'hits',
+  'missSyn',
+  'missNonSyn',
+  'missOther',
+  'draining',
+  'replaced',
+  'evictions',
+  'expired',
+  'noRoom',
 ] as const;
 
 export interface ConnTrackTimeouts {
@@ -119,7 +129,8 @@ export class ConnTrack {
   constructor(o: ConnTrackOptions) {
     if (!Number.isInteger(o.size) || o.size < 1) throw new RangeError(`conntrack size must be a positive integer, got ${o.size}`);
     this.buckets = Math.ceil(o.size / CT_WAYS);
-    const n = (this.capacity = this.buckets * CT_WAYS);
+    const n = this.buckets * CT_WAYS;
+    this.capacity = n;
     this.table = new Int32Array(n * ENTRY_WORDS);
     const t = o.timeouts ?? CT_DEFAULT_TIMEOUTS;
     for (const ms of [t.synMs, t.establishedMs, t.closeMs, t.otherMs]) {
@@ -267,7 +278,7 @@ export class ConnTrack {
       key[8] = 0;
       key[9] = 0;
     } else {
-      key[8] = (p.echoId << 16) | (p.proto >= 0 ? p.proto : 0);
+      key[8] = (p.echoId << 16) | Math.max(p.proto, 0);
       key[9] = p.hasPorts ? (p.sport << 16) | p.dport : 0;
     }
   }
@@ -295,9 +306,18 @@ export class ConnTrack {
       if (t[e + E_HASH] !== hash || t[e + E_STATE] === CT_STATE.FREE) continue;
       const k = e + E_KEY;
       if (
-        t[k + 9] === key[9] && t[k] === key[0] && t[k + 1] === key[1] && t[k + 2] === key[2] && t[k + 3] === key[3] &&
-        t[k + 4] === key[4] && t[k + 5] === key[5] && t[k + 6] === key[6] && t[k + 7] === key[7] && t[k + 8] === key[8]
-      ) return e;
+        t[k + 9] === key[9] &&
+        t[k] === key[0] &&
+        t[k + 1] === key[1] &&
+        t[k + 2] === key[2] &&
+        t[k + 3] === key[3] &&
+        t[k + 4] === key[4] &&
+        t[k + 5] === key[5] &&
+        t[k + 6] === key[6] &&
+        t[k + 7] === key[7] &&
+        t[k + 8] === key[8]
+      )
+        return e;
     }
     return -1;
   }

@@ -15,7 +15,7 @@ export function parseControlAddress(text: string): ControlAddress {
   if (text.startsWith('unix:')) {
     const name = text.slice(5);
     if (name === '' || name.length > 100 || name.includes('\0')) throw new UsageError(`Failed to parse address [${text}]`);
-    return { kind: 'unix', path: '\0' + name };
+    return { kind: 'unix', path: `\0${name}` };
   }
   if (text.startsWith('tcp:')) {
     const rest = text.slice(4);

@@ -10,12 +10,12 @@
 // (trace); the reference's client cannot send it, so it must use the unix socket.
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { Socket } from 'node:net';
+import { dirname } from 'node:path';
 import { parseIPv4, parseIPv6 } from '../address.js';
 import { loadAddon } from '../native.js';
 import { UsageError } from '../usage-error.js';
-import { formatControlAddress, type ControlAddress } from './control-address.js';
+import { type ControlAddress, formatControlAddress } from './control-address.js';
 
 export const DEFAULT_KEY_FILE = '/run/nfqlb/control.key';
 /** What a refusal reply starts with, so a client can tell it from a command's own FAIL. */
@@ -37,7 +37,7 @@ export function serverKey(path = keyFile()): Buffer {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
-      writeSync(fd, randomBytes(32).toString('hex') + '\n');
+      writeSync(fd, `${randomBytes(32).toString('hex')}\n`);
     } finally {
       closeSync(fd);
     }
@@ -50,7 +50,8 @@ export function serverKey(path = keyFile()): Buffer {
     const uid = process.geteuid?.() ?? 0;
     if (!st.isFile()) throw new UsageError(`control key ${path} is not a regular file`);
     if (st.uid !== uid) throw new UsageError(`control key ${path} is owned by uid ${st.uid}, not by us (uid ${uid}): remove it`);
-    if ((st.mode & 0o077) !== 0) throw new UsageError(`control key ${path} is accessible by others (mode ${(st.mode & 0o777).toString(8)}): chmod 600 it`);
+    if ((st.mode & 0o077) !== 0)
+      throw new UsageError(`control key ${path} is accessible by others (mode ${(st.mode & 0o777).toString(8)}): chmod 600 it`);
     const key = readFileSync(fd, 'utf8').trim();
     if (key.length < 16) throw new UsageError(`control key ${path} is shorter than 16 characters`);
     return Buffer.from(key);
@@ -92,7 +93,9 @@ export function isLoopback(host: string): boolean {
 /** Refuses, at start, a tcp address reachable from other hosts unless the operator allows it. */
 export function checkListenAddress(a: ControlAddress, allowRemote: boolean, what: string): void {
   if (a.kind === 'tcp' && !allowRemote && !isLoopback(a.host)) {
-    throw new UsageError(`${what} ${formatControlAddress(a)} is not a loopback address: other hosts could reach it; pass --allow_remote to accept that`);
+    throw new UsageError(
+      `${what} ${formatControlAddress(a)} is not a loopback address: other hosts could reach it; pass --allow_remote to accept that`,
+    );
   }
 }
 

@@ -3,7 +3,7 @@
 // first (see control-auth.ts); a refusal is an error, not a reply to print.
 import { connect } from 'node:net';
 import { flowAddress, formatControlAddress, socketOptions } from './control-address.js';
-import { REFUSED, clientKey } from './control-auth.js';
+import { clientKey, REFUSED } from './control-auth.js';
 
 /** Sends `action` with its parameters and resolves with the response text (NULs removed). */
 export function flowRequest(action: string, params: readonly (readonly [string, string | undefined])[], timeoutMs = 5000): Promise<string> {
@@ -30,12 +30,17 @@ export function flowRequest(action: string, params: readonly (readonly [string, 
     c.on('connect', () => c.end(request));
     c.on('data', (d: string) => (reply += d));
     c.on('error', (e: NodeJS.ErrnoException) => {
-      reject(e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? new Error('Connect failed. Connection refused (is nfqlb flowlb running in this network namespace?)') : e);
+      reject(
+        e.code === 'ECONNREFUSED' || e.code === 'ENOENT'
+          ? new Error('Connect failed. Connection refused (is nfqlb flowlb running in this network namespace?)')
+          : e,
+      );
     });
     c.on('close', (hadError) => {
       if (hadError) return;
       const text = reply.replace(/\0/g, '');
-      if (text.startsWith(REFUSED)) reject(new Error(`${formatControlAddress(address)} refused the request: ${text.slice(REFUSED.length).trim()}${noKey}`));
+      if (text.startsWith(REFUSED))
+        reject(new Error(`${formatControlAddress(address)} refused the request: ${text.slice(REFUSED.length).trim()}${noKey}`));
       else resolve(text);
     });
   });

@@ -6,11 +6,11 @@
 // on tcp); every change and every refusal goes to the audit log.
 import { createServer, type Server, type Socket } from 'node:net';
 import { NFQLB_TABLE, TargetStore } from '../target-store.js';
-import { FlowError, FlowSet, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
-import { TRACE, type Tracer } from './tracer.js';
-import { flowAddress, formatControlAddress, socketOptions, type ControlAddress } from './control-address.js';
-import { REFUSED, checkListenAddress, keyMatches, peerOf, serverKey, unixRefusal, type Peer } from './control-auth.js';
 import { auditChange, auditRefusal } from './audit.js';
+import { type ControlAddress, flowAddress, formatControlAddress, socketOptions } from './control-address.js';
+import { checkListenAddress, keyMatches, type Peer, peerOf, REFUSED, serverKey, unixRefusal } from './control-auth.js';
+import { FlowError, FlowSet, type FlowSpec, MAX_FLOW_SLOTS } from './flow-table.js';
+import { TRACE, type Tracer } from './tracer.js';
 
 /** Longest request we read (the reference's lines are at most 1024 bytes). */
 const MAX_REQUEST = 64 * 1024;
@@ -46,7 +46,7 @@ export function specOfRequest(req: FlowRequest, withTarget: boolean): FlowSpec {
   };
   const spec: FlowSpec = {
     name: req.get('name') ?? '',
-    target: withTarget ? req.get('target') ?? null : null,
+    target: withTarget ? (req.get('target') ?? null) : null,
     priority: num('priority') ?? 0,
   };
   const protocols = list('protocols', /[, ]/);
@@ -82,7 +82,10 @@ export class FlowServer {
 
   /** Listens on `address` (default $NFQLB_FLOW_ADDRESS); a tcp one must be loopback unless `allowRemote`. */
   static start(
-    apply: ApplyFlows, tracer: Tracer | null, counters: Float64Array, o: { address?: ControlAddress; allowRemote?: boolean } = {},
+    apply: ApplyFlows,
+    tracer: Tracer | null,
+    counters: Float64Array,
+    o: { address?: ControlAddress; allowRemote?: boolean } = {},
   ): Promise<FlowServer> {
     const address = o.address ?? flowAddress();
     checkListenAddress(address, o.allowRemote ?? false, 'flow address');
@@ -92,7 +95,8 @@ export class FlowServer {
       const fs = new FlowServer(server, address, apply, tracer, counters, key);
       server.on('connection', (c) => fs.accept(c));
       const failed = (e: NodeJS.ErrnoException) => {
-        const taken = `flow address ${formatControlAddress(address)} is taken (another flowlb in this network namespace?): ` +
+        const taken =
+          `flow address ${formatControlAddress(address)} is taken (another flowlb in this network namespace?): ` +
           'give each flowlb its own NFQLB_FLOW_ADDRESS, e.g. unix:nfqlb-2';
         reject(e.code === 'EADDRINUSE' ? Object.assign(new Error(taken), { code: e.code }) : e);
       };
@@ -130,7 +134,10 @@ export class FlowServer {
       c.end(`${REFUSED}${reason}\0`);
     };
     const refusal = unixRefusal(peer, this.address);
-    if (refusal !== null) return refuse(refusal);
+    if (refusal !== null) {
+      refuse(refusal);
+      return;
+    }
     let text = '';
     c.setEncoding('utf8');
     c.setTimeout(5000, () => {
@@ -196,7 +203,11 @@ export class FlowServer {
           return this.list(action === 'list' ? this.flows : this.traceFlows, req.get('name'));
         case 'list-names':
         case 'trace-list-names':
-          return JSON.stringify((action === 'list-names' ? this.flows : this.traceFlows).all().map((f) => f.name), null, 2) + '\n';
+          return `${JSON.stringify(
+            (action === 'list-names' ? this.flows : this.traceFlows).all().map((f) => f.name),
+            null,
+            2,
+          )}\n`;
         default:
           return 'FAIL: action unknown\0';
       }
@@ -227,9 +238,9 @@ export class FlowServer {
     const json = (f: ReturnType<FlowSet['all']>[number]) => f.toJSON(set === this.flows ? this.count(f.slot) : 0);
     if (name !== undefined) {
       const f = set.find(name);
-      return f === undefined ? '' : JSON.stringify(json(f), null, 2) + '\n';
+      return f === undefined ? '' : `${JSON.stringify(json(f), null, 2)}\n`;
     }
-    return JSON.stringify(set.all().map(json), null, 2) + '\n';
+    return `${JSON.stringify(set.all().map(json), null, 2)}\n`;
   }
 
   private publish(): void {

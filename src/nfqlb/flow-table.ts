@@ -7,12 +7,12 @@
 // Two halves: FlowSet is the control plane (validation, order, listing) in the process that
 // owns the flow channel; FlowSelector is the data plane of one queue, rebuilt from the specs
 // on every change and matching with typed arrays only.
-import { parseIPv4, parseIPv6, formatAddress } from '../address.js';
-import { parsePacket, PARSE_NFQLB, type PacketInfo, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP } from '../packet.js';
-import type { TargetTable } from '../target-table.js';
+import { formatAddress, parseIPv4, parseIPv6 } from '../address.js';
+import { IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PARSE_NFQLB, type PacketInfo, parsePacket } from '../packet.js';
 import { NFQLB_TABLE, TargetStore } from '../target-store.js';
-import type { Tracer } from './tracer.js';
+import type { TargetTable } from '../target-table.js';
 import type { TargetSelector } from './balancer.js';
+import type { Tracer } from './tracer.js';
 
 /** A flow as set with `nfqlb flow-set` (the wire form of the flow channel). */
 export interface FlowSpec {
@@ -289,7 +289,7 @@ export class FlowSet {
   private flows: Flow[] = [];
   private readonly freeSlots: number[];
 
-  constructor(private readonly slots = MAX_FLOW_SLOTS) {
+  constructor(slots = MAX_FLOW_SLOTS) {
     this.freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
   }
 
@@ -303,11 +303,18 @@ export class FlowSet {
     const hidden =
       flow.udpencap !== 0
         ? new Flow({
-            name: '#' + spec.name, target: null, priority: spec.priority, protocols: ['udp'], dports: String(flow.udpencap),
-            dsts: spec.dsts, srcs: spec.srcs, udpencap: flow.udpencap, slot: 0,
+            name: `#${spec.name}`,
+            target: null,
+            priority: spec.priority,
+            protocols: ['udp'],
+            dports: String(flow.udpencap),
+            dsts: spec.dsts,
+            srcs: spec.srcs,
+            udpencap: flow.udpencap,
+            slot: 0,
           })
         : null;
-    const replaced = [this.find(spec.name), this.find('#' + spec.name)].filter((f): f is Flow => f !== undefined);
+    const replaced = [this.find(spec.name), this.find(`#${spec.name}`)].filter((f): f is Flow => f !== undefined);
     const needed = 1 + (hidden ? 1 : 0);
     if (this.freeSlots.length + replaced.length < needed) throw new FlowError('too many flows');
     this.remove(spec.name);
@@ -344,7 +351,7 @@ export class FlowSet {
   private remove(name: string): boolean {
     const before = this.flows.length;
     this.flows = this.flows.filter((f) => {
-      const gone = f.name === name || f.name === '#' + name;
+      const gone = f.name === name || f.name === `#${name}`;
       if (gone) this.freeSlots.push(f.slot);
       return !gone;
     });

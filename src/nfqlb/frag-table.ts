@@ -313,7 +313,8 @@ export class FragTable {
 }
 
 function count(name: string, v: number, min: number): number {
-  if (!Number.isInteger(v) || v < min || v > 1 << 24) throw new RangeError(`frag table: ${name} must be an integer in ${min}..${1 << 24}, got ${v}`);
+  if (!Number.isInteger(v) || v < min || v > 1 << 24)
+    throw new RangeError(`frag table: ${name} must be an integer in ${min}..${1 << 24}, got ${v}`);
   return v;
 }
 

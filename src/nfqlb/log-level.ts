@@ -1,8 +1,8 @@
 // The log level of a running nfqlb, in the shared { level, mask } words (tracer.ts): created
 // or claimed by the lb, changed by `nfqlb loglevel`, followed by the lb's logger.
 import { existsSync, statSync } from 'node:fs';
-import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { log } from '../log.js';
+import { createShm, deleteShm, openShm, shmPath } from '../shm.js';
 import { auditChange } from './audit.js';
 import { LEVEL_WORD, MASK_WORD, TRACE_SHM } from './tracer.js';
 

@@ -4,12 +4,12 @@
 // read when Prometheus scrapes; the data path only bumps typed-array words.
 import { readFileSync } from 'node:fs';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { kernelQueueStats } from '../nfqueue.js';
-import { sameInt32, type TargetTable } from '../target-table.js';
-import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import type { HealthCheck } from '../metrics.js';
-import { CONNTRACK_COUNTERS_AT, fwmarkTotals, QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
+import { kernelQueueStats } from '../nfqueue.js';
+import { NFQLB_TABLE, TableFollower } from '../target-store.js';
+import { sameInt32, type TargetTable } from '../target-table.js';
 import { CT_STAT } from './conntrack.js';
+import { CONNTRACK_COUNTERS_AT, fwmarkTotals, QUEUE_COUNTER as QC, QueueCounters } from './counters.js';
 
 /** A metric made of counter-block words: each series sums its words (over the queues, or per queue). */
 export interface QueueMetric {
@@ -29,17 +29,23 @@ export const QUEUE_METRICS: readonly QueueMetric[] = [
   {
     name: 'nfqlb_batches_total',
     help: 'Batches received from the queue (one recvmmsg and one verdict send each)',
-    type: 'counter', perQueue: true, series: { '': [QC.batches] },
+    type: 'counter',
+    perQueue: true,
+    series: { '': [QC.batches] },
   },
   {
     name: 'nfqlb_queue_bound',
     help: '1 while the queue is bound and served by the lb',
-    type: 'gauge', perQueue: true, series: { '': [QC.bound] },
+    type: 'gauge',
+    perQueue: true,
+    series: { '': [QC.bound] },
   },
   {
     name: 'nfqlb_enobufs_total',
     help: 'Socket receive-buffer overflows (the kernel dropped packets for us; updated every second)',
-    type: 'counter', perQueue: true, series: { '': [QC.enobufs] },
+    type: 'counter',
+    perQueue: true,
+    series: { '': [QC.enobufs] },
   },
   {
     name: 'nfqlb_drops_total',
@@ -75,11 +81,14 @@ export const CONNTRACK_METRICS: readonly QueueMetric[] = [
   {
     name: 'nfqlb_conntrack_entries',
     help: 'Flow table entries in use (--conntrack)',
-    type: 'gauge', perQueue: true, series: { '': [CT(CT_STAT.ENTRIES)] },
+    type: 'gauge',
+    perQueue: true,
+    series: { '': [CT(CT_STAT.ENTRIES)] },
   },
   {
     name: 'nfqlb_conntrack_lookups_total',
-    help: 'Flow table lookups by result: hit (recorded target), miss_syn (new TCP connection), ' +
+    help:
+      'Flow table lookups by result: hit (recorded target), miss_syn (new TCP connection), ' +
       'miss_non_syn (TCP flow not in the table), miss_other (new flow of another protocol)',
     type: 'counter',
     label: 'result',
@@ -93,18 +102,21 @@ export const CONNTRACK_METRICS: readonly QueueMetric[] = [
   {
     name: 'nfqlb_conntrack_draining_total',
     help: 'Packets sent to a draining (deactivated) target by their flow entry',
-    type: 'counter', series: { '': [CT(CT_STAT.DRAINING)] },
+    type: 'counter',
+    series: { '': [CT(CT_STAT.DRAINING)] },
   },
   {
     name: 'nfqlb_conntrack_evictions_total',
     help: 'Live flow entries evicted for a new flow (full bucket)',
-    type: 'counter', series: { '': [CT(CT_STAT.EVICTIONS)] },
+    type: 'counter',
+    series: { '': [CT(CT_STAT.EVICTIONS)] },
   },
   { name: 'nfqlb_conntrack_expired_total', help: 'Flow entries that timed out', type: 'counter', series: { '': [CT(CT_STAT.EXPIRED)] } },
   {
     name: 'nfqlb_conntrack_no_room_total',
     help: 'New flows not recorded (bucket full of recent flows): balanced statelessly',
-    type: 'counter', series: { '': [CT(CT_STAT.NO_ROOM)] },
+    type: 'counter',
+    series: { '': [CT(CT_STAT.NO_ROOM)] },
   },
 ];
 
@@ -136,7 +148,7 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
       for (const [value, words] of Object.entries(m.series)) {
         const labels: Record<string, string> = m.label === undefined ? {} : { [m.label]: value };
         if (!m.perQueue) put(labels, sum(words));
-        else blocks.forEach((b, i) => put({ ...labels, queue: String(src.queues[i]) }, sum(words, b)));
+        else for (const [i, b] of blocks.entries()) put({ ...labels, queue: String(src.queues[i]) }, sum(words, b));
       }
     };
     if (m.type === 'counter') counter(registry, m.name, m.help, labelNames, fill);
@@ -182,13 +194,34 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
     }
   };
   const activeCount = (t: TargetTable) => t.active.reduce((n, fw) => n + (fw >= 0 ? 1 : 0), 0);
-  gauge(registry, 'nfqlb_targets_active', 'Active targets in the table', ['table'],
-    perTable((t) => (t.follower ? activeCount(t.follower.table) : null)));
-  gauge(registry, 'nfqlb_table_size', 'Maglev lookup table size M', ['table'], perTable((t) => t.follower?.table.M ?? null));
-  counter(registry, 'nfqlb_table_changes_total', 'Changes of the active targets seen (polled every second; init counts as one)', ['table'],
-    perTable((t) => t.changes));
-  gauge(registry, 'nfqlb_table_last_change_seconds', 'Unix time of the last change seen (or when the lb first read the table)', ['table'],
-    perTable((t) => t.lastChange));
+  gauge(
+    registry,
+    'nfqlb_targets_active',
+    'Active targets in the table',
+    ['table'],
+    perTable((t) => (t.follower ? activeCount(t.follower.table) : null)),
+  );
+  gauge(
+    registry,
+    'nfqlb_table_size',
+    'Maglev lookup table size M',
+    ['table'],
+    perTable((t) => t.follower?.table.M ?? null),
+  );
+  counter(
+    registry,
+    'nfqlb_table_changes_total',
+    'Changes of the active targets seen (polled every second; init counts as one)',
+    ['table'],
+    perTable((t) => t.changes),
+  );
+  gauge(
+    registry,
+    'nfqlb_table_last_change_seconds',
+    'Unix time of the last change seen (or when the lb first read the table)',
+    ['table'],
+    perTable((t) => t.lastChange),
+  );
   const timer = setInterval(() => watch.poll(), TABLE_POLL_MS);
   timer.unref();
 
@@ -211,7 +244,10 @@ type Put = (labels: Record<string, string>, v: number) => void;
 // prom-client metrics filled at scrape time: reset, then one value per series.
 function counter(registry: Registry, name: string, help: string, labelNames: string[], fill: (put: Put) => void): void {
   new Counter({
-    name, help, labelNames, registers: [registry],
+    name,
+    help,
+    labelNames,
+    registers: [registry],
     collect() {
       this.reset();
       fill((labels, v) => this.inc(labels, v));
@@ -221,7 +257,10 @@ function counter(registry: Registry, name: string, help: string, labelNames: str
 
 function gauge(registry: Registry, name: string, help: string, labelNames: string[], fill: (put: Put) => void): void {
   new Gauge({
-    name, help, labelNames, registers: [registry],
+    name,
+    help,
+    labelNames,
+    registers: [registry],
     collect() {
       this.reset();
       fill((labels, v) => this.set(labels, v));

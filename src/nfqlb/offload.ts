@@ -10,12 +10,12 @@
 // swapped in at once, so a packet never sees half a table.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadAddon, packageRoot } from '../native.js';
 import { parseAddress, toKeyAddress } from '../address.js';
-import { sameInt32, type TargetTable } from '../target-table.js';
-import { NFQLB_TABLE, TableFollower } from '../target-store.js';
-import { UsageError } from '../usage-error.js';
 import { log } from '../log.js';
+import { loadAddon, packageRoot } from '../native.js';
+import { NFQLB_TABLE, TableFollower } from '../target-store.js';
+import { sameInt32, type TargetTable } from '../target-table.js';
+import { UsageError } from '../usage-error.js';
 import type { Compat } from './compat.js';
 
 /** The program's name in the kernel (`bpftool prog`, leftover checks). */
@@ -111,7 +111,11 @@ export class Offload {
    * replaceable so the table-following logic can be tested without the kernel.
    */
   static start(
-    o: OffloadOptions, targetTable: string, hashMode: number, sctpEncapPort: number, addon: TcOffloadAddon = offloadAddon(),
+    o: OffloadOptions,
+    targetTable: string,
+    hashMode: number,
+    sctpEncapPort: number,
+    addon: TcOffloadAddon = offloadAddon(),
   ): Offload {
     for (const dev of o.devs) {
       if (deviceType(dev) !== ARPHRD_ETHER) throw new UsageError(`--offload: ${dev} is not an Ethernet device`);
@@ -120,7 +124,10 @@ export class Offload {
       const ours = addon.tcxIngress(dev).find((p) => p.name === OFFLOAD_PROGRAM);
       // tcx links end with their process, so this is a live lb (or a link someone pinned).
       if (ours !== undefined) {
-        throw new Error(`--offload: ${dev} already has an offload program at tc ingress (BPF prog id ${ours.id}): another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf`);
+        throw new Error(
+          `--offload: ${dev} already has an offload program at tc ingress (BPF prog id ${ours.id}): ` +
+            "another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf",
+        );
       }
     }
     const program = new addon.TcOffload(offloadObjectFile(), hashMode, sctpEncapPort);

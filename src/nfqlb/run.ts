@@ -4,28 +4,28 @@
 // see announce.ts), the fragment statistics file, the trace server, the metrics endpoint and
 // (flowlb) the flow server.
 import { Worker } from 'node:worker_threads';
-import { UsageError } from '../usage-error.js';
-import type { MetricsAddress } from '../metrics.js';
 import { log } from '../log.js';
-import { NfQueue, kernelQueueStats } from '../nfqueue.js';
-import { openShm, publishShm } from '../shm.js';
-import type { TargetTable } from '../target-table.js';
-import { NFQLB_TABLE, TableFollower, TargetStore } from '../target-store.js';
-import { FragTable, FRAG_STAT, FRAG_STATS_BYTES } from './frag-table.js';
-import { Tun } from './tun.js';
-import { Tracer } from './tracer.js';
-import { claimLogConfig, followLogLevel, openLogConfig } from './log-level.js';
-import { startTraceServer } from './trace-server.js';
-import { Balancer, SingleTable, serveQueue, type TargetSelector } from './balancer.js';
-import { FlowSelector, MAX_FLOW_SLOTS, type FlowSpec } from './flow-table.js';
-import { FlowServer } from './flow-server.js';
-import { compatOffload, Offload, type OffloadOptions } from './offload.js';
-import { Announcement } from './announce.js';
-import { QUEUE_COUNTER, QueueCounters } from './counters.js';
+import type { MetricsAddress } from '../metrics.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
-import { registerNfqlbMetrics } from './metrics.js';
-import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
+import { kernelQueueStats, NfQueue } from '../nfqueue.js';
+import { openShm, publishShm } from '../shm.js';
+import { NFQLB_TABLE, TableFollower, TargetStore } from '../target-store.js';
+import type { TargetTable } from '../target-table.js';
+import { UsageError } from '../usage-error.js';
+import { Announcement } from './announce.js';
+import { Balancer, SingleTable, serveQueue, type TargetSelector } from './balancer.js';
 import type { Compat } from './compat.js';
+import { ConnTrack, type ConnTrackTimeouts } from './conntrack.js';
+import { QUEUE_COUNTER, QueueCounters } from './counters.js';
+import { FlowServer } from './flow-server.js';
+import { FlowSelector, type FlowSpec, MAX_FLOW_SLOTS } from './flow-table.js';
+import { FRAG_STAT, FRAG_STATS_BYTES, FragTable } from './frag-table.js';
+import { claimLogConfig, followLogLevel, openLogConfig } from './log-level.js';
+import { registerNfqlbMetrics } from './metrics.js';
+import { compatOffload, Offload, type OffloadOptions } from './offload.js';
+import { startTraceServer } from './trace-server.js';
+import { Tracer } from './tracer.js';
+import { Tun } from './tun.js';
 
 /**
  * What `nfqlb lb` and `nfqlb flowlb` run with. The CLI (cli/nfqlb.ts) maps the reference's
@@ -132,9 +132,10 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
   const tracer = new Tracer(openLogConfig(), ctx.traceSink);
   const counters = new QueueCounters(ctx.counters, ctx.statsIndex);
   const ct = o.conntrack;
-  const conntrack = ct === undefined
-    ? null
-    : new ConnTrack({ size: ct.entries, timeouts: ct.timeouts, now: performance.now(), counters: counters.conntrackCounters() });
+  const conntrack =
+    ct === undefined
+      ? null
+      : new ConnTrack({ size: ct.entries, timeouts: ct.timeouts, now: performance.now(), counters: counters.conntrackCounters() });
   // With conntrack, each target table comes with its drain list.
   const withDrain = (name: string, t: TargetTable): TargetTable => {
     conntrack?.attachDrain(t, TargetStore.drainList(name));
@@ -145,9 +146,8 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       ? new FlowSelector({
           promiscuousPing: o.flow?.promiscuousPing ?? false,
           tracer,
-          counters: ctx.flowCounters === null
-            ? undefined
-            : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
+          counters:
+            ctx.flowCounters === null ? undefined : new Float64Array(ctx.flowCounters, ctx.statsIndex * MAX_FLOW_SLOTS * 8, MAX_FLOW_SLOTS),
           openTable: (name) => withDrain(name, TargetStore.open(NFQLB_TABLE, name).table),
         })
       : null;
@@ -203,8 +203,17 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
     copyNative();
   }, 1000);
   const ctSize = conntrack === null ? undefined : { entries: conntrack.capacity, bytes: ConnTrack.byteLength(conntrack.capacity) };
-  log.info({ queue: ctx.queue, tshm: o.targetTable ?? undefined, lbshm: o.tierTable ?? undefined, tun: o.tun ?? undefined,
-    copyRange: queue.copyRange, conntrack: ctSize }, 'serving queue');
+  log.info(
+    {
+      queue: ctx.queue,
+      tshm: o.targetTable ?? undefined,
+      lbshm: o.tierTable ?? undefined,
+      tun: o.tun ?? undefined,
+      copyRange: queue.copyRange,
+      conntrack: ctSize,
+    },
+    'serving queue',
+  );
   return {
     balancer,
     setFlows: flows === null ? undefined : (specs, traceSpecs) => flows.setFlows(specs, traceSpecs),
@@ -214,8 +223,10 @@ export function startQueue(o: LbOptions, ctx: QueueContext): QueueHandle {
       counters.counters[QUEUE_COUNTER.bound] = 0;
       copyNative();
       // The addon's packets and batches win: ours are counted only with --metrics.
-      log.info({ queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(),
-        kernel: kernelQueueStats(ctx.queue) }, 'queue closed');
+      log.info(
+        { queue: ctx.queue, ...counters.record(), conntrack: conntrack?.stats(), ...queue.stats(), kernel: kernelQueueStats(ctx.queue) },
+        'queue closed',
+      );
     },
   };
 }
@@ -265,10 +276,12 @@ export async function runLb(o: LbOptions): Promise<number> {
   const flowCounters = o.targetTable === null ? new SharedArrayBuffer(o.queues.length * MAX_FLOW_SLOTS * 8) : null;
   const counters = flowCounters === null ? null : new Float64Array(flowCounters);
   let flowServer: FlowServer | null = null;
-  const metrics = !o.metrics ? null : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
-    tun?.close();
-    throw e;
-  });
+  const metrics = !o.metrics
+    ? null
+    : await startMetrics(o, o.metrics, counterBlocks, () => flowServer).catch((e: unknown) => {
+        tun?.close();
+        throw e;
+      });
   // Checked and attached before anything else is created (a kernel that dies with us detaches it).
   const offloadOptions = compatOffload(o.offload, o.compat);
   const offload = offloadOptions === undefined ? null : Offload.start(offloadOptions, o.targetTable!, o.hashMode, o.sctpEncapPort);
@@ -303,7 +316,8 @@ export async function runLb(o: LbOptions): Promise<number> {
       }
     } else {
       const workers = o.queues.map((queue, statsIndex) =>
-        startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink));
+        startWorker(o, { queue, statsIndex, tunFd, flowCounters, counters: counterBlocks }, traceSink),
+      );
       const all = Promise.all(workers.map((w) => w.done));
       // A worker that fails (e.g. its queue is taken) ends the whole lb, releasing the other queues.
       const fail = (e: Error) => {
@@ -313,7 +327,14 @@ export async function runLb(o: LbOptions): Promise<number> {
       try {
         if (o.announce !== null) announcement = Announcement.open(o.announce.device);
         if (counters !== null) {
-          flowServer = await FlowServer.start((s, t) => workers.forEach((w) => w.setFlows(s, t)), tracer, counters, flowOptions);
+          flowServer = await FlowServer.start(
+            (s, t) => {
+              for (const w of workers) w.setFlows(s, t);
+            },
+            tracer,
+            counters,
+            flowOptions,
+          );
         }
         await Promise.race([stopped, all]).catch(fail);
       } finally {
@@ -335,7 +356,10 @@ export async function runLb(o: LbOptions): Promise<number> {
 
 /** Listens on --metrics before any queue is bound, so a bad address changes nothing. */
 async function startMetrics(
-  o: LbOptions, address: MetricsAddress, counters: SharedArrayBuffer, flowServer: () => FlowServer | null,
+  o: LbOptions,
+  address: MetricsAddress,
+  counters: SharedArrayBuffer,
+  flowServer: () => FlowServer | null,
 ): Promise<MetricsServer> {
   const flows = () => flowServer()?.flows.all() ?? [];
   const registry = newRegistry();
@@ -349,9 +373,13 @@ async function startMetrics(
       return [...new Set(names)];
     },
     // '#' flows are internal (the UDP side of an SCTP encapsulation).
-    flows: o.targetTable !== null
-      ? undefined
-      : () => flows().filter((f) => !f.name.startsWith('#')).map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
+    flows:
+      o.targetTable !== null
+        ? undefined
+        : () =>
+            flows()
+              .filter((f) => !f.name.startsWith('#'))
+              .map((f) => ({ name: f.name, matches: flowServer()!.count(f.slot) })),
   });
   try {
     return await MetricsServer.start(address, registry, health, stop);

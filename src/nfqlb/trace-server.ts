@@ -4,9 +4,9 @@
 // a client whose first line is `auth:<control key>`.
 import { createServer, type Server, type Socket } from 'node:net';
 import { log } from '../log.js';
-import { DEFAULT_TRACE_ADDRESS, formatControlAddress, parseControlAddress, socketOptions, type ControlAddress } from './control-address.js';
-import { checkListenAddress, keyMatches, peerOf, serverKey, unixRefusal, type Peer } from './control-auth.js';
 import { auditChange, auditRefusal } from './audit.js';
+import { type ControlAddress, DEFAULT_TRACE_ADDRESS, formatControlAddress, parseControlAddress, socketOptions } from './control-address.js';
+import { checkListenAddress, keyMatches, type Peer, peerOf, serverKey, unixRefusal } from './control-auth.js';
 import { MASK_WORD } from './tracer.js';
 
 /**
@@ -45,11 +45,17 @@ export class TraceServer {
     const peer = peerOf(c, this.address);
     const refuse = (reason: string) => {
       auditRefusal(peer, { channel: 'trace' }, `trace channel: refused: ${reason}`);
-      c.end(JSON.stringify({ error: `refused: ${reason}` }) + '\n');
+      c.end(`${JSON.stringify({ error: `refused: ${reason}` })}\n`);
     };
     const refusal = unixRefusal(peer, this.address);
-    if (refusal !== null) return refuse(refusal);
-    if (this.key === null) return this.admit(c, peer);
+    if (refusal !== null) {
+      refuse(refusal);
+      return;
+    }
+    if (this.key === null) {
+      this.admit(c, peer);
+      return;
+    }
     // tcp: the first line must be the key.
     let first = '';
     c.setTimeout(5000, () => {
@@ -73,7 +79,7 @@ export class TraceServer {
 
   private admit(c: Socket, peer: Peer): void {
     if (this.client !== null) {
-      c.end(JSON.stringify({ error: 'another trace client is connected' }) + '\n');
+      c.end(`${JSON.stringify({ error: 'another trace client is connected' })}\n`);
       return;
     }
     this.client = c;
@@ -95,7 +101,7 @@ export class TraceServer {
 
   write(line: string): void {
     // A slow reader loses lines rather than growing our memory without bound.
-    if (this.client !== null && this.client.writableLength < 1 << 20) this.client.write(line + '\n');
+    if (this.client !== null && this.client.writableLength < 1 << 20) this.client.write(`${line}\n`);
   }
 
   close(): Promise<void> {
@@ -110,24 +116,37 @@ export class TraceServer {
  * and when that is taken too it runs without a trace server; each says so once. An address
  * the operator chose must be free.
  */
-export async function startTraceServer(addressText: string, queues: readonly number[], config: Int32Array, allowRemote = false): Promise<TraceServer | null> {
+export async function startTraceServer(
+  addressText: string,
+  queues: readonly number[],
+  config: Int32Array,
+  allowRemote = false,
+): Promise<TraceServer | null> {
   const address = parseControlAddress(addressText);
   try {
     return await TraceServer.start(address, config, allowRemote);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
     if (addressText !== DEFAULT_TRACE_ADDRESS) {
-      throw Object.assign(new Error(`--trace_address=${addressText} is taken (another lb in this network namespace?)`), { code: 'EADDRINUSE' });
+      throw Object.assign(new Error(`--trace_address=${addressText} is taken (another lb in this network namespace?)`), {
+        code: 'EADDRINUSE',
+      });
     }
   }
   const own = parseControlAddress(`${DEFAULT_TRACE_ADDRESS}-${queues[0]}`);
   try {
     const ts = await TraceServer.start(own, config);
-    log.warn({ traceAddress: formatControlAddress(own) }, `${DEFAULT_TRACE_ADDRESS} is taken by another lb in this network namespace: trace this one with --trace_address=${formatControlAddress(own)}`);
+    log.warn(
+      { traceAddress: formatControlAddress(own) },
+      `${DEFAULT_TRACE_ADDRESS} is taken by another lb in this network namespace: ` +
+        `trace this one with --trace_address=${formatControlAddress(own)}`,
+    );
     return ts;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
-    log.warn(`${DEFAULT_TRACE_ADDRESS} and ${formatControlAddress(own)} are taken: this lb runs without a trace server (give it --trace_address)`);
+    log.warn(
+      `${DEFAULT_TRACE_ADDRESS} and ${formatControlAddress(own)} are taken: this lb runs without a trace server (give it --trace_address)`,
+    );
     return null;
   }
 }

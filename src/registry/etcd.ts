@@ -10,11 +10,22 @@
 //   - the config is the one it read (deleting it is no change to the range compare), and
 //   - the slot key does not exist (create revision 0).
 // So the fwmark check needs no second key that every writer of the data model must keep in step.
-import type { Etcd3, IKeyValue, ICompare, IRequestOp, ITxnResponse } from 'etcd3';
+import type { Etcd3, ICompare, IKeyValue, IRequestOp, ITxnResponse } from 'etcd3';
 import { UsageError } from '../usage-error.js';
 import {
-  checkConfig, checkTarget, chooseSlot, desiredSet, fwmarkIn, newTarget, withState,
-  type DesiredSet, type RawEntry, type ServiceConfig, type ServiceKeys, type Snapshot, type TargetState,
+  checkConfig,
+  checkTarget,
+  chooseSlot,
+  type DesiredSet,
+  desiredSet,
+  fwmarkIn,
+  newTarget,
+  type RawEntry,
+  type ServiceConfig,
+  type ServiceKeys,
+  type Snapshot,
+  type TargetState,
+  withState,
 } from './model.js';
 
 type EtcdModule = typeof import('etcd3');
@@ -33,7 +44,10 @@ export type RegistryErrorCode = 'EUNREACHABLE' | 'EAUTH' | 'EACCES' | 'EEXIST' |
 
 /** A failure of the registry or of etcd (not of the caller's input: that is a UsageError). */
 export class RegistryError extends Error {
-  constructor(readonly code: RegistryErrorCode, message: string) {
+  constructor(
+    readonly code: RegistryErrorCode,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -112,14 +126,21 @@ function backoff(attempt: number): Promise<void> {
 }
 
 export class Registry {
-  private constructor(private readonly etcd: Etcd3, private readonly mod: EtcdModule, private readonly o: EtcdOptions) {}
+  private constructor(
+    private readonly etcd: Etcd3,
+    private readonly mod: EtcdModule,
+    private readonly o: EtcdOptions,
+  ) {}
 
   /** A client; nothing is sent until the first request, which is where a bad endpoint or password shows. */
   static async connect(o: EtcdOptions): Promise<Registry> {
     const mod = await import('etcd3');
     // grpc takes a null CA for "the system's roots"; etcd3's type says Buffer.
-    const credentials = o.tls && { rootCertificate: o.tls.ca as Buffer, privateKey: o.tls.key ?? undefined,
-      certChain: o.tls.cert ?? undefined };
+    const credentials = o.tls && {
+      rootCertificate: o.tls.ca as Buffer,
+      privateKey: o.tls.key ?? undefined,
+      certChain: o.tls.cert ?? undefined,
+    };
     const etcd = new mod.Etcd3({
       hosts: o.endpoints,
       ...(credentials ? { credentials } : {}),
@@ -182,11 +203,21 @@ export class Registry {
           : new RegistryError('EEXIST', `slot ${o.slot} is taken (${keys.target(o.slot)})`);
       }
       const key = keys.target(slot);
-      const r = await this.txn('register', [
-        { key: utf8(keys.dir), range_end: prefixEnd(keys.dir), target: 'Mod', result: 'Less', mod_revision: snap.revision + 1 } as ICompare,
-        { key: utf8(keys.config), target: 'Mod', result: 'Equal', mod_revision: configEntry.modRevision },
-        { key: utf8(key), target: 'Create', result: 'Equal', create_revision: 0 },
-      ], [{ request_put: { key: utf8(key), value: utf8(newTarget(fwmark, o.name ?? null, Date.now())), lease: o.lease ?? '0' } }]);
+      const r = await this.txn(
+        'register',
+        [
+          {
+            key: utf8(keys.dir),
+            range_end: prefixEnd(keys.dir),
+            target: 'Mod',
+            result: 'Less',
+            mod_revision: snap.revision + 1,
+          } as ICompare,
+          { key: utf8(keys.config), target: 'Mod', result: 'Equal', mod_revision: configEntry.modRevision },
+          { key: utf8(key), target: 'Create', result: 'Equal', create_revision: 0 },
+        ],
+        [{ request_put: { key: utf8(key), value: utf8(newTarget(fwmark, o.name ?? null, Date.now())), lease: o.lease ?? '0' } }],
+      );
       return r.succeeded ? { slot, fwmark, key, revision: Number(r.header.revision) } : undefined;
     });
   }
@@ -229,8 +260,12 @@ export class Registry {
    * and onError when the watch stream fails (the client reconnects it; a follower re-reads
    * then, since watchers have been seen to go silent after reconnects). Resolves to a stop function.
    */
-  async watch(keys: ServiceKeys, afterRevision: number, onChange: (revision: number) => void, onError: (e: Error) => void):
-    Promise<() => Promise<void>> {
+  async watch(
+    keys: ServiceKeys,
+    afterRevision: number,
+    onChange: (revision: number) => void,
+    onError: (e: Error) => void,
+  ): Promise<() => Promise<void>> {
     const from = String(afterRevision + 1);
     const w = await this.call('watch', () => this.etcd.watch().prefix(keys.dir).startRevision(from).create());
     w.on('data', (res) => {
@@ -243,8 +278,9 @@ export class Registry {
 
   private find(keys: ServiceKeys, snap: Snapshot, sel: Selector): RawEntry {
     const targets = snap.entries.filter((e) => e.key.startsWith(keys.targets));
-    const matches = targets.filter((e) =>
-      (sel.slot === undefined || e.key === keys.target(sel.slot)) && (sel.fwmark === undefined || fwmarkIn(e.value) === sel.fwmark));
+    const matches = targets.filter(
+      (e) => (sel.slot === undefined || e.key === keys.target(sel.slot)) && (sel.fwmark === undefined || fwmarkIn(e.value) === sel.fwmark),
+    );
     if (matches.length === 0) {
       const what = [sel.slot === undefined ? '' : `at slot ${sel.slot}`, sel.fwmark === undefined ? '' : `with fwmark ${sel.fwmark}`];
       throw new RegistryError('ENOENT', `service '${keys.service}' has no target ${what.filter((w) => w).join(' ')}`);

@@ -8,8 +8,9 @@
 // A bad key is rejected alone, with a reason, and the rest applies: one broken writer must not
 // take a tier's other targets down. Every rule depends only on what etcd holds (never on the
 // order a reader saw changes in), so every LB rejects the same keys and builds the same table.
-import { UsageError } from '../usage-error.js';
+
 import { TargetTable } from '../target-table.js';
+import { UsageError } from '../usage-error.js';
 
 export const DEFAULT_PREFIX = '/tslb';
 /** The largest fwmark (the kernel's mark is 32 bits; nfqlb's table holds int32, -1 is "none"). */
@@ -80,7 +81,10 @@ export class ServiceKeys {
   readonly config: string;
   readonly targets: string;
 
-  constructor(readonly prefix: string, readonly service: string) {
+  constructor(
+    readonly prefix: string,
+    readonly service: string,
+  ) {
     if (!PREFIX_RE.test(prefix)) throw new UsageError(`--prefix: '${prefix}' is not /name[/name...] (letters, digits, _.-)`);
     if (!NAME_RE.test(service)) throw new UsageError(`--service: '${service}' is not a name (letters, digits, _.-, at most 64)`);
     this.dir = `${prefix}/${service}/`;
@@ -207,8 +211,11 @@ export function desiredSet(keys: ServiceKeys, snap: Snapshot): DesiredSet {
   for (const { createRevision, ...t } of valid) {
     const first = holder.get(t.fwmark);
     if (first) {
-      rejected.push({ key: t.key, reason: `fwmark ${t.fwmark} is also at slot ${first.slot}, which had it first`,
-        value: shown(snap.entries.find((e) => e.key === t.key)!.value) });
+      rejected.push({
+        key: t.key,
+        reason: `fwmark ${t.fwmark} is also at slot ${first.slot}, which had it first`,
+        value: shown(snap.entries.find((e) => e.key === t.key)!.value),
+      });
       continue;
     }
     holder.set(t.fwmark, t);

@@ -6,8 +6,8 @@
 // sidecar lives (etcd unreachable for longer than the TTL), it registers again, on the same
 // slot when that is still free.
 import { log } from '../log.js';
-import type { ServiceKeys } from './model.js';
 import type { Claim, HeldLease, Registry } from './etcd.js';
+import type { ServiceKeys } from './model.js';
 
 export interface HoldOptions {
   fwmark: number;
@@ -75,7 +75,9 @@ async function reclaim(reg: Registry, keys: ServiceKeys, o: HoldOptions, prefer:
       return await claimWithLease(reg, keys, o, prefer);
     } catch (e) {
       // One line per distinct failure, not one a second.
-      if ((e as Error).message !== said) log.warn({ err: (said = (e as Error).message) }, 'registering again failed: retrying');
+      const err = (e as Error).message;
+      if (err !== said) log.warn({ err }, 'registering again failed: retrying');
+      said = err;
     }
     if ((await Promise.race([stopped, delay(RETRY_MS)])) === 'stop') return 'stop';
   }

@@ -3,8 +3,8 @@
 // (layer-2 direct server return). Allocation-free; never throws on frame bytes.
 import { HASH_MODE_SCTP_PORTS, packetAddressHash, packetHash } from '../hash.js';
 import { PacketInfo, parsePacket } from '../packet.js';
-import { completePartialChecksum } from './checksum.js';
 import type { TargetTable } from '../target-table.js';
+import { completePartialChecksum } from './checksum.js';
 import type { XdpTable } from './table.js';
 import { VERDICT_DROP, VERDICT_TX } from './xsk.js';
 

@@ -2,8 +2,8 @@
 // AF_XDP sockets' (ours and the kernel's XDP_STATISTICS) when Prometheus scrapes.
 import { existsSync } from 'node:fs';
 import { Counter, type Registry } from 'prom-client';
-import { shmPath } from '../shm.js';
 import type { HealthCheck } from '../metrics.js';
+import { shmPath } from '../shm.js';
 import type { ForwarderCounters } from './forwarder.js';
 import type { XskStats } from './xsk.js';
 
@@ -16,9 +16,17 @@ export interface MeteredXdpLb {
 
 /** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
 export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | null, shm: string): HealthCheck {
-  const counter = (name: string, help: string, labelNames: string[], fill: (l: MeteredXdpLb, put: (labels: Record<string, string>, v: number) => void) => void) =>
+  const counter = (
+    name: string,
+    help: string,
+    labelNames: string[],
+    fill: (l: MeteredXdpLb, put: (labels: Record<string, string>, v: number) => void) => void,
+  ) =>
     new Counter({
-      name, help, labelNames, registers: [registry],
+      name,
+      help,
+      labelNames,
+      registers: [registry],
       collect() {
         this.reset();
         const l = lb();
@@ -35,16 +43,21 @@ export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | 
       if (n > 0) put({ target: String(i) }, n);
     });
   });
-  counter('xdplb_drops_total', 'Frames dropped, by reason (rx_ring_full, rx_dropped, rx_invalid, tx_invalid: the kernel\'s counts)', ['reason'], (l, put) => {
-    const s = l.stats();
-    put({ reason: 'no_target' }, s.noTarget);
-    put({ reason: 'parse_error' }, s.malformed);
-    put({ reason: 'tx_ring_full' }, s.txRingFull);
-    put({ reason: 'rx_ring_full' }, s.kernelRxRingFull ?? 0);
-    put({ reason: 'rx_dropped' }, s.kernelRxDropped ?? 0);
-    put({ reason: 'rx_invalid' }, s.kernelRxInvalid ?? 0);
-    put({ reason: 'tx_invalid' }, s.kernelTxInvalid ?? 0);
-  });
+  counter(
+    'xdplb_drops_total',
+    "Frames dropped, by reason (rx_ring_full, rx_dropped, rx_invalid, tx_invalid: the kernel's counts)",
+    ['reason'],
+    (l, put) => {
+      const s = l.stats();
+      put({ reason: 'no_target' }, s.noTarget);
+      put({ reason: 'parse_error' }, s.malformed);
+      put({ reason: 'tx_ring_full' }, s.txRingFull);
+      put({ reason: 'rx_ring_full' }, s.kernelRxRingFull ?? 0);
+      put({ reason: 'rx_dropped' }, s.kernelRxDropped ?? 0);
+      put({ reason: 'rx_invalid' }, s.kernelRxInvalid ?? 0);
+      put({ reason: 'tx_invalid' }, s.kernelTxInvalid ?? 0);
+    },
+  );
   counter('xdplb_fill_ring_empty_total', 'Times the kernel found the fill ring empty (frames then count as rx_dropped)', [], (l, put) => {
     put({}, l.stats().kernelFillRingEmpty ?? 0);
   });

@@ -1,15 +1,15 @@
 // `xdplb lb`: the XDP program on the ingress device sends VIP frames to an AF_XDP socket;
 // each batch is decided in TypeScript (FrameForwarder) and sent on the egress device
 // through a second socket on the same UMEM. Non-VIP traffic goes to the kernel.
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { log } from '../log.js';
-import { TableFollower, TargetStore } from '../target-store.js';
-import { FrameForwarder, type ForwarderCounters } from './forwarder.js';
-import { XDPLB_TABLE, XdpTable, parseMac, vipText } from './table.js';
-import { xskAddon, type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats } from './xsk.js';
 import type { MetricsAddress } from '../metrics.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
+import { TableFollower, TargetStore } from '../target-store.js';
+import { type ForwarderCounters, FrameForwarder } from './forwarder.js';
 import { registerXdpMetrics } from './metrics.js';
+import { parseMac, vipText, XDPLB_TABLE, type XdpTable } from './table.js';
+import { type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats, xskAddon } from './xsk.js';
 
 export interface XdpLbOptions {
   idev: string;
@@ -70,7 +70,7 @@ export class XdpLb {
     return new XdpLb(o);
   }
 
-  private constructor(private readonly o: XdpLbOptions) {
+  private constructor(o: XdpLbOptions) {
     if (o.vips.length > 0) TargetStore.open(XDPLB_TABLE, o.shm, true).table.addVips(o.vips);
     this.follower = new TableFollower(XDPLB_TABLE, o.shm);
     const srcMac = deviceMac(o.edev);
@@ -175,7 +175,11 @@ export async function runXdpLb(o: XdpLbOptions): Promise<number> {
   let metrics: MetricsServer | null = null;
   if (o.metrics) {
     const registry = newRegistry();
-    metrics = await MetricsServer.start(o.metrics, registry, registerXdpMetrics(registry, () => started, o.shm));
+    metrics = await MetricsServer.start(
+      o.metrics,
+      registry,
+      registerXdpMetrics(registry, () => started, o.shm),
+    );
   }
   let lb: XdpLb;
   try {
@@ -192,4 +196,3 @@ export async function runXdpLb(o: XdpLbOptions): Promise<number> {
   await metrics?.close();
   return 0;
 }
-

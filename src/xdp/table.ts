@@ -9,9 +9,10 @@
 //   ...   uint8 mac[N][8]           target i's MAC in bytes 0..5, 8-aligned
 // The Maglev part reuses nfqlb's table, so lookups are bit-identical to nfqlb's for the
 // same active slots, and a change never exposes a half-built lookup to the lb.
-import { TargetTable } from '../target-table.js';
-import type { TableKind } from '../target-store.js';
+
 import { formatAddress, parseAddress, toKeyAddress } from '../address.js';
+import type { TableKind } from '../target-store.js';
+import { TargetTable } from '../target-table.js';
 
 export const XDPLB_M = 997;
 export const XDPLB_N = 20;
@@ -168,7 +169,7 @@ export class XdpTable {
     if (before.length === keys.length && before.every((k, i) => keyHex(k) === keyHex(keys[i]!))) return false;
     // A reader takes the list only when the generation is the same before and after reading.
     this.header.setUint32(OFF_VIP_GEN, (this.vipGeneration + 1) >>> 0, true);
-    keys.forEach((k, i) => this.vipBytes.set(k, i * VIP_BYTES));
+    for (const [i, k] of keys.entries()) this.vipBytes.set(k, i * VIP_BYTES);
     this.vipBytes.fill(0, keys.length * VIP_BYTES);
     this.header.setUint32(OFF_VIP_COUNT, keys.length, true);
     this.header.setUint32(OFF_VIP_GEN, (this.vipGeneration + 1) >>> 0, true);

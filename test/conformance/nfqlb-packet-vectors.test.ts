@@ -7,13 +7,13 @@
 // Both modes print their match counts per class.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { TargetTable } from '../../src/target-table.js';
-import { FragTable } from '../../src/nfqlb/frag-table.js';
-import { Balancer, SingleTable, type TargetSelector } from '../../src/nfqlb/balancer.js';
-import { FlowSelector, FlowSet } from '../../src/nfqlb/flow-table.js';
-import type { Compat } from '../../src/nfqlb/compat.js';
-import { PacketInfo, parsePacket, PARSE_CORRECT, PARSE_NFQLB } from '../../src/packet.js';
 import { packetHash } from '../../src/hash.js';
+import { Balancer, SingleTable, type TargetSelector } from '../../src/nfqlb/balancer.js';
+import type { Compat } from '../../src/nfqlb/compat.js';
+import { FlowSelector, FlowSet } from '../../src/nfqlb/flow-table.js';
+import { FragTable } from '../../src/nfqlb/frag-table.js';
+import { PARSE_CORRECT, PARSE_NFQLB, PacketInfo, parsePacket } from '../../src/packet.js';
+import { TargetTable } from '../../src/target-table.js';
 
 interface Vector {
   case: string;
@@ -166,8 +166,10 @@ function report(mode: string, outcomes: Outcome[]): void {
     const same = all.filter(sameAsReference).length;
     const forwardedNotDropped = all.filter((o) => !sameAsReference(o) && o.v.fwmark < 0 && o.fwmark >= 0).length;
     const other = all.length - same - forwardedNotDropped;
-    return `  ${klass.padEnd(40)} ${String(all.length).padStart(4)} packets ${String(same).padStart(4)} same` +
-      `${String(forwardedNotDropped).padStart(4)} forwarded where the reference drops ${String(other).padStart(4)} differ`;
+    return (
+      `  ${klass.padEnd(40)} ${String(all.length).padStart(4)} packets ${String(same).padStart(4)} same` +
+      `${String(forwardedNotDropped).padStart(4)} forwarded where the reference drops ${String(other).padStart(4)} differ`
+    );
   });
   const total = outcomes.filter(sameAsReference).length;
   console.log(`nfqlb packet vectors, ${mode}: ${total}/${outcomes.length} get the reference's fwmark and hash\n${lines.join('\n')}`);

@@ -78,11 +78,20 @@ function expectedFile(init: State, state: State): Uint8Array {
   view.setUint32(8, N, true);
   view.setUint32(12, init.len ?? 0, true);
   let at = 16;
-  for (const v of state.lookup) (view.setInt32(at, v, true), (at += 4));
-  for (const { offset, skip } of permutation) {
-    for (let j = 0; j < M; j++) (view.setUint32(at, (offset + j * skip) % M, true), (at += 4));
+  for (const v of state.lookup) {
+    view.setInt32(at, v, true);
+    at += 4;
   }
-  for (const v of state.active) (view.setInt32(at, v, true), (at += 4));
+  for (const { offset, skip } of permutation) {
+    for (let j = 0; j < M; j++) {
+      view.setUint32(at, (offset + j * skip) % M, true);
+      at += 4;
+    }
+  }
+  for (const v of state.active) {
+    view.setInt32(at, v, true);
+    at += 4;
+  }
   return new Uint8Array(bytes);
 }
 

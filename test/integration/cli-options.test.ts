@@ -4,13 +4,26 @@
 // --conntrack` (drain: established connections stay on a deactivated target, new ones avoid
 // it), the iptables rule's `--queue-bypass` (no lb bound: packets pass unmarked, by the main
 // table) and `nfqlb primebelow` (exact output; bad input is one line and exit 1).
+
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import { VIP, vmName, type Topology } from '../../src/lab/topology.js';
+import { type Topology, VIP, vmName } from '../../src/lab/topology.js';
 import { waitFor } from '../wait.js';
 import {
-  activateServers, createNfqueueLab, httpGet, mconnect, NFQLB, nfqlb, requireBuild, Scrape, startDaemon, startUdpServers, tearDownLab,
-  UDP_PORT, nfqlbIn, type RunResult,
+  activateServers,
+  createNfqueueLab,
+  httpGet,
+  mconnect,
+  NFQLB,
+  nfqlb,
+  nfqlbIn,
+  type RunResult,
+  requireBuild,
+  Scrape,
+  startDaemon,
+  startUdpServers,
+  tearDownLab,
+  UDP_PORT,
 } from './harness.js';
 
 const PREFIX = 'tcl-';
@@ -80,10 +93,14 @@ describe('nfqlb lb --conntrack --ct_other_timeout', () => {
       expect(scrape().sum('nfqlb_conntrack_draining_total')).toBeGreaterThanOrEqual(1);
       // ...until it has been idle for 3 s: the sweeper frees it (a whole pass takes 8 s). The
       // default (30 s) would time this wait out.
-      await waitFor('the flow entry to expire', () => {
-        const m = scrape();
-        return m.sum('nfqlb_conntrack_entries') === 0 && m.sum('nfqlb_conntrack_expired_total') >= 1;
-      }, { timeout: 20_000, interval: 250 });
+      await waitFor(
+        'the flow entry to expire',
+        () => {
+          const m = scrape();
+          return m.sum('nfqlb_conntrack_entries') === 0 && m.sum('nfqlb_conntrack_expired_total') >= 1;
+        },
+        { timeout: 20_000, interval: 250 },
+      );
       // Not before the timeout: the lb's clock moves once a second, so an entry may look up to 1 s older.
       expect(Date.now() - idleSince).toBeGreaterThanOrEqual(2000);
       // Forgotten: the same flow is placed again, away from the deactivated target.
@@ -149,16 +166,26 @@ describe('nfqlb flowlb --conntrack', () => {
     let client: ChildProcess | undefined;
     let out = '';
     /** The client's k-th line of output (0-based), once it has printed it. */
-    const line = async (k: number): Promise<string[]> => JSON.parse(await waitFor(`line ${k} of the echo client`, () => {
-      const lines = out.split('\n');
-      return lines.length > k + 1 ? lines[k] : undefined;
-    })) as string[];
+    const line = async (k: number): Promise<string[]> =>
+      JSON.parse(
+        await waitFor(`line ${k} of the echo client`, () => {
+          const lines = out.split('\n');
+          return lines.length > k + 1 ? lines[k] : undefined;
+        }),
+      ) as string[];
     try {
-      const set = inRouter('flow-set', '--name=all', `--target=${FLOW_SHM}`, '--protocols=tcp', '--dports=5001,5003',
-        `--dsts=${VIP[4]}/32`);
+      const set = inRouter(
+        'flow-set',
+        '--name=all',
+        `--target=${FLOW_SHM}`,
+        '--protocols=tcp',
+        '--dports=5001,5003',
+        `--dsts=${VIP[4]}/32`,
+      );
       expect(set.stdout, set.stderr).toBe('OK\n');
-      client = topo.spawn(topo.ns.tester, ['node', '--input-type=module', '-e', ECHO_CLIENT_JS, VIP[4], '30'],
-        { stdio: ['pipe', 'pipe', 'pipe'] });
+      client = topo.spawn(topo.ns.tester, ['node', '--input-type=module', '-e', ECHO_CLIENT_JS, VIP[4], '30'], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
       procs.push(client);
       client.stdout!.on('data', (d: Buffer) => (out += d.toString()));
       client.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -176,11 +203,11 @@ describe('nfqlb flowlb --conntrack', () => {
       expect(Object.keys(fresh.hosts).sort()).toEqual([1, 2, 3].map(vmName).filter((h) => h !== victim));
 
       // Its slot is empty now: --index cannot say which target to remove (it once did nothing).
-      const byIndex = spawnSync('node', [NFQLB, 'deactivate', '--now', `--shm=${FLOW_SHM}`, `--index=${index}`],
-        { encoding: 'utf8' });
+      const byIndex = spawnSync('node', [NFQLB, 'deactivate', '--now', `--shm=${FLOW_SHM}`, `--index=${index}`], { encoding: 'utf8' });
       expect(byIndex).toMatchObject({ status: 1, stdout: '' });
-      expect(byIndex.stderr).toBe(`nfqlb deactivate: --index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${
-        100 + index})\n`);
+      expect(byIndex.stderr).toBe(
+        `nfqlb deactivate: --index=${index}: the slot is empty; name a draining target by its fwmark (draining: ${100 + index})\n`,
+      );
       // Removed at once by fwmark: its flows go back to Maglev, to servers that do not know them.
       nfqlb('deactivate', '--now', `--shm=${FLOW_SHM}`, String(100 + index));
       client.stdin!.write('b\n');
@@ -198,8 +225,22 @@ describe('nfqlb flowlb --conntrack', () => {
 
 describe('iptables NFQUEUE --queue-bypass', () => {
   const rule = (cmd: 'iptables' | 'ip6tables', op: '-A' | '-D', bypass: boolean): void => {
-    topo.exec(router, [cmd, '-t', 'mangle', op, 'PREROUTING', '-i', 'eth2', '-d', cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
-      '-j', 'NFQUEUE', '--queue-num', '2', ...(bypass ? ['--queue-bypass'] : [])]);
+    topo.exec(router, [
+      cmd,
+      '-t',
+      'mangle',
+      op,
+      'PREROUTING',
+      '-i',
+      'eth2',
+      '-d',
+      cmd === 'iptables' ? `${VIP[4]}/32` : `${VIP[6]}/128`,
+      '-j',
+      'NFQUEUE',
+      '--queue-num',
+      '2',
+      ...(bypass ? ['--queue-bypass'] : []),
+    ]);
   };
   const setBypass = (bypass: boolean): void => {
     for (const cmd of ['iptables', 'ip6tables'] as const) {
@@ -212,7 +253,7 @@ describe('iptables NFQUEUE --queue-bypass', () => {
     return { failed: r.failed_connects + r.failed_reads, hosts: r.hosts };
   };
 
-  it('lets the VIP\'s packets through unmarked while no lb is bound (main table route), queues them while one is', async () => {
+  it("lets the VIP's packets through unmarked while no lb is bound (main table route), queues them while one is", async () => {
     // The main table's route for the VIP: server 3; the lb's table has server 1 only.
     topo.setRouterVipRoute(1, [3]);
     try {
@@ -242,9 +283,17 @@ describe('nfqlb primebelow', () => {
   };
 
   it.each([
-    ['2', '2'], ['3', '3'], ['4', '3'], ['100', '97'], ['997', '997'], ['1000', '997'], ['65536', '65521'], ['994009', '993997'],
+    ['2', '2'],
+    ['3', '3'],
+    ['4', '3'],
+    ['100', '97'],
+    ['997', '997'],
+    ['1000', '997'],
+    ['65536', '65521'],
+    ['994009', '993997'],
     // As the reference (src/lib/prime.c): its prime test knows divisors up to 997, so n is capped at 997^2.
-    ['1000000', '993997'], ['2147483648', '993997'],
+    ['1000000', '993997'],
+    ['2147483648', '993997'],
   ])('primebelow %s prints %s', (n, p) => {
     expect(primebelow(n)).toEqual({ status: 0, stdout: `${p}\n`, stderr: '' });
   });

@@ -5,13 +5,14 @@
 // the router then forwards it by its fwmark, and a counting rule per fwmark says which it got.
 // Each must get the fwmark the vectors give it; the 8-byte hop-by-hop packet, which the
 // reference drops, the fwmark of its real 5-tuple (as `nfqlb fwmark` computes it).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+
 import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatAddress } from '../../src/address.js';
 import { createTopology, routerAddr, serverAddr, type Topology } from '../../src/lab/topology.js';
 import { waitFor } from '../wait.js';
-import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
+import { type Daemon, NFQLB, nfqlb, ROOT, requireBuild, startDaemon, tearDownLab } from './harness.js';
 
 const PREFIX = 'tcm-';
 const SHM = 'tcm-targets';
@@ -19,7 +20,11 @@ const FT_SHM = 'tcm-ftshm';
 const TUN = 'tcmp';
 const FWMARKS = Array.from({ length: 32 }, (_, i) => 101 + i);
 
-interface Vector { case: string; hex: string; fwmark: number }
+interface Vector {
+  case: string;
+  hex: string;
+  fwmark: number;
+}
 const VECTORS = new URL('../conformance/nfqlb-packet-vectors.json', import.meta.url);
 const { packets } = JSON.parse(readFileSync(VECTORS, 'utf8')) as { packets: Vector[] };
 
@@ -130,7 +135,7 @@ beforeAll(() => {
   for (const d of dsts) mangle('PREROUTING', '-i', 'eth2', '-d', `${d}/128`, '-j', 'NFQUEUE', '--queue-num', '2');
   for (const fw of FWMARKS) mangle('FORWARD', '-m', 'mark', '--mark', String(fw));
   const rules = FWMARKS.flatMap((fw) => [`rule add fwmark ${fw} table ${fw}`, `route add default via ${serverAddr(1, 6)} table ${fw}`]);
-  topo.exec(router, ['ip', '-6', '-batch', '-'], rules.join('\n') + '\n');
+  topo.exec(router, ['ip', '-6', '-batch', '-'], `${rules.join('\n')}\n`);
   topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.all.accept_redirects=0']);
   const routes = dsts.map((d) => `route add ${d}/128 via ${routerAddr(1, 2, 6)}`);
   topo.ip(topo.ns.tester, [`tuntap add dev ${TUN} mode tun`, `link set ${TUN} up`, ...routes]);

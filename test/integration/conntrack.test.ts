@@ -2,19 +2,29 @@
 // routing, 100 long-lived TCP connections (ctraffic) from 100 sources to 10 DSR servers.
 // `nfqlb deactivate` of 2 targets loses no connection while new connections avoid them;
 // `deactivate --now` loses exactly the connections on the removed target.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { waitFor } from '../wait.js';
-import { CLIENT_CIDR, VIP, vmName, type Topology } from '../../src/lab/topology.js';
-import { lossReport, type LossReport, type ScaleEvent } from '../../src/lab/report.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LossReport, lossReport, type ScaleEvent } from '../../src/lab/report.js';
+import { CLIENT_CIDR, type Topology, VIP, vmName } from '../../src/lab/topology.js';
 import { asStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
+import { waitFor } from '../wait.js';
 import {
-  activateServers, createNfqueueLab, establishedTo, NFQLB, mconnect, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
+  activateServers,
+  createNfqueueLab,
+  type Daemon,
+  establishedTo,
+  mconnect,
+  NFQLB,
+  nfqlb,
+  requireBuild,
+  startDaemon,
+  tearDownLab,
 } from './harness.js';
 
 const PREFIX = 'tct-k';
@@ -34,14 +44,24 @@ const procs: ChildProcess[] = [];
  */
 async function traffic(ms: number, targets: string[], change: () => void, during: () => void = () => {}): Promise<LossReport> {
   const statsFile = join(out, `ctraffic-${Date.now()}.json`);
-  const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${VIP[4]}:5003`, '--nconn=100', '--rate=500',
-    `--timeout=${ms}ms`, `--srccidr=${CLIENT_CIDR[4]}`, `--stats-file=${statsFile}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const client = topo.spawn(
+    topo.ns.tester,
+    [
+      ...toolArgv('ctraffic'),
+      `--address=${VIP[4]}:5003`,
+      '--nconn=100',
+      '--rate=500',
+      `--timeout=${ms}ms`,
+      `--srccidr=${CLIENT_CIDR[4]}`,
+      `--stats-file=${statsFile}`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   procs.push(client);
   const exited = new Promise<number | null>((r) => client.once('close', r));
   const started = Date.now();
   // The report's "before" is who served at the event: every connection must be up by then.
-  await waitFor('100 ctraffic connections established', () =>
-    establishedTo(topo.ns.tester, 5003) === 100);
+  await waitFor('100 ctraffic connections established', () => establishedTo(topo.ns.tester, 5003) === 100);
   // The rest is the run's schedule, not a wait for some state: traffic before the event and
   // between it and `during`, on the traffic's own clock.
   await sleep(Math.max(0, started + 0.4 * ms - Date.now()));
@@ -80,10 +100,15 @@ afterAll(async () => {
 describe('nfqlb lb --conntrack', () => {
   it('drains deactivated targets: 0 of 100 connections lost, new connections avoid them', async () => {
     let fresh: ReturnType<typeof mconnect> | undefined;
-    const report = await traffic(8000, [vmName(1), vmName(2)], () => {
-      nfqlb('deactivate', `--shm=${SHM}`, '--index=1');
-      nfqlb('deactivate', `--shm=${SHM}`, '102');
-    }, () => (fresh = mconnect(topo, 4, { nconn: 100 })));
+    const report = await traffic(
+      8000,
+      [vmName(1), vmName(2)],
+      () => {
+        nfqlb('deactivate', `--shm=${SHM}`, '--index=1');
+        nfqlb('deactivate', `--shm=${SHM}`, '102');
+      },
+      () => (fresh = mconnect(topo, 4, { nconn: 100 })),
+    );
     expect(report.neverConnected).toBe(0);
     expect(report.lostBefore).toBe(0);
     const [phase] = report.phases;

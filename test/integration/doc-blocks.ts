@@ -5,11 +5,21 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { ROOT } from './harness.js';
 
 /** A ```sh block: its page (README.md, docs/x.md), the heading above it (any level), its lines. */
-export interface DocBlock { file: string; heading: string; lines: string[] }
+export interface DocBlock {
+  file: string;
+  heading: string;
+  lines: string[];
+}
 
 /** The pages whose ```sh blocks must all be run: README.md and docs/*.md. */
 export function docPages(): string[] {
-  return ['README.md', ...readdirSync(`${ROOT}docs`).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
+  return [
+    'README.md',
+    ...readdirSync(`${ROOT}docs`)
+      .filter((f) => f.endsWith('.md'))
+      .sort()
+      .map((f) => `docs/${f}`),
+  ];
 }
 
 /** Every ```sh block of a page, with the heading it stands under; blank lines left out. */
@@ -41,4 +51,3 @@ export function docCommands([file, heading]: Section): string[] {
   if (blocks.length === 0) throw new Error(`${file} has no \`\`\`sh block under the heading '${heading}'`);
   return blocks.flatMap((b) => b.lines);
 }
-

@@ -1,10 +1,11 @@
 // `nfqlb lb --fail_open`: an lb that stops reading (SIGSTOP) fills its queue; then the kernel
 // drops the VIP's packets by default, and with --fail_open accepts them unmarked, so they
 // follow the router's main-table route (here server 2; the lb's fwmark would pick server 1).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import type { ChildProcess } from 'node:child_process';
-import { kernelQueueStats } from '../../src/nfqueue.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Topology } from '../../src/lab/topology.js';
+import { kernelQueueStats } from '../../src/nfqueue.js';
 import { activateServers, createNfqueueLab, mconnect, NFQLB, nfqlb, requireBuild, startDaemon, tearDownLab } from './harness.js';
 
 const PREFIX = 'tfc-fo-';
@@ -30,8 +31,15 @@ afterAll(() => {
 
 describe.each([[false], [true]])('an lb that stops reading, --fail_open %s', (failOpen) => {
   it(failOpen ? 'lets the overflow through unmarked' : 'has the overflow dropped', async () => {
-    const proc = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--qlength=${QLENGTH}`,
-      ...(failOpen ? ['--fail_open'] : [])]);
+    const proc = topo.spawn(router, [
+      'node',
+      NFQLB,
+      'lb',
+      `--tshm=${SHM}`,
+      `--ft_shm=${FT_SHM}`,
+      `--qlength=${QLENGTH}`,
+      ...(failOpen ? ['--fail_open'] : []),
+    ]);
     procs.push(proc);
     const lb = await startDaemon(proc);
     try {

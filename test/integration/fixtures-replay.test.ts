@@ -4,15 +4,27 @@
 // queue in the FORWARD chain reads the fwmark the kernel carries. Stored fragments come back
 // through the lb's own tun device (--tun). Same expectations as the unit test; and flowlb without
 // --nolb_fwmark drops what no flow matches.
+
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
-import {
-  buildTable, expectedFwmark, fixtureGroups, FIXTURE_M, LB_TIER, NOLB_FWMARK, TABLES, VIP4, VIP6, type Fixture, type FixtureGroup,
-  type LbConfig, type TableName,
-} from '../fixtures/nfqlb-fixtures.js';
 import type { TargetTable } from '../../src/target-table.js';
-import { NFQLB, ROOT, nfqlb, requireBuild, startDaemon, type Daemon } from './harness.js';
+import {
+  buildTable,
+  expectedFwmark,
+  FIXTURE_M,
+  type Fixture,
+  type FixtureGroup,
+  fixtureGroups,
+  LB_TIER,
+  type LbConfig,
+  NOLB_FWMARK,
+  TABLES,
+  type TableName,
+  VIP4,
+  VIP6,
+} from '../fixtures/nfqlb-fixtures.js';
+import { type Daemon, NFQLB, nfqlb, ROOT, requireBuild, startDaemon } from './harness.js';
 
 const NS = 'tfx-fix';
 const shmOf = (t: TableName) => `tfx-${t}`;
@@ -84,16 +96,37 @@ beforeAll(() => {
   requireBuild();
   removeNs(NS);
   addNs(NS);
-  inNs(NS, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.rp_filter=0',
-    'net.ipv4.conf.default.rp_filter=0', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0']);
+  inNs(NS, [
+    'sysctl',
+    '-qw',
+    'net.ipv4.ip_forward=1',
+    'net.ipv6.conf.all.forwarding=1',
+    'net.ipv4.conf.all.rp_filter=0',
+    'net.ipv4.conf.default.rp_filter=0',
+    'net.ipv6.conf.all.accept_dad=0',
+    'net.ipv6.conf.default.accept_dad=0',
+  ]);
   // Marked packets leave through a veth towards a made-up neighbour (its peer drops them as
   // addressed to another host), after the observer saw them.
-  ipBatch(NS, ['tuntap add dev tfix mode tun', 'tuntap add dev nfqlb0 mode tun', 'link set tfix up', 'link set nfqlb0 up',
-    'link add sink0 type veth peer name sink1', 'link set sink0 up', 'link set sink1 up',
-    'addr add 10.99.0.1/24 dev sink0', 'addr add fd00::1/64 dev sink0 nodad',
-    'neigh add 10.99.0.2 lladdr 02:00:00:00:00:02 dev sink0 nud permanent', 'neigh add fd00::2 lladdr 02:00:00:00:00:02 dev sink0 nud permanent',
-    `route add ${VIP4}/24 via 10.99.0.2`, `route add ${VIP6}/120 via fd00::2`]);
-  for (const [cmd, vip] of [['iptables', `${VIP4}/24`], ['ip6tables', `${VIP6}/120`]] as const) {
+  ipBatch(NS, [
+    'tuntap add dev tfix mode tun',
+    'tuntap add dev nfqlb0 mode tun',
+    'link set tfix up',
+    'link set nfqlb0 up',
+    'link add sink0 type veth peer name sink1',
+    'link set sink0 up',
+    'link set sink1 up',
+    'addr add 10.99.0.1/24 dev sink0',
+    'addr add fd00::1/64 dev sink0 nodad',
+    'neigh add 10.99.0.2 lladdr 02:00:00:00:00:02 dev sink0 nud permanent',
+    'neigh add fd00::2 lladdr 02:00:00:00:00:02 dev sink0 nud permanent',
+    `route add ${VIP4}/24 via 10.99.0.2`,
+    `route add ${VIP6}/120 via fd00::2`,
+  ]);
+  for (const [cmd, vip] of [
+    ['iptables', `${VIP4}/24`],
+    ['ip6tables', `${VIP6}/120`],
+  ] as const) {
     inNs(NS, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
     inNs(NS, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
     inNs(NS, [cmd, '-A', 'FORWARD', '-o', 'sink0', '-j', 'NFQUEUE', '--queue-num', '9']);
@@ -110,17 +143,25 @@ afterAll(() => {
   for (const p of procs) p.kill('SIGKILL');
   removeNs(NS);
   for (const shm of [...(Object.keys(TABLES) as TableName[]).map(shmOf), LB_SHM, FT_SHM]) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+    try {
+      nfqlb('delete', `--shm=${shm}`);
+    } catch {
+      /* never created */
+    }
   }
 });
 
 // flowlb's group again without --nolb_fwmark: the packets no flow matches are dropped, among
 // packets that are forwarded.
 const flowlb = fixtureGroups().find((g) => g.name === 'flowlb')!;
-const nolbToDrop = (f: Fixture): Fixture =>
-  ({ ...f, expect: f.expect.map((e) => (typeof e === 'object' && 'fwmark' in e && e.fwmark === NOLB_FWMARK ? 'drop' : e)) });
+const nolbToDrop = (f: Fixture): Fixture => ({
+  ...f,
+  expect: f.expect.map((e) => (typeof e === 'object' && 'fwmark' in e && e.fwmark === NOLB_FWMARK ? 'drop' : e)),
+});
 const dropGroup: FixtureGroup = {
-  name: 'flowlb without --nolb_fwmark', config: { ...flowlb.config, nolbFwmark: undefined }, fixtures: flowlb.fixtures.map(nolbToDrop),
+  name: 'flowlb without --nolb_fwmark',
+  config: { ...flowlb.config, nolbFwmark: undefined },
+  fixtures: flowlb.fixtures.map(nolbToDrop),
 };
 
 it('has fixtures that the lb must drop, replayed through the kernel', () => {
@@ -144,7 +185,10 @@ describe.each([...fixtureGroups(), dropGroup].map((g) => [g.name, g] as const))(
       const fixtures = group.fixtures.filter((f) => f.kernel);
       const expected = fixtures.map((f) => f.expect.filter((e) => e !== 'drop').map((e) => expectedFwmark(e, tables)));
       const input = fixtures.map((f) => f.packets.map((p) => Buffer.from(p).toString('base64')));
-      const r = spawnSync('ip', ['netns', 'exec', NS, 'node', '--input-type=module', '-e', REPLAY_JS], { input: JSON.stringify(input), encoding: 'utf8' });
+      const r = spawnSync('ip', ['netns', 'exec', NS, 'node', '--input-type=module', '-e', REPLAY_JS], {
+        input: JSON.stringify(input),
+        encoding: 'utf8',
+      });
       if (r.status !== 0) throw new Error(`replay failed: ${r.stderr}`);
       const seen = JSON.parse(r.stdout) as number[][];
       fixtures.forEach((f, i) => {

@@ -2,16 +2,29 @@
 // to different target tables by port, source CIDR, priority and byte match; no match means
 // --nolb_fwmark; flow-list reports counts; the channel works over tcp too (with the control key)
 // and refuses non-root peers on the unix socket; with several queues each has a worker thread.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VIP, vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Family, vmName as hostName, type Topology, VIP } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 import {
-  createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, sources, startDaemon, tearDownLab, type Daemon,
-  type MconnectResult, nfqlbIn, nfqueueTarget, queueEventLoops, type RunResult,
+  createNfqueueLab,
+  type Daemon,
+  type MconnectResult,
+  mconnect as mconnectFrom,
+  NFQLB,
+  nfqlb,
+  nfqlbIn,
+  nfqueueTarget,
+  queueEventLoops,
+  type RunResult,
+  requireBuild,
+  sources,
+  startDaemon,
+  tearDownLab,
 } from './harness.js';
 
 const PREFIX = 'tfl-';
@@ -39,7 +52,15 @@ function flowSet(...args: string[]): string {
 }
 
 function startFlowLb(env: Record<string, string>, ...args: string[]): Promise<Daemon> {
-  const lb = topo.spawn(router, ['env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'node', NFQLB, 'flowlb', `--ft_shm=${FT_SHM}`, ...args]);
+  const lb = topo.spawn(router, [
+    'env',
+    ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    'node',
+    NFQLB,
+    'flowlb',
+    `--ft_shm=${FT_SHM}`,
+    ...args,
+  ]);
   procs.push(lb);
   return startDaemon(lb);
 }
@@ -99,7 +120,14 @@ describe('nfqlb flowlb', () => {
       }
 
       // A higher priority flow with a byte match (TCP destination port 5001) for one source range.
-      flowSet('--name=special', `--target=${OTHER}`, '--prio=20', '--protocols=tcp', '--srcs=50.0.2.0/24', '--match=tcp[2:2] = 5001,tcp[0:4] & 0x0000ffff = 5001');
+      flowSet(
+        '--name=special',
+        `--target=${OTHER}`,
+        '--prio=20',
+        '--protocols=tcp',
+        '--srcs=50.0.2.0/24',
+        '--match=tcp[2:2] = 5001,tcp[0:4] & 0x0000ffff = 5001',
+      );
       const special = mconnect(4, '50.0.2.0/24');
       expect(special.failed_connects + special.failed_reads).toBe(0);
       expect(hostsOf(special)).toEqual([hostName(3), hostName(4)]);
@@ -113,7 +141,12 @@ describe('nfqlb flowlb', () => {
       expect(names).toEqual(['special', 'web']);
       const list = JSON.parse(inRouter(['flow-list']).stdout) as Record<string, unknown>[];
       expect(list[1]).toMatchObject({
-        name: 'web', priority: 10, protocols: ['tcp'], dests: ['::ffff:10.0.0.0/120', '1000::/120'], dports: ['5001'], user_ref: WEB,
+        name: 'web',
+        priority: 10,
+        protocols: ['tcp'],
+        dests: ['::ffff:10.0.0.0/120', '1000::/120'],
+        dports: ['5001'],
+        user_ref: WEB,
       });
       expect(list[0]).toMatchObject({ name: 'special', match: ['tcp[2:2]=0x138a'], srcs: ['::ffff:50.0.2.0/120'] });
       // Every packet of a connection is counted (SYN, ACKs, FIN): at least 3 per connection.
@@ -140,10 +173,12 @@ describe('nfqlb flowlb', () => {
       // its addresses without a protocol (a source port in the key would move about half).
       const srcs = sources(4, 16, 3);
       const got = serverBySource(srcs);
-      const want = Object.fromEntries(srcs.map((src) => {
-        const { fwmark } = JSON.parse(nfqlb('fwmark', `--shm=${WEB}`, `--src=${src}`, `--dst=${VIP[4]}`)) as { fwmark: number };
-        return [src, hostName(fwmark - 100)];
-      }));
+      const want = Object.fromEntries(
+        srcs.map((src) => {
+          const { fwmark } = JSON.parse(nfqlb('fwmark', `--shm=${WEB}`, `--src=${src}`, `--dst=${VIP[4]}`)) as { fwmark: number };
+          return [src, hostName(fwmark - 100)];
+        }),
+      );
       expect(got).toEqual(want);
       expect(new Set(Object.values(got))).toEqual(new Set([hostName(1), hostName(2)]));
     } finally {

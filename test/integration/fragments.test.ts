@@ -4,13 +4,24 @@
 // and answers with its name. In order (the tester's kernel fragments), reordered (the tester
 // writes hand-made fragments, last first, into a tun device), and through an LB tier where
 // router 1 forwards the fragments router 2 owns by address (--lbshm, own fwmark).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import type { ChildProcess } from 'node:child_process';
-import { createTopology, routerAddr, serverAddr, VIP, type Family, type Topology } from '../../src/lab/topology.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTopology, type Family, routerAddr, serverAddr, type Topology, VIP } from '../../src/lab/topology.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import {
-  activateServers, NFQLB, UDP_PORT, nfqlb, requireBuild, sources, startDaemon, startUdpServers, tearDownLab, udpRoundTrips, type Daemon,
+  activateServers,
+  type Daemon,
   type UdpJob as Job,
+  NFQLB,
+  nfqlb,
+  requireBuild,
+  sources,
+  startDaemon,
+  startUdpServers,
+  tearDownLab,
+  UDP_PORT,
+  udpRoundTrips,
 } from './harness.js';
 
 const PREFIX = 'tfr-';
@@ -44,7 +55,9 @@ function reordered(family: Family, src: string, sport: number, id: number): stri
 /** The server nfqlb's hash gives this 5-tuple (the first fragment's), as the reply names it. */
 function expectedServer(family: Family, src: string, sport: number): string {
   const ep = (a: string, p: number) => (family === 4 ? `${a}:${p}` : `[${a}]:${p}`);
-  const r = JSON.parse(nfqlb('fwmark', `--shm=${SHM}`, '--proto=udp', `--src=${ep(src, sport)}`, `--dst=${ep(VIP[family], PORT)}`)) as { fwmark: number };
+  const r = JSON.parse(nfqlb('fwmark', `--shm=${SHM}`, '--proto=udp', `--src=${ep(src, sport)}`, `--dst=${ep(VIP[family], PORT)}`)) as {
+    fwmark: number;
+  };
   return `vm-${String(r.fwmark - 100).padStart(3, '0')}`;
 }
 
@@ -67,7 +80,10 @@ beforeAll(() => {
     const r = topo.ns.router(i);
     // Conntrack off (it would reassemble), VIP packets to queue 2 from any interface: stored
     // fragments come back through the tun device and must be queued again.
-    for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+    for (const [cmd, vip] of [
+      ['iptables', `${VIP[4]}/32`],
+      ['ip6tables', `${VIP[6]}/128`],
+    ] as const) {
       topo.exec(r, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
       topo.exec(r, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
     }
@@ -75,15 +91,24 @@ beforeAll(() => {
     topo.ip(r, ['tuntap add dev nfqlb0 mode tun', 'link set nfqlb0 up']);
     for (const family of [4, 6] as const) {
       const lines: string[] = [];
-      for (let n = 1; n <= NVM; n++) lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
+      for (let n = 1; n <= NVM; n++)
+        lines.push(`rule add fwmark ${100 + n} table ${100 + n}`, `route add default via ${serverAddr(n, family)} table ${100 + n}`);
       // The LB tier: fwmark 200+j is router j (an LB never forwards with its own fwmark).
-      for (const j of [1, 2].filter((j) => j !== i)) lines.push(`rule add fwmark ${200 + j} table ${200 + j}`, `route add default via ${routerAddr(j, 2, family)} table ${200 + j}`);
-      topo.exec(r, ['ip', `-${family}`, '-batch', '-'], lines.join('\n') + '\n');
+      for (const j of [1, 2].filter((j) => j !== i))
+        lines.push(`rule add fwmark ${200 + j} table ${200 + j}`, `route add default via ${routerAddr(j, 2, family)} table ${200 + j}`);
+      topo.exec(r, ['ip', `-${family}`, '-batch', '-'], `${lines.join('\n')}\n`);
     }
   }
   // The tester's tun for hand-made fragments: it forwards them (their local source is accepted).
-  topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.accept_local=1',
-    'net.ipv4.conf.all.accept_redirects=0', 'net.ipv6.conf.all.accept_redirects=0']);
+  topo.exec(topo.ns.tester, [
+    'sysctl',
+    '-qw',
+    'net.ipv4.ip_forward=1',
+    'net.ipv6.conf.all.forwarding=1',
+    'net.ipv4.conf.all.accept_local=1',
+    'net.ipv4.conf.all.accept_redirects=0',
+    'net.ipv6.conf.all.accept_redirects=0',
+  ]);
   topo.ip(topo.ns.tester, ['tuntap add dev tfrag mode tun', 'link set tfrag up']);
   topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.conf.tfrag.accept_local=1']);
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
@@ -105,7 +130,9 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
     try {
       const inOrder = sources(family, 16, 1).map((src): Job => ({ src, sport: 7001, family }));
       checkAnswers(family, udpRoundTrips(topo, inOrder), 7001);
-      const late = sources(family, 16, 2).map((src, i): Job => ({ src, sport: 7002, family, frags: reordered(family, src, 7002, 0x100 + i) }));
+      const late = sources(family, 16, 2).map(
+        (src, i): Job => ({ src, sport: 7002, family, frags: reordered(family, src, 7002, 0x100 + i) }),
+      );
       checkAnswers(family, udpRoundTrips(topo, late), 7002);
       const stats = JSON.parse(nfqlb('stats', '--ft_shm=tfr-ft1')) as Record<string, number>;
       // 16 reordered datagrams of 3 fragments: 2 stored each, then re-injected.
@@ -126,7 +153,9 @@ describe.each([4, 6] as const)('fragmented UDP, IPv%i', (family) => {
     try {
       const inOrder = sources(family, 8, 3).map((src): Job => ({ src, sport: 7003, family }));
       checkAnswers(family, udpRoundTrips(topo, inOrder), 7003);
-      const late = sources(family, 4, 4).map((src, i): Job => ({ src, sport: 7004, family, frags: reordered(family, src, 7004, 0x200 + i) }));
+      const late = sources(family, 4, 4).map(
+        (src, i): Job => ({ src, sport: 7004, family, frags: reordered(family, src, 7004, 0x200 + i) }),
+      );
       expect(Object.values(udpRoundTrips(topo, late))).toEqual([null, null, null, null]);
       expect(JSON.parse(nfqlb('stats', '--ft_shm=tfr-ft1'))).toMatchObject({ fragsMax: 0, fragsAllocated: 0 });
     } finally {
@@ -144,7 +173,9 @@ describe('LB tier (--lbshm)', () => {
       for (const family of [4, 6] as const) {
         const inOrder = sources(family, 16, 5).map((src): Job => ({ src, sport: 7005, family }));
         checkAnswers(family, udpRoundTrips(topo, inOrder), 7005);
-        const late = sources(family, 8, 6).map((src, i): Job => ({ src, sport: 7006, family, frags: reordered(family, src, 7006, 0x300 + i) }));
+        const late = sources(family, 8, 6).map(
+          (src, i): Job => ({ src, sport: 7006, family, frags: reordered(family, src, 7006, 0x300 + i) }),
+        );
         checkAnswers(family, udpRoundTrips(topo, late), 7006);
       }
       // Router 2 only sees what router 1 forwards to it: the fragments it owns.

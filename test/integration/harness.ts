@@ -1,16 +1,25 @@
 // What the kernel tests of nfqlb share: the CLI built in dist/, daemons started in a namespace
 // (ready when they log a line, stopped by PID), the reference router setup and the lab built on
 // it, and mconnect.
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import {
-  CLIENT_CIDR, createTopology, labNamespaces, routerAddr, serverAddr, testerAddr, VIP, vmName, type Family, type Topology,
-} from '../../src/lab/topology.js';
 import { inNs } from '../../src/lab/netns.js';
 import { addFwmarkRoutes, iptables, nfqueueRule, serverFwmark, vipHost } from '../../src/lab/rules.js';
+import {
+  CLIENT_CIDR,
+  createTopology,
+  type Family,
+  labNamespaces,
+  routerAddr,
+  serverAddr,
+  type Topology,
+  testerAddr,
+  VIP,
+  vmName,
+} from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -36,11 +45,29 @@ export function asNobody(argv: readonly string[]): string[] {
     process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
     publicRoot = `${dir}/`;
   }
-  return ['unshare', '--mount', '--propagation=private', 'sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'as-nobody', ROOT, publicRoot,
-    'setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...argv.map((a) => (a.startsWith(ROOT) ? publicRoot + a.slice(ROOT.length) : a))];
+  return [
+    'unshare',
+    '--mount',
+    '--propagation=private',
+    'sh',
+    '-c',
+    'mount --bind "$1" "$2" && shift 2 && exec "$@"',
+    'as-nobody',
+    ROOT,
+    publicRoot,
+    'setpriv',
+    '--reuid=nobody',
+    '--regid=nogroup',
+    '--clear-groups',
+    ...argv.map((a) => (a.startsWith(ROOT) ? publicRoot + a.slice(ROOT.length) : a)),
+  ];
 }
 
-export interface RunResult { status: number | null; stdout: string; stderr: string }
+export interface RunResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /**
  * Runs `argv` in namespace `ns` with `env` added, as root or as nobody (asNobody); never throws.
@@ -54,7 +81,11 @@ export function runIn(ns: string, argv: readonly string[], o: { env?: Record<str
 }
 
 /** An nfqlb command in namespace `ns` (where its queues, flow channel and trace socket are). */
-export function nfqlbIn(ns: string, args: readonly string[], o: { env?: Record<string, string>; user?: 'root' | 'nobody' } = {}): RunResult {
+export function nfqlbIn(
+  ns: string,
+  args: readonly string[],
+  o: { env?: Record<string, string>; user?: 'root' | 'nobody' } = {},
+): RunResult {
   return runIn(ns, ['node', NFQLB, ...args], o);
 }
 
@@ -98,7 +129,8 @@ export function startDaemon(proc: ChildProcess, ready = 'serving queue'): Promis
 /** The traffic server (port 5001 answers with the name) on servers 1..nvm. */
 export function startServers(topo: Topology, nvm: number): ChildProcess[] {
   return Array.from({ length: nvm }, (_, i) =>
-    topo.spawn(topo.ns.server(i + 1), ['node', `${ROOT}dist/src/lab/traffic/server.js`, `--name=${vmName(i + 1)}`]));
+    topo.spawn(topo.ns.server(i + 1), ['node', `${ROOT}dist/src/lab/traffic/server.js`, `--name=${vmName(i + 1)}`]),
+  );
 }
 
 /**
@@ -135,7 +167,12 @@ export function nfqueueTarget(topo: Topology, router: string, how: '--queue-num'
 export function queueEventLoops(topo: Topology, router: string, pid: number, queues: readonly number[]): number[][] {
   const bound = topo.exec(router, ['cat', '/proc/net/netfilter/nfnetlink_queue']);
   // sk Eth Pid(the port id) Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 is NETLINK_NETFILTER.
-  const netlink = topo.exec(router, ['cat', '/proc/net/netlink']).trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/));
+  const netlink = topo
+    .exec(router, ['cat', '/proc/net/netlink'])
+    .trim()
+    .split('\n')
+    .slice(1)
+    .map((l) => l.trim().split(/\s+/));
   const fdOfInode = new Map<string, number>();
   const epolls: { fd: number; watched: Set<number> }[] = [];
   for (const fd of readdirSync(`/proc/${pid}/fd`).map(Number)) {
@@ -201,17 +238,38 @@ export function tearDownLab(prefix: string, topo: Topology | undefined, procs: r
 
 /** How many TCP connections in namespace `ns` are established to port `port` (of any address). */
 export function establishedTo(ns: string, port: number): number {
-  return inNs(ns, ['ss', '-Htn', 'state', 'established', `( dport = :${port} )`]).split('\n').filter((l) => l.trim() !== '').length;
+  return inNs(ns, ['ss', '-Htn', 'state', 'established', `( dport = :${port} )`])
+    .split('\n')
+    .filter((l) => l.trim() !== '').length;
 }
 
-export interface MconnectResult { connections: number; failed_connects: number; failed_reads: number; hosts: Record<string, number> }
+export interface MconnectResult {
+  connections: number;
+  failed_connects: number;
+  failed_reads: number;
+  hosts: Record<string, number>;
+}
 
 /** mconnect from the tester to the VIP's port 5001, each connection from another source. */
 export function mconnect(topo: Topology, family: Family, o: { nconn?: number; srccidr?: string; timeout?: string } = {}): MconnectResult {
   const address = family === 4 ? `${VIP[4]}:5001` : `[${VIP[6]}]:5001`;
   // mconnect exits non-zero when connections fail; its JSON report is on stdout either way.
-  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', `${ROOT}dist/src/lab/traffic/mconnect.js`, `--address=${address}`,
-    `--nconn=${o.nconn ?? 100}`, `--srccidr=${o.srccidr ?? CLIENT_CIDR[family]}`, `--timeout=${o.timeout ?? '3s'}`, '--output=json'], { encoding: 'utf8' });
+  const r = spawnSync(
+    'ip',
+    [
+      'netns',
+      'exec',
+      topo.ns.tester,
+      'node',
+      `${ROOT}dist/src/lab/traffic/mconnect.js`,
+      `--address=${address}`,
+      `--nconn=${o.nconn ?? 100}`,
+      `--srccidr=${o.srccidr ?? CLIENT_CIDR[family]}`,
+      `--timeout=${o.timeout ?? '3s'}`,
+      '--output=json',
+    ],
+    { encoding: 'utf8' },
+  );
   return JSON.parse(r.stdout) as MconnectResult;
 }
 
@@ -231,7 +289,8 @@ for (const [type, addr] of [['udp4', '${VIP[4]}'], ['udp6', '${VIP[6]}']]) {
 
 export function startUdpServers(topo: Topology, nvm: number): ChildProcess[] {
   return Array.from({ length: nvm }, (_, i) =>
-    topo.spawn(topo.ns.server(i + 1), ['node', '--input-type=module', '-e', UDP_SERVER_JS, vmName(i + 1), String(UDP_PORT)]));
+    topo.spawn(topo.ns.server(i + 1), ['node', '--input-type=module', '-e', UDP_SERVER_JS, vmName(i + 1), String(UDP_PORT)]),
+  );
 }
 
 // The tester's client. Jobs on stdin: { src, sport, family, frags?: base64[] }. With frags it
@@ -258,11 +317,19 @@ jobs.forEach((j, i) => (out[j.src] = results[i]));
 console.log(JSON.stringify(out));
 process.exit(0);`;
 
-export interface UdpJob { src: string; sport: number; family: Family; frags?: string[] }
+export interface UdpJob {
+  src: string;
+  sport: number;
+  family: Family;
+  frags?: string[];
+}
 
 /** Runs the UDP client in the tester: each job's answer (or null) by source address. */
 export function udpRoundTrips(topo: Topology, jobs: UdpJob[]): Record<string, string | null> {
-  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', '--input-type=module', '-e', UDP_CLIENT_JS], { input: JSON.stringify(jobs), encoding: 'utf8' });
+  const r = spawnSync('ip', ['netns', 'exec', topo.ns.tester, 'node', '--input-type=module', '-e', UDP_CLIENT_JS], {
+    input: JSON.stringify(jobs),
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`client failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as Record<string, string | null>;
 }
@@ -273,7 +340,9 @@ export function sources(family: Family, n: number, base: number): string[] {
 }
 
 // GET a URL; prints the status, then the body (a line "error <message>" if the request failed).
-const HTTP_GET_JS = `fetch(process.argv[1]).then(async (r) => console.log(r.status + '\\n' + await r.text()), (e) => console.log('error ' + e.message));`;
+const HTTP_GET_JS =
+  "fetch(process.argv[1]).then(async (r) => console.log(r.status + '\\n' + await r.text()), " +
+  "(e) => console.log('error ' + e.message));";
 
 /** GET http://127.0.0.1:port/path from inside namespace `ns` (where --metrics binds to loopback). */
 export function httpGet(topo: Topology, ns: string, port: number, path: string): { status: number; body: string } {
@@ -320,16 +389,24 @@ export function staticNeighbours(topo: Topology): void {
   const routers = Array.from({ length: topo.nrouters }, (_, k) => k + 1);
   const servers = Array.from({ length: topo.nvm }, (_, k) => k + 1);
   const nets: Host[][] = [
-    [...servers.map((n): Host => ({ ns: topo.ns.server(n), dev: 'eth1', addr: (f) => serverAddr(n, f) })),
-      ...routers.map((i): Host => ({ ns: topo.ns.router(i), dev: 'eth1', addr: (f) => routerAddr(i, 1, f) }))],
-    [{ ns: topo.ns.tester, dev: 'eth1', addr: testerAddr },
-      ...routers.map((i): Host => ({ ns: topo.ns.router(i), dev: 'eth2', addr: (f) => routerAddr(i, 2, f) }))],
+    [
+      ...servers.map((n): Host => ({ ns: topo.ns.server(n), dev: 'eth1', addr: (f) => serverAddr(n, f) })),
+      ...routers.map((i): Host => ({ ns: topo.ns.router(i), dev: 'eth1', addr: (f) => routerAddr(i, 1, f) })),
+    ],
+    [
+      { ns: topo.ns.tester, dev: 'eth1', addr: testerAddr },
+      ...routers.map((i): Host => ({ ns: topo.ns.router(i), dev: 'eth2', addr: (f) => routerAddr(i, 2, f) })),
+    ],
   ];
   for (const hosts of nets) {
     const macs = hosts.map((h) => topo.exec(h.ns, ['cat', `/sys/class/net/${h.dev}/address`]).trim());
     for (const h of hosts) {
-      topo.ip(h.ns, hosts.flatMap((o, k) => (o === h ? [] : ([4, 6] as const).map((f) =>
-        `neigh replace ${o.addr(f)} lladdr ${macs[k]} dev ${h.dev} nud permanent`))));
+      topo.ip(
+        h.ns,
+        hosts.flatMap((o, k) =>
+          o === h ? [] : ([4, 6] as const).map((f) => `neigh replace ${o.addr(f)} lladdr ${macs[k]} dev ${h.dev} nud permanent`),
+        ),
+      );
     }
   }
 }

@@ -1,12 +1,13 @@
 // The lab's nfqueue scale tests with `nfqlb lb --conntrack` (lblab test --conntrack): servers
 // that leave drain, so neither the scale-in nor the scale-out loses a connection; with
 // --stop-servers the scale-in loses exactly the connections on the stopped servers.
-import { afterAll, beforeAll, expect, test } from 'vitest';
+
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { removeLab, runTest, type LabOptions } from '../../src/lab/suite.js';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { type LabOptions, removeLab, runTest } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -14,8 +15,20 @@ const PREFIX = 'tct-l';
 let out: string;
 
 function options(o: Partial<LabOptions>): LabOptions {
-  return { prefix: PREFIX, nvm: 10, nrouters: 1, families: [4], nconn: 100, rate: 500, outDir: out, synOnly: false, noStop: false,
-    conntrack: 65536, log: () => {}, ...o };
+  return {
+    prefix: PREFIX,
+    nvm: 10,
+    nrouters: 1,
+    families: [4],
+    nconn: 100,
+    rate: 500,
+    outDir: out,
+    synOnly: false,
+    noStop: false,
+    conntrack: 65536,
+    log: () => {},
+    ...o,
+  };
 }
 
 beforeAll(() => {
@@ -36,7 +49,10 @@ test('nfqueue_scale --conntrack: servers 1 and 2 drain and come back, 0 of 100 l
   expect(r.ok, r.problems.join('; ')).toBe(true);
   const run = r.runs[0]!;
   expect(run.report.neverConnected).toBe(0);
-  expect(run.report.phases.map((p) => [p.event.kind, p.lost])).toEqual([['scale-in', 0], ['scale-out', 0]]);
+  expect(run.report.phases.map((p) => [p.event.kind, p.lost])).toEqual([
+    ['scale-in', 0],
+    ['scale-out', 0],
+  ]);
   expect(run.report.phases[0]!.ideal).toBeGreaterThan(0);
 });
 

@@ -5,20 +5,21 @@
 // - `lblab test --resilient ecmp_scale_out`: with a kernel resilient next-hop group, servers
 //   added back get only idle buckets, so no established connection moves (hash-threshold ECMP,
 //   run as the control, moves about half of them).
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { bgpUnavailable } from '../../src/lab/bgp.js';
 import { inNs } from '../../src/lab/netns.js';
-import { removeLab, runTest, type LabOptions } from '../../src/lab/suite.js';
+import { removeLab, runTest } from '../../src/lab/suite.js';
 import { labNamespaces, routerAddr, VIP, vmName } from '../../src/lab/topology.js';
-import { toolArgv } from '../../src/lab/traffic/tools.js';
 import type { MconnectResult } from '../../src/lab/traffic/mconnect.js';
 import type { CtrafficStats } from '../../src/lab/traffic/stats.js';
+import { toolArgv } from '../../src/lab/traffic/tools.js';
 import { waitFor } from '../wait.js';
-import { establishedTo, NFQLB, requireBuild, ROOT } from './harness.js';
+import { establishedTo, NFQLB, ROOT, requireBuild } from './harness.js';
 
 let out: string;
 
@@ -43,11 +44,24 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
   /** Next-hops of the gateway's learned IPv4 VIP route (0: none). */
   const nexthops = (): number => {
     const [r] = JSON.parse(inNs(tester, ['ip', '-j', '-4', 'route', 'show', `${VIP[4]}/32`]) || '[]') as { nexthops?: unknown[] }[];
-    return r === undefined ? 0 : r.nexthops?.length ?? 1;
+    return r === undefined ? 0 : (r.nexthops?.length ?? 1);
   };
   const pinnedMconnect = (): MconnectResult => {
-    const r = spawnSync('ip', ['netns', 'exec', tester, ...toolArgv('mconnect'), `--address=${VIP[4]}:5001`, '--nconn=40',
-      `--srccidr=${PINNED}`, '--timeout=1s', '--output=json'], { encoding: 'utf8' });
+    const r = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        tester,
+        ...toolArgv('mconnect'),
+        `--address=${VIP[4]}:5001`,
+        '--nconn=40',
+        `--srccidr=${PINNED}`,
+        '--timeout=1s',
+        '--output=json',
+      ],
+      { encoding: 'utf8' },
+    );
     return JSON.parse(r.stdout) as MconnectResult;
   };
 
@@ -55,8 +69,19 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
     const missing = bgpUnavailable();
     if (missing) throw new Error(missing);
     removeLab(PREFIX);
-    const r = await runTest('start_nfqueue', { prefix: PREFIX, nvm: 2, nrouters: 2, families: [4], nconn: 100, rate: 100, outDir: out,
-      synOnly: false, noStop: false, bgp: true, log: () => {} });
+    const r = await runTest('start_nfqueue', {
+      prefix: PREFIX,
+      nvm: 2,
+      nrouters: 2,
+      families: [4],
+      nconn: 100,
+      rate: 100,
+      outDir: out,
+      synOnly: false,
+      noStop: false,
+      bgp: true,
+      log: () => {},
+    });
     if (!r.ok) throw new Error(`start_nfqueue --bgp: ${r.unavailable ?? r.problems.join('; ')}`);
   });
 
@@ -68,13 +93,18 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
 
   test(`SIGTERM with --drain=${DRAIN_MS}: withdrawn at once, serves its flows ${DRAIN_MS} ms more, then exits`, async () => {
     // The lab's lb of vm-201 gives way to one started here with --drain (same arguments).
-    const [labLb] = execFileSync('ip', ['netns', 'pids', lb1], { encoding: 'utf8' }).trim().split('\n').map(Number)
+    const [labLb] = execFileSync('ip', ['netns', 'pids', lb1], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .map(Number)
       .filter((pid) => /\bnfqlb\0lb\0/.test(readFileSync(`/proc/${pid}/cmdline`, 'latin1')));
     expect(labLb).toBeDefined();
-    const args = readFileSync(`/proc/${labLb}/cmdline`, 'latin1').split('\0').filter((a) => a.startsWith('--'));
+    const args = readFileSync(`/proc/${labLb}/cmdline`, 'latin1')
+      .split('\0')
+      .filter((a) => a.startsWith('--'));
     expect(args).toContain('--announce=vip0');
     process.kill(labLb!, 'SIGKILL');
-    await waitFor('the killed lb\'s device to go', () => !inNs(lb1, ['ip', 'link']).includes('vip0'));
+    await waitFor("the killed lb's device to go", () => !inNs(lb1, ['ip', 'link']).includes('vip0'));
     await waitFor('the gateway to drop LB 1', () => nexthops() === 1);
 
     let output = '';
@@ -93,12 +123,25 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
     expect(before.failed_connects + before.failed_reads, JSON.stringify(before)).toBe(0);
     // Long-lived connections over the whole tier (not pinned) across the stop: none may break.
     const statsFile = join(out, 'drain-ctraffic.json');
-    const ctraffic = spawn('ip', ['netns', 'exec', tester, ...toolArgv('ctraffic'), `--address=${VIP[4]}:5003`, `--nconn=${NCONN}`,
-      '--rate=200', `--timeout=${DRAIN_MS + 4000}ms`, '--srccidr=50.0.1.0/24', `--stats-file=${statsFile}`], { stdio: 'ignore' });
+    const ctraffic = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        tester,
+        ...toolArgv('ctraffic'),
+        `--address=${VIP[4]}:5003`,
+        `--nconn=${NCONN}`,
+        '--rate=200',
+        `--timeout=${DRAIN_MS + 4000}ms`,
+        '--srccidr=50.0.1.0/24',
+        `--stats-file=${statsFile}`,
+      ],
+      { stdio: 'ignore' },
+    );
     mine.push(ctraffic);
     const ctrafficDone = new Promise<number | null>((r) => ctraffic.once('close', r));
-    await waitFor('every ctraffic connection to be up', () =>
-      establishedTo(tester, 5003) === NCONN);
+    await waitFor('every ctraffic connection to be up', () => establishedTo(tester, 5003) === NCONN);
 
     const t0 = Date.now();
     lb.kill('SIGTERM');
@@ -130,7 +173,7 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
     expect(stats.lostEvents).toBe(0);
     expect(stats.connections.filter((c) => c.events.some((e) => e.type === 'lost'))).toEqual([]);
     // They carried traffic the whole time: about rate x duration echoes came back.
-    expect(stats.received).toBeGreaterThan(0.8 * 200 * (DRAIN_MS + 4000) / 1000);
+    expect(stats.received).toBeGreaterThan((0.8 * 200 * (DRAIN_MS + 4000)) / 1000);
   });
 });
 
@@ -139,8 +182,15 @@ describe('lblab test --resilient ecmp_scale_out (as the README runs it)', () => 
 
   /** Runs lblab test; returns its output and, per family, the scale-out's lost / ideal connections. */
   async function lblab(args: string[]): Promise<{ text: string; scaleOut: Record<string, { lost: number; ideal: number }> }> {
-    const p = spawn(process.execPath, [`${ROOT}bin/lblab`, 'test', `--prefix=${PREFIX}`, `--out=${out}`, '--nvm=10', ...args,
-      'ecmp_scale_out']);
+    const p = spawn(process.execPath, [
+      `${ROOT}bin/lblab`,
+      'test',
+      `--prefix=${PREFIX}`,
+      `--out=${out}`,
+      '--nvm=10',
+      ...args,
+      'ecmp_scale_out',
+    ]);
     let text = '';
     p.stdout.on('data', (d: Buffer) => (text += d.toString()));
     p.stderr.on('data', (d: Buffer) => (text += d.toString()));
@@ -163,7 +213,9 @@ describe('lblab test --resilient ecmp_scale_out (as the README runs it)', () => 
     execFileSync('ip', ['netns', 'add', probe]);
     try {
       const r = spawnSync('ip', ['-n', probe, '-batch', '-'], {
-        input: 'link set lo up\nnexthop add id 1 dev lo\nnexthop add id 2 group 1 type resilient buckets 8\n', encoding: 'utf8' });
+        input: 'link set lo up\nnexthop add id 1 dev lo\nnexthop add id 2 group 1 type resilient buckets 8\n',
+        encoding: 'utf8',
+      });
       if (r.status !== 0) {
         throw new Error(`this kernel has no resilient next-hop groups (ip nexthop ... type resilient): ${r.stderr.trim()}`);
       }

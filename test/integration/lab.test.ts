@@ -2,14 +2,15 @@
 // (real nfqlb and kernel ECMP, 100 real TCP connections, servers removed and added back),
 // the lblab CLI's list, refusals, IPVS detection and start/down, the IPVS and XDP labs where the
 // kernel has them, and that nothing is left.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ipvsUnavailable, xdpUnavailable } from '../../src/lab/lb-setup.js';
-import { removeLab, runTest, type LabOptions, type ScaleRun } from '../../src/lab/suite.js';
+import { type LabOptions, removeLab, runTest, type ScaleRun } from '../../src/lab/suite.js';
 import { labNamespaces, vmName } from '../../src/lab/topology.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -23,7 +24,19 @@ function lblab(...args: string[]): { status: number | null; stdout: string; stde
 }
 
 function options(o: Partial<LabOptions>): LabOptions {
-  return { prefix: PREFIX, nvm: NVM, nrouters: 1, families: [4], nconn: 100, rate: 500, outDir: out, synOnly: false, noStop: false, log: () => {}, ...o };
+  return {
+    prefix: PREFIX,
+    nvm: NVM,
+    nrouters: 1,
+    families: [4],
+    nconn: 100,
+    rate: 500,
+    outDir: out,
+    synOnly: false,
+    noStop: false,
+    log: () => {},
+    ...o,
+  };
 }
 
 const labShm = (): string[] => readdirSync('/dev/shm').filter((f) => f.startsWith(PREFIX));
@@ -63,8 +76,24 @@ describe('lblab CLI', () => {
     const r = lblab('test', '--list');
     expect(r.status).toBe(0);
     const names = r.stdout.trim().split('\n');
-    for (const t of ['nfqueue', 'nfqueue_scale', 'nfqueue_scale_in', 'nfqueue_scale_out', 'nfqueue_scale_lb', 'ecmp', 'ecmp_scale',
-      'ecmp_scale_in', 'ecmp_scale_out', 'ecmp_scale_lb', 'ipvs', 'ipvs_scale', 'xdp', 'start_nfqueue', 'start_ecmp', 'start_xdp']) {
+    for (const t of [
+      'nfqueue',
+      'nfqueue_scale',
+      'nfqueue_scale_in',
+      'nfqueue_scale_out',
+      'nfqueue_scale_lb',
+      'ecmp',
+      'ecmp_scale',
+      'ecmp_scale_in',
+      'ecmp_scale_out',
+      'ecmp_scale_lb',
+      'ipvs',
+      'ipvs_scale',
+      'xdp',
+      'start_nfqueue',
+      'start_ecmp',
+      'start_xdp',
+    ]) {
       expect(names).toContain(t);
     }
   });
@@ -99,8 +128,21 @@ describe('lblab CLI', () => {
     expect(r.stdout).toContain(`ip netns exec ${PREFIX}vm-221 bash`);
     expect(r.stdout).toContain(`down --prefix=${PREFIX}`);
     // The servers outlived lblab: mconnect from the tester reaches both.
-    const m = spawnSync('ip', ['netns', 'exec', `${PREFIX}vm-221`, process.execPath, `${ROOT}dist/src/lab/traffic/mconnect.js`,
-      '--address=[1000::]:5001', '--nconn=40', '--srccidr=2000::/112', '--output=json'], { encoding: 'utf8' });
+    const m = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        `${PREFIX}vm-221`,
+        process.execPath,
+        `${ROOT}dist/src/lab/traffic/mconnect.js`,
+        '--address=[1000::]:5001',
+        '--nconn=40',
+        '--srccidr=2000::/112',
+        '--output=json',
+      ],
+      { encoding: 'utf8' },
+    );
     expect(m.status, m.stderr).toBe(0);
     expect(Object.keys(JSON.parse(m.stdout).hosts).sort()).toEqual(['vm-001', 'vm-002']);
     expect(lblab('down', `--prefix=${PREFIX}`).status).toBe(0);

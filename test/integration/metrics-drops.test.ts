@@ -2,17 +2,28 @@
 // stopping the lb (SIGSTOP) under a flood, so that nothing reads its socket, then letting it
 // go on (SIGCONT). nfqlb: the netlink socket's receive buffer overruns (ENOBUFS); xdplb: the
 // AF_XDP socket runs out of fill-ring frames. Each count is checked against the kernel's own.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createTopology, labNamespaces, VIP, type Topology } from '../../src/lab/topology.js';
-import { kernelQueueStats, type KernelQueueStats } from '../../src/nfqueue.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTopology, labNamespaces, type Topology, VIP } from '../../src/lab/topology.js';
+import { type KernelQueueStats, kernelQueueStats } from '../../src/nfqueue.js';
 import { deleteShm } from '../../src/shm.js';
 import { waitFor, waitUntilStable } from '../wait.js';
 import {
-  activateServers, createNfqueueLab, httpGet, NFQLB, nfqlb, requireBuild, ROOT, Scrape, startDaemon, tearDownLab, type Daemon,
+  activateServers,
+  createNfqueueLab,
+  type Daemon,
+  httpGet,
+  NFQLB,
+  nfqlb,
+  ROOT,
+  requireBuild,
+  Scrape,
+  startDaemon,
+  tearDownLab,
 } from './harness.js';
 
 const PORT = 9112;
@@ -69,8 +80,16 @@ describe('nfqlb: a receive-buffer overrun (ENOBUFS) is counted', () => {
     activateServers(SHM, 2);
     // A queue length far above what the 8 MiB socket buffer holds: the flood must overrun
     // the socket (user_dropped), not the queue (queue_dropped).
-    const p = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, '--queue=2', '--qlength=1000000',
-      `--metrics=${PORT}`]);
+    const p = topo.spawn(router, [
+      'node',
+      NFQLB,
+      'lb',
+      `--tshm=${SHM}`,
+      `--ft_shm=${FT_SHM}`,
+      '--queue=2',
+      '--qlength=1000000',
+      `--metrics=${PORT}`,
+    ]);
     procs.push(p);
     lb = await startDaemon(p);
   });
@@ -80,7 +99,7 @@ describe('nfqlb: a receive-buffer overrun (ENOBUFS) is counted', () => {
     expect(tearDownLab(PREFIX, topo, procs, [SHM, FT_SHM])).toEqual([]);
   });
 
-  it('each overrun while the lb is stopped counts once, the kernel\'s user_dropped is exported as is', async () => {
+  it("each overrun while the lb is stopped counts once, the kernel's user_dropped is exported as is", async () => {
     await waitFor('the metrics server', () => httpGet(topo!, router, PORT, '/healthz').status === 200);
     expect(scrape().sum('nfqlb_enobufs_total', { queue: '2' })).toBe(0);
     expect(kernel().userDropped).toBe(0);
@@ -91,8 +110,9 @@ describe('nfqlb: a receive-buffer overrun (ENOBUFS) is counted', () => {
       lb.proc.kill('SIGSTOP');
       const f = startFlood(topo!, procs);
       try {
-        await waitFor('the kernel dropping packets for the stopped lb', () => kernel().userDropped > before.userDropped,
-          { timeout: 15_000 });
+        await waitFor('the kernel dropping packets for the stopped lb', () => kernel().userDropped > before.userDropped, {
+          timeout: 15_000,
+        });
       } finally {
         await stopFlood(f);
         lb.proc.kill('SIGCONT');
@@ -104,11 +124,15 @@ describe('nfqlb: a receive-buffer overrun (ENOBUFS) is counted', () => {
       });
       expect(k.full).toBe(0);
       // The lb copies the addon's counts every second and reads every queued packet.
-      const s = await waitFor(`the lb to read the queue and count overrun ${episode}`, () => {
-        const x = scrape();
-        const read = x.sum('nfqlb_packets_total', { queue: '2' }) === k.id - k.user;
-        return read && x.sum('nfqlb_enobufs_total', { queue: '2' }) >= episode ? x : null;
-      }, { timeout: 15_000 });
+      const s = await waitFor(
+        `the lb to read the queue and count overrun ${episode}`,
+        () => {
+          const x = scrape();
+          const read = x.sum('nfqlb_packets_total', { queue: '2' }) === k.id - k.user;
+          return read && x.sum('nfqlb_enobufs_total', { queue: '2' }) >= episode ? x : null;
+        },
+        { timeout: 15_000 },
+      );
       expect(s.sum('nfqlb_enobufs_total', { queue: '2' })).toBe(episode);
       expect(s.sum('nfqlb_nfqueue_dropped_total', { queue: '2', reason: 'user' })).toBe(k.user);
       expect(s.sum('nfqlb_nfqueue_dropped_total', { queue: '2', reason: 'queue_full' })).toBe(0);
@@ -146,8 +170,17 @@ describe('xdplb: frames the kernel drops for want of a fill-ring frame are count
     const xdplb = (...args: string[]) => topo!.exec(router(), [process.execPath, `${ROOT}bin/xdplb`, ...args, `--shm=${SHM}`]);
     xdplb('init');
     xdplb('activate', `--mac=${topo.exec(topo.ns.server(1), ['cat', '/sys/class/net/eth1/address']).trim()}`, '0');
-    const p = topo.spawn(router(), [process.execPath, `${ROOT}bin/xdplb`, 'lb', '--idev=eth2', '--edev=eth1', '--mode=native',
-      `--shm=${SHM}`, `--vip=${VIP[4]}`, `--metrics=${PORT}`]);
+    const p = topo.spawn(router(), [
+      process.execPath,
+      `${ROOT}bin/xdplb`,
+      'lb',
+      '--idev=eth2',
+      '--edev=eth1',
+      '--mode=native',
+      `--shm=${SHM}`,
+      `--vip=${VIP[4]}`,
+      `--metrics=${PORT}`,
+    ]);
     procs.push(p);
     lb = await startDaemon(p, 'xdplb forwarding');
   });
@@ -170,8 +203,9 @@ describe('xdplb: frames the kernel drops for want of a fill-ring frame are count
     try {
       // Once the UMEM's 4096 frames sit in the rx ring, nobody gives any back: each further VIP
       // frame is a redirect the kernel fails, which the veth counts as a drop of its own.
-      await waitFor('the kernel to fail 10000 redirects to the socket', () => veth().rx_queue_0_drops! - v0.rx_queue_0_drops! > 10_000,
-        { timeout: 15_000 });
+      await waitFor('the kernel to fail 10000 redirects to the socket', () => veth().rx_queue_0_drops! - v0.rx_queue_0_drops! > 10_000, {
+        timeout: 15_000,
+      });
     } finally {
       await stopFlood(f);
       lb.proc.kill('SIGCONT');

@@ -3,17 +3,28 @@
 // router's namespace. Every count is checked against one the kernel keeps on its own: iptables
 // counters at the servers (what each one received), /proc/net/netfilter/nfnetlink_queue at the
 // router (what the queue handed out).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { VIP, type Family, type Topology } from '../../src/lab/topology.js';
-import { kernelQueueStats, type KernelQueueStats } from '../../src/nfqueue.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Family, type Topology, VIP } from '../../src/lab/topology.js';
+import { type KernelQueueStats, kernelQueueStats } from '../../src/nfqueue.js';
 import { shmPath } from '../../src/shm.js';
-import {
-  activateServers, createNfqueueLab, httpGet, mconnect as mconnectFrom, NFQLB, nfqlb, requireBuild, Scrape, startDaemon, staticNeighbours,
-  tearDownLab, type Daemon,
-} from './harness.js';
 import { waitFor, waitUntilStable } from '../wait.js';
+import {
+  activateServers,
+  createNfqueueLab,
+  type Daemon,
+  httpGet,
+  mconnect as mconnectFrom,
+  NFQLB,
+  nfqlb,
+  requireBuild,
+  Scrape,
+  startDaemon,
+  staticNeighbours,
+  tearDownLab,
+} from './harness.js';
 
 const PREFIX = 'tmx-';
 const SHM = 'tmx-targets';
@@ -61,14 +72,22 @@ const mconnect = (family: Family, nconn = 100) => {
   expect(r.failed_connects + r.failed_reads).toBe(0);
 };
 
-interface Counts { packets: number; bytes: number }
+interface Counts {
+  packets: number;
+  bytes: number;
+}
 
 /** Packets and bytes to the VIP (v4 + v6) that each server's PREROUTING saw, server 1 first. */
 function serverCounts(): Counts[] {
   return Array.from({ length: NVM }, (_, i) => {
     const c = { packets: 0, bytes: 0 };
     for (const cmd of ['iptables', 'ip6tables']) {
-      const rule = topo.exec(topo.ns.server(i + 1), [cmd, '-t', 'mangle', '-nvxL', 'PREROUTING']).trim().split('\n')[2]!.trim().split(/\s+/);
+      const rule = topo
+        .exec(topo.ns.server(i + 1), [cmd, '-t', 'mangle', '-nvxL', 'PREROUTING'])
+        .trim()
+        .split('\n')[2]!
+        .trim()
+        .split(/\s+/);
       c.packets += Number(rule[0]);
       c.bytes += Number(rule[1]);
     }
@@ -90,11 +109,15 @@ function scrape(): Scrape {
 
 /** Polls /healthz until it answers `status` (the lb reads tables and binds queues on its own time). */
 async function healthz(status: number): Promise<string> {
-  const r = await waitFor(`/healthz to answer ${status}`, () => {
-    const got = httpGet(topo, router, PORT, '/healthz');
-    if (got.status !== status) throw new Error(`it answers ${got.status}: ${got.body.trim()}`);
-    return got;
-  }, { timeout: 20_000, interval: 100 });
+  const r = await waitFor(
+    `/healthz to answer ${status}`,
+    () => {
+      const got = httpGet(topo, router, PORT, '/healthz');
+      if (got.status !== status) throw new Error(`it answers ${got.status}: ${got.body.trim()}`);
+      return got;
+    },
+    { timeout: 20_000, interval: 100 },
+  );
   return r.body;
 }
 
@@ -113,11 +136,18 @@ interface Settled {
  */
 async function settled(queues: number[]): Promise<Settled> {
   let last!: Settled;
-  await waitUntilStable('the packet counters', () => {
-    last = { s: scrape(), servers: serverCounts(), kernel: new Map(queues.map((q) => [q, kernelQueue(q)])) };
-    return [last.servers, [...last.kernel.values()].map((k) => k.idSequence),
-      ...['nfqlb_packets_total', 'nfqlb_target_packets_total', 'nfqlb_drops_total'].map((m) => last.s.series(m))];
-  }, { settle: 200, timeout: 20_000 });
+  await waitUntilStable(
+    'the packet counters',
+    () => {
+      last = { s: scrape(), servers: serverCounts(), kernel: new Map(queues.map((q) => [q, kernelQueue(q)])) };
+      return [
+        last.servers,
+        [...last.kernel.values()].map((k) => k.idSequence),
+        ...['nfqlb_packets_total', 'nfqlb_target_packets_total', 'nfqlb_drops_total'].map((m) => last.s.series(m)),
+      ];
+    },
+    { settle: 200, timeout: 20_000 },
+  );
   return last;
 }
 
@@ -136,7 +166,11 @@ function expectTargetsMatchServers(s: Scrape, before: Counts[], after: Counts[],
     const packets = s.sum('nfqlb_target_packets_total', { fwmark }) - (base?.sum('nfqlb_target_packets_total', { fwmark }) ?? 0);
     const bytes = s.sum('nfqlb_target_bytes_total', { fwmark }) - (base?.sum('nfqlb_target_bytes_total', { fwmark }) ?? 0);
     expect(packets, `fwmark ${fwmark}`).toBeGreaterThan(0);
-    expect({ fwmark, packets, bytes }).toEqual({ fwmark, packets: after[n - 1]!.packets - before[n - 1]!.packets, bytes: after[n - 1]!.bytes - before[n - 1]!.bytes });
+    expect({ fwmark, packets, bytes }).toEqual({
+      fwmark,
+      packets: after[n - 1]!.packets - before[n - 1]!.packets,
+      bytes: after[n - 1]!.bytes - before[n - 1]!.bytes,
+    });
   }
 }
 
@@ -206,7 +240,9 @@ describe('nfqlb lb --metrics, one queue', () => {
       expect(servers).toEqual(before);
       expect(s.sum('nfqlb_targets_active', { table: SHM })).toBe(0);
       expect(s.sum('nfqlb_table_changes_total', { table: SHM })).toBeGreaterThan(base.sum('nfqlb_table_changes_total', { table: SHM }));
-      expect(s.sum('nfqlb_table_last_change_seconds', { table: SHM })).toBeGreaterThan(base.sum('nfqlb_table_last_change_seconds', { table: SHM }));
+      expect(s.sum('nfqlb_table_last_change_seconds', { table: SHM })).toBeGreaterThan(
+        base.sum('nfqlb_table_last_change_seconds', { table: SHM }),
+      );
     } finally {
       activateServers(SHM, NVM);
     }
@@ -228,10 +264,15 @@ describe('nfqlb lb --metrics, one queue', () => {
     procs.push(clients);
     let out = '';
     clients.stdout!.on('data', (d) => (out += String(d)));
-    const seen = (text: string, timeout: number) => waitFor(`the clients to print '${text}'`, () => {
-      if (!out.includes(text)) throw new Error(`they printed ${JSON.stringify(out)}`);
-      return true;
-    }, { timeout, interval: 100 });
+    const seen = (text: string, timeout: number) =>
+      waitFor(
+        `the clients to print '${text}'`,
+        () => {
+          if (!out.includes(text)) throw new Error(`they printed ${JSON.stringify(out)}`);
+          return true;
+        },
+        { timeout, interval: 100 },
+      );
     await seen('slow: holding', 10_000);
     await seen('malformed: HTTP/1.1 400', 10_000);
     // With the slow client's connection open, a scrape is answered (checked right after it: the
@@ -243,7 +284,9 @@ describe('nfqlb lb --metrics, one queue', () => {
     udpBurst(4, 200);
     const { s, servers } = await settled([2]);
     expectTargetsMatchServers(s, before, servers, base);
-    expect(s.sum('nfqlb_packets_total') - base.sum('nfqlb_packets_total')).toBe(s.sum('nfqlb_target_packets_total') - base.sum('nfqlb_target_packets_total'));
+    expect(s.sum('nfqlb_packets_total') - base.sum('nfqlb_packets_total')).toBe(
+      s.sum('nfqlb_target_packets_total') - base.sum('nfqlb_target_packets_total'),
+    );
     // The server cuts the slow client off (10 s for the headers, checked every second), the lb carries on.
     await seen('slow: closed, answer HTTP/1.1 408 Request Timeout', 30_000);
     expect(lb.proc.exitCode).toBeNull();
@@ -252,7 +295,10 @@ describe('nfqlb lb --metrics, one queue', () => {
 
 describe('nfqlb lb --metrics --queue=0:1 (worker threads)', () => {
   const queueRule = (...target: string[]) => {
-    for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
+    for (const [cmd, vip] of [
+      ['iptables', `${VIP[4]}/32`],
+      ['ip6tables', `${VIP[6]}/128`],
+    ] as const) {
       topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', vip, '-j', 'NFQUEUE', ...target]);
     }
   };
@@ -286,7 +332,11 @@ describe('nfqlb flowlb --metrics', () => {
   it('counts matches per flow and the packets no flow takes', async () => {
     const lb = await startLb('flowlb', `--ft_shm=${FLOW_FT_SHM}`, '--queue=2');
     try {
-      const r = spawnSync('ip', ['netns', 'exec', router, 'node', NFQLB, 'flow-set', '--name=web', `--target=${SHM}`, '--protocols=tcp', '--dports=5001'], { encoding: 'utf8' });
+      const r = spawnSync(
+        'ip',
+        ['netns', 'exec', router, 'node', NFQLB, 'flow-set', '--name=web', `--target=${SHM}`, '--protocols=tcp', '--dports=5001'],
+        { encoding: 'utf8' },
+      );
       expect(r.stdout, r.stderr).toBe('OK\n');
       const before = serverCounts();
       mconnect(4, 30);
@@ -312,7 +362,11 @@ describe('bad --metrics', () => {
     ['192.0.2.1:9110', /^nfqlb lb: --metrics: cannot listen on 192\.0\.2\.1:9110: EADDRNOTAVAIL\n$/],
   ])('--metrics=%s: one line on stderr, exit 1, no queue bound and no file made', (arg, message) => {
     const ft = 'tmx-ftbad';
-    const r = spawnSync('ip', ['netns', 'exec', router, 'node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${ft}`, '--queue=2', `--metrics=${arg}`], { encoding: 'utf8' });
+    const r = spawnSync(
+      'ip',
+      ['netns', 'exec', router, 'node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${ft}`, '--queue=2', `--metrics=${arg}`],
+      { encoding: 'utf8' },
+    );
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(message);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);

@@ -1,13 +1,23 @@
 // nfqlb through the kernel: real iptables NFQUEUE rules, policy routing by fwmark, and real TCP
 // connections from 100 source addresses to the VIP, over IPv4 and IPv6, with DSR servers.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import type { ChildProcess } from 'node:child_process';
-import { vmName as hostName, type Family, type Topology } from '../../src/lab/topology.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Family, vmName as hostName, type Topology } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
 import { waitFor } from '../wait.js';
 import {
-  activateServers, createNfqueueLab, NFQLB, mconnect as mconnectFrom, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon,
-  nfqueueTarget, queueEventLoops,
+  activateServers,
+  createNfqueueLab,
+  type Daemon,
+  mconnect as mconnectFrom,
+  NFQLB,
+  nfqlb,
+  nfqueueTarget,
+  queueEventLoops,
+  requireBuild,
+  startDaemon,
+  tearDownLab,
 } from './harness.js';
 
 const PREFIX = 'tlbn-';

@@ -11,15 +11,18 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, inNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
-import { kernelQueueStats, NfQueue, type NativeNfQueueClass } from '../../src/nfqueue.js';
+import { kernelQueueStats, type NativeNfQueueClass, NfQueue } from '../../src/nfqueue.js';
 import { waitFor } from '../wait.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The child runs plain node: the modules it needs are transpiled below build/ (inside the
 // checkout, so the addon loader finds package.json and build/Release).
 const childDir = join(root, 'build', 'tlbq-child');
-const CLI = 'tlbq-cli', RTR = 'tlbq-rtr', SNK = 'tlbq-snk';
-const SINK4 = '10.77.2.1', SINK6 = 'fd77:2::1';
+const CLI = 'tlbq-cli',
+  RTR = 'tlbq-rtr',
+  SNK = 'tlbq-snk';
+const SINK4 = '10.77.2.1',
+  SINK6 = 'fd77:2::1';
 const QUEUE = 7;
 
 const CHILD = `
@@ -32,7 +35,8 @@ const out = isMainThread ? (o) => process.stdout.write(JSON.stringify(o) + '\\n'
 
 let q, maxBatch = 0, errors = 0, last = null;
 function open() {
-  q = new NfQueue({ queue: args.queue, maxLen: 8192, batch: args.batch, copyRange: args.copyRange, rcvBuf: args.rcvBuf, onError: () => errors++ });
+  const { queue, batch, copyRange, rcvBuf } = args;
+  q = new NfQueue({ queue, maxLen: 8192, batch, copyRange, rcvBuf, onError: () => errors++ });
   q.start((count) => {
     if (count > maxBatch) maxBatch = count;
     const { desc, data, verdicts } = q;
@@ -109,6 +113,7 @@ function writeChildFiles(): void {
   writeFileSync(join(childDir, 'send.mjs'), SENDER);
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: the child's JSON replies have several shapes; each test reads its own fields.
 type Reply = Record<string, any>;
 
 /** A child process in the router namespace holding the queue, driven line by line. */
@@ -148,18 +153,22 @@ class QueueChild {
   }
 
   cmd(c: string): Promise<Reply> {
-    this.proc.stdin!.write(c + '\n');
+    this.proc.stdin!.write(`${c}\n`);
     return this.next();
   }
 
   /** Polls stats until `done` holds; returns that stats reply. Rejects after 5 s with the last one. */
   async waitFor(what: string, done: (r: Reply) => boolean): Promise<Reply> {
     let last: Reply | undefined;
-    return waitFor(what, async () => {
-      last = await this.cmd('stats');
-      if (!done(last)) return undefined;
-      return last;
-    }, { timeout: 5000, interval: 50 }).catch((e: Error) => {
+    return waitFor(
+      what,
+      async () => {
+        last = await this.cmd('stats');
+        if (!done(last)) return undefined;
+        return last;
+      },
+      { timeout: 5000, interval: 50 },
+    ).catch((e: Error) => {
       throw new Error(`${e.message}; last stats: ${JSON.stringify(last)}`);
     });
   }
@@ -221,14 +230,20 @@ function buildTopology(): void {
   inNs(SNK, ['ip', 'route', 'add', 'default', 'via', '10.77.2.254']);
   inNs(SNK, ['ip', '-6', 'route', 'add', 'default', 'via', 'fd77:2::fe']);
   // Static neighbours: no ARP/ND queueing (and loss) of the first packets of a burst.
-  const r0 = macOf(RTR, 'r0'), s0 = macOf(SNK, 's0');
-  for (const via of ['10.77.1.254', 'fd77:1::fe']) inNs(CLI, ['ip', 'neigh', 'replace', via, 'lladdr', r0, 'dev', 'c0', 'nud', 'permanent']);
+  const r0 = macOf(RTR, 'r0'),
+    s0 = macOf(SNK, 's0');
+  for (const via of ['10.77.1.254', 'fd77:1::fe'])
+    inNs(CLI, ['ip', 'neigh', 'replace', via, 'lladdr', r0, 'dev', 'c0', 'nud', 'permanent']);
   for (const dst of [SINK4, SINK6]) inNs(RTR, ['ip', 'neigh', 'replace', dst, 'lladdr', s0, 'dev', 'r1', 'nud', 'permanent']);
   inNs(RTR, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
-  for (const [t, sink] of [['iptables', SINK4], ['ip6tables', SINK6]] as const) {
+  for (const [t, sink] of [
+    ['iptables', SINK4],
+    ['ip6tables', SINK6],
+  ] as const) {
     inNs(RTR, [t, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
     inNs(RTR, [t, '-t', 'mangle', '-A', 'PREROUTING', '-d', sink, '-p', 'udp', '-j', 'NFQUEUE', '--queue-num', String(QUEUE)]);
-    for (const port of [0, 1, 2, 3, 4, 5]) inNs(RTR, [t, '-t', 'mangle', '-A', 'FORWARD', '-m', 'mark', '--mark', `0x${(0x100 + port).toString(16)}`]);
+    for (const port of [0, 1, 2, 3, 4, 5])
+      inNs(RTR, [t, '-t', 'mangle', '-A', 'FORWARD', '-m', 'mark', '--mark', `0x${(0x100 + port).toString(16)}`]);
   }
 }
 
@@ -293,7 +308,9 @@ describe('NfQueue in a router namespace', () => {
     expect(r.maxBatch).toBeGreaterThan(1);
     expect(r.kernel).toMatchObject({ queue: QUEUE, queued: 0, queueDropped: 0, userDropped: 0 });
     expect(forwardedByMark(false).get(0x101)).toBe(2000);
-    console.log(`burst of 2000: ${d('batches')} batches, ${d('sendmsgCalls')} sends, ${d('recvCalls')} recvmmsg calls, max batch ${r.maxBatch}`);
+    console.log(
+      `burst of 2000: ${d('batches')} batches, ${d('sendmsgCalls')} sends, ${d('recvCalls')} recvmmsg calls, max batch ${r.maxBatch}`,
+    );
   });
 
   it('odd-sized packets after large ones: exactly one verdict each (no stale bytes parsed as packets)', async () => {
@@ -360,8 +377,10 @@ describe('NfQueue in a router namespace', () => {
     const small = spawnChild({ queue: QUEUE, copyRange: 28, rcvBuf: 4096 });
     expect(await small.next()).toEqual({ ready: true });
     send(SINK4, 2000, [10001]);
-    const r = await small.waitFor('every packet handled or dropped by the kernel',
-      (x) => x.stats.packets + (x.kernel?.userDropped ?? 0) >= 2000);
+    const r = await small.waitFor(
+      'every packet handled or dropped by the kernel',
+      (x) => x.stats.packets + (x.kernel?.userDropped ?? 0) >= 2000,
+    );
     expect(r.last).toMatchObject({ caplen: 28, len: 46 });
     expect(r.stats.enobufs).toBeGreaterThan(0);
     // Packets the kernel could not deliver were dropped (and counted) by it, not lost by us.
@@ -429,7 +448,14 @@ describe('NfQueue wrapper (mock native class)', () => {
   it('reads one queue line of /proc/net/netfilter/nfnetlink_queue', () => {
     const text = '    2  12345     3 2   256     7     9    40000  1\n    7   4242     0 2    64     0     0        5  1\n';
     expect(kernelQueueStats(7, text)).toEqual({
-      queue: 7, portId: 4242, queued: 0, copyMode: 2, copyRange: 64, queueDropped: 0, userDropped: 0, idSequence: 5,
+      queue: 7,
+      portId: 4242,
+      queued: 0,
+      copyMode: 2,
+      copyRange: 64,
+      queueDropped: 0,
+      userDropped: 0,
+      idSequence: 5,
     });
     expect(kernelQueueStats(2, text)).toMatchObject({ queued: 3, queueDropped: 7, userDropped: 9, idSequence: 40000 });
     expect(kernelQueueStats(3, text)).toBeUndefined();

@@ -2,17 +2,16 @@
 // against the TypeScript Balancer: every packet it marks must carry exactly the fwmark the
 // Balancer gives, and it may leave unmarked (for the queue) only what it is meant to decline:
 // fragments, ICMP, other protocols, cut headers, packets not to a VIP, no active target.
-import { afterEach, describe, expect, it } from 'vitest';
+
 import { readFileSync } from 'node:fs';
-import { parseAddress, toKeyAddress } from '../../src/address.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { formatAddress, parseAddress, toKeyAddress } from '../../src/address.js';
+import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
+import { compatOffload, lookupFwmarks, offloadAddon, offloadObjectFile } from '../../src/nfqlb/offload.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';
-import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
-import { lookupFwmarks, offloadAddon, offloadObjectFile } from '../../src/nfqlb/offload.js';
-import { compatOffload } from '../../src/nfqlb/offload.js';
-import { formatAddress } from '../../src/address.js';
-import { buildTable, fixtureBalancer, fixtureGroups, SCTP_ENCAP, VIP4, VIP6, type TableName } from '../fixtures/nfqlb-fixtures.js';
-import { fragmentPacket, ipv4, ipv6, PROTO, type ExtKind } from '../fixtures/packet-builder.js';
+import { buildTable, fixtureBalancer, fixtureGroups, SCTP_ENCAP, type TableName, VIP4, VIP6 } from '../fixtures/nfqlb-fixtures.js';
+import { type ExtKind, fragmentPacket, ipv4, ipv6, PROTO } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';
 
 const TCX_NEXT = -1;
@@ -54,8 +53,14 @@ function markOf(p: Program, pkt: Uint8Array): number {
 function offloadable(pkt: Uint8Array, sctpEncap: number): boolean {
   const p = new PacketInfo();
   parsePacket(pkt, 0, pkt.length, p, sctpEncap);
-  return p.family !== 0 && !p.isFragment && !p.truncated && p.hasPorts && !p.icmpError &&
-    (p.l4Proto === PROTO.tcp || p.l4Proto === PROTO.udp || p.l4Proto === PROTO.sctp);
+  return (
+    p.family !== 0 &&
+    !p.isFragment &&
+    !p.truncated &&
+    p.hasPorts &&
+    !p.icmpError &&
+    (p.l4Proto === PROTO.tcp || p.l4Proto === PROTO.udp || p.l4Proto === PROTO.sctp)
+  );
 }
 
 describe('offload program vs the Balancer: the nfqlb fixtures', () => {
@@ -86,9 +91,25 @@ describe('offload program vs the Balancer: the nfqlb fixtures', () => {
 });
 
 describe('offload program: the reference conformance vectors', () => {
-  interface Query { proto: 'tcp' | 'udp' | 'sctp' | null; src: string; dst: string; hashMode: number; expect: { fwmark: number } }
-  interface State { M?: number; N?: number; ownFwmark?: number; lookup: number[]; active: number[] }
-  interface Scenario { name: string; states: State[]; queries: Query[] }
+  interface Query {
+    proto: 'tcp' | 'udp' | 'sctp' | null;
+    src: string;
+    dst: string;
+    hashMode: number;
+    expect: { fwmark: number };
+  }
+  interface State {
+    M?: number;
+    N?: number;
+    ownFwmark?: number;
+    lookup: number[];
+    active: number[];
+  }
+  interface Scenario {
+    name: string;
+    states: State[];
+    queries: Query[];
+  }
   const vectors = new URL('../conformance/nfqlb-vectors.json', import.meta.url);
   const { scenarios } = JSON.parse(readFileSync(vectors, 'utf8')) as { scenarios: Scenario[] };
   const protoNumber = { tcp: PROTO.tcp, udp: PROTO.udp, sctp: PROTO.sctp };
@@ -164,16 +185,22 @@ describe('offload program: random whole packets and what it must decline', () =>
       ['IPv4 first fragment', fragmentPacket(whole4, 1232)[0]!],
       ['IPv4 last fragment', fragmentPacket(whole4, 1232)[2]!],
       ['IPv6 first fragment', fragmentPacket(whole6, 1232)[0]!],
-      ['IPv6 atomic fragment (a fragment header, offset 0, no M)',
-        ipv6({ src: '2000::1', dst: VIP6 }).ext('frag').udp({ sport: 1, dport: 2 }).build()],
+      [
+        'IPv6 atomic fragment (a fragment header, offset 0, no M)',
+        ipv6({ src: '2000::1', dst: VIP6 }).ext('frag').udp({ sport: 1, dport: 2 }).build(),
+      ],
       ['ICMP echo', ipv4({ src: '50.0.0.1', dst: VIP4 }).icmp(8, 0, { id: 1 }).build()],
       ['ICMPv6 packet too big', ipv6({ src: '1000::1:1', dst: VIP6 }).icmp(2, 0, { rest: 1280 }).inner(whole6.subarray(0, 48)).build()],
       ['GRE', ipv4({ src: '50.0.0.1', dst: VIP4 }).proto(47).payload(24).build()],
       ['TCP header cut to 2 bytes', ipv4({ src: '50.0.0.1', dst: VIP4 }).proto(PROTO.tcp).payload(2).build()],
-      ['IPv4 total length shorter than the ports',
-        ipv4({ src: '50.0.0.1', dst: VIP4, totalLength: 22 }).tcp({ sport: 1, dport: 2 }).build()],
-      ['IPv6 payload length shorter than the ports',
-        ipv6({ src: '2000::1', dst: VIP6, payloadLength: 2 }).tcp({ sport: 1, dport: 2 }).build()],
+      [
+        'IPv4 total length shorter than the ports',
+        ipv4({ src: '50.0.0.1', dst: VIP4, totalLength: 22 }).tcp({ sport: 1, dport: 2 }).build(),
+      ],
+      [
+        'IPv6 payload length shorter than the ports',
+        ipv6({ src: '2000::1', dst: VIP6, payloadLength: 2 }).tcp({ sport: 1, dport: 2 }).build(),
+      ],
       ['TCP to another address', ipv4({ src: '50.0.0.1', dst: '10.0.0.1' }).tcp({ sport: 1, dport: 2 }).build()],
       ['TCP over IPv6 to another address', ipv6({ src: '2000::1', dst: '1000::1' }).tcp({ sport: 1, dport: 2 }).build()],
     ];
@@ -199,7 +226,9 @@ describe('offload program: errors', () => {
       error = e;
     }
     expect(error).toMatchObject({
-      message: 'TcOffload: open /nonexistent/tc_offload.bpf.o: No such file or directory (ENOENT)', code: 'ENOENT', errno: 2,
+      message: 'TcOffload: open /nonexistent/tc_offload.bpf.o: No such file or directory (ENOENT)',
+      code: 'ENOENT',
+      errno: 2,
     });
     const prog = load(1, 0, [VIP4], buildTable('main'));
     prog.close();
@@ -207,11 +236,17 @@ describe('offload program: errors', () => {
   });
 });
 
-
 describe('offload program with --compat=nfqlb: the reference packet vectors', () => {
-  interface Vector { hashMode: number; sctpEncap: number; hex: string; fwmark: number }
-  const file = JSON.parse(readFileSync(new URL('../conformance/nfqlb-packet-vectors.json', import.meta.url), 'utf8')) as
-    { table: { activate: number[] }; packets: Vector[] };
+  interface Vector {
+    hashMode: number;
+    sctpEncap: number;
+    hex: string;
+    fwmark: number;
+  }
+  const file = JSON.parse(readFileSync(new URL('../conformance/nfqlb-packet-vectors.json', import.meta.url), 'utf8')) as {
+    table: { activate: number[] };
+    packets: Vector[];
+  };
   const table = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(997, 32)), 997, 32, 0);
   table.activate(file.table.activate);
   const packets = file.packets.map((v) => {
@@ -224,7 +259,12 @@ describe('offload program with --compat=nfqlb: the reference packet vectors', ()
     const out = packets.map(() => 0);
     for (let at = 0; at < vips.length; at += 200) {
       const chunk = new Set(vips.slice(at, at + 200));
-      for (const [hashMode, sctpEncap] of [[0, 0], [1, 0], [0, 9899], [1, 9899]]) {
+      for (const [hashMode, sctpEncap] of [
+        [0, 0],
+        [1, 0],
+        [0, 9899],
+        [1, 9899],
+      ]) {
         const prog = load(hashMode!, sctpEncap!, [...chunk], table);
         packets.forEach((p, i) => {
           if (chunk.has(p.dst) && p.v.hashMode === hashMode && p.v.sctpEncap === sctpEncap) out[i] = markOf(prog, p.b);

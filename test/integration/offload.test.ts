@@ -3,20 +3,33 @@
 // connections over 10 DSR servers with nothing in the queue, fragmented UDP still balanced
 // whole by the queue path, the program gone with a SIGKILLed lb, and live connections through
 // activate/deactivate: exactly those whose lookup entry changed break.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
-import { kernelQueueStats } from '../../src/nfqueue.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashTuple } from '../../src/hash.js';
+import { type Family, type Topology, VIP, vmName } from '../../src/lab/topology.js';
+import { ECHO_PORT } from '../../src/lab/traffic/server.js';
+import { OFFLOAD_PROGRAM } from '../../src/nfqlb/offload.js';
+import { kernelQueueStats } from '../../src/nfqueue.js';
 import { openShm } from '../../src/shm.js';
 import { TargetTable } from '../../src/target-table.js';
-import { OFFLOAD_PROGRAM } from '../../src/nfqlb/offload.js';
-import { ECHO_PORT } from '../../src/lab/traffic/server.js';
 import { waitFor } from '../wait.js';
 import {
-  activateServers, createNfqueueLab, NFQLB, ROOT, UDP_PORT, mconnect, nfqlb, requireBuild, sources, startDaemon, startUdpServers, tearDownLab,
-  udpRoundTrips, type Daemon,
+  activateServers,
+  createNfqueueLab,
+  type Daemon,
+  mconnect,
+  NFQLB,
+  nfqlb,
+  ROOT,
+  requireBuild,
+  sources,
+  startDaemon,
+  startUdpServers,
+  tearDownLab,
+  UDP_PORT,
+  udpRoundTrips,
 } from './harness.js';
 
 const PREFIX = 'tof-';
@@ -30,7 +43,16 @@ let router: string;
 const procs: ChildProcess[] = [];
 
 function startLb(): Promise<Daemon> {
-  const lb = topo.spawn(router, ['node', NFQLB, 'lb', `--tshm=${SHM}`, `--ft_shm=${FT_SHM}`, `--queue=${QUEUE}`, '--offload=eth2', `--vip=${VIP[4]},${VIP[6]}`]);
+  const lb = topo.spawn(router, [
+    'node',
+    NFQLB,
+    'lb',
+    `--tshm=${SHM}`,
+    `--ft_shm=${FT_SHM}`,
+    `--queue=${QUEUE}`,
+    '--offload=eth2',
+    `--vip=${VIP[4]},${VIP[6]}`,
+  ]);
   procs.push(lb);
   return startDaemon(lb);
 }
@@ -57,8 +79,30 @@ beforeAll(() => {
   ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs));
   procs.push(...startUdpServers(topo, NVM));
   // The documented rule for --offload: queue only the packets the program did not mark.
-  for (const [cmd, vip] of [['iptables', `${VIP[4]}/32`], ['ip6tables', `${VIP[6]}/128`]] as const) {
-    topo.exec(router, [cmd, '-t', 'mangle', '-R', 'PREROUTING', '1', '-i', 'eth2', '-d', vip, '-m', 'mark', '--mark', '0', '-j', 'NFQUEUE', '--queue-num', String(QUEUE)]);
+  for (const [cmd, vip] of [
+    ['iptables', `${VIP[4]}/32`],
+    ['ip6tables', `${VIP[6]}/128`],
+  ] as const) {
+    topo.exec(router, [
+      cmd,
+      '-t',
+      'mangle',
+      '-R',
+      'PREROUTING',
+      '1',
+      '-i',
+      'eth2',
+      '-d',
+      vip,
+      '-m',
+      'mark',
+      '--mark',
+      '0',
+      '-j',
+      'NFQUEUE',
+      '--queue-num',
+      String(QUEUE),
+    ]);
   }
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=20');
   activateServers(SHM, NVM);
@@ -71,7 +115,7 @@ afterAll(() => {
 describe.each([4, 6] as const)('lb --offload, IPv%i', (family) => {
   it('spreads 100 connections over the 10 servers; the queue sees no packet', async () => {
     const lb = await startLb();
-    let counters;
+    let counters: Awaited<ReturnType<typeof stopLb>> | undefined;
     try {
       const r = mconnect(topo, family);
       expect(r.failed_connects + r.failed_reads).toBe(0);
@@ -82,15 +126,18 @@ describe.each([4, 6] as const)('lb --offload, IPv%i', (family) => {
       counters = await stopLb(lb);
     }
     // SYN, ACK and FIN at least, for each of the 100 connections.
-    expect(counters.marked).toBeGreaterThanOrEqual(300);
-    expect(counters.declined).toBe(0);
+    expect(counters?.marked).toBeGreaterThanOrEqual(300);
+    expect(counters?.declined).toBe(0);
   });
 
   it('sends fragmented UDP through the queue, whole, to the server of its 5-tuple', async () => {
     const lb = await startLb();
     try {
       const src = sources(family, 16, 1);
-      const answers = udpRoundTrips(topo, src.map((s) => ({ src: s, sport: 7001, family })));
+      const answers = udpRoundTrips(
+        topo,
+        src.map((s) => ({ src: s, sport: 7001, family })),
+      );
       const table = new TargetTable(openShm(SHM, false));
       const ep = (a: string, p: number) => (family === 4 ? `${a}:${p}` : `[${a}]:${p}`);
       const servers = new Set<string>();
@@ -116,10 +163,28 @@ describe('the program goes with the lb', () => {
     try {
       const attached = tcxPrograms().filter((p) => p.name === OFFLOAD_PROGRAM);
       expect(attached).toHaveLength(1);
-      const second = spawnSync('ip', ['netns', 'exec', router, 'node', NFQLB, 'lb', `--tshm=${SHM}`, '--ft_shm=tof-ft2', '--queue=3', '--offload=eth2', `--vip=${VIP[4]}`], { encoding: 'utf8' });
+      const second = spawnSync(
+        'ip',
+        [
+          'netns',
+          'exec',
+          router,
+          'node',
+          NFQLB,
+          'lb',
+          `--tshm=${SHM}`,
+          '--ft_shm=tof-ft2',
+          '--queue=3',
+          '--offload=eth2',
+          `--vip=${VIP[4]}`,
+        ],
+        { encoding: 'utf8' },
+      );
       expect(second.status).toBe(1);
       expect(second.stderr.trim()).toBe(
-        `nfqlb lb: --offload: eth2 already has an offload program at tc ingress (BPF prog id ${attached[0]!.id}): another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf`);
+        `nfqlb lb: --offload: eth2 already has an offload program at tc ingress (BPF prog id ${attached[0]!.id}): ` +
+          "another 'nfqlb lb --offload' runs there, or its link was pinned in /sys/fs/bpf",
+      );
     } finally {
       await lb.stop('SIGKILL');
     }
@@ -193,20 +258,33 @@ describe('churn', () => {
   it('activate/deactivate under traffic: exactly the connections whose entry changed break', async () => {
     const lb = await startLb();
     const jobs = ([4, 6] as Family[]).flatMap((family) =>
-      sources(family, 50, 9).map((src, i) => ({ family, src, sport: 41000 + i, dst: VIP[family] })));
-    const client = spawn('ip', ['netns', 'exec', topo.ns.tester, 'node', '-e', CHURN_CLIENT_JS, JSON.stringify(jobs)], { stdio: ['pipe', 'pipe', 'inherit'] });
+      sources(family, 50, 9).map((src, i) => ({ family, src, sport: 41000 + i, dst: VIP[family] })),
+    );
+    const client = spawn('ip', ['netns', 'exec', topo.ns.tester, 'node', '-e', CHURN_CLIENT_JS, JSON.stringify(jobs)], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
     procs.push(client);
     const out: string[] = [];
     createInterface({ input: client.stdout! }).on('line', (l) => out.push(l));
     const lost = () => new Set(out.filter((l) => l.startsWith('lost ')).map((l) => Number(l.slice(5))));
     const table = new TargetTable(openShm(SHM, false));
     const ep = (family: Family, a: string, p: number) => (family === 4 ? `${a}:${p}` : `[${a}]:${p}`);
-    const fwmarks = () => jobs.map((j) => table.fwmarkOf(hashTuple({ proto: 'tcp', src: ep(j.family, j.src, j.sport), dst: ep(j.family, j.dst, ECHO_PORT) }, 1)));
+    const fwmarks = () =>
+      jobs.map((j) =>
+        table.fwmarkOf(hashTuple({ proto: 'tcp', src: ep(j.family, j.src, j.sport), dst: ep(j.family, j.dst, ECHO_PORT) }, 1)),
+      );
     try {
       await waitFor('every connection to get its greeting', () => out.includes('ready'));
       // Each state's fwmark per connection; a connection is unchanged if all are the same.
       const states = [fwmarks()];
-      for (const step of [['deactivate', '--index=1'], ['deactivate', '--index=2'], ['activate', '--index=1', '101'], ['deactivate', '105'], ['activate', '--index=2', '102'], ['activate', '--index=5', '105']]) {
+      for (const step of [
+        ['deactivate', '--index=1'],
+        ['deactivate', '--index=2'],
+        ['activate', '--index=1', '101'],
+        ['deactivate', '105'],
+        ['activate', '--index=2', '102'],
+        ['activate', '--index=5', '105'],
+      ]) {
         nfqlb(step[0]!, `--shm=${SHM}`, ...step.slice(1));
         const [prev, now] = [states.at(-1)!, fwmarks()];
         states.push(now);
@@ -221,7 +299,10 @@ describe('churn', () => {
       client.stdin!.write('sync\n');
       await waitFor('data back on every connection still up', () => out.includes('synced'));
       client.stdin!.end();
-      const result = JSON.parse(await waitFor('the client\'s report', () => out.find((l) => l.startsWith('[')))) as { host: string; lost: boolean }[];
+      const result = JSON.parse(await waitFor("the client's report", () => out.find((l) => l.startsWith('[')))) as {
+        host: string;
+        lost: boolean;
+      }[];
       const changed = jobs.map((_, i) => states.some((s) => s[i] !== states[0]![i]));
       // Every connection reached the server the table gave it first.
       expect(result.map((r) => r.host)).toEqual(states[0]!.map((fw) => vmName(fw - 100)));

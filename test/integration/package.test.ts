@@ -3,13 +3,14 @@
 // download), then the commands from that prefix. A missing system library or header must
 // come out as one line naming the Debian package. The README's library example is compiled
 // against the installed tarball and run on a lab router's queue.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { serverAddr, type Topology, VIP } from '../../src/lab/topology.js';
 import { kernelQueueStats } from '../../src/nfqueue.js';
-import { serverAddr, VIP, type Topology } from '../../src/lab/topology.js';
 import { waitFor } from '../wait.js';
 import { createNfqueueLab, ROOT, requireBuild, tearDownLab } from './harness.js';
 
@@ -36,8 +37,9 @@ beforeAll(() => {
   execFileSync('npm', ['pack', '--silent', '--pack-destination', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
   tarball = join(dir, readdirSync(dir).find((f) => f.endsWith('.tgz'))!);
   // The dependencies come from npm's cache when they are there (`make build` filled it).
-  execFileSync('npm', ['install', '-g', `--prefix=${prefix}`, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball],
-    { stdio: ['ignore', 'pipe', 'inherit'] });
+  execFileSync('npm', ['install', '-g', `--prefix=${prefix}`, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
 }, 600_000);
 
 afterAll(() => {
@@ -55,8 +57,11 @@ describe('npm pack + npm install -g', () => {
   });
 
   it('built every addon at install and put the commands on the prefix PATH', () => {
-    for (const addon of ['shm', 'nfqueue', 'tun', 'peercred', 'xsk']) expect(existsSync(`${installed()}/build/Release/${addon}.node`)).toBe(true);
-    expect(run(['sh', '-c', 'for c in nfqlb xdplb lblab; do command -v $c; done']).stdout.trim().split('\n')).toEqual(['nfqlb', 'xdplb', 'lblab'].map((c) => `${prefix}/bin/${c}`));
+    for (const addon of ['shm', 'nfqueue', 'tun', 'peercred', 'xsk'])
+      expect(existsSync(`${installed()}/build/Release/${addon}.node`)).toBe(true);
+    expect(run(['sh', '-c', 'for c in nfqlb xdplb lblab; do command -v $c; done']).stdout.trim().split('\n')).toEqual(
+      ['nfqlb', 'xdplb', 'lblab'].map((c) => `${prefix}/bin/${c}`),
+    );
   });
 
   it('runs nfqlb version, init, show and xdplb -h from the prefix', () => {
@@ -79,15 +84,28 @@ describe('a missing system library or header', () => {
     const ldd = execFileSync('ldd', [`${installed()}/build/Release/nfqueue.node`], { encoding: 'utf8' });
     const lib = /libnetfilter_queue\.so\.\d+ => (\S+)/.exec(ldd)?.[1];
     expect(lib).toBeDefined();
-    const r = run(['unshare', '-m', 'sh', '-c', `mount --bind /dev/null ${lib} && exec nfqlb lb --tshm=${SHM} --ft_shm=${FT_SHM} --trace_address=unix:tfc-pkg-trace --queue=9`]);
+    const r = run([
+      'unshare',
+      '-m',
+      'sh',
+      '-c',
+      `mount --bind /dev/null ${lib} && exec nfqlb lb --tshm=${SHM} --ft_shm=${FT_SHM} --trace_address=unix:tfc-pkg-trace --queue=9`,
+    ]);
     expect(r.status).not.toBe(0);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/^nfqlb lb: native addon nfqueue failed to load: .*libnetfilter_queue.*apt-get install libnetfilter-queue-dev/);
+    expect(r.stderr).toMatch(
+      /^nfqlb lb: native addon nfqueue failed to load: .*libnetfilter_queue.*apt-get install libnetfilter-queue-dev/,
+    );
   });
 
   it('is one line naming the apt package when the install script finds no libnetfilter_queue headers', () => {
-    const r = run(['unshare', '-m', 'sh', '-c',
-      `mount -t tmpfs tfc-empty /usr/include/libnetfilter_queue && cd ${installed()} && exec node scripts/build-addon.mjs`]);
+    const r = run([
+      'unshare',
+      '-m',
+      'sh',
+      '-c',
+      `mount -t tmpfs tfc-empty /usr/include/libnetfilter_queue && cd ${installed()} && exec node scripts/build-addon.mjs`,
+    ]);
     expect(r.status).toBe(1);
     expect(r.stderr).toBe('tslb: cannot build the native addons: apt-get install libnetfilter-queue-dev\n');
   });
@@ -132,14 +150,27 @@ describe('the README "As a library" example', () => {
     app = join(dir, 'app');
     mkdirSync(app);
     writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'lb-app', private: true, type: 'module' }));
-    writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({
-      compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out', types: ['node'] },
-      include: ['index.ts'],
-    }));
+    writeFileSync(
+      join(app, 'tsconfig.json'),
+      JSON.stringify({
+        compilerOptions: {
+          target: 'ES2022',
+          module: 'NodeNext',
+          moduleResolution: 'NodeNext',
+          strict: true,
+          outDir: 'out',
+          types: ['node'],
+        },
+        include: ['index.ts'],
+      }),
+    );
     writeFileSync(join(app, 'index.ts'), readmeTs('As a library'));
     const typesNode = (JSON.parse(readFileSync(`${ROOT}node_modules/@types/node/package.json`, 'utf8')) as { version: string }).version;
-    execFileSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball, `@types/node@${typesNode}`],
-      { cwd: app, stdio: ['ignore', 'pipe', 'inherit'] });
+    execFileSync(
+      'npm',
+      ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball, `@types/node@${typesNode}`],
+      { cwd: app, stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     ({ topo, router } = createNfqueueLab(PREFIX, 2, procs));
     // The example's fwmarks: 100 (even source port) to server 2, 101 (odd) to server 1 as the
     // lab routes it, 200 (port 22) by the main table; counted by mark in FORWARD.
@@ -154,13 +185,14 @@ describe('the README "As a library" example', () => {
     expect(tearDownLab(PREFIX, topo, procs, [])).toEqual([]);
   });
 
-  it('compiles with tsc against the installed package and marks the queue\'s packets as it says', async () => {
+  it("compiles with tsc against the installed package and marks the queue's packets as it says", async () => {
     const tsc = spawnSync(`${ROOT}node_modules/.bin/tsc`, ['-p', app], { encoding: 'utf8' });
     expect(tsc.stdout + tsc.stderr).toBe('');
     expect(tsc.status).toBe(0);
     // It resolves tslb to the installed tarball, not to this checkout.
-    expect(execFileSync('node', ['--input-type=module', '-e', 'console.log(import.meta.resolve("tslb"))'], { cwd: app, encoding: 'utf8' }))
-      .toBe(`file://${app}/node_modules/tslb/dist/src/index.js\n`);
+    expect(
+      execFileSync('node', ['--input-type=module', '-e', 'console.log(import.meta.resolve("tslb"))'], { cwd: app, encoding: 'utf8' }),
+    ).toBe(`file://${app}/node_modules/tslb/dist/src/index.js\n`);
 
     const proc = topo!.spawn(router, ['node', join(app, 'out/index.js')]);
     procs.push(proc);

@@ -6,11 +6,12 @@
 // stalls the transfer (no PMTU blackhole detection), so every download must complete, and the
 // lb's packet trace must show each error marked for the server that sent the data, and every
 // server that served a download named by some error.
+
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import { createTopology, testerAddr, VIP, vmName, type Family, type Topology } from '../../src/lab/topology.js';
 import { addNs } from '../../src/lab/netns.js';
-import { activateServers, NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
+import { createTopology, type Family, type Topology, testerAddr, VIP, vmName } from '../../src/lab/topology.js';
+import { activateServers, type Daemon, NFQLB, nfqlb, nfqueueRouter, requireBuild, startDaemon, tearDownLab } from './harness.js';
 
 const PREFIX = 'tpm-';
 const CLIENT = 'tpm-client';
@@ -45,14 +46,24 @@ const one = () => new Promise((resolve) => {
   c.on('connect', () => (port = c.localPort));
   c.on('data', (d) => (data += d));
   c.on('error', () => {});
-  c.on('close', () => { clearTimeout(timer); const nl = data.indexOf('\\n'); resolve({ port, server: data.slice(0, nl), bytes: data.length - nl - 1 }); });
+  c.on('close', () => {
+    clearTimeout(timer);
+    const nl = data.indexOf('\\n');
+    resolve({ port, server: data.slice(0, nl), bytes: data.length - nl - 1 });
+  });
 });
 console.log(JSON.stringify(await Promise.all(Array.from({ length: n }, one))));`;
 
-interface Download { port: number; server: string; bytes: number }
+interface Download {
+  port: number;
+  server: string;
+  bytes: number;
+}
 
 function download(family: Family, n: number): Download[] {
-  const r = spawnSync('ip', ['netns', 'exec', CLIENT, 'node', '--input-type=module', '-e', CLIENT_JS, VIP[family], String(n)], { encoding: 'utf8' });
+  const r = spawnSync('ip', ['netns', 'exec', CLIENT, 'node', '--input-type=module', '-e', CLIENT_JS, VIP[family], String(n)], {
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`client failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as Download[];
 }
@@ -73,10 +84,22 @@ beforeAll(() => {
     'addr add 60.0.0.1/24 dev tc0',
     'addr add 3000::1/64 dev tc0 nodad',
   ]);
-  topo.ip(CLIENT, ['link set eth0 up', `addr add ${CLIENT_ADDR[4]}/24 dev eth0`, `addr add ${CLIENT_ADDR[6]}/64 dev eth0 nodad`,
-    'route add default via 60.0.0.1', 'route add default via 3000::1']);
+  topo.ip(CLIENT, [
+    'link set eth0 up',
+    `addr add ${CLIENT_ADDR[4]}/24 dev eth0`,
+    `addr add ${CLIENT_ADDR[6]}/64 dev eth0 nodad`,
+    'route add default via 60.0.0.1',
+    'route add default via 3000::1',
+  ]);
   // No ICMP rate limit: every error counts, and all of them go to the same destination (the VIP).
-  topo.exec(topo.ns.tester, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.icmp_ratelimit=0', 'net.ipv6.icmp.ratelimit=0']);
+  topo.exec(topo.ns.tester, [
+    'sysctl',
+    '-qw',
+    'net.ipv4.ip_forward=1',
+    'net.ipv6.conf.all.forwarding=1',
+    'net.ipv4.icmp_ratelimit=0',
+    'net.ipv6.icmp.ratelimit=0',
+  ]);
   topo.ip(router, [`route add 60.0.0.0/24 via ${testerAddr(4)}`, `route add 3000::/64 via ${testerAddr(6)}`]);
   nfqueueRouter(topo, router, NVM);
   nfqlb('init', `--shm=${SHM}`, '--M=997', '--N=10');
@@ -101,7 +124,11 @@ function startTrace(): Promise<Daemon> {
   return startDaemon(t, 'Trace active');
 }
 
-const traceLines = (out: string) => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+const traceLines = (out: string) =>
+  out
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe.each([4, 6] as const)('PMTU discovery through nfqlb, IPv%i', (family) => {
   it('delivers the ICMP error to the server that owns the connection', async () => {

@@ -9,13 +9,14 @@
 // touched. The lab's and the BGP tier's blocks run lblab (from the checkout, on PATH) in the
 // root network namespace, where lblab builds its labs, but in a mount namespace with a private
 // /run/netns, /dev/shm and /tmp: the default lab names (lblab-...) are the test's own there.
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createTopology, labNamespaces, type Topology } from '../../src/lab/topology.js';
 import { keyHash } from '../fixtures/nfqlb-fixtures.js';
-import { mconnect, requireBuild, ROOT, startDaemon, startServers } from './harness.js';
-import { docCommands, docPages, shBlocks, type Section } from './doc-blocks.js';
+import { docCommands, docPages, type Section, shBlocks } from './doc-blocks.js';
+import { mconnect, ROOT, requireBuild, startDaemon, startServers } from './harness.js';
 
 const PREFIX = 'tfc-rd-';
 
@@ -30,18 +31,27 @@ const USING_XDPLB: Section = ['README.md', 'Using xdplb'];
 const WITH_LB: { section: Section; probe: string; want: RegExp; balances: boolean }[] = [
   { section: ['docs/conntrack.md', 'Running it'], probe: 'bin/nfqlb show', want: /Active: 101\(0\) 102\(1\)\n/, balances: true },
   {
-    section: ['docs/metrics.md', 'Running it'], probe: 'curl -s http://127.0.0.1:9110/metrics',
-    want: /^nfqlb_packets_total\{queue="2"\} \d+$/m, balances: true,
+    section: ['docs/metrics.md', 'Running it'],
+    probe: 'curl -s http://127.0.0.1:9110/metrics',
+    want: /^nfqlb_packets_total\{queue="2"\} \d+$/m,
+    balances: true,
   },
   { section: ['docs/offload.md', 'Running it'], probe: 'bin/nfqlb show', want: /Active: 101\(0\) 102\(1\)\n/, balances: true },
   // A flowlb on queue 3, which no rule feeds: the block is about its control channel.
-  { section: ['docs/security.md', 'The control key'], probe: "NFQLB_FLOW_ADDRESS='tcp:[::1]:10033' bin/nfqlb flow-list-names",
-    want: /^  "web"$/m, balances: false },
+  {
+    section: ['docs/security.md', 'The control key'],
+    probe: "NFQLB_FLOW_ADDRESS='tcp:[::1]:10033' bin/nfqlb flow-list-names",
+    want: /^ {2}"web"$/m,
+    balances: false,
+  },
 ];
 const LAB: Section = ['docs/lab.md', 'Running it'];
 const BGP: Section = ['docs/bgp.md', 'Running it'];
 /** Run by registry.test.ts, next to the etcd it starts. */
-const REGISTRY_SECTIONS: readonly Section[] = [['docs/registry.md', 'Try it'], ['docs/registry.md', 'A tier with TLS and users']];
+const REGISTRY_SECTIONS: readonly Section[] = [
+  ['docs/registry.md', 'Try it'],
+  ['docs/registry.md', 'A tier with TLS and users'],
+];
 const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP, ...REGISTRY_SECTIONS];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
@@ -55,10 +65,17 @@ const machineShm = (): (string | null)[] =>
   ['nfqlb', 'ftshm', 'xdplb'].map((n) => (existsSync(`/dev/shm/${n}`) ? `${n} ${statSync(`/dev/shm/${n}`).mtimeMs}` : null));
 const machineShmBefore = machineShm();
 
-interface LineResult { stdout: string; stderr: string; status: number | null }
+interface LineResult {
+  stdout: string;
+  stderr: string;
+  status: number | null;
+}
 
 /** Where a block's lines run: argv that runs a shell line there, and how long a line may take. */
-interface Place { argv(line: string): string[]; timeout: number }
+interface Place {
+  argv(line: string): string[];
+  timeout: number;
+}
 
 /** A process that holds a mount namespace set up by `setup` (shell), in the namespaces of `spawnIt`. */
 async function mountHolder(spawnIt: (argv: string[]) => ChildProcess, setup: string): Promise<ChildProcess> {
@@ -76,7 +93,11 @@ function runLine(place: Place, line: string): LineResult {
 
 /** A comment line after a command states its output; `...` stands for any text. */
 function expectedOutput(comment: string): RegExp {
-  const text = comment.replace(/^#\s*/, '').split('...').map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*');
+  const text = comment
+    .replace(/^#\s*/, '')
+    .split('...')
+    .map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
+    .join('.*');
   return new RegExp(`^${text}$`, 's');
 }
 
@@ -152,8 +173,10 @@ beforeAll(async () => {
   topo = createTopology({ prefix: PREFIX, nvm: 1, nrouters: 1 });
   router = topo.ns.router(1);
   procs.push(...startServers(topo, 1));
-  const holder = await mountHolder((argv) => topo.spawn(router, argv),
-    'mount -t tmpfs tfc-rd-shm /dev/shm && mount -t tmpfs tfc-rd-run /run');
+  const holder = await mountHolder(
+    (argv) => topo.spawn(router, argv),
+    'mount -t tmpfs tfc-rd-shm /dev/shm && mount -t tmpfs tfc-rd-run /run',
+  );
   atRouter = { argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', '-n', 'sh', '-c', `cd ${ROOT} && ${line}`], timeout: 30_000 };
 });
 
@@ -167,7 +190,13 @@ afterAll(() => {
 describe('the command blocks of README.md and docs/', () => {
   it('are each run by a test of this file, as written', () => {
     const key = ([file, heading]: Section): string => `${file}: ${heading}`;
-    const found = [...new Set(docPages().flatMap(shBlocks).map((b) => key([b.file, b.heading])))].sort();
+    const found = [
+      ...new Set(
+        docPages()
+          .flatMap(shBlocks)
+          .map((b) => key([b.file, b.heading])),
+      ),
+    ].sort();
     // A section listed here and not found: its test would throw; one found and not listed: no test runs it.
     expect(found, '```sh blocks by section (a block no test can run belongs in the text)').toEqual(COVERED.map(key).sort());
   });
@@ -175,7 +204,10 @@ describe('the command blocks of README.md and docs/', () => {
 
 describe('README.md', () => {
   it('has command blocks for nfqlb and xdplb, each with one lb command', () => {
-    for (const [section, cmd] of [[USING_NFQLB, 'nfqlb'], [USING_XDPLB, 'xdplb']] as const) {
+    for (const [section, cmd] of [
+      [USING_NFQLB, 'nfqlb'],
+      [USING_XDPLB, 'xdplb'],
+    ] as const) {
       const lines = docCommands(section);
       expect(lines.length).toBeGreaterThan(3);
       expect(lines.filter(daemonLine)).toEqual([expect.stringMatching(new RegExp(`^bin/${cmd} lb `))]);
@@ -232,9 +264,11 @@ describe('docs/', () => {
     const inLab = (line: string): string => runLine(atLab, line).stdout;
 
     beforeAll(async () => {
-      const holder = await mountHolder((argv) => spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }),
+      const holder = await mountHolder(
+        (argv) => spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }),
         'mkdir -p /run/netns && mount -t tmpfs tfc-rd-netns /run/netns && mount -t tmpfs tfc-rd-labshm /dev/shm && ' +
-        `mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s ${ROOT}bin/lblab /tmp/bin/lblab`);
+          `mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s ${ROOT}bin/lblab /tmp/bin/lblab`,
+      );
       atLab = {
         argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', 'sh', '-c', `cd ${ROOT} && export PATH=/tmp/bin:$PATH && ${line}`],
         timeout: 300_000,
@@ -250,7 +284,7 @@ describe('docs/', () => {
       runBlock(atLab, docCommands(LAB), {
         'test --list': (out) =>
           expect(out.split('\n')).toEqual(expect.arrayContaining(['nfqueue_scale_in', 'ecmp_scale_in', 'start_nfqueue'])),
-        'nfqueue_scale_in ecmp_scale_in': (out) => expect(out).toMatch(/^PASS nfqueue_scale_in\n[^]*^PASS ecmp_scale_in$/m),
+        'nfqueue_scale_in ecmp_scale_in': (out) => expect(out).toMatch(/^PASS nfqueue_scale_in\n[\s\S]*^PASS ecmp_scale_in$/m),
         start_nfqueue: () => expect(inLab('ip netns list')).toMatch(/^lblab-vm-201\b/m),
         'lblab down': () => expect(inLab('ip netns list')).not.toMatch(/lblab-/),
       });

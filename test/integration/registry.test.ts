@@ -6,15 +6,16 @@
 // on any slot; ten: ten slots), show's rejected keys written with etcdctl, drain/undrain/delete,
 // the lease sidecar on SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the
 // watch a follower will use; and docs/registry.md's command blocks, run as written.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+
+import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, listNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { waitFor } from '../wait.js';
-import { NFQLB, ROOT, nfqlbIn, requireBuild, runIn, startDaemon, type Daemon, type RunResult } from './harness.js';
 import { docCommands } from './doc-blocks.js';
+import { type Daemon, NFQLB, nfqlbIn, ROOT, type RunResult, requireBuild, runIn, startDaemon } from './harness.js';
 
 const NS = `treg-${process.pid}`;
 const ENDPOINT = 'https://127.0.0.1:2379';
@@ -24,8 +25,12 @@ const procs: ChildProcess[] = [];
 const daemons: Daemon[] = [];
 
 /** The client's TLS options: etcd wants a client certificate. */
-const TLS = [`--etcd=${ENDPOINT}`, `--etcd_cacert=${file('ca.crt')}`, `--etcd_cert=${file('client.crt')}`,
-  `--etcd_key=${file('client.key')}`];
+const TLS = [
+  `--etcd=${ENDPOINT}`,
+  `--etcd_cacert=${file('ca.crt')}`,
+  `--etcd_cert=${file('client.crt')}`,
+  `--etcd_key=${file('client.key')}`,
+];
 /** The tier writer, its password in a file. */
 const WRITER = [...TLS, '--etcd_user=writer', `--etcd_password_file=${file('writer.pw')}`];
 
@@ -41,8 +46,23 @@ function makeCerts(): void {
   for (const [name, ext] of Object.entries(exts)) {
     writeFileSync(file(`${name}.ext`), ext);
     openssl('req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=treg-${name}`);
-    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`,
-      '-days', '1', '-extfile', `${name}.ext`);
+    openssl(
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-out',
+      `${name}.crt`,
+      '-days',
+      '1',
+      '-extfile',
+      `${name}.ext`,
+    );
   }
 }
 
@@ -54,16 +74,25 @@ function etcdctl(args: string[], user: string | null = 'root:rootpw'): string {
 }
 
 const ETCDCTL_TLS = {
-  ETCDCTL_ENDPOINTS: ENDPOINT, ETCDCTL_CACERT: file('ca.crt'), ETCDCTL_CERT: file('client.crt'), ETCDCTL_KEY: file('client.key'),
+  ETCDCTL_ENDPOINTS: ENDPOINT,
+  ETCDCTL_CACERT: file('ca.crt'),
+  ETCDCTL_CERT: file('client.crt'),
+  ETCDCTL_KEY: file('client.key'),
 };
 
-interface Kv { key: string; value: string; lease: string | null }
+interface Kv {
+  key: string;
+  value: string;
+  lease: string | null;
+}
 
 /** The keys under `prefix` and the store's revision, as etcd holds them. */
 function kvs(prefix: string): { revision: number; kvs: Kv[] } {
   // Lease IDs are 64-bit: read as strings, not as JSON numbers.
-  const r = JSON.parse(etcdctl(['get', '--prefix', prefix, '-w', 'json']).replace(/"lease":(\d+)/g, '"lease":"$1"')) as
-    { header: { revision: number }; kvs?: { key: string; value: string; lease?: string }[] };
+  const r = JSON.parse(etcdctl(['get', '--prefix', prefix, '-w', 'json']).replace(/"lease":(\d+)/g, '"lease":"$1"')) as {
+    header: { revision: number };
+    kvs?: { key: string; value: string; lease?: string }[];
+  };
   const b64 = (s: string) => Buffer.from(s, 'base64').toString();
   return {
     revision: r.header.revision,
@@ -101,7 +130,11 @@ function init(service: string, N = 8): void {
   expect(r, r.stderr).toMatchObject({ status: 0 });
 }
 
-interface Shown { revision: number; targets: Record<string, unknown>[]; rejected: { key: string; reason: string; value: string }[] }
+interface Shown {
+  revision: number;
+  targets: Record<string, unknown>[];
+  rejected: { key: string; reason: string; value: string }[];
+}
 
 function show(service: string): Shown {
   const r = cli(['registry', 'show', ...WRITER, `--service=${service}`]);
@@ -123,23 +156,39 @@ beforeAll(async () => {
   writeFileSync(file('writer.pw'), 'writerpw\n', { mode: 0o600 });
   addNs(NS);
   const peer = 'http://127.0.0.1:2380';
-  const etcd = spawnInNs(NS, ['etcd', '--name=m1', `--data-dir=${file('data')}`,
-    `--listen-client-urls=${ENDPOINT}`, `--advertise-client-urls=${ENDPOINT}`,
-    `--listen-peer-urls=${peer}`, `--initial-advertise-peer-urls=${peer}`, `--initial-cluster=m1=${peer}`,
-    `--cert-file=${file('server.crt')}`, `--key-file=${file('server.key')}`, `--trusted-ca-file=${file('ca.crt')}`, '--client-cert-auth']);
+  const etcd = spawnInNs(NS, [
+    'etcd',
+    '--name=m1',
+    `--data-dir=${file('data')}`,
+    `--listen-client-urls=${ENDPOINT}`,
+    `--advertise-client-urls=${ENDPOINT}`,
+    `--listen-peer-urls=${peer}`,
+    `--initial-advertise-peer-urls=${peer}`,
+    `--initial-cluster=m1=${peer}`,
+    `--cert-file=${file('server.crt')}`,
+    `--key-file=${file('server.key')}`,
+    `--trusted-ca-file=${file('ca.crt')}`,
+    '--client-cert-auth',
+  ]);
   procs.push(etcd);
   etcd.stderr!.resume();
   etcd.stdout!.resume();
   const healthy = () => runIn(NS, ['etcdctl', 'endpoint', 'health'], { env: ETCDCTL_TLS }).status === 0;
   await waitFor('etcd to serve', healthy, { timeout: 20_000, interval: 200 });
   for (const args of [
-    ['user', 'add', 'root', '--new-user-password=rootpw'], ['user', 'grant-role', 'root', 'root'],
-    ['role', 'add', 'tier-writer'], ['role', 'grant-permission', 'tier-writer', '--prefix=true', 'readwrite', '/tslb/'],
-    ['user', 'add', 'writer', '--new-user-password=writerpw'], ['user', 'grant-role', 'writer', 'tier-writer'],
-    ['role', 'add', 'tier-reader'], ['role', 'grant-permission', 'tier-reader', '--prefix=true', 'read', '/tslb/'],
-    ['user', 'add', 'reader', '--new-user-password=readerpw'], ['user', 'grant-role', 'reader', 'tier-reader'],
+    ['user', 'add', 'root', '--new-user-password=rootpw'],
+    ['user', 'grant-role', 'root', 'root'],
+    ['role', 'add', 'tier-writer'],
+    ['role', 'grant-permission', 'tier-writer', '--prefix=true', 'readwrite', '/tslb/'],
+    ['user', 'add', 'writer', '--new-user-password=writerpw'],
+    ['user', 'grant-role', 'writer', 'tier-writer'],
+    ['role', 'add', 'tier-reader'],
+    ['role', 'grant-permission', 'tier-reader', '--prefix=true', 'read', '/tslb/'],
+    ['user', 'add', 'reader', '--new-user-password=readerpw'],
+    ['user', 'grant-role', 'reader', 'tier-reader'],
     ['auth', 'enable'],
-  ]) etcdctl(args, null);
+  ])
+    etcdctl(args, null);
 }, 60_000);
 
 afterAll(() => {
@@ -155,8 +204,10 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     const r = cli(['registry', 'init', ...WRITER, '--service=web', '--M=100', '--N=8']);
     expect(r).toMatchObject({ status: 0, stdout: 'M adjusted; 100 -> 97\n', stderr: '' });
     expect(value('/tslb/web/config')).toEqual({ M: 97, N: 8 });
-    expectOneLine(cli(['registry', 'init', ...WRITER, '--service=web', '--M=101', '--N=16']),
-      /^nfqlb registry init: service 'web' already has a config \{"M":97,"N":8\} \(--force replaces it\)$/m);
+    expectOneLine(
+      cli(['registry', 'init', ...WRITER, '--service=web', '--M=101', '--N=16']),
+      /^nfqlb registry init: service 'web' already has a config \{"M":97,"N":8\} \(--force replaces it\)$/m,
+    );
     expect(value('/tslb/web/config')).toEqual({ M: 97, N: 8 });
     expect(cli(['registry', 'init', ...WRITER, '--service=web', '--M=101', '--N=16', '--force'])).toMatchObject({ status: 0, stdout: '' });
     expect(value('/tslb/web/config')).toEqual({ M: 101, N: 16 });
@@ -164,7 +215,11 @@ describe('nfqlb registry over etcd with TLS and users', () => {
 
   it('two registrants of one fwmark: exactly one wins, also when they ask for different slots', async () => {
     init('race');
-    for (const [fwmark, slots] of [[700, [[], []]], [701, [['--slot=3'], ['--slot=4']]], [702, [[], ['--slot=6']]]] as const) {
+    for (const [fwmark, slots] of [
+      [700, [[], []]],
+      [701, [['--slot=3'], ['--slot=4']]],
+      [702, [[], ['--slot=6']]],
+    ] as const) {
       const rs = await Promise.all(slots.map((s) => cliAsync(['register', ...WRITER, '--service=race', `--fwmark=${fwmark}`, ...s])));
       expect(rs.map((r) => r.status).sort()).toEqual([0, 1]);
       const loser = rs.find((r) => r.status !== 0)!;
@@ -182,7 +237,8 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     expect([...slots].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     const s = show('ten');
     expect(s.targets.map((t) => [t.slot, t.fwmark, t.name])).toEqual(
-      [...rs.keys()].map((i) => [slots[i], 1000 + i, `vm-${i}`]).sort((a, b) => (a[0] as number) - (b[0] as number)));
+      [...rs.keys()].map((i) => [slots[i], 1000 + i, `vm-${i}`]).sort((a, b) => (a[0] as number) - (b[0] as number)),
+    );
     expect(s.rejected).toEqual([]);
   });
 
@@ -195,7 +251,8 @@ describe('nfqlb registry over etcd with TLS and users', () => {
       ['9', '{"fwmark":109,"state":"active"}'],
       ['5', '{"fwmark":100,"state":"active"}'],
       ['4', '{"fwmark":104,"state":"draining","name":"by-hand","ts":5,"zone":"x"}'],
-    ] as const) etcdctl(['put', `/tslb/bad/targets/${slot}`, v]);
+    ] as const)
+      etcdctl(['put', `/tslb/bad/targets/${slot}`, v]);
     const { revision } = kvs('/tslb/bad/');
     const s = show('bad');
     expect(s.revision).toBe(revision);
@@ -212,8 +269,10 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     ]);
     expect(s.rejected[0]!.value).toBe('{"fwmark": 102,');
     // A fwmark a rejected key names is not free either.
-    expectOneLine(cli(['register', ...WRITER, '--service=bad', '--fwmark=109']),
-      /fwmark 109 is already registered \(\/tslb\/bad\/targets\/9\)$/m);
+    expectOneLine(
+      cli(['register', ...WRITER, '--service=bad', '--fwmark=109']),
+      /fwmark 109 is already registered \(\/tslb\/bad\/targets\/9\)$/m,
+    );
     expectOneLine(cli(['register', ...WRITER, '--service=bad', '--fwmark=110', '--slot=8']), /^nfqlb register: --slot=8: slot >= N=8$/m);
   });
 
@@ -243,8 +302,10 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     expectOneLine(op('drain', '--slot=7'), /^nfqlb registry drain: service 'ops' has no target at slot 7$/m);
     expectOneLine(op('delete', '--fwmark=999'), /^nfqlb registry delete: service 'ops' has no target with fwmark 999$/m);
     etcdctl(['put', '/tslb/ops/targets/5', 'not json']);
-    expectOneLine(op('drain', '--slot=5'),
-      /^nfqlb registry drain: \/tslb\/ops\/targets\/5: malformed JSON .* \(write a valid value or delete it\)$/m);
+    expectOneLine(
+      op('drain', '--slot=5'),
+      /^nfqlb registry drain: \/tslb\/ops\/targets\/5: malformed JSON .* \(write a valid value or delete it\)$/m,
+    );
     expect(op('delete', '--slot=5').status).toBe(0);
     await d.stop('SIGTERM');
     expect(d.proc.exitCode).toBe(0);
@@ -264,7 +325,10 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     await waitFor('the sidecar to exit', () => d.proc.exitCode !== null || d.proc.signalCode !== null);
     const out = await d.stop();
     expect(d.proc.exitCode).toBe(0);
-    const logs = out.split('\n').filter((l) => l.includes('"msg"')).map((l) => JSON.parse(l) as { msg: string; time: number });
+    const logs = out
+      .split('\n')
+      .filter((l) => l.includes('"msg"'))
+      .map((l) => JSON.parse(l) as { msg: string; time: number });
     const at = (msg: string) => logs.find((l) => l.msg === msg)!.time;
     expect(at('deregistered') - at('draining')).toBeGreaterThanOrEqual(1500);
   });
@@ -309,16 +373,22 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     ];
     for (const [cmd, rest] of writes) {
       const run = (creds: string[], env: Record<string, string> = {}) => cli([...cmd.split(' '), ...creds, ...rest], env);
-      expectOneLine(run([...TLS, '--etcd_user=writer'], { NFQLB_ETCD_PASSWORD: 'wrong' }),
-        new RegExp(`^nfqlb ${cmd}: etcd: authentication failed for user 'writer': check the password$`, 'm'));
+      expectOneLine(
+        run([...TLS, '--etcd_user=writer'], { NFQLB_ETCD_PASSWORD: 'wrong' }),
+        new RegExp(`^nfqlb ${cmd}: etcd: authentication failed for user 'writer': check the password$`, 'm'),
+      );
       expectOneLine(run(TLS), new RegExp(`^nfqlb ${cmd}: etcd: permission denied to [\\w ]+ under ${ENDPOINT} \\(no --etcd_user\\)$`, 'm'));
-      expectOneLine(run([...TLS, '--etcd_user=reader'], { NFQLB_ETCD_PASSWORD: 'readerpw' }),
-        new RegExp(`^nfqlb ${cmd}: etcd: permission denied to [\\w ]+ under ${ENDPOINT} \\(user 'reader'\\)$`, 'm'));
+      expectOneLine(
+        run([...TLS, '--etcd_user=reader'], { NFQLB_ETCD_PASSWORD: 'readerpw' }),
+        new RegExp(`^nfqlb ${cmd}: etcd: permission denied to [\\w ]+ under ${ENDPOINT} \\(user 'reader'\\)$`, 'm'),
+      );
       // What grpc can tell of a refused handshake varies: either line names the client certificate.
       const noCert = '(TLS: .*etcd refused the client certificate, or wants one|no connection; does etcd want a client certificate)';
       const withoutCert = [`--etcd=${ENDPOINT}`, `--etcd_cacert=${file('ca.crt')}`, '--etcd_user=writer'];
-      expectOneLine(run(withoutCert, { NFQLB_ETCD_PASSWORD: 'writerpw' }),
-        new RegExp(`^nfqlb ${cmd}: etcd ${ENDPOINT}: unreachable \\(${noCert} \\(--etcd_cert\\)\\??\\)$`, 'm'));
+      expectOneLine(
+        run(withoutCert, { NFQLB_ETCD_PASSWORD: 'writerpw' }),
+        new RegExp(`^nfqlb ${cmd}: etcd ${ENDPOINT}: unreachable \\(${noCert} \\(--etcd_cert\\)\\??\\)$`, 'm'),
+      );
     }
     expect(kvs('/')).toEqual(before);
     // The reader may read.
@@ -329,14 +399,18 @@ describe('nfqlb registry over etcd with TLS and users', () => {
 
   it('an unreachable etcd: one line within a bounded time', () => {
     const t0 = Date.now();
-    expectOneLine(cli(['registry', 'show', '--etcd=https://127.0.0.1:2999', `--etcd_cacert=${file('ca.crt')}`, '--service=web']),
-      /^nfqlb registry show: etcd https:\/\/127\.0\.0\.1:2999: unreachable \(connect ECONNREFUSED 127\.0\.0\.1:2999\)$/m);
+    expectOneLine(
+      cli(['registry', 'show', '--etcd=https://127.0.0.1:2999', `--etcd_cacert=${file('ca.crt')}`, '--service=web']),
+      /^nfqlb registry show: etcd https:\/\/127\.0\.0\.1:2999: unreachable \(connect ECONNREFUSED 127\.0\.0\.1:2999\)$/m,
+    );
     expect(Date.now() - t0).toBeLessThan(5000);
     // No answer at all (SYNs dropped): the request's time limit ends it.
     runIn(NS, ['iptables', '-A', 'OUTPUT', '-p', 'tcp', '--dport', '2998', '-j', 'DROP']);
     const t1 = Date.now();
-    expectOneLine(cli(['register', '--etcd=http://127.0.0.1:2998', '--etcd_timeout=1000', '--service=web', '--fwmark=5']),
-      /^nfqlb register: etcd http:\/\/127\.0\.0\.1:2998: (no answer within 1000 ms|unreachable \(.*\))$/m);
+    expectOneLine(
+      cli(['register', '--etcd=http://127.0.0.1:2998', '--etcd_timeout=1000', '--service=web', '--fwmark=5']),
+      /^nfqlb register: etcd http:\/\/127\.0\.0\.1:2998: (no answer within 1000 ms|unreachable \(.*\))$/m,
+    );
     expect(Date.now() - t1).toBeLessThan(1000 + 4000);
   });
 
@@ -360,8 +434,10 @@ describe('nfqlb registry over etcd with TLS and users', () => {
         reg.close();
       }, (e) => console.log('error ' + e.message));
       console.log('watching ' + snap.revision);`;
-    const w = await startDaemon(spawnInNs(NS, ['node', '--no-deprecation', '--input-type=module', '-e', js, JSON.stringify([ROOT, dir])]),
-      'watching');
+    const w = await startDaemon(
+      spawnInNs(NS, ['node', '--no-deprecation', '--input-type=module', '-e', js, JSON.stringify([ROOT, dir])]),
+      'watching',
+    );
     daemons.push(w);
     const r = cli(['register', ...WRITER, '--service=watch', '--fwmark=600']);
     expect(r.status).toBe(0);
@@ -377,8 +453,12 @@ function runDoc(heading: string): RunResult {
   const ns = `${NS}-d`;
   addNs(ns);
   try {
-    const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', docCommands(['docs/registry.md', heading]).join('\n')],
-      { cwd: ROOT, encoding: 'utf8', timeout: 90_000, env: { ...process.env, TMPDIR: dir } });
+    const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', docCommands(['docs/registry.md', heading]).join('\n')], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 90_000,
+      env: { ...process.env, TMPDIR: dir },
+    });
     // The shell says 'Terminated' when `wait` collects the etcd it stopped.
     return { status: r.status, stdout: r.stdout, stderr: r.stderr.replace(/^Terminated\n/gm, '') };
   } finally {
@@ -392,10 +472,16 @@ describe('docs/registry.md runs as written', () => {
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.stdout).toContain('"reason": "fwmark 101 is also at slot 0, which had it first"');
-    const logs = r.stdout.split('\n').filter((l) => l.includes('"msg"')).map((l) => (JSON.parse(l) as { msg: string }).msg);
+    const logs = r.stdout
+      .split('\n')
+      .filter((l) => l.includes('"msg"'))
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
     expect(logs).toEqual(['draining', 'deregistered']);
     // What etcdctl lists at the end: vm-001 and the drained vm-002; the copy and vm-003 are gone.
-    const listed = r.stdout.slice(r.stdout.lastIndexOf('"deregistered"')).split('\n').filter((l) => l.startsWith('/tslb/'));
+    const listed = r.stdout
+      .slice(r.stdout.lastIndexOf('"deregistered"'))
+      .split('\n')
+      .filter((l) => l.startsWith('/tslb/'));
     expect(listed).toEqual(['/tslb/web/config', '/tslb/web/targets/0', '/tslb/web/targets/5']);
     expect(r.stdout).toMatch(/"fwmark":102,"state":"draining","name":"vm-002"/);
   });

@@ -3,17 +3,18 @@
 // table is stateless and shared, so every connection must survive: TCP retransmits what the
 // kernel dropped while no lb was bound. Prints the restart gaps, the longest wait for an echo
 // and the kernel's drops.
-import { afterAll, beforeAll, expect, it } from 'vitest';
+
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { kernelQueueStats, type KernelQueueStats } from '../../src/nfqueue.js';
-import { CLIENT_CIDR, VIP, type Topology } from '../../src/lab/topology.js';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { CLIENT_CIDR, type Topology, VIP } from '../../src/lab/topology.js';
 import { analyze, asStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
-import { activateServers, createNfqueueLab, NFQLB, nfqlb, requireBuild, startDaemon, tearDownLab, type Daemon } from './harness.js';
+import { type KernelQueueStats, kernelQueueStats } from '../../src/nfqueue.js';
 import { waitFor } from '../wait.js';
+import { activateServers, createNfqueueLab, type Daemon, NFQLB, nfqlb, requireBuild, startDaemon, tearDownLab } from './harness.js';
 
 const PREFIX = 'tfc-rs-';
 const SHM = 'tfc-rs-targets';
@@ -57,17 +58,25 @@ function clientConnections(): Map<string, { acked: number; retransmitting: boole
  * bytes_acked then) and none is retransmitting: traffic flows on every one of them.
  */
 async function allFlowing(what: string, since: Map<string, { acked: number }> = new Map()): Promise<void> {
-  await waitFor(what, () => {
-    const now = clientConnections();
-    const behind = [...now].filter(([local, c]) => c.retransmitting || c.acked <= (since.get(local)?.acked ?? 0)).length;
-    if (now.size !== NCONN || behind > 0) throw new Error(`${now.size} of ${NCONN} connections established, ${behind} of them not flowing`);
-    return true;
-  }, { timeout: 30_000, interval: 100 });
+  await waitFor(
+    what,
+    () => {
+      const now = clientConnections();
+      const behind = [...now].filter(([local, c]) => c.retransmitting || c.acked <= (since.get(local)?.acked ?? 0)).length;
+      if (now.size !== NCONN || behind > 0)
+        throw new Error(`${now.size} of ${NCONN} connections established, ${behind} of them not flowing`);
+      return true;
+    },
+    { timeout: 30_000, interval: 100 },
+  );
 }
 
 /** Packets the IPv4 NFQUEUE rule has seen (queued to an lb, or dropped while none was bound). */
 function rulePackets(): number {
-  const line = topo.exec(router, ['iptables', '-t', 'mangle', '-nvxL', 'PREROUTING']).split('\n').find((l) => l.includes('NFQUEUE'));
+  const line = topo
+    .exec(router, ['iptables', '-t', 'mangle', '-nvxL', 'PREROUTING'])
+    .split('\n')
+    .find((l) => l.includes('NFQUEUE'));
   return Number(line!.trim().split(/\s+/)[0]);
 }
 
@@ -90,8 +99,16 @@ it(`keeps ${NCONN} connections through an lb restart after SIGKILL and after SIG
   const statsFile = join(dir, 'ctraffic.json');
   // 10 messages/s per connection; the lost timeout is long, so only TCP itself can lose one. The
   // client runs until SIGTERM (then it writes its stats and exits 0); --timeout only ends a stuck test.
-  const client = topo.spawn(topo.ns.tester, [...toolArgv('ctraffic'), `--address=${VIP[4]}:5003`, `--nconn=${NCONN}`, '--rate=1000',
-    '--timeout=100s', `--srccidr=${CLIENT_CIDR[4]}`, '--lost-timeout=10s', `--stats-file=${statsFile}`]);
+  const client = topo.spawn(topo.ns.tester, [
+    ...toolArgv('ctraffic'),
+    `--address=${VIP[4]}:5003`,
+    `--nconn=${NCONN}`,
+    '--rate=1000',
+    '--timeout=100s',
+    `--srccidr=${CLIENT_CIDR[4]}`,
+    '--lost-timeout=10s',
+    `--stats-file=${statsFile}`,
+  ]);
   procs.push(client);
   const clientDone = new Promise<number | null>((r) => client.once('exit', r));
   await allFlowing(`${NCONN} connections flowing through the lb`);
@@ -121,14 +138,16 @@ it(`keeps ${NCONN} connections through an lb restart after SIGKILL and after SIG
 
   const stats = asStats(JSON.parse(readFileSync(statsFile, 'utf8')));
   const a = analyze(stats);
-  console.log([
-    `restart under load: ${NCONN} connections, ${stats.rate} msg/s`,
-    ...report,
-    `longest wait for an echo: ${stats.maxDelay} ms`,
-    `NFQUEUE rule: ${seen} packets; queued to an lb: ${queued}; dropped unqueued while no lb was bound: about ${seen - queued}`,
-    `kernel queue drops (queue full + socket overrun): ${kernelDrops}`,
-    `messages sent/received: ${a.sent}/${a.received}; lost connections: ${a.lostConnections}; failed connects: ${a.failedConnects}`,
-  ].join('\n  '));
+  console.log(
+    [
+      `restart under load: ${NCONN} connections, ${stats.rate} msg/s`,
+      ...report,
+      `longest wait for an echo: ${stats.maxDelay} ms`,
+      `NFQUEUE rule: ${seen} packets; queued to an lb: ${queued}; dropped unqueued while no lb was bound: about ${seen - queued}`,
+      `kernel queue drops (queue full + socket overrun): ${kernelDrops}`,
+      `messages sent/received: ${a.sent}/${a.received}; lost connections: ${a.lostConnections}; failed connects: ${a.failedConnects}`,
+    ].join('\n  '),
+  );
   expect(a.neverConnected).toBe(0);
   expect(a.failedConnects).toBe(0);
   expect(a.lostEvents).toBe(0);

@@ -2,14 +2,15 @@
 // and each unit's ExecStart, run with exactly its CapabilityBoundingSet (setpriv) in a test
 // namespace, serves, needs every one of those capabilities, and stops cleanly on SIGTERM
 // before the unit's TimeoutStopSec (when systemd would SIGKILL it).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { spawn, spawnSync } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, ipBatch, removeNs } from '../../src/lab/netns.js';
-import { nfqlb, requireBuild, ROOT, startDaemon } from './harness.js';
+import { nfqlb, ROOT, requireBuild, startDaemon } from './harness.js';
 
 const NS = 'tfc-sd';
 const SHM = 'tfc-sd-targets';
@@ -30,13 +31,22 @@ interface Case {
 
 const cases: Case[] = [
   { unit: 'nfqlb-lb@.service', instance: '2', options: `--tshm=${SHM} --ft_shm=${FT_SHM}`, ready: 'serving queue' },
-  { unit: 'nfqlb-flowlb@.service', instance: '3', options: `--ft_shm=${FT_SHM}`, env: { NFQLB_FLOW_ADDRESS: 'unix:tfc-sd-flow' }, ready: 'serving queue' },
+  {
+    unit: 'nfqlb-flowlb@.service',
+    instance: '3',
+    options: `--ft_shm=${FT_SHM}`,
+    env: { NFQLB_FLOW_ADDRESS: 'unix:tfc-sd-flow' },
+    ready: 'serving queue',
+  },
   { unit: 'xdplb-lb@.service', instance: 'eth2', options: `--edev=eth1 --shm=${XDP_SHM}`, ready: 'xdplb forwarding' },
 ];
 
 /** The values of a directive in a unit file (every occurrence, in order). */
 function directive(text: string, key: string): string[] {
-  return text.split('\n').filter((l) => l.startsWith(`${key}=`)).map((l) => l.slice(key.length + 1));
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith(`${key}=`))
+    .map((l) => l.slice(key.length + 1));
 }
 
 /** ExecStart as argv: the command from the checkout, %i and $VAR (word-split) filled in. */
@@ -55,9 +65,19 @@ function timeSpanMs(span: string): number {
 
 /** argv run in the test namespace with only these capabilities and the service memlock limit. */
 function sandboxed(caps: string[], argv: string[]): string[] {
-  const bounding = ['-all', ...caps.map((cap) => '+' + cap.replace(/^CAP_/, '').toLowerCase())].join(',');
-  return ['ip', 'netns', 'exec', NS, 'prlimit', `--memlock=${SERVICE_MEMLOCK}`,
-    'setpriv', `--bounding-set=${bounding}`, '--inh-caps=-all', ...argv];
+  const bounding = ['-all', ...caps.map((cap) => `+${cap.replace(/^CAP_/, '').toLowerCase()}`)].join(',');
+  return [
+    'ip',
+    'netns',
+    'exec',
+    NS,
+    'prlimit',
+    `--memlock=${SERVICE_MEMLOCK}`,
+    'setpriv',
+    `--bounding-set=${bounding}`,
+    '--inh-caps=-all',
+    ...argv,
+  ];
 }
 
 let dir: string;
@@ -68,8 +88,11 @@ beforeAll(() => {
   removeNs(NS);
   addNs(NS);
   // xdplb's devices: two veth pairs, all ends up.
-  ipBatch(NS, ['link add eth2 type veth peer name peer2', 'link add eth1 type veth peer name peer1',
-    ...['eth1', 'eth2', 'peer1', 'peer2'].map((d) => `link set ${d} up`)]);
+  ipBatch(NS, [
+    'link add eth2 type veth peer name peer2',
+    'link add eth1 type veth peer name peer1',
+    ...['eth1', 'eth2', 'peer1', 'peer2'].map((d) => `link set ${d} up`),
+  ]);
   nfqlb('init', `--shm=${SHM}`);
   spawnSync('node', [`${ROOT}bin/xdplb`, 'init', `--shm=${XDP_SHM}`], { stdio: 'ignore' });
 });
@@ -129,7 +152,10 @@ describe.each(cases)('$unit', (c) => {
   it('needs every capability it keeps', () => {
     const caps = directive(text(), 'CapabilityBoundingSet')[0]!.split(' ');
     for (const cap of caps) {
-      const argv = sandboxed(caps.filter((k) => k !== cap), execStart(text(), c));
+      const argv = sandboxed(
+        caps.filter((k) => k !== cap),
+        execStart(text(), c),
+      );
       // Without the capability the command fails at start; one that still served would time out.
       const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', env: { ...process.env, ...c.env }, timeout: 10_000 });
       expect({ cap, status: r.status }).toEqual({ cap, status: 1 });

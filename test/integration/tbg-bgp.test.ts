@@ -3,15 +3,16 @@
 // killed with SIGKILL, under 100 long-lived connections: none may break. Also the ECMP lab
 // with a resilient next-hop group (scale-in loses only the removed server's connections).
 // Everything is named with the prefix tbg-ci- (namespaces, shared memory, BIRD files).
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, requireBuild } from './harness.js';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { bgpUnavailable, birdDir } from '../../src/lab/bgp.js';
-import { formatMs, removeLab, runTest, type LabOptions, type TestResult } from '../../src/lab/suite.js';
+import { formatMs, type LabOptions, removeLab, runTest, type TestResult } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
+import { ROOT, requireBuild } from './harness.js';
 
 const PREFIX = 'tbg-ci-';
 let out: string;
@@ -20,8 +21,20 @@ let out: string;
 const HOLD_MS = 1000 * Number(/^\s*hold time (\d+);/m.exec(readFileSync(`${ROOT}contrib/bird/gateway.conf`, 'utf8'))![1]);
 
 function options(o: Partial<LabOptions>): LabOptions {
-  return { prefix: PREFIX, nvm: 4, nrouters: 2, families: [4], nconn: 100, rate: 500, outDir: out, synOnly: false, noStop: false,
-    bgp: true, log: () => {}, ...o };
+  return {
+    prefix: PREFIX,
+    nvm: 4,
+    nrouters: 2,
+    families: [4],
+    nconn: 100,
+    rate: 500,
+    outDir: out,
+    synOnly: false,
+    noStop: false,
+    bgp: true,
+    log: () => {},
+    ...o,
+  };
 }
 
 /** Nothing of the lab is left: namespaces, shared memory, BIRD files and processes. */
@@ -78,16 +91,22 @@ describe('BGP tier', () => {
     try {
       expect(r.ok, r.problems.join('; ')).toBe(true);
       const tester = `${PREFIX}vm-221`;
-      for (const [family, route] of [['-4', '10.0.0.0/32'], ['-6', '1000::/128']] as const) {
-        const [learned] = JSON.parse(execFileSync('ip', ['-n', tester, '-j', family, 'route', 'show', route], { encoding: 'utf8' })) as
-          { protocol: string; nexthops: unknown[] }[];
+      for (const [family, route] of [
+        ['-4', '10.0.0.0/32'],
+        ['-6', '1000::/128'],
+      ] as const) {
+        const [learned] = JSON.parse(execFileSync('ip', ['-n', tester, '-j', family, 'route', 'show', route], { encoding: 'utf8' })) as {
+          protocol: string;
+          nexthops: unknown[];
+        }[];
         expect(learned?.protocol).toBe('bird');
         expect(learned?.nexthops).toHaveLength(2);
       }
       // The lab's static route to the VIP range is gone: nothing but BIRD leads to the VIPs.
       expect(execFileSync('ip', ['-n', tester, 'route', 'show', 'exact', '10.0.0.0/24'], { encoding: 'utf8' }).trim()).toBe('');
       // Each BIRD has its own socket; the gateway's sessions are up, with BFD.
-      const show = (what: string): string => execFileSync('birdc', ['-s', join(birdDir(PREFIX), 'gateway.ctl'), 'show', ...what.split(' ')], { encoding: 'utf8' });
+      const show = (what: string): string =>
+        execFileSync('birdc', ['-s', join(birdDir(PREFIX), 'gateway.ctl'), 'show', ...what.split(' ')], { encoding: 'utf8' });
       expect(show('protocols').match(/Established/g)).toHaveLength(4);
       expect(show('bfd sessions').match(/ Up /g)).toHaveLength(4);
     } finally {

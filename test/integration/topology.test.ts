@@ -1,13 +1,21 @@
 // The lab network on namespaces: addressing, DSR reachability of the VIP over TCP (v4, v6),
 // ECMP on the tester, offloads/MTU, and that nothing is left (nor touched in root) afterwards.
-import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { execFileSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import {
-  CLIENT_CIDR, VIP, createTopology, destroyLab, labNamespaces, routerAddr, serverAddr,
-  type Family, type Topology,
-} from '../../src/lab/topology.js';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { run } from '../../src/lab/netns.js';
+import {
+  CLIENT_CIDR,
+  createTopology,
+  destroyLab,
+  type Family,
+  labNamespaces,
+  routerAddr,
+  serverAddr,
+  type Topology,
+  VIP,
+} from '../../src/lab/topology.js';
 
 const PREFIX = 'tlbt-';
 
@@ -63,7 +71,13 @@ describe('topology', () => {
     console.log(`createTopology: ${createExecs} commands for 8 namespaces, ${Math.round(performance.now() - t0)} ms`);
   });
   afterAll(() => {
-    for (const p of procs) if (p.pid !== undefined) try { process.kill(p.pid); } catch { /* gone */ }
+    for (const p of procs)
+      if (p.pid !== undefined)
+        try {
+          process.kill(p.pid);
+        } catch {
+          /* gone */
+        }
     destroyLab(PREFIX);
   });
 

@@ -3,14 +3,15 @@
 // it leaves; trace flows select what the `flows` trace shows; `loglevel` changes a running
 // lb's logging. The level and mask live in the shared `nfqlb-trace` (global, as the
 // reference's), so the test restores the level it found.
+
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { addNs, inNs, ipBatch, removeNs, spawnInNs } from '../../src/lab/netns.js';
-import { LEVEL_WORD, MASK_WORD } from '../../src/nfqlb/tracer.js';
 import { openLogConfig } from '../../src/nfqlb/log-level.js';
+import { LEVEL_WORD, MASK_WORD } from '../../src/nfqlb/tracer.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { waitFor } from '../wait.js';
-import { NFQLB, nfqlb, nfqlbIn, requireBuild, ROOT, startDaemon, type Daemon, type RunResult } from './harness.js';
+import { type Daemon, NFQLB, nfqlb, nfqlbIn, ROOT, type RunResult, requireBuild, startDaemon } from './harness.js';
 
 const NS = 'ttr-trc';
 const SHM = 'ttr-trace-t';
@@ -48,16 +49,30 @@ function send(packets: Uint8Array[]): void {
   inNs(NS, ['node', '--input-type=module', '-e', js, JSON.stringify(packets.map((p) => Buffer.from(p).toString('base64')))]);
 }
 
-const jsonLines = (text: string) => text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+const jsonLines = (text: string) =>
+  text
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 
 beforeAll(() => {
   requireBuild();
   savedLevel = config[LEVEL_WORD]!;
   removeNs(NS);
   addNs(NS);
-  inNs(NS, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0', 'net.ipv6.conf.all.forwarding=1']);
+  inNs(NS, [
+    'sysctl',
+    '-qw',
+    'net.ipv4.ip_forward=1',
+    'net.ipv4.conf.all.rp_filter=0',
+    'net.ipv4.conf.default.rp_filter=0',
+    'net.ipv6.conf.all.forwarding=1',
+  ]);
   ipBatch(NS, ['tuntap add dev ttrc mode tun', 'link set ttrc up']);
-  for (const [cmd, vip] of [['iptables', '10.0.0.0/32'], ['ip6tables', '1000::/128']] as const) {
+  for (const [cmd, vip] of [
+    ['iptables', '10.0.0.0/32'],
+    ['ip6tables', '1000::/128'],
+  ] as const) {
     inNs(NS, [cmd, '-t', 'raw', '-A', 'PREROUTING', '-j', 'NOTRACK']);
     inNs(NS, [cmd, '-t', 'mangle', '-A', 'PREROUTING', '-d', vip, '-j', 'NFQUEUE', '--queue-num', '2']);
   }
@@ -71,7 +86,11 @@ afterAll(async () => {
   for (const p of procs) p.kill('SIGKILL');
   removeNs(NS);
   for (const shm of [SHM, FT_SHM]) {
-    try { nfqlb('delete', `--shm=${shm}`); } catch { /* never created */ }
+    try {
+      nfqlb('delete', `--shm=${shm}`);
+    } catch {
+      /* never created */
+    }
   }
 });
 
@@ -116,7 +135,12 @@ describe('nfqlb trace', () => {
     } finally {
       await lb.stop();
     }
-    for (const args of [['trace'], ['trace', '--mask=1', '--selection=log'], ['trace', '--selection=bogus'], ['trace', '--mask=0x1ffffffff']]) {
+    for (const args of [
+      ['trace'],
+      ['trace', '--mask=1', '--selection=log'],
+      ['trace', '--selection=bogus'],
+      ['trace', '--mask=0x1ffffffff'],
+    ]) {
       const r = run(args);
       expect(r.status, args.join(' ')).toBe(1);
       expect(r.stderr.trim().split('\n'), args.join(' ')).toHaveLength(1);
@@ -146,7 +170,10 @@ describe('nfqlb trace', () => {
       const lines = jsonLines(await t.stop('SIGINT'));
       expect(lines.filter((l) => l.trace === 'flow-conf')).toHaveLength(1);
       const flows = lines.filter((l) => l.trace === 'flows');
-      expect(flows.map((l) => [l.sport, l.dport])).toEqual([[4444, 53], [4445, 53]]);
+      expect(flows.map((l) => [l.sport, l.dport])).toEqual([
+        [4444, 53],
+        [4445, 53],
+      ]);
       expect(flows[0]).toMatchObject({ traceFlow: 'dns', dport: 53, target: 'all' });
       expect(run(['trace-flow-delete', '--name=dns']).stdout).toBe('OK\n');
       expect(JSON.parse(run(['trace-flow-list-names']).stdout)).toEqual([]);
@@ -169,8 +196,9 @@ describe('nfqlb loglevel', () => {
     // log keeps info) in the same step as it applies it: once that line is out, it is warning.
     const lb = await startLb('lb', `--tshm=${SHM}`);
     nfqlb('loglevel', '4');
-    await waitFor('the lb to follow loglevel 4', () => jsonLines(lb.output()).some((l) => l.msg === 'log level changed' &&
-      (l.loglevel as { to?: number } | undefined)?.to === 4));
+    await waitFor('the lb to follow loglevel 4', () =>
+      jsonLines(lb.output()).some((l) => l.msg === 'log level changed' && (l.loglevel as { to?: number } | undefined)?.to === 4),
+    );
     expect(await lb.stop()).not.toMatch(/queue closed/);
     nfqlb('loglevel', String(savedLevel));
   });

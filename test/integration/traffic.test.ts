@@ -1,16 +1,17 @@
 // The traffic tools on the lab network, with kernel ECMP on router 1 as the load-balancer:
 // mconnect spreads over the servers without failures; removing a next-hop during a ctraffic
 // run loses exactly the connections on that server, which reconnect elsewhere.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLIENT_CIDR, VIP, createTopology, destroyLab, vmName, type Family, type Topology } from '../../src/lab/topology.js';
-import { spawnServer, toolArgv } from '../../src/lab/traffic/tools.js';
-import { analyze, asStats } from '../../src/lab/traffic/stats.js';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CLIENT_CIDR, createTopology, destroyLab, type Family, type Topology, VIP, vmName } from '../../src/lab/topology.js';
 import type { MconnectResult } from '../../src/lab/traffic/mconnect.js';
+import { analyze, asStats } from '../../src/lab/traffic/stats.js';
+import { spawnServer, toolArgv } from '../../src/lab/traffic/tools.js';
 import { waitFor } from '../wait.js';
 
 const PREFIX = 'ttf-';
@@ -19,7 +20,11 @@ const addr = (family: Family, port: number): string => (family === 4 ? `${VIP[4]
 
 function kill(p: ChildProcess): void {
   if (p.pid !== undefined && p.exitCode === null && p.signalCode === null) {
-    try { process.kill(p.pid, 'SIGTERM'); } catch { /* already gone */ }
+    try {
+      process.kill(p.pid, 'SIGTERM');
+    } catch {
+      /* already gone */
+    }
   }
 }
 
@@ -41,12 +46,18 @@ describe('traffic tools over ECMP', () => {
   });
 
   test('router 1 hashes on L4 so one client spreads over next-hops', () => {
-    expect(topo.exec(topo.ns.router(1), ['sysctl', '-n', 'net.ipv4.fib_multipath_hash_policy', 'net.ipv6.fib_multipath_hash_policy'])).toBe('1\n1\n');
+    expect(topo.exec(topo.ns.router(1), ['sysctl', '-n', 'net.ipv4.fib_multipath_hash_policy', 'net.ipv6.fib_multipath_hash_policy'])).toBe(
+      '1\n1\n',
+    );
   });
 
   test.each([4, 6] as Family[])('mconnect over IPv%i reaches several servers without failures', (family) => {
     const out = topo.exec(topo.ns.tester, [
-      ...toolArgv('mconnect'), `--address=${addr(family, 5001)}`, '--nconn=100', `--srccidr=${CLIENT_CIDR[family]}`, '--output=json',
+      ...toolArgv('mconnect'),
+      `--address=${addr(family, 5001)}`,
+      '--nconn=100',
+      `--srccidr=${CLIENT_CIDR[family]}`,
+      '--output=json',
     ]);
     const r = JSON.parse(out) as MconnectResult;
     expect(r.connections).toBe(100);
@@ -58,8 +69,20 @@ describe('traffic tools over ECMP', () => {
   });
 
   test('mconnect counts failed connects and exits 1 (nothing listens on port 5009)', () => {
-    const p = spawnSync('ip', ['netns', 'exec', topo.ns.tester, ...toolArgv('mconnect'),
-      `--address=${addr(4, 5009)}`, '--nconn=10', `--srccidr=${CLIENT_CIDR[4]}`, '--output=json'], { encoding: 'utf8' });
+    const p = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        topo.ns.tester,
+        ...toolArgv('mconnect'),
+        `--address=${addr(4, 5009)}`,
+        '--nconn=10',
+        `--srccidr=${CLIENT_CIDR[4]}`,
+        '--output=json',
+      ],
+      { encoding: 'utf8' },
+    );
     expect(p.status).toBe(1);
     expect(JSON.parse(p.stdout)).toEqual({ connections: 10, failed_connects: 10, failed_reads: 0, hosts: {} });
   });
@@ -71,18 +94,28 @@ describe('traffic tools over ECMP', () => {
     expect(p.stderr).toContain("address '10.0.0.0'");
   });
 
-  test.each([4, 6] as Family[])('ctraffic over IPv%i: removing a next-hop loses only that server\'s connections', async (family) => {
+  test.each([4, 6] as Family[])("ctraffic over IPv%i: removing a next-hop loses only that server's connections", async (family) => {
     topo.setRouterVipRoute(1, SERVERS);
     const statsFile = join(dir, `ctraffic-${family}.json`);
     const nconn = 30;
     const client = topo.spawn(topo.ns.tester, [
-      ...toolArgv('ctraffic'), `--address=${addr(family, 5003)}`, `--nconn=${nconn}`, '--rate=300', '--timeout=5s',
-      `--srccidr=${CLIENT_CIDR[family]}`, '--monitor', `--stats-file=${statsFile}`,
+      ...toolArgv('ctraffic'),
+      `--address=${addr(family, 5003)}`,
+      `--nconn=${nconn}`,
+      '--rate=300',
+      '--timeout=5s',
+      `--srccidr=${CLIENT_CIDR[family]}`,
+      '--monitor',
+      `--stats-file=${statsFile}`,
     ]);
     let monitor = '';
-    client.stderr!.on('data', (d: Buffer) => { monitor += d.toString(); });
+    client.stderr!.on('data', (d: Buffer) => {
+      monitor += d.toString();
+    });
     let summary = '';
-    client.stdout!.on('data', (d: Buffer) => { summary += d.toString(); });
+    client.stdout!.on('data', (d: Buffer) => {
+      summary += d.toString();
+    });
     try {
       // Scale in once every connection is up and echoes come back (the monitor line, each second).
       const up = new RegExp(`conn act/connecting ${nconn}/0 .* msg sent/rec/dropped \\d+/[1-9]`);
@@ -117,7 +150,9 @@ describe('traffic tools over ECMP', () => {
     expect(stats.samples.at(-1)?.lost).toBe(a.lostEvents);
 
     // The analyze subcommand prints the same figures.
-    const cli = spawnSync(toolArgv('ctraffic')[0]!, [toolArgv('ctraffic')[1]!, 'analyze', `--stats-file=${statsFile}`, '--output=json'], { encoding: 'utf8' });
+    const cli = spawnSync(toolArgv('ctraffic')[0]!, [toolArgv('ctraffic')[1]!, 'analyze', `--stats-file=${statsFile}`, '--output=json'], {
+      encoding: 'utf8',
+    });
     expect(cli.status).toBe(0);
     expect(JSON.parse(cli.stdout)).toEqual(a);
   });

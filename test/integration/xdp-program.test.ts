@@ -2,11 +2,12 @@
 // verified and run by the kernel with BPF_PROG_TEST_RUN): VIP frames are redirected to the
 // AF_XDP socket, everything else passes. Runs in a namespace of its own because the XSKMAP
 // needs a bound AF_XDP socket (on its lo).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, inNs, removeNs } from '../../src/lab/netns.js';
-import { XDP_PASS, XDP_REDIRECT, xdpObjectFile, xskAddon } from '../../src/xdp/xsk.js';
 import { vipKey } from '../../src/xdp/table.js';
+import { XDP_PASS, XDP_REDIRECT, xdpObjectFile, xskAddon } from '../../src/xdp/xsk.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
 const NS = 'txp-prog';
@@ -99,12 +100,22 @@ describe('the VIP-filter XDP program', () => {
       // name, frame, action with both VIPs, action after removing 10.0.0.0
       ['IPv4 TCP to the VIP', eth(vip4), XDP_REDIRECT, XDP_PASS],
       ['IPv6 UDP to the VIP', eth(vip6), XDP_REDIRECT, XDP_REDIRECT],
-      ['IPv4 fragment to the VIP', eth(fragmentPacket(ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).udp({ sport: 1, dport: 2 }).payload(200).build(), 64)[1]!), XDP_REDIRECT, XDP_PASS],
+      [
+        'IPv4 fragment to the VIP',
+        eth(fragmentPacket(ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).udp({ sport: 1, dport: 2 }).payload(200).build(), 64)[1]!),
+        XDP_REDIRECT,
+        XDP_PASS,
+      ],
       ['IPv4 ICMP to the VIP', eth(ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).icmp(8).build()), XDP_REDIRECT, XDP_PASS],
       ['IPv4 to another address', eth(ipv4({ src: '50.0.0.1', dst: '10.0.0.1' }).tcp({ sport: 1, dport: 80 }).build()), XDP_PASS, XDP_PASS],
       ['IPv4 from the VIP', eth(ipv4({ src: '10.0.0.0', dst: '50.0.0.1' }).tcp({ sport: 80, dport: 1 }).build()), XDP_PASS, XDP_PASS],
       ['IPv6 to another address', eth(ipv6({ src: '2000::1', dst: '1000::1' }).udp({ sport: 1, dport: 53 }).build()), XDP_PASS, XDP_PASS],
-      ['IPv4-mapped IPv6 destination', eth(ipv6({ src: '2000::1', dst: '::ffff:10.0.0.0' }).udp({ sport: 1, dport: 53 }).build()), XDP_REDIRECT, XDP_PASS],
+      [
+        'IPv4-mapped IPv6 destination',
+        eth(ipv6({ src: '2000::1', dst: '::ffff:10.0.0.0' }).udp({ sport: 1, dport: 53 }).build()),
+        XDP_REDIRECT,
+        XDP_PASS,
+      ],
       ['ARP', eth(vip4, 0x0806), XDP_PASS, XDP_PASS],
       ['VLAN-tagged', eth(vip4, 0x8100), XDP_PASS, XDP_PASS],
       ['IPv4 cut before the destination', eth(vip4.subarray(0, 18)), XDP_PASS, XDP_PASS],
@@ -117,7 +128,10 @@ describe('the VIP-filter XDP program', () => {
       frames: fixtures.map(([, frame]) => hex(frame)),
     };
     const out = JSON.parse(inNs(NS, [process.execPath, '-e', RUNNER_JS, ADDON, xdpObjectFile()], JSON.stringify(input))) as {
-      before: number[]; after: number[]; vips: number; instructions: number;
+      before: number[];
+      after: number[];
+      vips: number;
+      instructions: number;
     };
     const got = fixtures.map(([name], i) => [name, out.before[i], out.after[i]]);
     expect(got).toEqual(fixtures.map(([name, , before, after]) => [name, before, after]));
@@ -133,11 +147,15 @@ describe('the VIP-filter XDP program', () => {
       prog.addVip(vipKey('10.0.0.1'));
       prog.addVip(vipKey('1000::1'));
       expect(thrown(() => prog.addVip(vipKey('10.0.0.2')))).toMatchObject({
-        message: 'XdpProgram.addVip: Argument list too long (E2BIG)', code: 'E2BIG', errno: 7,
+        message: 'XdpProgram.addVip: Argument list too long (E2BIG)',
+        code: 'E2BIG',
+        errno: 7,
       });
       expect(thrown(() => prog.setSocket(1, 0))).toMatchObject({ code: 'E2BIG', errno: 7 });
       expect(thrown(() => prog.attach('txp-none0', 'generic'))).toMatchObject({
-        message: 'XdpProgram: interface txp-none0: No such device (ENODEV)', code: 'ENODEV', errno: 19,
+        message: 'XdpProgram: interface txp-none0: No such device (ENODEV)',
+        code: 'ENODEV',
+        errno: 19,
       });
       expect(prog.removeVip(vipKey('10.0.0.1'))).toBe(true);
       expect(prog.removeVip(vipKey('10.0.0.1'))).toBe(false);

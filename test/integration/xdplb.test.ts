@@ -3,11 +3,12 @@
 // Layer-2 DSR: the lb rewrites only the MAC addresses; the servers answer the tester
 // straight from the VIP through the router's kernel forwarding (no XDP on that path).
 // Real TCP connections over IPv4 and IPv6, in native and generic XDP mode.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { execFileSync, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { CLIENT_CIDR, VIP, createTopology, destroyLab, routerAddr, type Family, type Topology } from '../../src/lab/topology.js';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { CLIENT_CIDR, createTopology, destroyLab, type Family, routerAddr, type Topology, VIP } from '../../src/lab/topology.js';
 import { deleteShm } from '../../src/shm.js';
 import { waitFor } from '../wait.js';
 import { httpGet, Scrape } from './harness.js';
@@ -15,7 +16,7 @@ import { httpGet, Scrape } from './harness.js';
 const PREFIX = 'tlbx-';
 const SHM = 'tlbx-xdplb';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const XDPLB = ROOT + 'bin/xdplb';
+const XDPLB = `${ROOT}bin/xdplb`;
 const SERVERS = [1, 2, 3];
 const METRICS_PORT = 9111;
 
@@ -76,13 +77,13 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   const router = (): string => topo.ns.router(1);
   const xdplb = (...args: string[]): string => topo.exec(router(), [process.execPath, XDPLB, ...args, `--shm=${SHM}`]);
   const connect = (family: Family, count: number, timeoutMs = 3000): string[] =>
-    JSON.parse(topo.exec(topo.ns.tester, [
-      process.execPath, '-e', CLIENT_JS, VIP[family], clientPrefix(family), String(count), String(timeoutMs),
-    ])) as string[];
+    JSON.parse(
+      topo.exec(topo.ns.tester, [process.execPath, '-e', CLIENT_JS, VIP[family], clientPrefix(family), String(count), String(timeoutMs)]),
+    ) as string[];
 
   beforeAll(async () => {
     // The CLI runs from dist/: compile the current sources first.
-    execFileSync(process.execPath, [ROOT + 'node_modules/typescript/bin/tsc', '-p', ROOT + 'tsconfig.json'], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${ROOT}node_modules/typescript/bin/tsc`, '-p', `${ROOT}tsconfig.json`], { stdio: 'inherit' });
     destroyLab(PREFIX);
     topo = createTopology({ prefix: PREFIX, nvm: SERVERS.length, nrouters: 1 });
     for (const n of SERVERS) {
@@ -97,7 +98,15 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       xdplb('activate', `--mac=${mac}`, String(n - 1));
     }
     lb = topo.spawn(router(), [
-      process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, '--vip=10.0.0.0', '--vip=1000::',
+      process.execPath,
+      XDPLB,
+      'lb',
+      '--idev=eth2',
+      '--edev=eth1',
+      `--mode=${mode}`,
+      `--shm=${SHM}`,
+      '--vip=10.0.0.0',
+      '--vip=1000::',
       `--metrics=${METRICS_PORT}`,
     ]);
     // 'close', not 'exit': the last lines may still be in the pipe when the process exits.
@@ -113,7 +122,12 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
 
   afterAll(() => {
     for (const p of [lb, ...servers]) {
-      if (p?.pid !== undefined && p.exitCode === null) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+      if (p?.pid !== undefined && p.exitCode === null)
+        try {
+          process.kill(p.pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
     }
     destroyLab(PREFIX);
     deleteShm(SHM);
@@ -128,7 +142,10 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
 
   test.each([4, 6] as Family[])('TCP connections to the VIP over IPv%i reach every server', (family) => {
     const answers = connect(family, 30);
-    expect(answers.filter((a) => !a.startsWith('vm-')), answers.join(',')).toEqual([]);
+    expect(
+      answers.filter((a) => !a.startsWith('vm-')),
+      answers.join(','),
+    ).toEqual([]);
     expect(new Set(answers)).toEqual(new Set(SERVERS.map((n) => `vm-00${n}`)));
   });
 
@@ -142,7 +159,10 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     xdplb('deactivate', '1');
     for (const family of [4, 6] as Family[]) {
       const answers = connect(family, 30);
-      expect(answers.filter((a) => !a.startsWith('vm-')), answers.join(',')).toEqual([]);
+      expect(
+        answers.filter((a) => !a.startsWith('vm-')),
+        answers.join(','),
+      ).toEqual([]);
       expect(new Set(answers)).toEqual(new Set(['vm-001', 'vm-003']));
     }
     xdplb('deactivate', '0');
@@ -171,11 +191,15 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
 
   test('a VIP removed from the table goes to the kernel again', async () => {
     // The lb polls the table and logs the VIPs its program has after each change.
-    const programVips = (vips: string[]) => waitFor(`the lb's program to have VIPs ${vips.join(' ')}`, () => {
-      const changes = lbOut.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; vips: string[] })
-        .filter((l) => l.msg === 'VIPs changed');
-      return JSON.stringify([...changes.at(-1)?.vips ?? []].sort()) === JSON.stringify([...vips].sort());
-    });
+    const programVips = (vips: string[]) =>
+      waitFor(`the lb's program to have VIPs ${vips.join(' ')}`, () => {
+        const changes = lbOut
+          .split('\n')
+          .filter((l) => l.startsWith('{'))
+          .map((l) => JSON.parse(l) as { msg: string; vips: string[] })
+          .filter((l) => l.msg === 'VIPs changed');
+        return JSON.stringify([...(changes.at(-1)?.vips ?? [])].sort()) === JSON.stringify([...vips].sort());
+      });
     xdplb('vip-delete', '10.0.0.0');
     await programVips(['1000::']);
     // The router has no route to the VIP: without xdplb the connection fails.
@@ -196,8 +220,14 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     const switched = () => lbOut.indexOf('table re-created by init: using the new one');
     await waitFor('the lb to switch to the new table', () => switched() >= 0);
     // The program's VIPs follow the new table's list: both again once the lb has synced after the switch.
-    await waitFor('the lb to sync the VIPs of the new table', () => lbOut.slice(switched()).split('\n').filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as { msg: string; vips?: string[] }).some((l) => l.msg === 'VIPs changed' && l.vips?.length === 2));
+    await waitFor('the lb to sync the VIPs of the new table', () =>
+      lbOut
+        .slice(switched())
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as { msg: string; vips?: string[] })
+        .some((l) => l.msg === 'VIPs changed' && l.vips?.length === 2),
+    );
     for (const family of [4, 6] as Family[]) {
       const answers = connect(family, 10);
       expect(answers, answers.join(',')).toEqual(new Array(10).fill('vm-003'));

@@ -1,7 +1,7 @@
 // The walls of src/, read from the import statements: the import graph has no circle; nothing
 // below the CLI imports src/cli; the shared core (src/*.ts) imports no wing; and the per-packet
 // path of nfqlb reaches none of the control plane, not even through another module.
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -77,13 +77,20 @@ describe('architecture', () => {
   });
 
   it('has no arrow from below into src/cli', () => {
-    const up = [...graph].flatMap(([m, ts]) => (m.startsWith('cli/') ? [] : ts.filter((t) => t.startsWith('cli/')).map((t) => `${m} -> ${t}`)));
+    const up = [...graph].flatMap(([m, ts]) =>
+      m.startsWith('cli/') ? [] : ts.filter((t) => t.startsWith('cli/')).map((t) => `${m} -> ${t}`),
+    );
     expect(up).toEqual([]);
   });
 
   it('keeps the shared core free of the wings (index.ts, the package entry, excepted)', () => {
     const core = [...graph.keys()].filter((m) => !m.includes('/') && m !== 'index.ts');
-    const out = core.flatMap((m) => graph.get(m)!.filter((t) => t.includes('/')).map((t) => `${m} -> ${t}`));
+    const out = core.flatMap((m) =>
+      graph
+        .get(m)!
+        .filter((t) => t.includes('/'))
+        .map((t) => `${m} -> ${t}`),
+    );
     expect(out).toEqual([]);
   });
 

@@ -3,7 +3,7 @@
 // a drop or a fwmark the configuration can produce, and stored fragments stay within bounds.
 import { describe, expect, it } from 'vitest';
 import type { TargetTable } from '../../src/target-table.js';
-import { buildTable, fixtureBalancer, fixtureGroups, FIXTURE_M, LB_TIER, TABLES, type TableName } from '../fixtures/nfqlb-fixtures.js';
+import { buildTable, FIXTURE_M, fixtureBalancer, fixtureGroups, LB_TIER, TABLES, type TableName } from '../fixtures/nfqlb-fixtures.js';
 import { prng } from '../fixtures/prng.js';
 
 const ROUNDS = 300_000;
@@ -41,7 +41,8 @@ describe.each(fixtureGroups().map((g) => [g.name, g] as const))('Balancer fuzz: 
       }
       for (const fw of verdicts) {
         const valid = fw < 0 || isTableFwmark(fw) || fw === LB_TIER.other || fw === group.config.nolbFwmark;
-        if (!Number.isInteger(fw) || !valid) failures.push(`round ${round}: fwmark ${fw} for ${Buffer.from(buf.subarray(0, len)).toString('hex')}`);
+        if (!Number.isInteger(fw) || !valid)
+          failures.push(`round ${round}: fwmark ${fw} for ${Buffer.from(buf.subarray(0, len)).toString('hex')}`);
       }
     }
     expect(failures).toEqual([]);

@@ -4,9 +4,9 @@
 // take it, and the counters add up. A large table (no eviction) and a tiny one (constant
 // eviction and stateless fall-back).
 import { describe, expect, it } from 'vitest';
-import { ConnTrack, CT_STAT } from '../../src/nfqlb/conntrack.js';
 import { DRAIN_BYTES, DrainList } from '../../src/drain-list.js';
 import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
+import { ConnTrack, CT_STAT } from '../../src/nfqlb/conntrack.js';
 import { TargetTable } from '../../src/target-table.js';
 import { ipv4, ipv6, TCP_FLAGS } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';
@@ -31,10 +31,12 @@ describe.each([
     const packets = Array.from({ length: FLOWS * FLAGS.length }, (_, k) => {
       const flow = Math.floor(k / FLAGS.length);
       return flow % 5 === 0
-        ? ipv6({ src: `2000::${flow}`, dst: '1000::' }).udp({ sport: 1000 + flow, dport: 53 }).build()
+        ? ipv6({ src: `2000::${flow}`, dst: '1000::' })
+            .udp({ sport: 1000 + flow, dport: 53 })
+            .build()
         : ipv4({ src: `50.0.${flow & 7}.1`, dst: '10.0.0.0' })
-          .tcp({ sport: 1000 + flow, dport: 80, flags: FLAGS[k % FLAGS.length] })
-          .build();
+            .tcp({ sport: 1000 + flow, dport: 80, flags: FLAGS[k % FLAGS.length] })
+            .build();
     });
     /** Per flow: the last verdict and when. */
     const last = new Map<number, { fw: number; at: number }>();

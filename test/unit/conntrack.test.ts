@@ -1,18 +1,19 @@
 // The connection-tracking table of `nfqlb lb --conntrack`: entries, hits, timeouts per TCP
 // state, drain and removed targets, eviction order, the stateless fall-back of a full table,
 // and no allocation per packet. Pure: in-memory target tables and drain lists.
-import { describe, expect, it } from 'vitest';
+
 import { PerformanceObserver } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { ConnTrack, CT_DEFAULT_TIMEOUTS, CT_STAT, CT_WAYS, MIN_EVICT_AGE_MS } from '../../src/nfqlb/conntrack.js';
+import { describe, expect, it } from 'vitest';
 import { DRAIN_BYTES, DrainList } from '../../src/drain-list.js';
-import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
-import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { packetHash } from '../../src/hash.js';
+import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
+import { ConnTrack, CT_DEFAULT_TIMEOUTS, CT_STAT, CT_WAYS, MIN_EVICT_AGE_MS } from '../../src/nfqlb/conntrack.js';
+import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';
+import { buildTable, fixtureBalancer, fixtureGroups, type TableName } from '../fixtures/nfqlb-fixtures.js';
 import { ipv4, ipv6, TCP_FLAGS } from '../fixtures/packet-builder.js';
-import { fixtureBalancer, fixtureGroups, buildTable, type TableName } from '../fixtures/nfqlb-fixtures.js';
 
 const M = 997;
 const FW = (n: number) => 100 + n;
@@ -206,7 +207,9 @@ describe('ConnTrack', () => {
     send(tcp(sport, syn));
     t.clearIndex(6);
     t.setIndex(6, FW(6));
-    const quoted = ipv4({ src: '10.0.0.0', dst: '50.0.0.1' }).tcp({ sport: 5001, dport: sport, flags: syn | ack }).build();
+    const quoted = ipv4({ src: '10.0.0.0', dst: '50.0.0.1' })
+      .tcp({ sport: 5001, dport: sport, flags: syn | ack })
+      .build();
     const err = ipv4({ src: '192.168.1.1', dst: '50.0.0.1' }).icmp(3, 4, { rest: 1400 }).inner(quoted).build();
     // The error travels towards the client here, but the key is the quoted packet's, swapped.
     expect(send(err)).toBe(FW(6));

@@ -1,12 +1,13 @@
 // The control channels' admission rules and audit rate limit, as pure functions over a
 // temporary key file.
-import { afterAll, describe, expect, it } from 'vitest';
+
 import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkListenAddress, clientKey, isLoopback, keyMatches, serverKey } from '../../src/nfqlb/control-auth.js';
-import { parseControlAddress } from '../../src/nfqlb/control-address.js';
+import { afterAll, describe, expect, it } from 'vitest';
 import { TokenBucket } from '../../src/nfqlb/audit.js';
+import { parseControlAddress } from '../../src/nfqlb/control-address.js';
+import { checkListenAddress, clientKey, isLoopback, keyMatches, serverKey } from '../../src/nfqlb/control-auth.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tsc-key-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -24,7 +25,7 @@ describe('control key', () => {
 
   it('refuses a key file others can read, and a short key', () => {
     const loose = join(dir, 'loose.key');
-    writeFileSync(loose, 'a'.repeat(64) + '\n', { mode: 0o644 });
+    writeFileSync(loose, `${'a'.repeat(64)}\n`, { mode: 0o644 });
     chmodSync(loose, 0o644);
     expect(() => serverKey(loose)).toThrow(/accessible by others \(mode 644\): chmod 600/);
     const short = join(dir, 'short.key');
@@ -48,8 +49,15 @@ describe('control key', () => {
 
 describe('listen addresses', () => {
   it.each([
-    ['127.0.0.1', true], ['127.1.2.3', true], ['::1', true], ['::ffff:127.0.0.1', true],
-    ['0.0.0.0', false], ['::', false], ['10.0.0.1', false], ['1000::1', false], ['::2', false],
+    ['127.0.0.1', true],
+    ['127.1.2.3', true],
+    ['::1', true],
+    ['::ffff:127.0.0.1', true],
+    ['0.0.0.0', false],
+    ['::', false],
+    ['10.0.0.1', false],
+    ['1000::1', false],
+    ['::2', false],
   ])('%s loopback: %s', (host, loopback) => expect(isLoopback(host)).toBe(loopback));
 
   it('refuses a tcp address other hosts can reach unless allowed; unix is always fine', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { analyze, asStats, formatAnalysis, type CtrafficStats } from '../../src/lab/traffic/stats.js';
 import { formatIp, parseCidr, parseDuration, parseHostPort, pickSources } from '../../src/lab/traffic/common.js';
+import { analyze, asStats, type CtrafficStats, formatAnalysis } from '../../src/lab/traffic/stats.js';
 
 // Four connection slots: one steady, one moved off vm-002 when it was removed, one lost twice
 // (and a failed connect in between), one that never connected.
@@ -20,14 +20,22 @@ const stats: CtrafficStats = {
   connections: [
     { id: 0, src: '50.0.0.1', sent: 50, received: 50, events: [{ t: 3, type: 'connect', host: 'vm-001' }] },
     {
-      id: 1, src: '50.0.0.2', sent: 50, received: 48, events: [
+      id: 1,
+      src: '50.0.0.2',
+      sent: 50,
+      received: 48,
+      events: [
         { t: 4, type: 'connect', host: 'vm-002' },
         { t: 2100, type: 'lost', host: 'vm-002', reason: 'ECONNRESET' },
         { t: 2210, type: 'reconnect', host: 'vm-003' },
       ],
     },
     {
-      id: 2, src: '50.0.0.3', sent: 80, received: 72, events: [
+      id: 2,
+      src: '50.0.0.3',
+      sent: 80,
+      received: 72,
+      events: [
         { t: 5, type: 'connect', host: 'vm-002' },
         { t: 2000, type: 'lost', host: 'vm-002', reason: 'timeout' },
         { t: 2100, type: 'connect-failed', reason: 'ECONNREFUSED' },
@@ -36,7 +44,11 @@ const stats: CtrafficStats = {
       ],
     },
     {
-      id: 3, src: '50.0.0.4', sent: 0, received: 0, events: [
+      id: 3,
+      src: '50.0.0.4',
+      sent: 0,
+      received: 0,
+      events: [
         { t: 2000, type: 'connect-failed', reason: 'connect timeout' },
         { t: 4100, type: 'connect-failed', reason: 'connect timeout' },
       ],
@@ -108,9 +120,15 @@ describe('traffic tool address helpers', () => {
     for (const a of picked) expect(a).toMatch(/^50\.0\.\d+\.\d+$/);
     expect(picked).not.toContain('50.0.0.0');
     // Dense: every usable address of a /29 exactly once.
-    expect(pickSources(parseCidr('50.0.0.0/29'), 7).sort()).toEqual(
-      ['50.0.0.1', '50.0.0.2', '50.0.0.3', '50.0.0.4', '50.0.0.5', '50.0.0.6', '50.0.0.7'],
-    );
+    expect(pickSources(parseCidr('50.0.0.0/29'), 7).sort()).toEqual([
+      '50.0.0.1',
+      '50.0.0.2',
+      '50.0.0.3',
+      '50.0.0.4',
+      '50.0.0.5',
+      '50.0.0.6',
+      '50.0.0.7',
+    ]);
     expect(() => pickSources(parseCidr('50.0.0.0/29'), 8)).toThrow(RangeError);
   });
 

@@ -1,8 +1,8 @@
 // Flows: validation, priority order, matching (protocols, CIDRs, ports, byte matches,
 // promiscuous ping, UDP-encapsulated SCTP), listing, and the flow channel's request handling.
 import { describe, expect, it } from 'vitest';
-import { Flow, FlowError, FlowSelector, FlowSet, formatMatch, parseMatch, type FlowSpec } from '../../src/nfqlb/flow-table.js';
 import { FlowServer, parseRequest, specOfRequest } from '../../src/nfqlb/flow-server.js';
+import { Flow, FlowError, FlowSelector, FlowSet, type FlowSpec, formatMatch, parseMatch } from '../../src/nfqlb/flow-table.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
@@ -77,7 +77,12 @@ describe('Flow', () => {
   });
 
   it('reads byte matches past IPv6 extension headers and in a first fragment', () => {
-    const pkt = ipv6({ src: '2000::1', dst: '1000::1' }).ext('hop').ext('frag', { mf: true, id: 5 }).udp({ sport: 7, dport: 5001 }).payload(100).build();
+    const pkt = ipv6({ src: '2000::1', dst: '1000::1' })
+      .ext('hop')
+      .ext('frag', { mf: true, id: 5 })
+      .udp({ sport: 7, dport: 5001 })
+      .payload(100)
+      .build();
     expect(matches({ match: ['udp[2:2] = 5001'] }, pkt)).toBe(true);
     expect(matches({ match: ['udp[2:2] = 5000'] }, pkt)).toBe(false);
   });
@@ -120,7 +125,11 @@ function table(fw: number): TargetTable {
 }
 
 describe('FlowSet and FlowSelector', () => {
-  const tables = new Map([['tcp-lb', table(101)], ['any-lb', table(102)], ['sctp-lb', table(103)]]);
+  const tables = new Map([
+    ['tcp-lb', table(101)],
+    ['any-lb', table(102)],
+    ['sctp-lb', table(103)],
+  ]);
   const selector = () => new FlowSelector({ promiscuousPing: false, openTable: (n) => tables.get(n)! });
 
   it('matches flows in priority order and lists them so', () => {
@@ -156,8 +165,10 @@ describe('FlowSet and FlowSelector', () => {
     const sel = selector();
     sel.setFlows(set.specs());
     const inner = new Uint8Array(12 + 16);
-    inner[0] = 0x1b; inner[1] = 0x58; // sport 7000
-    inner[2] = 0x1b; inner[3] = 0x58; // dport 7000
+    inner[0] = 0x1b;
+    inner[1] = 0x58; // sport 7000
+    inner[2] = 0x1b;
+    inner[3] = 0x58; // dport 7000
     const pkt = ipv4({ src: '50.0.0.1', dst: '10.0.0.1' }).udp({ sport: 9899, dport: 9899 }).payload(inner).build();
     const p = parsed(pkt);
     expect(sel.select(pkt, 0, pkt.length, p)).toBe(tables.get('sctp-lb'));
@@ -192,7 +203,12 @@ describe('FlowSet and FlowSelector', () => {
   it('disables a flow whose table cannot be opened', () => {
     const set = new FlowSet();
     set.set({ name: 'gone', target: 'missing', priority: 1 });
-    const sel = new FlowSelector({ promiscuousPing: false, openTable: () => { throw new Error('no shm'); } });
+    const sel = new FlowSelector({
+      promiscuousPing: false,
+      openTable: () => {
+        throw new Error('no shm');
+      },
+    });
     sel.setFlows(set.specs());
     const pkt = tcp4();
     expect(sel.select(pkt, 0, pkt.length, parsed(pkt))).toBeNull();
@@ -201,10 +217,19 @@ describe('FlowSet and FlowSelector', () => {
 
 describe('flow channel requests', () => {
   it('parses the reference wire form (first value wins, lists split on commas)', () => {
-    const req = parseRequest('action:set\nname:web\nname:other\ntarget:t\npriority:7\nprotocols:tcp,udp\ndsts:10.0.0.0/24,1000::/120\ndports:80,8080\nmatch:tcp[2:2] = 80,tcp[13:1]=2\nudpencap:0\neoc:\n')!;
+    const req = parseRequest(
+      'action:set\nname:web\nname:other\ntarget:t\npriority:7\nprotocols:tcp,udp\n' +
+        'dsts:10.0.0.0/24,1000::/120\ndports:80,8080\nmatch:tcp[2:2] = 80,tcp[13:1]=2\nudpencap:0\neoc:\n',
+    )!;
     expect(req.get('name')).toBe('web');
     expect(specOfRequest(req, true)).toEqual({
-      name: 'web', target: 't', priority: 7, protocols: ['tcp', 'udp'], dsts: ['10.0.0.0/24', '1000::/120'], dports: '80,8080', match: ['tcp[2:2] = 80', 'tcp[13:1]=2'],
+      name: 'web',
+      target: 't',
+      priority: 7,
+      protocols: ['tcp', 'udp'],
+      dsts: ['10.0.0.0/24', '1000::/120'],
+      dports: '80,8080',
+      match: ['tcp[2:2] = 80', 'tcp[13:1]=2'],
     });
     expect(parseRequest('action:set\nname:x\n')).toBeNull(); // no eoc yet
     expect(parseRequest('garbage\neoc:\n')).toBeNull();
@@ -216,12 +241,41 @@ describe('FlowServer.handle', () => {
   const server = (FlowServer as unknown as { prototype: FlowServer }).prototype;
   it('answers unknown actions and a set with a missing target', () => {
     const fake = Object.create(server) as FlowServer;
-    Object.assign(fake, { flows: new FlowSet(), traceFlows: new FlowSet(), tracer: null, apply: () => {}, counters: new Float64Array(1024) });
+    Object.assign(fake, {
+      flows: new FlowSet(),
+      traceFlows: new FlowSet(),
+      tracer: null,
+      apply: () => {},
+      counters: new Float64Array(1024),
+    });
     expect(fake.handle(new Map([['action', 'bogus']]))).toBe('FAIL: action unknown\0');
     expect(fake.handle(new Map())).toBe('FAIL: no action\0');
-    expect(fake.handle(new Map([['action', 'set'], ['name', 'x'], ['target', 'tlbf-no-such-shm']]))).toBe("FAIL: Couldn't create load-balancer\0");
-    expect(fake.handle(new Map([['action', 'trace-set'], ['name', 'bad name']]))).toMatch(/^FAIL: invalid name/);
-    expect(fake.handle(new Map([['action', 'trace-set'], ['name', 't1'], ['protocols', 'udp']]))).toBe('OK\0');
+    expect(
+      fake.handle(
+        new Map([
+          ['action', 'set'],
+          ['name', 'x'],
+          ['target', 'tlbf-no-such-shm'],
+        ]),
+      ),
+    ).toBe("FAIL: Couldn't create load-balancer\0");
+    expect(
+      fake.handle(
+        new Map([
+          ['action', 'trace-set'],
+          ['name', 'bad name'],
+        ]),
+      ),
+    ).toMatch(/^FAIL: invalid name/);
+    expect(
+      fake.handle(
+        new Map([
+          ['action', 'trace-set'],
+          ['name', 't1'],
+          ['protocols', 'udp'],
+        ]),
+      ),
+    ).toBe('OK\0');
     expect(JSON.parse(fake.handle(new Map([['action', 'trace-list-names']])))).toEqual(['t1']);
     expect(fake.handle(new Map([['action', 'delete']]))).toBe('FAIL: no name\0');
   });

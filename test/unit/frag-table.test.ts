@@ -1,7 +1,7 @@
 // The fragment table on its own: first fragment then the others, the others first (stored and
 // handed back in arrival order), timeouts, full pools, collisions, and the stats format.
 import { describe, expect, it } from 'vitest';
-import { FragTable, FRAG_DROP, FRAG_STAT, FRAG_STORED, formatFragStats } from '../../src/nfqlb/frag-table.js';
+import { FRAG_DROP, FRAG_STAT, FRAG_STORED, FragTable, formatFragStats } from '../../src/nfqlb/frag-table.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
@@ -136,7 +136,16 @@ describe('FragTable limits', () => {
     b.lookupOrStore(f[1]!, 0, f[1]!.length, parsed(f[1]!), 0);
     const text = formatFragStats([a.stats, b.stats]);
     const json = JSON.parse(text) as Record<string, number>;
-    expect(json).toMatchObject({ hsize: 32, ttlMillis: 200, inserts: 2, lookups: 2, mtu: 1500, fragsMax: 8, fragsAllocated: 1, fragsDiscarded: 0 });
+    expect(json).toMatchObject({
+      hsize: 32,
+      ttlMillis: 200,
+      inserts: 2,
+      lookups: 2,
+      mtu: 1500,
+      fragsMax: 8,
+      fragsAllocated: 1,
+      fragsDiscarded: 0,
+    });
     expect(Object.keys(json)).toContain('reAssembled');
     expect(text.split('\n')[1]).toBe('  "hsize":            32,');
   });

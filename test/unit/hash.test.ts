@@ -1,15 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { HASH_KEY_BYTES, djb2, hashTuple } from '../../src/hash.js';
-import {
-  cidrContains,
-  formatAddress,
-  parseAddress,
-  parseCidr,
-  parseEndpoint,
-  parseIPv4,
-  parseIPv6,
-} from '../../src/address.js';
+import { cidrContains, formatAddress, parseAddress, parseCidr, parseEndpoint, parseIPv4, parseIPv6 } from '../../src/address.js';
+import { djb2, HASH_KEY_BYTES, hashTuple } from '../../src/hash.js';
 
 interface Query {
   proto: 'tcp' | 'udp' | 'sctp' | null;
@@ -19,9 +11,9 @@ interface Query {
   expect: { hash: number };
 }
 
-const vectors = JSON.parse(
-  readFileSync(new URL('../conformance/nfqlb-vectors.json', import.meta.url), 'utf8'),
-) as { scenarios: { name: string; queries: Query[] }[] };
+const vectors = JSON.parse(readFileSync(new URL('../conformance/nfqlb-vectors.json', import.meta.url), 'utf8')) as {
+  scenarios: { name: string; queries: Query[] }[];
+};
 const queries = vectors.scenarios.flatMap((s) => s.queries.map((q) => ({ scenario: s.name, ...q })));
 
 describe('djb2', () => {
@@ -127,17 +119,26 @@ describe('address parsing', () => {
     ['::ffff:10.0.0.1', '00000000000000000000ffff0a000001'],
     ['1:2:3:4:5:6:7:8', '00010002000300040005000600070008'],
     ['1:2:3:4:5:6:7::', '00010002000300040005000600070000'],
-    ['FE80::aB:1', 'fe80' + '0'.repeat(20) + '00ab0001'],
+    ['FE80::aB:1', `fe80${'0'.repeat(20)}00ab0001`],
   ])('IPv6 %s', (text, hex) => {
     expect(Buffer.from(parseIPv6(text)!).toString('hex')).toBe(hex);
   });
 
-  it.each([':', ':::', '1:::2', '1::2::3', '1:2:3:4:5:6:7:8:9', '1:2:3:4:5:6:7', '12345::', '::g', '1.2.3.4::', '::1.2.3.4:5', '1:2:3:4:5:6:7:8::'])(
-    'refuses IPv6 %j',
-    (t) => {
-      expect(parseIPv6(t)).toBeNull();
-    },
-  );
+  it.each([
+    ':',
+    ':::',
+    '1:::2',
+    '1::2::3',
+    '1:2:3:4:5:6:7:8:9',
+    '1:2:3:4:5:6:7',
+    '12345::',
+    '::g',
+    '1.2.3.4::',
+    '::1.2.3.4:5',
+    '1:2:3:4:5:6:7:8::',
+  ])('refuses IPv6 %j', (t) => {
+    expect(parseIPv6(t)).toBeNull();
+  });
 
   it('parses endpoints with and without ports', () => {
     expect(parseEndpoint('10.0.0.1:80')).toEqual({ address: parseAddress('10.0.0.1'), port: 80 });
@@ -164,12 +165,20 @@ describe('address parsing', () => {
     expect(() => parseCidr('10.0.0.0/')).toThrow('Invalid prefix length');
   });
 
-  it.each(['::', '::1', '1000::', '1000::1:c0a8:102', '2001:db8::1:0:0:1', '1:2:3:4:5:6:7:8', '1:0:2::', '::ffff:10.0.0.1', 'fe80:0:0:1::1', '1::2:0:0:3:4'])(
-    'formats IPv6 %s back to itself (RFC 5952)',
-    (text) => {
-      expect(formatAddress(parseIPv6(text)!, 0, 16)).toBe(text);
-    },
-  );
+  it.each([
+    '::',
+    '::1',
+    '1000::',
+    '1000::1:c0a8:102',
+    '2001:db8::1:0:0:1',
+    '1:2:3:4:5:6:7:8',
+    '1:0:2::',
+    '::ffff:10.0.0.1',
+    'fe80:0:0:1::1',
+    '1::2:0:0:3:4',
+  ])('formats IPv6 %s back to itself (RFC 5952)', (text) => {
+    expect(formatAddress(parseIPv6(text)!, 0, 16)).toBe(text);
+  });
 
   it('formats IPv4 at an offset', () => {
     expect(formatAddress(Uint8Array.of(9, 10, 0, 0, 1), 1, 4)).toBe('10.0.0.1');

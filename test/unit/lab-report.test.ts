@@ -4,8 +4,18 @@ import type { ConnEvent, CtrafficStats } from '../../src/lab/traffic/stats.js';
 
 function run(conns: ConnEvent[][], duration = 10_000): CtrafficStats {
   return {
-    tool: 'ctraffic', started: '2026-01-01T00:00:00.000Z', duration, address: '10.0.0.0:5003', nconn: conns.length, rate: 10, size: 64,
-    sent: 0, received: 0, dropped: 0, failedConnects: 0, lostEvents: 0,
+    tool: 'ctraffic',
+    started: '2026-01-01T00:00:00.000Z',
+    duration,
+    address: '10.0.0.0:5003',
+    nconn: conns.length,
+    rate: 10,
+    size: 64,
+    sent: 0,
+    received: 0,
+    dropped: 0,
+    failedConnects: 0,
+    lostEvents: 0,
     connections: conns.map((events, id) => ({ id, src: null, sent: 0, received: 0, events })),
     samples: [],
   };
@@ -38,7 +48,10 @@ describe('lossReport', () => {
 
   test('losses go to the event whose phase they fall in; ideal = connections on the removed targets', () => {
     const r = lossReport(stats, events);
-    expect(r.phases.map((p) => [p.event.kind, p.lost, p.ideal])).toEqual([['scale-in', 3, 2], ['scale-out', 1, 0]]);
+    expect(r.phases.map((p) => [p.event.kind, p.lost, p.ideal])).toEqual([
+      ['scale-in', 3, 2],
+      ['scale-out', 1, 0],
+    ]);
     expect(r.phases[0]!.lostByHost).toEqual({ 'vm-001': 1, 'vm-002': 1, 'vm-004': 1 });
     expect(r.before).toEqual({ 'vm-001': 1, 'vm-002': 1, 'vm-003': 2, 'vm-004': 1 });
     expect(r.after).toEqual({ 'vm-002': 1, 'vm-003': 4 });

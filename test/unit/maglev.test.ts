@@ -123,9 +123,7 @@ describe('fillPermutation', () => {
 describe('populate', () => {
   it('matches the reference lookup for M=997 with slots 0..2 active', () => {
     const { lookup } = table(997, 32, [0, 1, 2]);
-    expect(Array.from(lookup.subarray(0, 25))).toEqual(
-      [2, 0, 0, 2, 2, 1, 0, 1, 0, 0, 1, 2, 2, 1, 2, 1, 1, 0, 2, 0, 2, 0, 2, 1, 2],
-    );
+    expect(Array.from(lookup.subarray(0, 25))).toEqual([2, 0, 0, 2, 2, 1, 0, 1, 0, 0, 1, 2, 2, 1, 2, 1, 1, 0, 2, 0, 2, 0, 2, 1, 2]);
     expect(fnv1a(lookup)).toBe(2116734633);
   });
 
@@ -173,7 +171,11 @@ describe('populate', () => {
     const N = 20;
     const before = table(M, N, range(10)).lookup;
     for (const removed of range(10)) {
-      const after = table(M, N, range(10).filter((i) => i !== removed)).lookup;
+      const after = table(
+        M,
+        N,
+        range(10).filter((i) => i !== removed),
+      ).lookup;
       let moved = 0;
       let survivorsOwned = 0;
       for (let j = 0; j < M; j++) {

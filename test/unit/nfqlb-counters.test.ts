@@ -2,17 +2,18 @@
 // counting done by serveQueue over a fake queue fed with the nfqlb fixtures (every packet ends
 // up in exactly one place: a target, a drop reason, or the fragment store), and the Prometheus
 // text the collectors make of the blocks.
-import { describe, expect, it } from 'vitest';
+
 import { Registry } from 'prom-client';
-import { DESC, NF_ACCEPT, NfQueue, type NativeNfQueue, type NfQueueStats } from '../../src/nfqueue.js';
-import { Balancer, serveQueue, SingleTable } from '../../src/nfqlb/balancer.js';
+import { describe, expect, it } from 'vitest';
+import { parseMetricsAddress } from '../../src/cli/options.js';
+import { Balancer, SingleTable, serveQueue } from '../../src/nfqlb/balancer.js';
+import { ConnTrack } from '../../src/nfqlb/conntrack.js';
 import { fwmarkTotals, MAX_FWMARKS, QUEUE_COUNTER as QC, QueueCounters } from '../../src/nfqlb/counters.js';
 import { registerNfqlbMetrics } from '../../src/nfqlb/metrics.js';
-import { parseMetricsAddress } from '../../src/cli/options.js';
+import { DESC, type NativeNfQueue, NF_ACCEPT, NfQueue, type NfQueueStats } from '../../src/nfqueue.js';
 import { TargetTable } from '../../src/target-table.js';
 import { buildTable, fixtureBalancer, fixtureGroups, type TableName } from '../fixtures/nfqlb-fixtures.js';
 import { ipv4, TCP_FLAGS } from '../fixtures/packet-builder.js';
-import { ConnTrack } from '../../src/nfqlb/conntrack.js';
 
 /** A queue without the kernel: `deliver` runs one batch through the verdict function. */
 class FakeQueue {
@@ -22,7 +23,6 @@ class FakeQueue {
   constructor(copyRange = 256, batch = 16) {
     const fake = this;
     class Native implements NativeNfQueue {
-      constructor(..._args: unknown[]) {}
       start(onBatch: (count: number) => void): void {
         fake.onBatch = onBatch;
       }
@@ -60,7 +60,7 @@ describe('QueueCounters', () => {
     });
     const totals = fwmarkTotals([a, b]);
     expect(new Set(totals.keys())).toEqual(new Set(marks));
-    marks.forEach((fw, i) => expect(totals.get(fw)).toEqual({ packets: i + 2, bytes: 100 * (i + 1) + 1 }));
+    for (const [i, fw] of marks.entries()) expect(totals.get(fw)).toEqual({ packets: i + 2, bytes: 100 * (i + 1) + 1 });
     a.counters[QC.noTarget] = 5;
     expect(new QueueCounters(buffer, 0).record().noTarget).toBe(5);
     expect(new QueueCounters(buffer, 1).record().noTarget).toBe(0);
@@ -79,48 +79,55 @@ describe('QueueCounters', () => {
 });
 
 describe('serveQueue with counters', () => {
-  it.each(fixtureGroups().map((g) => [g.name, g] as const))('%s: every packet is counted once, bytes are the kernel length', (_name, group) => {
-    const q = new FakeQueue();
-    const counters = new QueueCounters();
-    const injected: Uint8Array[] = [];
-    // The balancer counts into the same block as serveQueue, as startQueue wires them.
-    const balancer = fixtureBalancer(group.config, tables, injected, () => 0, { counters: counters.counters });
-    serveQueue(q.queue, balancer.fwmarkOf, counters);
-    const accepted = new Map<number, { packets: number; bytes: number }>();
-    let packets = 0;
-    let batches = 0;
-    const run = (pkts: Uint8Array[]) => {
-      for (let i = 0; i < pkts.length; i += 16) {
-        const batch = pkts.slice(i, i + 16);
-        q.deliver(batch, (p) => p.length + 3).forEach((v, k) => {
-          if (v.verdict !== NF_ACCEPT) return;
-          const t = accepted.get(v.fwmark) ?? { packets: 0, bytes: 0 };
-          t.packets++;
-          t.bytes += batch[k]!.length + 3;
-          accepted.set(v.fwmark, t);
-        });
-        packets += batch.length;
-        batches++;
+  it.each(fixtureGroups().map((g) => [g.name, g] as const))(
+    '%s: every packet is counted once, bytes are the kernel length',
+    (_name, group) => {
+      const q = new FakeQueue();
+      const counters = new QueueCounters();
+      const injected: Uint8Array[] = [];
+      // The balancer counts into the same block as serveQueue, as startQueue wires them.
+      const balancer = fixtureBalancer(group.config, tables, injected, () => 0, { counters: counters.counters });
+      serveQueue(q.queue, balancer.fwmarkOf, counters);
+      const accepted = new Map<number, { packets: number; bytes: number }>();
+      let packets = 0;
+      let batches = 0;
+      const run = (pkts: Uint8Array[]) => {
+        for (let i = 0; i < pkts.length; i += 16) {
+          const batch = pkts.slice(i, i + 16);
+          q.deliver(batch, (p) => p.length + 3).forEach((v, k) => {
+            if (v.verdict !== NF_ACCEPT) return;
+            const t = accepted.get(v.fwmark) ?? { packets: 0, bytes: 0 };
+            t.packets++;
+            t.bytes += batch[k]!.length + 3;
+            accepted.set(v.fwmark, t);
+          });
+          packets += batch.length;
+          batches++;
+        }
+      };
+      for (const fx of group.fixtures) {
+        run(fx.packets);
+        // Re-injected fragments come back through the queue.
+        while (injected.length > 0) run(injected.splice(0));
       }
-    };
-    for (const fx of group.fixtures) {
-      run(fx.packets);
-      // Re-injected fragments come back through the queue.
-      while (injected.length > 0) run(injected.splice(0));
-    }
-    const c = counters.record();
-    expect(c.packets).toBe(packets);
-    expect(c.batches).toBe(batches);
-    expect(fwmarkTotals([counters])).toEqual(accepted);
-    const acceptedPackets = [...accepted.values()].reduce((n, t) => n + t.packets, 0);
-    expect(acceptedPackets + c.parseErrors + c.noTarget + c.noFlowMatch + c.fragsDropped + c.fragsStored).toBe(packets);
-  });
+      const c = counters.record();
+      expect(c.packets).toBe(packets);
+      expect(c.batches).toBe(batches);
+      expect(fwmarkTotals([counters])).toEqual(accepted);
+      const acceptedPackets = [...accepted.values()].reduce((n, t) => n + t.packets, 0);
+      expect(acceptedPackets + c.parseErrors + c.noTarget + c.noFlowMatch + c.fragsDropped + c.fragsStored).toBe(packets);
+    },
+  );
 
   it('counts each drop under its reason', () => {
     const empty = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(13, 4)), 13, 4, 0);
     const counters = new QueueCounters();
     const q = new FakeQueue();
-    serveQueue(q.queue, new Balancer(new SingleTable(empty, 'empty'), { hashMode: 0, notargetsFwmark: -1, counters: counters.counters }).fwmarkOf, counters);
+    serveQueue(
+      q.queue,
+      new Balancer(new SingleTable(empty, 'empty'), { hashMode: 0, notargetsFwmark: -1, counters: counters.counters }).fwmarkOf,
+      counters,
+    );
     const udp = ipv4({ src: '50.0.0.1', dst: '10.0.0.0' }).udp({ sport: 1000, dport: 5001 }).payload(10).build();
     q.deliver([udp, udp, new Uint8Array([0x45, 0, 0])]);
     expect(counters.record()).toMatchObject({ packets: 3, batches: 1, noTarget: 2, parseErrors: 1, noFlowMatch: 0 });
@@ -130,7 +137,13 @@ describe('serveQueue with counters', () => {
   it('counts a batch whose verdict function threw as verdict errors', () => {
     const counters = new QueueCounters();
     const q = new FakeQueue();
-    serveQueue(q.queue, () => { throw new Error('bug'); }, counters);
+    serveQueue(
+      q.queue,
+      () => {
+        throw new Error('bug');
+      },
+      counters,
+    );
     expect(() => q.deliver([new Uint8Array(20), new Uint8Array(20)])).toThrow('bug');
     expect(counters.record()).toMatchObject({ packets: 2, batches: 1, handlerErrors: 2 });
   });
@@ -177,7 +190,8 @@ describe('the nfqlb metrics', () => {
         'nfqlb_flow_matches_total{flow="web"} 9',
         '# TYPE nfqlb_drops_total counter',
         '# TYPE nfqlb_nfqueue_queue_length gauge',
-      ]) expect(text.split('\n')).toContain(line);
+      ])
+        expect(text.split('\n')).toContain(line);
       // Neither queue is bound in the kernel (there is none here).
       expect(health()).toBe('queue 4 not bound; queue 5 not bound');
     } finally {
@@ -187,7 +201,7 @@ describe('the nfqlb metrics', () => {
 });
 
 describe('conntrack metrics', () => {
-  it('export the counts a queue\'s flow table keeps in its block', async () => {
+  it("export the counts a queue's flow table keeps in its block", async () => {
     const buffer = QueueCounters.allocate(1);
     const block = new QueueCounters(buffer, 0);
     const t = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(997, 4)), 997, 4, 0);
@@ -206,7 +220,8 @@ describe('conntrack metrics', () => {
         'nfqlb_conntrack_lookups_total{result="miss_syn"} 1',
         'nfqlb_conntrack_lookups_total{result="hit"} 2',
         'nfqlb_conntrack_evictions_total 0',
-      ]) expect(lines).toContain(line);
+      ])
+        expect(lines).toContain(line);
       // The block's own counters are not touched by the table.
       expect(block.record().packets).toBe(0);
     } finally {
@@ -234,8 +249,18 @@ describe('--metrics', () => {
     ['[fd00::1]:9110', { host: 'fd00::1', port: 9110 }],
   ])('%s', (text, want) => expect(parseMetricsAddress(text)).toEqual(want));
 
-  it.each(['', ':9110', '0', '65536', '9110:', '1.2.3:9110', '1.2.3.256:9110', 'localhost:9110', '::1:9110', '[1.2.3.4]:9110', '[::1]', 'x'])(
-    'rejects %j with a UsageError naming --metrics',
-    (text) => expect(() => parseMetricsAddress(text)).toThrow(/^--metrics: /),
-  );
+  it.each([
+    '',
+    ':9110',
+    '0',
+    '65536',
+    '9110:',
+    '1.2.3:9110',
+    '1.2.3.256:9110',
+    'localhost:9110',
+    '::1:9110',
+    '[1.2.3.4]:9110',
+    '[::1]',
+    'x',
+  ])('rejects %j with a UsageError naming --metrics', (text) => expect(() => parseMetricsAddress(text)).toThrow(/^--metrics: /));
 });

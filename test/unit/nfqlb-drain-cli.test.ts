@@ -1,8 +1,9 @@
 // The nfqlb CLI's drain list over real /dev/shm files: deactivate drains (the fwmark goes into
 // `<table>-drain` before it leaves the table), --now and activate take it out, init clears it,
 // delete removes it, `show` keeps the reference's output, and bad input changes nothing.
-import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+
 import { existsSync, readFileSync } from 'node:fs';
+import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/nfqlb.js';
 import { DrainList } from '../../src/drain-list.js';
 import { deleteShm } from '../../src/shm.js';
@@ -17,12 +18,21 @@ async function nfqlb(...args: string[]): Promise<number> {
   return main([...args, `--shm=${SHM}`]);
 }
 
-const draining = (): number[] => DrainList.open(SHM, false)?.list().sort((a, b) => a - b) ?? [];
+const draining = (): number[] =>
+  DrainList.open(SHM, false)
+    ?.list()
+    .sort((a, b) => a - b) ?? [];
 
 describe('nfqlb drain list', () => {
   beforeEach(() => {
-    vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
+    vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+      out += String(s);
+      return true;
+    });
+    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+      err += String(s);
+      return true;
+    });
   });
   afterEach(() => vi.restoreAllMocks());
   afterAll(() => {
@@ -69,7 +79,10 @@ describe('nfqlb drain list', () => {
 describe('nfqlb lb --conntrack', () => {
   it('is refused with --offload (offloaded packets would never reach the flow table), before anything starts', async () => {
     let err = '';
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
+    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+      err += String(s);
+      return true;
+    });
     try {
       expect(await main(['lb', `--tshm=${SHM}-none`, '--conntrack=1000', '--offload=eth2', '--vip=10.0.0.0'])).not.toBe(0);
     } finally {

@@ -1,14 +1,18 @@
 // The pure parts of `lb --offload`: its options and the table the program reads.
-import { afterEach, describe, expect, it } from 'vitest';
+
 import { renameSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
 import { lookupFwmarks, Offload, parseOffloadOptions, type TcOffloadAddon, type TcOffloadNative } from '../../src/nfqlb/offload.js';
-import { TargetTable } from '../../src/target-table.js';
 import { createShm, deleteShm, shmPath } from '../../src/shm.js';
+import { TargetTable } from '../../src/target-table.js';
 
 describe('parseOffloadOptions', () => {
   it('takes device and VIP lists, VIPs repeatable', () => {
     expect(parseOffloadOptions(undefined, [])).toBeUndefined();
-    expect(parseOffloadOptions('eth2,eth3', ['10.0.0.0,1000::', '10.0.0.1'])).toEqual({ devs: ['eth2', 'eth3'], vips: ['10.0.0.0', '1000::', '10.0.0.1'] });
+    expect(parseOffloadOptions('eth2,eth3', ['10.0.0.0,1000::', '10.0.0.1'])).toEqual({
+      devs: ['eth2', 'eth3'],
+      vips: ['10.0.0.0', '1000::', '10.0.0.1'],
+    });
   });
 
   it.each([
@@ -57,7 +61,12 @@ describe('Offload follows the shared-memory table', () => {
       testRun: () => ({ retval: -1, mark: 0 }),
       close: () => {},
     };
-    return { TcOffload: function () { return program; } as unknown as TcOffloadAddon['TcOffload'], tcxIngress: () => [] };
+    // A constructor that returns the fake: `new` needs a function, not an arrow.
+    // biome-ignore lint/complexity/useArrowFunction: an arrow cannot be called with new.
+    const TcOffload = function () {
+      return program;
+    } as unknown as TcOffloadAddon['TcOffload'];
+    return { TcOffload, tcxIngress: () => [] };
   }
 
   function init(M: number, N: number): TargetTable {
@@ -74,7 +83,10 @@ describe('Offload follows the shared-memory table', () => {
     const vips: number[][] = [];
     const offload = Offload.start({ devs: [], vips: ['10.0.0.0', '1000::'] }, SHM, 1, 0, fakeAddon(published, vips));
     try {
-      expect(vips).toEqual([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 0], [0x10, ...new Array(15).fill(0)]]);
+      expect(vips).toEqual([
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 0],
+        [0x10, ...new Array(15).fill(0)],
+      ]);
       const expected = () => Array.from(t.lookup, (slot) => t.active[slot]!);
       expect(published).toEqual([expected()]);
       offload.sync();

@@ -2,7 +2,7 @@
 // parser never throws and what it reports always points inside the packet, in both parse modes.
 import { describe, expect, it } from 'vitest';
 import { hashAddresses, hashKey, packetAddressHash, packetHash, writeHashKey } from '../../src/hash.js';
-import { PacketInfo, parsePacket, PARSE_CORRECT, PARSE_NFQLB } from '../../src/packet.js';
+import { PARSE_CORRECT, PARSE_NFQLB, PacketInfo, parsePacket } from '../../src/packet.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';
 
@@ -15,18 +15,28 @@ const tcp6Reply = ipv6({ src: '1000::1', dst: '2000::7' }).ext('dst').tcp({ spor
 /** Valid packets of every kind the parser knows, to mutate. */
 const corpus: Uint8Array[] = [
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).tcp({ sport: 40000, dport: 80 }).payload(40).build(),
-  ipv4({ src: '50.0.0.7', dst: '10.0.0.1', options: new Uint8Array(12).fill(1) }).udp({ sport: 1, dport: 2 }).payload(9).build(),
+  ipv4({ src: '50.0.0.7', dst: '10.0.0.1', options: new Uint8Array(12).fill(1) })
+    .udp({ sport: 1, dport: 2 })
+    .payload(9)
+    .build(),
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).sctp({ sport: 7000, dport: 7001 }).payload(16).build(),
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).udp({ sport: 9899, dport: 9899 }).payload(16).build(),
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).icmp(8, 0, { id: 5 }).payload(20).build(),
   ipv4({ src: '192.168.1.1', dst: '10.0.0.1' }).icmp(3, 4, { rest: 1400 }).inner(tcp4Reply.subarray(0, 60)).build(),
-  ipv4({ src: '192.168.1.1', dst: '10.0.0.1' }).icmp(11, 0)
-    .inner(ipv4({ src: '10.0.0.1', dst: '50.0.0.7' }).icmp(0, 0, { id: 5 }).build()).build(),
+  ipv4({ src: '192.168.1.1', dst: '10.0.0.1' })
+    .icmp(11, 0)
+    .inner(ipv4({ src: '10.0.0.1', dst: '50.0.0.7' }).icmp(0, 0, { id: 5 }).build())
+    .build(),
   ...fragmentPacket(tcp4Reply, 96),
   ipv4({ src: '50.0.0.7', dst: '10.0.0.1' }).proto(47).payload(30).build(),
   ipv6({ src: '2000::7', dst: '1000::1' }).tcp({ sport: 40000, dport: 80 }).payload(40).build(),
-  ipv6({ src: '2000::7', dst: '1000::1' }).ext('hop').ext('routing', { length: 24 }).ext('dst').ext('ah')
-    .udp({ sport: 1, dport: 2 }).build(),
+  ipv6({ src: '2000::7', dst: '1000::1' })
+    .ext('hop')
+    .ext('routing', { length: 24 })
+    .ext('dst')
+    .ext('ah')
+    .udp({ sport: 1, dport: 2 })
+    .build(),
   ipv6({ src: '2000::7', dst: '1000::1' }).ext('frag', { id: 9, mf: true }).sctp({ sport: 1, dport: 2 }).build(),
   ipv6({ src: '2000::7', dst: '1000::1' }).icmp(128, 0, { id: 5 }).payload(20).build(),
   ipv6({ src: '1000::ff', dst: '1000::1' }).icmp(2, 0, { rest: 1280 }).inner(tcp6Reply).build(),

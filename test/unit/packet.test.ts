@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress, toKeyAddress } from '../../src/address.js';
 import { djb2, hashAddresses, hashKey, hashTuple, packetAddressHash, packetHash, writeHashKey } from '../../src/hash.js';
-import { PacketInfo, parsePacket, PARSE_NFQLB } from '../../src/packet.js';
-import { PROTO, checksum, crc32c, fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
+import { PARSE_NFQLB, PacketInfo, parsePacket } from '../../src/packet.js';
+import { checksum, crc32c, fragmentPacket, ipv4, ipv6, PROTO } from '../fixtures/packet-builder.js';
 
 // An independent statement of the reference key: src[16] dst[16] user u16 (wire order),
 // proto u16 little-endian, sport, dport (network order).
@@ -89,7 +89,9 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'IPv4 TCP with 40 bytes of options',
-    packet: ipv4({ src: C4, dst: V4, options: new Uint8Array(40).fill(1) }).tcp({ sport: 40000, dport: 80 }).build(),
+    packet: ipv4({ src: C4, dst: V4, options: new Uint8Array(40).fill(1) })
+      .tcp({ sport: 40000, dport: 80 })
+      .build(),
     fields: { family: 4, l4Off: 60, sport: 40000, dport: 80 },
     hash: hashTuple(tupleTcp4, 1),
   },
@@ -151,7 +153,14 @@ const fixtures: Fixture[] = [
     name: 'IPv4 middle fragment: addresses only',
     packet: ipv4({ src: C4, dst: V4, id: 0x4321, mf: true, fragOffset: 1480, proto: PROTO.udp }).payload(64).build(),
     fields: {
-      isFragment: true, firstFragment: false, moreFragments: true, fragId: 0x4321, fragOffset: 1480, hasPorts: false, l4Off: 20, proto: 17,
+      isFragment: true,
+      firstFragment: false,
+      moreFragments: true,
+      fragId: 0x4321,
+      fragOffset: 1480,
+      hasPorts: false,
+      l4Off: 20,
+      proto: 17,
     },
     hash: addressesOnly(C4, V4),
   },
@@ -188,8 +197,13 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'IPv6 hop-by-hop, routing, destination options, AH, then TCP',
-    packet: ipv6({ src: C6, dst: V6 }).ext('hop').ext('routing', { length: 24 }).ext('dst', { length: 16 }).ext('ah')
-      .tcp({ sport: 40000, dport: 80 }).build(),
+    packet: ipv6({ src: C6, dst: V6 })
+      .ext('hop')
+      .ext('routing', { length: 24 })
+      .ext('dst', { length: 16 })
+      .ext('ah')
+      .tcp({ sport: 40000, dport: 80 })
+      .build(),
     fields: { family: 6, proto: 6, l4Off: 40 + 8 + 24 + 16 + 24, sport: 40000, dport: 80 },
     hash: hashTuple(tupleTcp6, 1),
   },
@@ -235,20 +249,36 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'IPv6 first fragment (after hop-by-hop) has ports',
-    packet: ipv6({ src: C6, dst: V6 }).ext('hop').ext('frag', { id: 0xdeadbeef, mf: true }).udp({ sport: 5001, dport: 53 })
-      .payload(100).build(),
+    packet: ipv6({ src: C6, dst: V6 })
+      .ext('hop')
+      .ext('frag', { id: 0xdeadbeef, mf: true })
+      .udp({ sport: 5001, dport: 53 })
+      .payload(100)
+      .build(),
     fields: {
-      isFragment: true, firstFragment: true, moreFragments: true, fragId: 0xdeadbeef, fragOffset: 0, l4Off: 56, sport: 5001, hasPorts: true,
+      isFragment: true,
+      firstFragment: true,
+      moreFragments: true,
+      fragId: 0xdeadbeef,
+      fragOffset: 0,
+      l4Off: 56,
+      sport: 5001,
+      hasPorts: true,
     },
     hash: hashTuple(tupleUdp6, 1),
   },
   {
     name: 'IPv6 middle fragment: addresses only',
-    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 0xdeadbeef, mf: true, offset: 1232, nextHeader: PROTO.udp })
-      .payload(100).build(),
+    packet: ipv6({ src: C6, dst: V6 }).ext('frag', { id: 0xdeadbeef, mf: true, offset: 1232, nextHeader: PROTO.udp }).payload(100).build(),
     fields: {
-      isFragment: true, firstFragment: false, moreFragments: true, fragId: 0xdeadbeef, fragOffset: 1232, hasPorts: false,
-      proto: 17, l4Off: 48,
+      isFragment: true,
+      firstFragment: false,
+      moreFragments: true,
+      fragId: 0xdeadbeef,
+      fragOffset: 1232,
+      hasPorts: false,
+      proto: 17,
+      l4Off: 48,
     },
     hash: addressesOnly(C6, V6),
   },
@@ -275,8 +305,18 @@ const fixtures: Fixture[] = [
     name: 'ICMP frag-needed quoting a TCP reply',
     packet: ipv4({ src: R4, dst: V4 }).icmp(3, 4, { rest: 1400 }).inner(quote(tcp4Reply, 548)).build(),
     fields: {
-      family: 4, l4Proto: 1, icmpType: 3, icmpCode: 4, icmpError: true, innerL3Off: 28, innerL4Off: 48, proto: 6, sport: 40000, dport: 80,
-      srcOff: 28 + 16, dstOff: 28 + 12,
+      family: 4,
+      l4Proto: 1,
+      icmpType: 3,
+      icmpCode: 4,
+      icmpError: true,
+      innerL3Off: 28,
+      innerL4Off: 48,
+      proto: 6,
+      sport: 40000,
+      dport: 80,
+      srcOff: 28 + 16,
+      dstOff: 28 + 12,
     },
     hash: hashTuple(tupleTcp4, 1),
   },
@@ -325,8 +365,10 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'ICMP error quoting a later fragment: swapped addresses and protocol',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 1)
-      .inner(ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp }).payload(8).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 })
+      .icmp(11, 1)
+      .inner(ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp }).payload(8).build())
+      .build(),
     fields: { icmpError: true, hasPorts: false, truncated: false, proto: 17 },
     hash: oracle({ src: C4, dst: V4, proto: 17 }),
   },
@@ -350,7 +392,10 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'ICMP error quoting an echo reply hashes like the echo request',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 0).inner(ipv4({ src: V4, dst: C4 }).icmp(0, 0, { id: 0x1234, seq: 9 }).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 })
+      .icmp(11, 0)
+      .inner(ipv4({ src: V4, dst: C4 }).icmp(0, 0, { id: 0x1234, seq: 9 }).build())
+      .build(),
     fields: { icmpError: true, proto: 1, echoId: 0x1234 },
     hash: oracle({ src: C4, dst: V4, proto: 1, user: 0x1234 }),
   },
@@ -364,8 +409,17 @@ const fixtures: Fixture[] = [
     name: 'ICMPv6 packet too big quoting a TCP reply',
     packet: ipv6({ src: R6, dst: V6 }).icmp(2, 0, { rest: 1280 }).inner(quote(tcp6Reply, 1232)).build(),
     fields: {
-      family: 6, l4Proto: 58, icmpType: 2, icmpError: true, innerL3Off: 48, innerL4Off: 88, proto: 6, sport: 40000, dport: 80,
-      srcOff: 48 + 24, dstOff: 48 + 8,
+      family: 6,
+      l4Proto: 58,
+      icmpType: 2,
+      icmpError: true,
+      innerL3Off: 48,
+      innerL4Off: 88,
+      proto: 6,
+      sport: 40000,
+      dport: 80,
+      srcOff: 48 + 24,
+      dstOff: 48 + 8,
     },
     hash: hashTuple(tupleTcp6, 1),
   },
@@ -419,8 +473,10 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'SCTP in UDP (--sctp_encap=9899) is keyed as SCTP on the inner ports',
-    packet: ipv4({ src: C4, dst: V4 }).udp({ sport: 9899, dport: 9899 })
-      .payload(Uint8Array.of(0x1b, 0x58, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 0)).build(),
+    packet: ipv4({ src: C4, dst: V4 })
+      .udp({ sport: 9899, dport: 9899 })
+      .payload(Uint8Array.of(0x1b, 0x58, 0x1b, 0x59, 0, 0, 0, 0, 0, 0, 0, 0))
+      .build(),
     fields: { proto: 132, sctpEncap: true, sport: 7000, dport: 7001, l4Proto: 17 },
     hash: hashTuple(tupleSctp4, 1),
     hash0: hashTuple(tupleSctp4, 0),
@@ -435,8 +491,15 @@ const fixtures: Fixture[] = [
   },
   {
     name: 'ICMP error quoting SCTP in UDP (source port is the encapsulation port)',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(3, 4).inner(ipv4({ src: V4, dst: C4 }).udp({ sport: 9899, dport: 9899 })
-      .payload(Uint8Array.of(0x1b, 0x59, 0x1b, 0x58, 0, 0, 0, 0)).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 })
+      .icmp(3, 4)
+      .inner(
+        ipv4({ src: V4, dst: C4 })
+          .udp({ sport: 9899, dport: 9899 })
+          .payload(Uint8Array.of(0x1b, 0x59, 0x1b, 0x58, 0, 0, 0, 0))
+          .build(),
+      )
+      .build(),
     fields: { icmpError: true, proto: 132, sctpEncap: true, sport: 7000, dport: 7001 },
     hash: hashTuple(tupleSctp4, 1),
     hash0: hashTuple(tupleSctp4, 0),
@@ -517,7 +580,10 @@ const nfqlbFixtures: Omit<Fixture, 'hash0' | 'encap'>[] = [
   },
   {
     name: 'ICMP parameter problem: not followed inside',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(12, 0, { rest: 20 << 24 }).inner(quote(tcp4Reply, 28)).build(),
+    packet: ipv4({ src: R4, dst: V4 })
+      .icmp(12, 0, { rest: 20 << 24 })
+      .inner(quote(tcp4Reply, 28))
+      .build(),
     fields: { icmpError: false, icmpType: 12, proto: 1 },
     hash: oracle({ src: R4, dst: V4, proto: 1 }),
   },
@@ -529,14 +595,23 @@ const nfqlbFixtures: Omit<Fixture, 'hash0' | 'encap'>[] = [
   },
   {
     name: 'ICMP error quoting an echo reply: no identifier',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 0).inner(ipv4({ src: V4, dst: C4 }).icmp(0, 0, { id: 0x1234, seq: 9 }).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 })
+      .icmp(11, 0)
+      .inner(ipv4({ src: V4, dst: C4 }).icmp(0, 0, { id: 0x1234, seq: 9 }).build())
+      .build(),
     fields: { icmpError: true, proto: 1, echoId: 0 },
     hash: oracle({ src: C4, dst: V4, proto: 1 }),
   },
   {
     name: 'ICMP error quoting a later fragment: its data is read as ports',
-    packet: ipv4({ src: R4, dst: V4 }).icmp(11, 1).inner(ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp })
-      .payload(Uint8Array.of(0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0)).build()).build(),
+    packet: ipv4({ src: R4, dst: V4 })
+      .icmp(11, 1)
+      .inner(
+        ipv4({ src: V4, dst: C4, fragOffset: 1480, proto: PROTO.udp })
+          .payload(Uint8Array.of(0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0))
+          .build(),
+      )
+      .build(),
     fields: { icmpError: true, proto: 17, sport: 0x5678, dport: 0x1234 },
     hash: oracle({ src: C4, dst: V4, proto: 17, sport: 0x5678, dport: 0x1234 }),
   },
@@ -598,9 +673,10 @@ describe('ICMP errors reach the target of the flow', () => {
     const p = new PacketInfo();
     parsePacket(flow, 0, flow.length, p);
     const flowHash = packetHash(flow, p, 1);
-    const err = family === 4
-      ? ipv4({ src: R4, dst: V4 }).icmp(3, 4, { rest: 1400 }).inner(quote(reply, 548)).build()
-      : ipv6({ src: R6, dst: V6 }).icmp(2, 0, { rest: 1280 }).inner(quote(reply, 1232)).build();
+    const err =
+      family === 4
+        ? ipv4({ src: R4, dst: V4 }).icmp(3, 4, { rest: 1400 }).inner(quote(reply, 548)).build()
+        : ipv6({ src: R6, dst: V6 }).icmp(2, 0, { rest: 1280 }).inner(quote(reply, 1232)).build();
     parsePacket(err, 0, err.length, p);
     expect(p.icmpError).toBe(true);
     expect(packetHash(err, p, 1)).toBe(flowHash);

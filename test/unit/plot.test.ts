@@ -1,17 +1,51 @@
 import { describe, expect, test } from 'vitest';
 import { connectionsSvg, escapeXml, niceStep, SERIES } from '../../src/lab/plot.js';
-import type { CtrafficStats, Sample } from '../../src/lab/traffic/stats.js';
 import type { ScaleEvent } from '../../src/lab/report.js';
+import type { CtrafficStats, Sample } from '../../src/lab/traffic/stats.js';
 
 const samples: Sample[] = Array.from({ length: 41 }, (_, k) => ({
-  t: k * 250, active: k === 21 ? 80 : 100, connecting: k === 21 ? 20 : 0, lost: k < 21 ? 0 : 20, failedConnects: 0, sent: k * 25, received: k * 25,
+  t: k * 250,
+  active: k === 21 ? 80 : 100,
+  connecting: k === 21 ? 20 : 0,
+  lost: k < 21 ? 0 : 20,
+  failedConnects: 0,
+  sent: k * 25,
+  received: k * 25,
 }));
 const stats: CtrafficStats = {
-  tool: 'ctraffic', started: '2026-01-01T00:00:00.000Z', duration: 10_000, address: '10.0.0.0:5003', nconn: 100, rate: 100, size: 64,
-  sent: 1000, received: 1000, dropped: 0, failedConnects: 0, lostEvents: 2,
+  tool: 'ctraffic',
+  started: '2026-01-01T00:00:00.000Z',
+  duration: 10_000,
+  address: '10.0.0.0:5003',
+  nconn: 100,
+  rate: 100,
+  size: 64,
+  sent: 1000,
+  received: 1000,
+  dropped: 0,
+  failedConnects: 0,
+  lostEvents: 2,
   connections: [
-    { id: 0, src: null, sent: 1, received: 1, events: [{ t: 0, type: 'connect', host: 'vm-001' }, { t: 5200, type: 'lost', host: 'vm-001', reason: 'x' }] },
-    { id: 1, src: null, sent: 1, received: 1, events: [{ t: 0, type: 'connect', host: 'vm-002' }, { t: 5300, type: 'lost', host: 'vm-002', reason: 'x' }] },
+    {
+      id: 0,
+      src: null,
+      sent: 1,
+      received: 1,
+      events: [
+        { t: 0, type: 'connect', host: 'vm-001' },
+        { t: 5200, type: 'lost', host: 'vm-001', reason: 'x' },
+      ],
+    },
+    {
+      id: 1,
+      src: null,
+      sent: 1,
+      received: 1,
+      events: [
+        { t: 0, type: 'connect', host: 'vm-002' },
+        { t: 5300, type: 'lost', host: 'vm-002', reason: 'x' },
+      ],
+    },
   ],
   samples,
 };
@@ -20,7 +54,8 @@ const events: ScaleEvent[] = [{ t: 5000, kind: 'scale-in', targets: ['vm-001', '
 /** Attributes of every element with this class, as numbers where they are. */
 function elements(svg: string, cls: string): Record<string, string>[] {
   return [...svg.matchAll(new RegExp(`<\\w+ class="${cls}"([^>]*)/>`, 'g'))].map((m) =>
-    Object.fromEntries([...m[1]!.matchAll(/([\w-]+)="([^"]*)"/g)].map((a) => [a[1]!, a[2]!])));
+    Object.fromEntries([...m[1]!.matchAll(/([\w-]+)="([^"]*)"/g)].map((a) => [a[1]!, a[2]!])),
+  );
 }
 
 describe('connectionsSvg', () => {

@@ -3,8 +3,8 @@
 // request is made (the endpoint given here has nothing listening: a request would say so).
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/nfqlb.js';
-import { etcdOptions, etcdOptionSpecs, parseEndpoints, selectorOption, PASSWORD_ENV } from '../../src/cli/registry.js';
 import { parseOptions } from '../../src/cli/options.js';
+import { etcdOptionSpecs, etcdOptions, PASSWORD_ENV, parseEndpoints, selectorOption } from '../../src/cli/registry.js';
 
 const files: Record<string, string> = { '/ca.pem': 'CA', '/c.pem': 'CERT', '/k.pem': 'KEY', '/pw': 'secret\n', '/empty': '' };
 const read = (f: string): Buffer => {
@@ -16,8 +16,11 @@ const options = (argv: string[], env: NodeJS.ProcessEnv = {}) => etcdOptions(par
 describe('parseEndpoints', () => {
   it.each([
     ['http://127.0.0.1:2379', ['http://127.0.0.1:2379'], false],
-    ['https://10.0.0.1:2379,https://etcd-2.example:2379,https://[fd00::3]:2379',
-      ['https://10.0.0.1:2379', 'https://etcd-2.example:2379', 'https://[fd00::3]:2379'], true],
+    [
+      'https://10.0.0.1:2379,https://etcd-2.example:2379,https://[fd00::3]:2379',
+      ['https://10.0.0.1:2379', 'https://etcd-2.example:2379', 'https://[fd00::3]:2379'],
+      true,
+    ],
   ])('%s', (text, endpoints, https) => {
     expect(parseEndpoints(text)).toEqual({ endpoints, https });
   });
@@ -35,7 +38,7 @@ describe('parseEndpoints', () => {
 });
 
 describe('etcdOptions', () => {
-  it('defaults to etcdctl\'s endpoint, no TLS, no user, 5 s', () => {
+  it("defaults to etcdctl's endpoint, no TLS, no user, 5 s", () => {
     expect(options([])).toEqual({ endpoints: ['http://127.0.0.1:2379'], tls: null, user: null, timeoutMs: 5000 });
   });
 
@@ -71,10 +74,12 @@ describe('etcdOptions', () => {
   it('takes no password from the command line, and never repeats one given there', () => {
     const refused = `--etcd_password: never on the command line; use --etcd_password_file= or $${PASSWORD_ENV}`;
     expect(() => options(['--etcd_user=w', '--etcd_password=hunter2'])).toThrow(refused);
-    expect(() => options(['--etcd_user=w', '--etcd_pass=hunter2']))
-      .toThrow('option --etcd_pass is ambiguous (--etcd_password_file, --etcd_password)');
-    expect(() => options(['--etcd_user=w', '--etcd_password_file=hunter2']))
-      .toThrow(/^--etcd_password_file: cannot read the file \(ENOENT\)$/);
+    expect(() => options(['--etcd_user=w', '--etcd_pass=hunter2'])).toThrow(
+      'option --etcd_pass is ambiguous (--etcd_password_file, --etcd_password)',
+    );
+    expect(() => options(['--etcd_user=w', '--etcd_password_file=hunter2'])).toThrow(
+      /^--etcd_password_file: cannot read the file \(ENOENT\)$/,
+    );
   });
 });
 
@@ -102,8 +107,14 @@ describe('nfqlb registry and register refuse bad input before any request', () =
   beforeEach(() => {
     out = '';
     err = '';
-    vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
+    vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+      out += String(s);
+      return true;
+    });
+    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+      err += String(s);
+      return true;
+    });
   });
   afterEach(() => vi.restoreAllMocks());
 
@@ -112,18 +123,24 @@ describe('nfqlb registry and register refuse bad input before any request', () =
     [['registry', 'init', NOWHERE, '--service=web', '--M=2'], 'nfqlb registry init: --M: 2 is out of range 3..2147483647'],
     [['registry', 'init', NOWHERE, '--service=web', '--M=97', '--N=98'], "nfqlb registry init: N can't be larger than M (98 > 97)"],
     [['registry', 'init', NOWHERE], 'nfqlb registry init: missing option --service'],
-    [['registry', 'show', NOWHERE, '--service=a/b'],
-      "nfqlb registry show: --service: 'a/b' is not a name (letters, digits, _.-, at most 64)"],
+    [
+      ['registry', 'show', NOWHERE, '--service=a/b'],
+      "nfqlb registry show: --service: 'a/b' is not a name (letters, digits, _.-, at most 64)",
+    ],
     [['registry', 'drain', NOWHERE, '--service=web'], 'nfqlb registry drain: name the target with one of --slot or --fwmark'],
     [['registry', 'delete', NOWHERE, '--service=web', '--fwmark=x'], "nfqlb registry delete: --fwmark: 'x' is not a number"],
     [['registry', 'frobnicate'], "nfqlb registry: unknown command 'frobnicate' (try 'nfqlb registry -h')"],
     [['register', NOWHERE, '--service=web'], 'nfqlb register: missing option --fwmark'],
     [['register', NOWHERE, '--service=web', '--fwmark=101', '--drain=5'], 'nfqlb register: --drain goes with --lease'],
     [['register', NOWHERE, '--service=web', '--fwmark=101', '--lease=0'], 'nfqlb register: --lease: 0 is out of range 1..3600'],
-    [['register', NOWHERE, '--service=web', '--fwmark=101', '--name=a b'],
-      "nfqlb register: --name: 'a b' is not 1..64 printable characters without spaces"],
-    [['register', NOWHERE, '--service=web', '--fwmark=101', '--etcd_password=pw'],
-      `nfqlb register: --etcd_password: never on the command line; use --etcd_password_file= or $${PASSWORD_ENV}`],
+    [
+      ['register', NOWHERE, '--service=web', '--fwmark=101', '--name=a b'],
+      "nfqlb register: --name: 'a b' is not 1..64 printable characters without spaces",
+    ],
+    [
+      ['register', NOWHERE, '--service=web', '--fwmark=101', '--etcd_password=pw'],
+      `nfqlb register: --etcd_password: never on the command line; use --etcd_password_file= or $${PASSWORD_ENV}`,
+    ],
   ])('%j', async (argv, line) => {
     expect(await main(argv)).toBe(1);
     expect(err).toBe(`${line}\n`);

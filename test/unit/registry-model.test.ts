@@ -1,10 +1,19 @@
 // The registry's pure rules: which keys a follower applies and which it rejects (and why), the
 // slot a registrant claims, and the key names. Table-driven, over snapshots as etcd returns them.
 import { describe, expect, it } from 'vitest';
-import {
-  checkConfig, checkTarget, chooseSlot, desiredSet, fwmarkIn, leaseHex, newTarget, ServiceKeys, withState, type RawEntry,
-} from '../../src/registry/model.js';
 import { connectFailure } from '../../src/registry/etcd.js';
+import {
+  checkConfig,
+  checkTarget,
+  chooseSlot,
+  desiredSet,
+  fwmarkIn,
+  leaseHex,
+  newTarget,
+  type RawEntry,
+  ServiceKeys,
+  withState,
+} from '../../src/registry/model.js';
 
 const keys = new ServiceKeys('/tslb', 'web');
 let revision = 0;
@@ -29,14 +38,24 @@ describe('ServiceKeys', () => {
   });
 
   it.each([
-    ['targets/007', null], ['targets/-1', null], ['targets/1x', null], ['targets/', null], ['targets/0', 0], ['targets/12345678901', null],
+    ['targets/007', null],
+    ['targets/-1', null],
+    ['targets/1x', null],
+    ['targets/', null],
+    ['targets/0', 0],
+    ['targets/12345678901', null],
   ])('slot of %s is %s', (k, slot) => {
     expect(keys.slotOf(`/tslb/web/${k}`)).toBe(slot);
   });
 
   it.each([
-    ['tslb', 'web', /--prefix/], ['/tslb/', 'web', /--prefix/], ['/ts lb', 'web', /--prefix/], ['/tslb', 'a/b', /--service/],
-    ['/tslb', '', /--service/], ['/tslb', '.hidden', /--service/], ['/tslb', 'x'.repeat(65), /--service/],
+    ['tslb', 'web', /--prefix/],
+    ['/tslb/', 'web', /--prefix/],
+    ['/ts lb', 'web', /--prefix/],
+    ['/tslb', 'a/b', /--service/],
+    ['/tslb', '', /--service/],
+    ['/tslb', '.hidden', /--service/],
+    ['/tslb', 'x'.repeat(65), /--service/],
   ])('refuses prefix %j with service %j', (prefix, service, message) => {
     expect(() => new ServiceKeys(prefix, service)).toThrow(message);
   });
@@ -54,8 +73,11 @@ describe('values', () => {
     ['config', '{"M":993997,"N":500}', { reason: 'M=993997, N=500 needs more than 1 GiB of shared memory' }],
     ['config', '[97, 8]', { reason: 'not a JSON object' }],
     ['target', '{"fwmark":101,"state":"active"}', { ok: { fwmark: 101, state: 'active', name: null, ts: null } }],
-    ['target', '{"fwmark":101,"state":"draining","name":"vm-1","ts":5,"zone":"a"}',
-      { ok: { fwmark: 101, state: 'draining', name: 'vm-1', ts: 5 } }],
+    [
+      'target',
+      '{"fwmark":101,"state":"draining","name":"vm-1","ts":5,"zone":"a"}',
+      { ok: { fwmark: 101, state: 'draining', name: 'vm-1', ts: 5 } },
+    ],
     ['target', '{"fwmark":0,"state":"active"}', { reason: 'fwmark 0 is out of range 1..2147483647' }],
     ['target', '{"fwmark":2147483648,"state":"active"}', { reason: 'fwmark 2147483648 is out of range 1..2147483647' }],
     ['target', '{"fwmark":1.5,"state":"active"}', { reason: 'fwmark 1.5 is out of range 1..2147483647' }],
@@ -83,8 +105,12 @@ describe('values', () => {
   it('writes new targets and state changes, keeping fields other writers added', () => {
     expect(JSON.parse(newTarget(101, 'vm-1', 7))).toEqual({ fwmark: 101, state: 'active', name: 'vm-1', ts: 7 });
     expect(JSON.parse(newTarget(101, null, 7))).toEqual({ fwmark: 101, state: 'active', ts: 7 });
-    expect(JSON.parse(withState('{"fwmark":101,"state":"active","zone":"a","ts":1}', 'draining', 9)))
-      .toEqual({ fwmark: 101, state: 'draining', zone: 'a', ts: 9 });
+    expect(JSON.parse(withState('{"fwmark":101,"state":"active","zone":"a","ts":1}', 'draining', 9))).toEqual({
+      fwmark: 101,
+      state: 'draining',
+      zone: 'a',
+      ts: 9,
+    });
   });
 
   it('prints lease IDs in hex, as etcdctl does', () => {
@@ -128,7 +154,10 @@ describe('desiredSet', () => {
   it('gives a duplicated fwmark to the key created first, whatever the slot order or read order', () => {
     const late = target(1, 101, {}, { createRevision: 20 });
     const early = target(6, 101, {}, { createRevision: 10 });
-    for (const entries of [[config(), late, early], [early, config(), late]]) {
+    for (const entries of [
+      [config(), late, early],
+      [early, config(), late],
+    ]) {
       const d = desiredSet(keys, { revision: 30, entries });
       expect(d.targets.map((t) => t.slot)).toEqual([6]);
       expect(d.rejected).toEqual([
@@ -184,9 +213,13 @@ describe('connectFailure', () => {
     [grpc('Error: connect ECONNREFUSED 127.0.0.1:2999'), 'connect ECONNREFUSED 127.0.0.1:2999'],
     [grpc('null'), 'no connection'],
     [grpc('Failed to connect (2026-12-03T02:20:32.931Z)'), 'Failed to connect'],
-    [grpc('80ACA90FD67F0000:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:'
-      + '../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert number 42\n (2026-12-03T02:20:32.339Z)'),
-    'TLS: sslv3 alert bad certificate: etcd refused the client certificate, or wants one (--etcd_cert)'],
+    [
+      grpc(
+        '80ACA90FD67F0000:error:0A000412:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate:' +
+          '../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1601:SSL alert number 42\n (2026-12-03T02:20:32.339Z)',
+      ),
+      'TLS: sslv3 alert bad certificate: etcd refused the client certificate, or wants one (--etcd_cert)',
+    ],
   ])('%s', (message, want) => {
     expect(connectFailure(message)).toBe(want);
   });

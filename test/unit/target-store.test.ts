@@ -2,8 +2,9 @@
 // the old one is never disturbed), every change keeps the drain invariant (a fwmark enters the
 // drain list before it leaves the table and leaves the list only once it is back), a whole set
 // is applied in one publication, and TableFollower switches to a table that init re-created.
-import { afterEach, describe, expect, it, vi } from 'vitest';
+
 import { existsSync, readdirSync, statSync } from 'node:fs';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DrainList } from '../../src/drain-list.js';
 import { openShm, shmPath } from '../../src/shm.js';
 import { NFQLB_TABLE, TableFollower, TargetStore } from '../../src/target-store.js';
@@ -16,7 +17,10 @@ const SHAPE = { M: 101, N: 10, ownFwmark: 0 };
 const create = (shape = SHAPE) => TargetStore.create(NFQLB_TABLE, NAME, shape);
 const open = () => TargetStore.open(NFQLB_TABLE, NAME, true);
 const active = (t: TargetTable): number[] => Array.from(t.active).filter((fw) => fw >= 0);
-const draining = (): number[] => open().draining().sort((a, b) => a - b);
+const draining = (): number[] =>
+  open()
+    .draining()
+    .sort((a, b) => a - b);
 const leftovers = (): string[] => readdirSync('/dev/shm').filter((f) => f.startsWith(`.${NAME}`));
 
 afterEach(() => {
@@ -42,7 +46,18 @@ describe('TargetStore.create', () => {
   it('leaves the table as it was when building the new one fails, and no temporary file', () => {
     create().activate([101]);
     const before = statSync(shmPath(NAME)).ino;
-    expect(() => TargetStore.create({ ...NFQLB_TABLE, initialize: () => { throw new RangeError('no'); } }, NAME, SHAPE)).toThrow('no');
+    expect(() =>
+      TargetStore.create(
+        {
+          ...NFQLB_TABLE,
+          initialize: () => {
+            throw new RangeError('no');
+          },
+        },
+        NAME,
+        SHAPE,
+      ),
+    ).toThrow('no');
     expect(statSync(shmPath(NAME)).ino).toBe(before);
     expect(active(open().table)).toEqual([101]);
     expect(leftovers()).toEqual([]);
@@ -99,7 +114,7 @@ describe('TargetStore changes keep the drain invariant', () => {
     expect(draining()).toEqual([101]);
   });
 
-  it('deactivateAt drains the slot\'s fwmark; with now it is dead at once and no longer draining', () => {
+  it("deactivateAt drains the slot's fwmark; with now it is dead at once and no longer draining", () => {
     create().activate([101, 102]);
     const reader = new TargetTable(openShm(NAME, false));
     const events = watchDrain(() => reader);
@@ -150,12 +165,28 @@ describe('TargetStore.apply', () => {
       events.push('publish');
       return update.call(this, change, before);
     });
-    expect(open().apply(new Map([[0, 101], [5, 104], [6, 105]]))).toBe(true);
+    expect(
+      open().apply(
+        new Map([
+          [0, 101],
+          [5, 104],
+          [6, 105],
+        ]),
+      ),
+    ).toBe(true);
     expect(events).toEqual(['publish']);
     expect(Array.from(reader.active.subarray(0, 7))).toEqual([101, -1, -1, -1, -1, 104, 105]);
     // 102 and 103 left the table: draining. 104 is back: no longer.
     expect(draining()).toEqual([102, 103]);
-    expect(open().apply(new Map([[0, 101], [5, 104], [6, 105]]))).toBe(false);
+    expect(
+      open().apply(
+        new Map([
+          [0, 101],
+          [5, 104],
+          [6, 105],
+        ]),
+      ),
+    ).toBe(false);
   });
 
   it('with now, what leaves is dead: not draining', () => {
@@ -169,7 +200,13 @@ describe('TargetStore.apply', () => {
   it.each([
     [new Map([[10, 101]]), 'index must be an integer in 0..9, got 10'],
     [new Map([[1, -1]]), 'fwmark must be an integer'],
-    [new Map([[1, 101], [2, 101]]), 'fwmark 101 is given for slots 1 and 2'],
+    [
+      new Map([
+        [1, 101],
+        [2, 101],
+      ]),
+      'fwmark 101 is given for slots 1 and 2',
+    ],
   ])('refuses %j, changing nothing', (slots, message) => {
     create().activate([201, 202]);
     open().deactivate([202]);
@@ -199,7 +236,12 @@ describe('TableFollower', () => {
   it('tries the switch again when onReplace throws', () => {
     create();
     let fail = true;
-    const f = new TableFollower(NFQLB_TABLE, NAME, { onReplace: () => { if (fail) throw new Error('not yet'); }, log: false });
+    const f = new TableFollower(NFQLB_TABLE, NAME, {
+      onReplace: () => {
+        if (fail) throw new Error('not yet');
+      },
+      log: false,
+    });
     const first = f.table;
     create().activate([101]);
     expect(f.check()).toBe(false);

@@ -58,8 +58,20 @@ describe('TargetTable layout', () => {
 
   it.each([
     ['a truncated buffer', (b: ArrayBuffer) => b.slice(0, b.byteLength - 4)],
-    ['a wrong len word', (b: ArrayBuffer) => (new DataView(b).setUint32(12, 5, true), b)],
-    ['a wrong N', (b: ArrayBuffer) => (new DataView(b).setUint32(8, 31, true), b)],
+    [
+      'a wrong len word',
+      (b: ArrayBuffer) => {
+        new DataView(b).setUint32(12, 5, true);
+        return b;
+      },
+    ],
+    [
+      'a wrong N',
+      (b: ArrayBuffer) => {
+        new DataView(b).setUint32(8, 31, true);
+        return b;
+      },
+    ],
     ['an all-zero buffer', (b: ArrayBuffer) => new ArrayBuffer(b.byteLength)],
   ])('rejects %s', (_, spoil) => {
     const buffer = fresh().lookup.buffer as ArrayBuffer;
@@ -254,8 +266,7 @@ describe('TargetTable show', () => {
   it('shows an empty table, gaps in the slots and a small M', () => {
     const t = fresh(17, 5, 201);
     expect(t.show('lb')).toBe(
-      'Shm: lb\n  Fw: own=201\n  Maglev: M=17, N=5\n' +
-        '   Lookup: -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1...\n   Active:',
+      'Shm: lb\n  Fw: own=201\n  Maglev: M=17, N=5\n' + '   Lookup: -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1 -1...\n   Active:',
     );
     t.setIndex(3, 203);
     expect(t.show('lb').split('\n')[4]).toBe('   Active: 203(3)');

@@ -1,8 +1,8 @@
 // Trace selection parsing, levels, and the tracer's gating on the shared mask.
 import { describe, expect, it } from 'vitest';
-import { MASK_WORD, TRACE, Tracer, parseTraceSelection } from '../../src/nfqlb/tracer.js';
-import { pinoLevel } from '../../src/nfqlb/log-level.js';
 import { parseControlAddress } from '../../src/nfqlb/control-address.js';
+import { pinoLevel } from '../../src/nfqlb/log-level.js';
+import { MASK_WORD, parseTraceSelection, TRACE, Tracer } from '../../src/nfqlb/tracer.js';
 
 describe('trace', () => {
   it('parses --selection into the reference mask bits', () => {

@@ -2,12 +2,12 @@
 // the verdict, the rewritten MACs, the target chosen, and partial checksums completed.
 import { describe, expect, it } from 'vitest';
 import { hashTuple } from '../../src/hash.js';
-import { FrameForwarder } from '../../src/xdp/forwarder.js';
-import { completePartialChecksum } from '../../src/xdp/checksum.js';
-import { XdpTable, formatMac, parseMac } from '../../src/xdp/table.js';
-import { VERDICT_DROP, VERDICT_TX } from '../../src/xdp/xsk.js';
 import { PacketInfo, parsePacket } from '../../src/packet.js';
-import { PROTO, checksum, fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
+import { completePartialChecksum } from '../../src/xdp/checksum.js';
+import { FrameForwarder } from '../../src/xdp/forwarder.js';
+import { formatMac, parseMac, XdpTable } from '../../src/xdp/table.js';
+import { VERDICT_DROP, VERDICT_TX } from '../../src/xdp/xsk.js';
+import { checksum, fragmentPacket, ipv4, ipv6, PROTO } from '../fixtures/packet-builder.js';
 
 const EGRESS_MAC = parseMac('02:00:00:00:00:ee');
 const CLIENT_MAC = parseMac('02:00:00:00:00:cc');
@@ -67,7 +67,9 @@ describe('FrameForwarder', () => {
     const slot = t.targets.lookup[hashTuple(tuple, 1) % t.M]!;
     expect(formatMac(u.mem, off)).toBe(formatMac(t.macs, slot * 8));
     expect(formatMac(u.mem, off + 6)).toBe('02:00:00:00:00:ee');
-    expect(u.mem.subarray(off + 12, off + len)).toEqual(Uint8Array.from([ip[0]! >> 4 === 6 ? 0x86 : 0x08, ip[0]! >> 4 === 6 ? 0xdd : 0x00, ...ip]));
+    expect(u.mem.subarray(off + 12, off + len)).toEqual(
+      Uint8Array.from([ip[0]! >> 4 === 6 ? 0x86 : 0x08, ip[0]! >> 4 === 6 ? 0xdd : 0x00, ...ip]),
+    );
     expect(f.counters).toMatchObject({ forwarded: 1, checksums: 0 });
   });
 
@@ -106,7 +108,10 @@ describe('FrameForwarder', () => {
     expect(f.forward(...u.put(0, tcp4.subarray(0, 12)))).toBe(VERDICT_DROP); // cut IPv4 header
     // Random bytes behind both ethertypes: any verdict, never an exception.
     let seed = 7;
-    const rnd = (): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 24;
+    const rnd = (): number => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return seed >>> 24;
+    };
     for (let i = 0; i < 2000; i++) {
       const junk = Uint8Array.from({ length: 1 + (i % 90) }, rnd);
       junk[0] = (i & 1 ? 0x60 : 0x40) | (junk[0]! & 0x0f);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { TargetTable } from '../../src/target-table.js';
-import { MAX_VIPS, XdpTable, formatMac, parseMac, vipKey, vipText } from '../../src/xdp/table.js';
+import { formatMac, MAX_VIPS, parseMac, vipKey, vipText, XdpTable } from '../../src/xdp/table.js';
 
 function fresh(): XdpTable {
   return XdpTable.initialize(new ArrayBuffer(XdpTable.byteLength()));
@@ -19,10 +19,15 @@ describe('XdpTable', () => {
     t.activate(11, parseMac('00:00:00:01:01:0B'));
     const lines = t.show().split('\n');
     expect(lines.slice(2)).toEqual(['Active:', '  0 : 00:00:00:01:01:01', '  11: 00:00:00:01:01:0b', '']);
-    expect(lines[1]!.split(' ').slice(0, 24).every((v) => v === '0' || v === '11')).toBe(true);
+    expect(
+      lines[1]!
+        .split(' ')
+        .slice(0, 24)
+        .every((v) => v === '0' || v === '11'),
+    ).toBe(true);
   });
 
-  it('its lookup is nfqlb\'s for the same active slots (bit-identical Maglev)', () => {
+  it("its lookup is nfqlb's for the same active slots (bit-identical Maglev)", () => {
     const t = fresh();
     const ref = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(997, 20)), 997, 20, 0);
     for (const i of [2, 5, 7, 19]) {

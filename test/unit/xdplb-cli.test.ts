@@ -1,7 +1,8 @@
 // The xdplb CLI over a real /dev/shm table: output formats, and that bad input prints one
 // line, exits non-zero and leaves the table byte-for-byte unchanged.
-import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+
 import { existsSync, readFileSync } from 'node:fs';
+import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/xdplb.js';
 import { deleteShm } from '../../src/shm.js';
 
@@ -19,8 +20,14 @@ async function xdplb(...args: string[]): Promise<number> {
 
 describe('xdplb CLI', () => {
   beforeEach(() => {
-    vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((out += String(s)), true));
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((err += String(s)), true));
+    vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+      out += String(s);
+      return true;
+    });
+    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+      err += String(s);
+      return true;
+    });
   });
   afterEach(() => vi.restoreAllMocks());
   afterAll(() => deleteShm(SHM));

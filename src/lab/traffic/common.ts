@@ -1,8 +1,9 @@
 // Shared bits of the traffic tools: address and CIDR parsing, durations, CLI plumbing.
 // The tools import only node: modules and each other, so they run standalone (and are
 // cheap to transpile for a test run from source, see tools.ts).
-import { isIP } from 'node:net';
+
 import { realpathSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 export interface HostPort {
@@ -50,7 +51,7 @@ function ipToBigInt(addr: string, family: 4 | 6): bigint {
   const quad = /(\d+\.\d+\.\d+\.\d+)$/.exec(s);
   if (quad?.[1]) {
     const v = ipToBigInt(quad[1], 4);
-    s = s.slice(0, -quad[1].length) + `${(v >> 16n).toString(16)}:${(v & 0xffffn).toString(16)}`;
+    s = `${s.slice(0, -quad[1].length)}${(v >> 16n).toString(16)}:${(v & 0xffffn).toString(16)}`;
   }
   const [head = '', tail] = s.split('::');
   const h = head === '' ? [] : head.split(':');
@@ -124,7 +125,9 @@ export function isMain(metaUrl: string): boolean {
 /** Runs a CLI main; bad input or a failure is one line on stderr and exit code 2. */
 export function runCli(main: (argv: string[]) => Promise<number>): void {
   main(process.argv.slice(2)).then(
-    (code) => { process.exitCode = code; },
+    (code) => {
+      process.exitCode = code;
+    },
     (e: unknown) => {
       process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
       process.exitCode = 2;

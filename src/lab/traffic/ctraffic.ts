@@ -3,13 +3,14 @@
 // (reset, closed, or unanswered for lostTimeoutMs) is recorded as lost and replaced by a new
 // one from the same source address, so a load-balancer test sees which connections a change
 // disturbed. The server's greeting line tells which server each connection reached.
-import { connect, type Socket } from 'node:net';
+
 import { readFileSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { parseArgs } from 'node:util';
 import { isMain, parseCidr, parseCount, parseDuration, parseHostPort, pickSources, runCli } from './common.js';
-import { analyze, asStats, formatAnalysis, type ConnectionRecord, type CtrafficStats, type Sample } from './stats.js';
+import { analyze, asStats, type ConnectionRecord, type CtrafficStats, formatAnalysis, type Sample } from './stats.js';
 
-export { analyze, formatAnalysis, type Analysis, type CtrafficStats } from './stats.js';
+export { type Analysis, analyze, type CtrafficStats, formatAnalysis } from './stats.js';
 
 export interface CtrafficOptions {
   /** `10.0.0.0:5003` or `[1000::]:5003`. */
@@ -179,7 +180,9 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
     s.reason = '';
     sock.setNoDelay(true);
     let error = '';
-    sock.on('error', (e: NodeJS.ErrnoException) => { error = e.code ?? e.message; });
+    sock.on('error', (e: NodeJS.ErrnoException) => {
+      error = e.code ?? e.message;
+    });
     sock.on('data', (d: Buffer) => onData(s, d));
     sock.on('close', () => onClose(s, sock, error));
     s.timer = setTimeout(() => drop(s, 'connect timeout'), connectTimeout);
@@ -197,14 +200,24 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
         connecting++;
       }
     }
-    samples.push({ t, active, connecting, lost: totals.lostEvents, failedConnects: totals.failedConnects, sent: totals.sent, received: totals.received });
+    samples.push({
+      t,
+      active,
+      connecting,
+      lost: totals.lostEvents,
+      failedConnects: totals.failedConnects,
+      sent: totals.sent,
+      received: totals.received,
+    });
   };
 
   const monitorLine = (): string => {
     const last = samples[samples.length - 1];
-    return `t=${(now() / 1000).toFixed(1)}s conn act/connecting ${last?.active ?? 0}/${last?.connecting ?? 0}` +
+    return (
+      `t=${(now() / 1000).toFixed(1)}s conn act/connecting ${last?.active ?? 0}/${last?.connecting ?? 0}` +
       ` lost ${totals.lostEvents} failed-connects ${totals.failedConnects}` +
-      ` msg sent/rec/dropped ${totals.sent}/${totals.received}/${totals.dropped}`;
+      ` msg sent/rec/dropped ${totals.sent}/${totals.received}/${totals.dropped}`
+    );
   };
 
   for (const s of slots) open(s);
@@ -214,7 +227,14 @@ export async function ctraffic(o: CtrafficOptions): Promise<CtrafficStats> {
 
   await new Promise<void>((resolve) => {
     const end = setTimeout(resolve, o.timeoutMs);
-    o.signal?.addEventListener('abort', () => { clearTimeout(end); resolve(); }, { once: true });
+    o.signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(end);
+        resolve();
+      },
+      { once: true },
+    );
   });
 
   sample();

@@ -39,8 +39,12 @@ function once(host: string, port: number, localAddress: string | undefined, dead
     };
     const timer = setTimeout(() => finish(connected ? 'failed_read' : 'failed_connect'), Math.max(0, deadline - Date.now()));
     s.setEncoding('utf8');
-    s.on('connect', () => { connected = true; });
-    s.on('data', (d: string) => { data += d; });
+    s.on('connect', () => {
+      connected = true;
+    });
+    s.on('data', (d: string) => {
+      data += d;
+    });
     s.on('end', () => finish(data === '' ? 'failed_read' : { host: data.trim() }));
     s.on('error', () => finish(connected ? 'failed_read' : 'failed_connect'));
   });

@@ -4,8 +4,9 @@
 // The greeting is how ctraffic learns which server a connection reached (the VIP hides it).
 // Listening on the wildcard address makes direct server return work for TCP: the kernel
 // answers from the connection's local address, i.e. the VIP held on lo.
-import { createServer, type Server, type Socket } from 'node:net';
+
 import { execFileSync } from 'node:child_process';
+import { createServer, type Server, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { isMain, runCli } from './common.js';
@@ -30,9 +31,14 @@ export interface TrafficServer {
 /** The namespace we run in, as `ip netns exec` named it; the host name outside one. */
 export function defaultName(): string {
   try {
-    const ns = execFileSync('ip', ['netns', 'identify', String(process.pid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const ns = execFileSync('ip', ['netns', 'identify', String(process.pid)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
     if (ns !== '') return ns;
-  } catch { /* no iproute2 or no permission: fall back */ }
+  } catch {
+    /* no iproute2 or no permission: fall back */
+  }
   return hostname();
 }
 

@@ -115,7 +115,10 @@ export function analyze(s: CtrafficStats): Analysis {
 }
 
 const hostList = (m: Record<string, number>): string =>
-  Object.entries(m).sort().map(([h, n]) => `${h}=${n}`).join(' ') || '-';
+  Object.entries(m)
+    .sort()
+    .map(([h, n]) => `${h}=${n}`)
+    .join(' ') || '-';
 
 export function formatAnalysis(a: Analysis): string {
   return [

@@ -69,7 +69,9 @@ export function spawnServer(ns: string, name: string): Promise<ChildProcess> {
       reject(new Error(`traffic server in ${ns} exited (${code}) before listening: ${err.trim()}`));
     };
     p.stdout?.on('data', onData);
-    p.stderr?.on('data', (d: Buffer) => { err += d.toString(); });
+    p.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
     p.on('exit', onExit);
   });
 }
