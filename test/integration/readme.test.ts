@@ -266,11 +266,12 @@ describe('docs/', () => {
     beforeAll(async () => {
       const holder = await mountHolder(
         (argv) => spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }),
+        // The checkout may itself be below /tmp (a clone in mktemp -d): it is seen at /mnt first.
         'mkdir -p /run/netns && mount -t tmpfs tfc-rd-netns /run/netns && mount -t tmpfs tfc-rd-labshm /dev/shm && ' +
-          `mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s ${ROOT}bin/lblab /tmp/bin/lblab`,
+          `mount --bind ${ROOT} /mnt && mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s /mnt/bin/lblab /tmp/bin/lblab`,
       );
       atLab = {
-        argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', 'sh', '-c', `cd ${ROOT} && export PATH=/tmp/bin:$PATH && ${line}`],
+        argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', 'sh', '-c', `cd /mnt && export PATH=/tmp/bin:$PATH && ${line}`],
         timeout: 300_000,
       };
     });
