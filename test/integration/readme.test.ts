@@ -175,9 +175,11 @@ beforeAll(async () => {
   procs.push(...startServers(topo, 1));
   const holder = await mountHolder(
     (argv) => topo.spawn(router, argv),
-    'mount -t tmpfs tfc-rd-shm /dev/shm && mount -t tmpfs tfc-rd-run /run',
+    // The checkout is seen at /mnt: below a private directory (a clone in mktemp -d) user nobody,
+    // whom a block runs commands as, could not reach it.
+    `mount -t tmpfs tfc-rd-shm /dev/shm && mount -t tmpfs tfc-rd-run /run && mount --bind ${ROOT} /mnt`,
   );
-  atRouter = { argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', '-n', 'sh', '-c', `cd ${ROOT} && ${line}`], timeout: 30_000 };
+  atRouter = { argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', '-n', 'sh', '-c', `cd /mnt && ${line}`], timeout: 30_000 };
 });
 
 afterAll(() => {
