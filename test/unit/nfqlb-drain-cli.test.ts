@@ -7,14 +7,14 @@ import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vites
 import { main } from '../../src/cli/nfqlb.js';
 import { DrainList } from '../../src/drain-list.js';
 import { deleteShm } from '../../src/shm.js';
+import { captureOutput } from './capture-output.js';
 
 const SHM = `tct-cli-${process.pid}`;
-let out = '';
-let err = '';
+const io = { out: '', err: '' };
 
 async function nfqlb(...args: string[]): Promise<number> {
-  out = '';
-  err = '';
+  io.out = '';
+  io.err = '';
   return main([...args, `--shm=${SHM}`]);
 }
 
@@ -25,14 +25,7 @@ const draining = (): number[] =>
 
 describe('nfqlb drain list', () => {
   beforeEach(() => {
-    vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-      out += String(s);
-      return true;
-    });
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-      err += String(s);
-      return true;
-    });
+    captureOutput(io);
   });
   afterEach(() => vi.restoreAllMocks());
   afterAll(() => {
@@ -48,8 +41,8 @@ describe('nfqlb drain list', () => {
     expect(await nfqlb('deactivate', '--index=1')).toBe(0); // 102
     expect(draining()).toEqual([101, 102]);
     await nfqlb('show');
-    expect(out.split('\n')[4]).toBe('   Active: 103(2) 104(3)');
-    expect(out.split('\n')).toHaveLength(6); // the reference's five lines
+    expect(io.out.split('\n')[4]).toBe('   Active: 103(2) 104(3)');
+    expect(io.out.split('\n')).toHaveLength(6); // the reference's five lines
     expect(await nfqlb('deactivate', '--now', '101')).toBe(0); // already out of the table: only undrained
     expect(await nfqlb('deactivate', '--now', '--index=2')).toBe(0); // 103: out at once
     expect(draining()).toEqual([102]);
@@ -68,9 +61,9 @@ describe('nfqlb drain list', () => {
     expect(await nfqlb('activate', '--index=3', '103')).toBe(0);
     const before = readFileSync(`/dev/shm/${SHM}`);
     expect(await nfqlb('deactivate', '--index=3', '103')).toBe(1);
-    expect(err).toBe(`nfqlb deactivate: --index takes no fwmark\n`);
+    expect(io.err).toBe(`nfqlb deactivate: --index takes no fwmark\n`);
     expect(await nfqlb('deactivate', '--now=1', '103')).toBe(1);
-    expect(err.trim().split('\n')).toHaveLength(1);
+    expect(io.err.trim().split('\n')).toHaveLength(1);
     expect(readFileSync(`/dev/shm/${SHM}`)).toEqual(before);
     expect(draining()).toEqual([]);
   });
@@ -78,17 +71,14 @@ describe('nfqlb drain list', () => {
 
 describe('nfqlb lb --conntrack', () => {
   it('is refused with --offload (offloaded packets would never reach the flow table), before anything starts', async () => {
-    let err = '';
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-      err += String(s);
-      return true;
-    });
+    const io = { out: '', err: '' };
+    captureOutput(io);
     try {
       expect(await main(['lb', `--tshm=${SHM}-none`, '--conntrack=1000', '--offload=eth2', '--vip=10.0.0.0'])).not.toBe(0);
     } finally {
       vi.restoreAllMocks();
     }
-    expect(err.trim().split('\n')).toHaveLength(1);
-    expect(err).toContain('--offload and --conntrack');
+    expect(io.err.trim().split('\n')).toHaveLength(1);
+    expect(io.err).toContain('--offload and --conntrack');
   });
 });

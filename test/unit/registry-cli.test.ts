@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/nfqlb.js';
 import { parseOptions } from '../../src/cli/options.js';
 import { etcdOptionSpecs, etcdOptions, PASSWORD_ENV, parseEndpoints, selectorOption } from '../../src/cli/registry.js';
+import { captureOutput } from './capture-output.js';
 
 const files: Record<string, string> = { '/ca.pem': 'CA', '/c.pem': 'CERT', '/k.pem': 'KEY', '/pw': 'secret\n', '/empty': '' };
 const read = (f: string): Buffer => {
@@ -102,19 +103,11 @@ describe('selectorOption', () => {
 });
 
 describe('nfqlb registry and register refuse bad input before any request', () => {
-  let out = '';
-  let err = '';
+  const io = { out: '', err: '' };
   beforeEach(() => {
-    out = '';
-    err = '';
-    vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-      out += String(s);
-      return true;
-    });
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-      err += String(s);
-      return true;
-    });
+    io.out = '';
+    io.err = '';
+    captureOutput(io);
   });
   afterEach(() => vi.restoreAllMocks());
 
@@ -143,15 +136,15 @@ describe('nfqlb registry and register refuse bad input before any request', () =
     ],
   ])('%j', async (argv, line) => {
     expect(await main(argv)).toBe(1);
-    expect(err).toBe(`${line}\n`);
-    expect(out).toBe('');
+    expect(io.err).toBe(`${line}\n`);
+    expect(io.out).toBe('');
   });
 
   it('lists its commands', async () => {
     expect(await main(['registry', '-h'])).toBe(0);
-    expect(out).toBe('Usage: nfqlb registry <command> [opt...]\nCommands:\n  init\n  show\n  drain\n  undrain\n  delete\n');
-    out = '';
+    expect(io.out).toBe('Usage: nfqlb registry <command> [opt...]\nCommands:\n  init\n  show\n  drain\n  undrain\n  delete\n');
+    io.out = '';
     expect(await main(['-h'])).toBe(0);
-    expect(out).toContain('  registry\n  register\n');
+    expect(io.out).toContain('  registry\n  register\n');
   });
 });

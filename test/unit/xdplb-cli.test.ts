@@ -5,29 +5,22 @@ import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/xdplb.js';
 import { deleteShm } from '../../src/shm.js';
+import { captureOutput } from './capture-output.js';
 
 const SHM = `tlbx-cli-${process.pid}`;
 const file = `/dev/shm/${SHM}`;
 
-let out = '';
-let err = '';
+const io = { out: '', err: '' };
 
 async function xdplb(...args: string[]): Promise<number> {
-  out = '';
-  err = '';
+  io.out = '';
+  io.err = '';
   return main([...args, `--shm=${SHM}`]);
 }
 
 describe('xdplb CLI', () => {
   beforeEach(() => {
-    vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-      out += String(s);
-      return true;
-    });
-    vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-      err += String(s);
-      return true;
-    });
+    captureOutput(io);
   });
   afterEach(() => vi.restoreAllMocks());
   afterAll(() => deleteShm(SHM));
@@ -37,20 +30,20 @@ describe('xdplb CLI', () => {
     expect(await xdplb('activate', '--mac=0:0:0:1:1:1', '0')).toBe(0);
     expect(await xdplb('activate', '--mac', '0:0:0:1:1:3', '2')).toBe(0);
     expect(await xdplb('show')).toBe(0);
-    const lines = out.split('\n');
+    const lines = io.out.split('\n');
     expect(lines[0]).toBe('M=997, N=20, lookup;');
     expect(lines[1]).toMatch(/^([02] ){24}\.\.\.$/);
     expect(lines.slice(2)).toEqual(['Active:', '  0 : 00:00:00:01:01:01', '  2 : 00:00:00:01:01:03', '']);
     expect(await xdplb('deactivate', '0')).toBe(0);
     await xdplb('show');
-    expect(out).toMatch(/^M=997, N=20, lookup;\n(2 ){24}\.\.\.\nActive:\n {2}2 : 00:00:00:01:01:03\n$/);
+    expect(io.out).toMatch(/^M=997, N=20, lookup;\n(2 ){24}\.\.\.\nActive:\n {2}2 : 00:00:00:01:01:03\n$/);
   });
 
   it('manages VIPs', async () => {
     expect(await xdplb('vip-add', '10.0.0.0', '1000::')).toBe(0);
     expect(await xdplb('vip-delete', '10.0.0.0')).toBe(0);
     expect(await xdplb('vip-list')).toBe(0);
-    expect(out).toBe('1000::\n');
+    expect(io.out).toBe('1000::\n');
   });
 
   it.each([
@@ -106,30 +99,30 @@ describe('xdplb CLI', () => {
   ])('%j: one line on stderr, exit 1, table unchanged', async (args, msg) => {
     const before = readFileSync(file);
     expect(await xdplb(...args)).toBe(1);
-    expect(err).toMatch(msg);
-    expect(err.trim().split('\n')).toHaveLength(1);
+    expect(io.err).toMatch(msg);
+    expect(io.err.trim().split('\n')).toHaveLength(1);
     expect(readFileSync(file).equals(before)).toBe(true);
   });
 
   it('a missing table is one line too, also for lb --vip (nothing is created)', async () => {
     expect(await main(['show', '--shm=tlbx-cli-missing'])).toBe(1);
-    expect(err).toMatch(/not found/);
-    err = '';
+    expect(io.err).toMatch(/not found/);
+    io.err = '';
     expect(await main(['lb', '--idev=lo', '--edev=lo', '--vip=10.0.0.9', '--shm=tlbx-cli-missing'])).toBe(1);
-    expect(err.trim().split('\n')).toHaveLength(1);
-    expect(err).toMatch(/shm tlbx-cli-missing not found/);
+    expect(io.err.trim().split('\n')).toHaveLength(1);
+    expect(io.err).toMatch(/shm tlbx-cli-missing not found/);
     expect(existsSync('/dev/shm/tlbx-cli-missing')).toBe(false);
   });
 
   it('init takes M (rounded down to a prime) and N', async () => {
     expect(await main(['init', '--M=100', '--N=5', `--shm=${SHM}-mn`])).toBe(0);
-    expect(out).toBe('M adjusted; 100 -> 97\n');
-    out = '';
+    expect(io.out).toBe('M adjusted; 100 -> 97\n');
+    io.out = '';
     expect(await main(['activate', '--mac=0:0:0:1:1:5', '4', `--shm=${SHM}-mn`])).toBe(0);
     expect(await main(['activate', '--mac=0:0:0:1:1:6', '5', `--shm=${SHM}-mn`])).toBe(1);
-    expect(err).toMatch(/Invalid index \[5\]: must be 0\.\.4/);
+    expect(io.err).toMatch(/Invalid index \[5\]: must be 0\.\.4/);
     expect(await main(['show', `--shm=${SHM}-mn`])).toBe(0);
-    expect(out).toMatch(/^M=97, N=5, lookup;\n(4 ){24}\.\.\.\nActive:\n {2}4 : 00:00:00:01:01:05\n$/);
+    expect(io.out).toMatch(/^M=97, N=5, lookup;\n(4 ){24}\.\.\.\nActive:\n {2}4 : 00:00:00:01:01:05\n$/);
     deleteShm(`${SHM}-mn`);
   });
 });
