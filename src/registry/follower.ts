@@ -374,7 +374,9 @@ export class RegistryFollower {
       if (dead.length > 0) store.deactivate(dead, { now: true });
     } catch (e) {
       // A full drain list: keep the table as it is; the next read tries again.
-      log.warn({ shm: this.o.shm, err: (e as Error).message }, 'cannot apply the registry to the table');
+      if (this.warnings.allow('\0apply', Date.now())) {
+        log.warn({ shm: this.o.shm, err: (e as Error).message }, 'cannot apply the registry to the table');
+      }
       return;
     }
     const at = Date.now();
