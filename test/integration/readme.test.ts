@@ -51,6 +51,7 @@ const BGP: Section = ['docs/bgp.md', 'Running it'];
 const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
+  ['docs/registry.md', 'Follow it'],
 ];
 const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP, ...REGISTRY_SECTIONS];
 
