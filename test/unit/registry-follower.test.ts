@@ -114,8 +114,8 @@ class FakeRegistry {
 const ETCD = { endpoints: ['http://127.0.0.1:1'], tls: null, user: null, timeoutMs: 100 };
 const followers: RegistryFollower[] = [];
 
-function follower(): { f: RegistryFollower; published: Publication[] } {
-  const f = new RegistryFollower({ keys, shm: NAME, etcd: ETCD, retryMs: 5, relistMs: 60_000, connect: FakeRegistry.connect });
+function follower(relistMs = 60_000): { f: RegistryFollower; published: Publication[] } {
+  const f = new RegistryFollower({ keys, shm: NAME, etcd: ETCD, retryMs: 5, relistMs, connect: FakeRegistry.connect });
   followers.push(f);
   const published: Publication[] = [];
   f.onPublish((p) => published.push(p));
@@ -217,6 +217,24 @@ describe('RegistryFollower', () => {
     expect(active().slice(0, 3)).toEqual([100, -1, 102]);
     expect(FakeRegistry.watchers.at(-1)!.from).toBe(20);
     expect(f.connected).toBe(true);
+  });
+
+  it('re-reads periodically; a change the watch did not tell of starts the watch anew', async () => {
+    const { f, published } = follower(20);
+    FakeRegistry.state = desired([[0, 100]]);
+    await f.start();
+    await waitFor('a few re-reads', () => published.length >= 3);
+    expect(FakeRegistry.watchers).toHaveLength(1);
+    revision = 11;
+    FakeRegistry.state = desired([[1, 101]]); // the watch stays silent
+    await waitFor('revision 11', () => published.at(-1)?.revision === 11);
+    expect(active().slice(0, 2)).toEqual([-1, 101]);
+    await waitFor('a new watch', () => FakeRegistry.watchers.length === 2);
+    expect(FakeRegistry.watchers[1]!.from).toBe(11);
+    // The old watch is given up: its late news changes nothing.
+    const n = published.length;
+    FakeRegistry.watchers[0]!.onError(new Error('late'));
+    expect([f.connected, published.length]).toEqual([true, n]);
   });
 
   it('counts each rejected key once per value, by kind; applies the rest', async () => {
