@@ -139,7 +139,7 @@ describe('nfqlb follow', () => {
     // Deleted is dead: out of the drain list too.
     expect(active(shm)).toEqual({ 0: 101, 2: 103 });
     console.log(
-      `follow: write -> table ${Object.entries(ms)
+      `follow: command exited -> table ${Object.entries(ms)
         .map(([k, v]) => `${k} ${v.toFixed(1)} ms`)
         .join(', ')}`,
     );
