@@ -1,6 +1,7 @@
 // The closing lines of `make test`: each project's counts, the skipped and failed tests by name,
 // then one line 'N passed, N failed, N skipped' over all projects. Exits 1 when a project has no
-// report (its run died before writing one), or has a failed test or a file that failed to load.
+// report (its run died before writing one), or has a failed test or a file that failed to load,
+// or when the kernel tests left shm objects behind.
 import { existsSync, readFileSync } from 'node:fs';
 import { relative } from 'node:path';
 
@@ -28,6 +29,12 @@ for (const project of process.argv.slice(2)) {
   failed += fails.length + broken.length;
   skipped += skips.length;
   if (fails.length + broken.length > 0 || !report.success) bad = true;
+}
+// The kernel tests' global set-up lists the shm objects they created and did not remove.
+const LEFTOVERS = 'build/shm-leftovers.txt';
+if (existsSync(LEFTOVERS)) {
+  console.log(`integration: left in /dev/shm: ${readFileSync(LEFTOVERS, 'utf8').trim()}`);
+  bad = true;
 }
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(bad ? 1 : 0);
