@@ -1,5 +1,5 @@
 // The xsk addon (native/xsk.cc, native/xdp_program.cc): AF_XDP sockets over one shared
-// UMEM, and the VIP-filtering XDP program (native/bpf/xsk_redirect.bpf.c). Types only; all
+// UMEM, and the VIP-filtering XDP program (native/bpf/xdplb.bpf.c). Types only; all
 // decisions are in TypeScript.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -90,7 +90,7 @@ interface XskNative extends Omit<XskAddon, 'XdpProgram'> {
 
 /** The compiled XDP program, built by `make build` next to the addons. */
 export function xdpObjectFile(): string {
-  return join(packageRoot(), 'build', 'Release', 'xsk_redirect.bpf.o');
+  return join(packageRoot(), 'build', 'Release', 'xdplb.bpf.o');
 }
 
 let addon: XskAddon | undefined;

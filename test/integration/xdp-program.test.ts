@@ -1,4 +1,4 @@
-// Packet fixtures through the real XDP program (native/bpf/xsk_redirect.bpf.c as built,
+// Packet fixtures through the real XDP program (native/bpf/xdplb.bpf.c as built,
 // verified and run by the kernel with BPF_PROG_TEST_RUN): VIP frames are redirected to the
 // AF_XDP socket, everything else passes. Runs in a namespace of its own because the XSKMAP
 // needs a bound AF_XDP socket (on its lo).
