@@ -33,6 +33,7 @@ export class TableMirror<T> {
     const old = this.published;
     if (sameInt32(old, this.scratch)) return;
     this.publish(this.scratch);
+    log.info(`${this.what} table published`);
     // The scratch array becomes the published copy; the old one is the next scratch.
     this.published = this.scratch;
     this.scratch = old.length === n ? old : new Int32Array(n);
