@@ -96,7 +96,8 @@ class XdpProgram : public BpfObjectWrap<XdpProgram> {
   Napi::Value SetEgress(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     bpf.Check(env);
-    if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+    if (info.Length() < 2 || !info[1].IsTypedArray() ||
+        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
         info[1].As<Napi::Uint8Array>().ElementLength() != 6)
       throw Napi::TypeError::New(env, "XdpProgram.setEgress(ifname, mac: 6-byte Uint8Array) expected");
     uint32_t ifindex = uint32_t(Ifindex(env, info[0], "XdpProgram.setEgress"));

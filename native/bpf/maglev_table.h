@@ -15,19 +15,19 @@
 
 #include <bpf/bpf_helpers.h>
 
-#define MAGLEV_TABLES(entry_type)                \
-  struct maglev_table {                          \
-    __uint(type, BPF_MAP_TYPE_ARRAY);            \
-    __uint(map_flags, BPF_F_INNER_MAP);          \
-    __uint(max_entries, 1);                      \
-    __uint(key_size, sizeof(__u32));             \
-    __uint(value_size, sizeof(entry_type));      \
-  };                                             \
-  struct {                                       \
-    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);    \
-    __uint(max_entries, 1);                      \
-    __type(key, __u32);                          \
-    __array(values, struct maglev_table);        \
+#define MAGLEV_TABLES(entry_type)             \
+  struct maglev_table {                       \
+    __uint(type, BPF_MAP_TYPE_ARRAY);         \
+    __uint(map_flags, BPF_F_INNER_MAP);       \
+    __uint(max_entries, 1);                   \
+    __uint(key_size, sizeof(__u32));          \
+    __uint(value_size, sizeof(entry_type));   \
+  };                                          \
+  struct {                                    \
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); \
+    __uint(max_entries, 1);                   \
+    __type(key, __u32);                       \
+    __array(values, struct maglev_table);     \
   } tables SEC(".maps")
 
 // The entry the hash selects in the published table; 0 before the first table.

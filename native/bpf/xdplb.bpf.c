@@ -99,7 +99,8 @@ static __always_inline bool partial_checksum(struct frame f, const struct flow_k
   __u32 field = l4->proto == IPPROTO_TCP ? 16 : l4->proto == IPPROTO_UDP ? 6 : 0;
   if (field == 0) return false;
   __be16 stored;
-  if (l4->end == 0xffffffff || l4->offset + field + 2 > l4->end || !ip_load(f, l4->offset + field, &stored, 2)) return true;
+  if (l4->end == 0xffffffff || l4->offset + field + 2 > l4->end || !ip_load(f, l4->offset + field, &stored, 2))
+    return true;
   __u32 csum = bpf_ntohs(stored);
   if (l4->proto == IPPROTO_UDP && csum == 0) return false;  // IPv4 UDP without checksum
   __u32 sum = l4->proto + (l4->end - l4->offset);

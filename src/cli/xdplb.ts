@@ -161,7 +161,8 @@ const commands: CommandTable = {
     run(p) {
       const offload = p.opts.has('offload');
       const given = opt(p, 'mode');
-      if (given !== undefined && given !== 'native' && given !== 'generic') throw new UsageError(`--mode: '${given}' is not native or generic`);
+      if (given !== undefined && given !== 'native' && given !== 'generic')
+        throw new UsageError(`--mode: '${given}' is not native or generic`);
       const mode = given ?? (offload ? 'auto' : 'native');
       const vips = p.opts.get('vip') ?? [];
       for (const v of vips) checkVip(v);

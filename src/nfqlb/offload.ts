@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { parseAddress, toKeyAddress } from '../address.js';
 import { log } from '../log.js';
 import { loadAddon, packageRoot } from '../native.js';
-import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import { MIRROR_FOLLOW_MS, TableMirror } from '../table-mirror.js';
+import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import type { TargetTable } from '../target-table.js';
 import { UsageError } from '../usage-error.js';
 import type { Compat } from './compat.js';
@@ -142,7 +142,12 @@ export class Offload {
   ) {
     for (const v of o.vips) program.addVip(toKeyAddress(parseAddress(v)));
     this.follower = new TableFollower(NFQLB_TABLE, targetTable);
-    this.mirror = new TableMirror('offload', (t) => t.M, lookupFwmarks, (fw) => program.publish(fw));
+    this.mirror = new TableMirror(
+      'offload',
+      (t) => t.M,
+      lookupFwmarks,
+      (fw) => program.publish(fw),
+    );
     this.sync();
     for (const dev of o.devs) program.attach(dev);
     this.timer = setInterval(() => {

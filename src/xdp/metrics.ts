@@ -41,11 +41,16 @@ export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | 
         if (l !== null) fill(l, (labels, v) => this.inc(labels, v));
       },
     });
-  counter('xdplb_packets_total', 'VIP frames received (rx) and sent to targets (tx), by the socket or the program', ['direction'], (l, put) => {
-    const s = l.stats();
-    put({ direction: 'rx' }, s.rx + (s.offloaded ?? 0));
-    put({ direction: 'tx' }, s.tx + (s.offloaded ?? 0));
-  });
+  counter(
+    'xdplb_packets_total',
+    'VIP frames received (rx) and sent to targets (tx), by the socket or the program',
+    ['direction'],
+    (l, put) => {
+      const s = l.stats();
+      put({ direction: 'rx' }, s.rx + (s.offloaded ?? 0));
+      put({ direction: 'tx' }, s.tx + (s.offloaded ?? 0));
+    },
+  );
   counter(
     'xdplb_offload_packets_total',
     'With --offload: frames the XDP program forwarded, and VIP frames it declined to the socket',

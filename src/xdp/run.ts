@@ -37,7 +37,6 @@ export interface XdpLbOptions {
   metrics?: MetricsAddress | null;
 }
 
-
 const FRAME_SIZE = 4096;
 /** How often the table is looked at for a new file (`xdplb init`) and new VIPs. */
 const TABLE_POLL_MS = 200;
@@ -105,7 +104,12 @@ export class XdpLb {
       if (o.offload) {
         const program = this.program;
         program.setEgress(o.edev, srcMac);
-        this.mirror = new TableMirror('xdplb', (t) => t.M * ENTRY_WORDS, targetEntries, (e) => program.publish(e));
+        this.mirror = new TableMirror(
+          'xdplb',
+          (t) => t.M * ENTRY_WORDS,
+          targetEntries,
+          (e) => program.publish(e),
+        );
         this.mirror.sync(this.follower.table);
       }
       umem = new addon.Umem(o.frames ?? 4096, FRAME_SIZE);
@@ -149,7 +153,10 @@ export class XdpLb {
   private useTable(table: XdpTable): void {
     this.forwarder.useTable(table);
     if (table.N > this.countedSlots && this.mirror !== null) {
-      log.warn({ N: table.N, counted: this.countedSlots }, 'the program counts frames of the first slots only: restart the lb to count all');
+      log.warn(
+        { N: table.N, counted: this.countedSlots },
+        'the program counts frames of the first slots only: restart the lb to count all',
+      );
     }
   }
 

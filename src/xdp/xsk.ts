@@ -87,7 +87,11 @@ export interface XskAddon {
   Umem: new (frameCount: number, frameSize: number) => Umem;
   XskSocket: new (umem: Umem, ifname: string, queue: number, rings: { rx?: boolean; tx?: boolean; ringSize?: number }) => XskSocket;
   /** With targets > 0 the forwarding program (xdplb_forward), counting that many target slots. */
-  XdpProgram: new (maxVips?: number, maxQueues?: number, targets?: number) => XdpProgram;
+  XdpProgram: new (
+    maxVips?: number,
+    maxQueues?: number,
+    targets?: number,
+  ) => XdpProgram;
 }
 
 /** The addon as built: XdpProgram loads the compiled program from the file it is given. */

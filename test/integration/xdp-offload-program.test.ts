@@ -143,7 +143,9 @@ describe('xdplb_forward vs the TypeScript forwarder', () => {
       slots.add(want!);
     }
     expect(slots.size).toBe(6);
-    expect(Array.from(prog.counters().targets, (n) => n > 0)).toEqual(Array.from({ length: 20 }, (_, i) => [1, 3, 4, 8, 13, 19].includes(i)));
+    expect(Array.from(prog.counters().targets, (n) => n > 0)).toEqual(
+      Array.from({ length: 20 }, (_, i) => [1, 3, 4, 8, 13, 19].includes(i)),
+    );
   });
 
   it('declines fragments, ICMP, other protocols, cut headers, partial checksums and no target; passes other addresses', () => {
