@@ -26,10 +26,16 @@ void BpfObject::SetMaxEntries(Napi::Env env, const char* map, uint32_t entries) 
 }
 
 void BpfObject::Load(Napi::Env env, const char* program) {
-  int err = -bpf_object__load(obj_);
-  if (err != 0) throw SysError(env, who_ + ": load (the verifier's log is on stderr)", err);
   prog_ = bpf_object__find_program_by_name(obj_, program);
   if (prog_ == nullptr) throw SysError(env, who_ + ": no program " + program, ENOENT);
+  // An object may hold several programs (xdplb's): only the one in use goes to the verifier.
+  bpf_program* p = nullptr;
+  bpf_object__for_each_program(p, obj_) bpf_program__set_autoload(p, p == prog_);
+  int err = -bpf_object__load(obj_);
+  if (err != 0) {
+    prog_ = nullptr;
+    throw SysError(env, who_ + ": load (the verifier's log is on stderr)", err);
+  }
   vips_ = MapFd(env, "vips");
 }
 

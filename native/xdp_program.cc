@@ -6,6 +6,7 @@
 #include <linux/bpf.h>
 #include <linux/if_link.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -124,14 +125,16 @@ class XdpProgram : public BpfObjectWrap<XdpProgram> {
     return env.Undefined();
   }
 
-  // counters(): { forwarded, declined, targets: Float64Array } summed over the CPUs; targets[i]
-  // is the frames forwarded to slot i.
+  // counters(slots = all counted): { forwarded, declined, targets: Float64Array } summed over the
+  // CPUs; targets[i] is the frames forwarded to slot i, for the first `slots` slots.
   Napi::Value Counters(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    uint32_t n =
+        info.Length() > 0 && info[0].IsNumber() ? std::min(info[0].As<Napi::Number>().Uint32Value(), targets) : targets;
     std::vector<double> sums = bpf.SumPerCpu(env, counterMap, 2, "XdpProgram.counters");
-    std::vector<double> perTarget = bpf.SumPerCpu(env, targetCounterMap, targets, "XdpProgram.counters");
-    Napi::Float64Array t = Napi::Float64Array::New(env, targets);
-    if (targets > 0) memcpy(t.Data(), perTarget.data(), sizeof(double) * targets);
+    std::vector<double> perTarget = bpf.SumPerCpu(env, targetCounterMap, n, "XdpProgram.counters");
+    Napi::Float64Array t = Napi::Float64Array::New(env, n);
+    if (n > 0) memcpy(t.Data(), perTarget.data(), sizeof(double) * n);
     Napi::Object out = Napi::Object::New(env);
     out.Set("forwarded", Napi::Number::New(env, sums[0]));
     out.Set("declined", Napi::Number::New(env, sums[1]));

@@ -187,7 +187,7 @@ export class XdpLb {
   stats(): XdpLbStats {
     const stats: XdpLbStats = { ...this.rx.stats(), ...this.forwarder.counters };
     if (this.mirror === null) return stats;
-    const { forwarded, declined } = this.program.counters();
+    const { forwarded, declined } = this.program.counters(0);
     return { ...stats, offloaded: forwarded, declined };
   }
 
@@ -195,7 +195,7 @@ export class XdpLb {
   targetFrames(): Float64Array {
     const frames = this.forwarder.targetFrames;
     if (this.mirror === null) return frames;
-    const kernel = this.program.counters().targets;
+    const kernel = this.program.counters(this.follower.table.N).targets;
     const sum = new Float64Array(Math.max(frames.length, kernel.length));
     sum.set(kernel);
     frames.forEach((n, i) => {

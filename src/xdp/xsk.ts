@@ -78,8 +78,8 @@ export interface XdpProgram {
   setEgress(ifname: string, mac: Uint8Array): void;
   /** xdplb_forward: the table, ENTRY_WORDS int32s per lookup entry (src/xdp/offload.ts). */
   publish(entries: Int32Array): void;
-  /** xdplb_forward: frames forwarded (and per target slot) and VIP frames declined to the socket. */
-  counters(): { forwarded: number; declined: number; targets: Float64Array };
+  /** xdplb_forward: frames forwarded (and to each of the first `slots` target slots) and VIP frames declined to the socket. */
+  counters(slots?: number): { forwarded: number; declined: number; targets: Float64Array };
   close(): void;
 }
 
