@@ -44,11 +44,12 @@
       # kernel's uapi headers include live under the host's multiarch directory.
       "target_name": "bpf_programs",
       "type": "none",
-      "sources": ["native/bpf/tc_offload.bpf.c", "native/bpf/xsk_redirect.bpf.c"],
+      "sources": ["native/bpf/tc_offload.bpf.c", "native/bpf/xdplb.bpf.c"],
       "rules": [{
         "rule_name": "clang_target_bpf",
         "extension": "c",
-        "inputs": ["native/bpf/frame.h", "native/bpf/ip.h", "native/bpf/vip.h", "native/bpf/flow_hash.h"],
+        "inputs": ["native/bpf/frame.h", "native/bpf/ip.h", "native/bpf/vip.h", "native/bpf/flow_hash.h",
+                   "native/bpf/maglev_table.h"],
         "outputs": ["<(PRODUCT_DIR)/<(RULE_INPUT_ROOT).o"],
         "action": ["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-I/usr/include/<!(gcc -dumpmachine)",
                    "-c", "<(RULE_INPUT_PATH)", "-o", "<(PRODUCT_DIR)/<(RULE_INPUT_ROOT).o"],

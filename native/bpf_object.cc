@@ -26,10 +26,16 @@ void BpfObject::SetMaxEntries(Napi::Env env, const char* map, uint32_t entries) 
 }
 
 void BpfObject::Load(Napi::Env env, const char* program) {
-  int err = -bpf_object__load(obj_);
-  if (err != 0) throw SysError(env, who_ + ": load (the verifier's log is on stderr)", err);
   prog_ = bpf_object__find_program_by_name(obj_, program);
   if (prog_ == nullptr) throw SysError(env, who_ + ": no program " + program, ENOENT);
+  // An object may hold several programs (xdplb's): only the one in use goes to the verifier.
+  bpf_program* p = nullptr;
+  bpf_object__for_each_program(p, obj_) bpf_program__set_autoload(p, p == prog_);
+  int err = -bpf_object__load(obj_);
+  if (err != 0) {
+    prog_ = nullptr;
+    throw SysError(env, who_ + ": load (the verifier's log is on stderr)", err);
+  }
   vips_ = MapFd(env, "vips");
 }
 
@@ -73,7 +79,44 @@ int BpfObject::TestRun(Napi::Env env, Napi::Value frame, void* ctx, uint32_t ctx
               .data_size_in = uint32_t(in.ElementLength()), .data_size_out = uint32_t(out.size()), .ctx_in = ctx,
               .ctx_out = ctx, .ctx_size_in = ctxSize, .ctx_size_out = ctxSize, .repeat = 1);
   if (bpf_prog_test_run_opts(bpf_program__fd(prog_), &opts) != 0) throw SysError(env, who_ + ".testRun", errno);
+  if (opts.data_size_out == in.ElementLength()) memcpy(in.Data(), out.data(), in.ElementLength());
   return int(opts.retval);
+}
+
+void BpfObject::PublishTable(Napi::Env env, int outer, const std::string& what, const uint8_t* entries, uint32_t M,
+                             uint32_t entrySize) {
+  Check(env);
+  if (M == 0) throw Napi::RangeError::New(env, what + ": empty table");
+  std::vector<uint8_t> values(size_t(M + 1) * entrySize);
+  int32_t m = int32_t(M);
+  memcpy(values.data(), &m, sizeof(m));
+  memcpy(values.data() + entrySize, entries, size_t(M) * entrySize);
+  std::vector<uint32_t> keys(M + 1);
+  for (uint32_t i = 0; i <= M; i++) keys[i] = i;
+  LIBBPF_OPTS(bpf_map_create_opts, copts, .map_flags = BPF_F_INNER_MAP);
+  int inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tslb_table", 4, entrySize, M + 1, &copts);
+  if (inner < 0) throw SysError(env, what + ": create table map", errno);
+  uint32_t count = M + 1;
+  uint32_t zero = 0;
+  int err = bpf_map_update_batch(inner, keys.data(), values.data(), &count, nullptr) != 0 ? errno : 0;
+  if (err == 0 && bpf_map_update_elem(outer, &zero, &inner, BPF_ANY) != 0) err = errno;
+  close(inner);  // the outer map holds it now; the replaced one is freed after running programs are done
+  if (err != 0) throw SysError(env, what, err);
+}
+
+std::vector<double> BpfObject::SumPerCpu(Napi::Env env, int map, uint32_t n, const std::string& what) {
+  Check(env);
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0) throw SysError(env, what + ": possible CPUs", -ncpu);
+  std::vector<uint64_t> v(static_cast<size_t>(ncpu));
+  std::vector<double> out(n);
+  for (uint32_t k = 0; k < n; k++) {
+    if (bpf_map_lookup_elem(map, &k, v.data()) != 0) throw SysError(env, what, errno);
+    uint64_t sum = 0;
+    for (uint64_t c : v) sum += c;
+    out[k] = double(sum);
+  }
+  return out;
 }
 
 const uint8_t* BpfObject::VipKey(Napi::Env env, Napi::Value key, const char* method) const {

@@ -39,9 +39,18 @@ class BpfObject {
               const AttachError& why);
   void Detach(Napi::Env env, Napi::Value ifname);
   // One run over an Ethernet frame (BPF_PROG_TEST_RUN), so packet fixtures can be checked
-  // against the real program: its return value. ctx (ctxSize bytes) is the context the
+  // against the real program: its return value; frame gets what the program wrote into it
+  // (when the length stays the same). ctx (ctxSize bytes) is the context the
   // program starts with and gets what the program left in it; none for XDP.
   int TestRun(Napi::Env env, Napi::Value frame, void* ctx, uint32_t ctxSize);
+
+  // Publishes a Maglev table (native/bpf/maglev_table.h) into the map-of-maps `outer`: M
+  // entries of entrySize bytes (each beginning with an int32) become a new inner map, entry 0
+  // holding M, swapped in with one update. `what` begins the errors ("TcOffload.publish").
+  void PublishTable(Napi::Env env, int outer, const std::string& what, const uint8_t* entries, uint32_t M,
+                    uint32_t entrySize);
+  // A per-CPU array's entries 0..n-1, each summed over the CPUs.
+  std::vector<double> SumPerCpu(Napi::Env env, int map, uint32_t n, const std::string& what);
 
   // VIPs are 16-byte keys, IPv4 as ::ffff:a.b.c.d.
   void AddVip(Napi::Env env, Napi::Value key);

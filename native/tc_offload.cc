@@ -91,7 +91,7 @@ class TcOffload : public BpfObjectWrap<TcOffload> {
   }
 
   // publish(fwmarks: Int32Array): fwmarks[i] is what lookup entry i (hash % M) gives, -1 for
-  // none. A new inner map is built whole and then swapped in with one update of `tables`.
+  // none, published whole.
   Napi::Value Publish(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     bpf.Check(env);
@@ -99,40 +99,18 @@ class TcOffload : public BpfObjectWrap<TcOffload> {
         info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
       throw Napi::TypeError::New(env, "TcOffload.publish(fwmarks: Int32Array) expected");
     Napi::Int32Array fw = info[0].As<Napi::Int32Array>();
-    uint32_t M = uint32_t(fw.ElementLength());
-    if (M == 0) throw Napi::RangeError::New(env, "TcOffload.publish: empty table");
-    std::vector<int32_t> values(M + 1);
-    values[0] = int32_t(M);
-    memcpy(values.data() + 1, fw.Data(), 4 * size_t(M));
-    std::vector<uint32_t> keys(M + 1);
-    for (uint32_t i = 0; i <= M; i++) keys[i] = i;
-    LIBBPF_OPTS(bpf_map_create_opts, copts, .map_flags = BPF_F_INNER_MAP);
-    int inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tslb_table", 4, 4, M + 1, &copts);
-    if (inner < 0) throw SysError(env, "TcOffload.publish: create table map", errno);
-    uint32_t count = M + 1;
-    uint32_t zero = 0;
-    int err = bpf_map_update_batch(inner, keys.data(), values.data(), &count, nullptr) != 0 ? errno : 0;
-    if (err == 0 && bpf_map_update_elem(tableMap, &zero, &inner, BPF_ANY) != 0) err = errno;
-    close(inner);  // `tables` holds it now; the replaced one is freed after running programs are done
-    if (err != 0) throw SysError(env, "TcOffload.publish", err);
+    bpf.PublishTable(env, tableMap, "TcOffload.publish", reinterpret_cast<const uint8_t*>(fw.Data()),
+                     uint32_t(fw.ElementLength()), sizeof(int32_t));
     return env.Undefined();
   }
 
   // counters(): { marked, declined } summed over the CPUs.
   Napi::Value Counters(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    bpf.Check(env);
-    int ncpu = libbpf_num_possible_cpus();
-    if (ncpu <= 0) throw SysError(env, "TcOffload.counters: possible CPUs", -ncpu);
-    std::vector<uint64_t> v(static_cast<size_t>(ncpu));
+    std::vector<double> sums = bpf.SumPerCpu(env, counterMap, 2, "TcOffload.counters");
     Napi::Object out = Napi::Object::New(env);
-    const char* names[] = {"marked", "declined"};
-    for (uint32_t k = 0; k < 2; k++) {
-      if (bpf_map_lookup_elem(counterMap, &k, v.data()) != 0) throw SysError(env, "TcOffload.counters", errno);
-      uint64_t sum = 0;
-      for (uint64_t c : v) sum += c;
-      out.Set(names[k], Napi::Number::New(env, double(sum)));
-    }
+    out.Set("marked", Napi::Number::New(env, sums[0]));
+    out.Set("declined", Napi::Number::New(env, sums[1]));
     return out;
   }
 

@@ -1,14 +1,18 @@
-// The XDP program of xdplb (native/bpf/xsk_redirect.bpf.c) loaded with its maps sized by the
-// caller, attached as XDP bpf_links, and its VIP and socket maps filled from TypeScript.
+// An XDP program of xdplb (native/bpf/xdplb.bpf.c: xdplb_vip, or xdplb_forward for --offload)
+// loaded with its maps sized by the caller, attached as XDP bpf_links, and its maps filled from
+// TypeScript. No policy lives here: src/xdp/ decides what the maps hold.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/bpf.h>
 #include <linux/if_link.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "bpf_object.h"
+#include "ifindex.h"
 #include "sys_error.h"
 #include "xsk.h"
 
@@ -23,21 +27,32 @@ class XdpProgram : public BpfObjectWrap<XdpProgram> {
         env, "XdpProgram",
         {InstanceMethod<&XdpProgram::Attach>("attach"), InstanceMethod<&XdpProgram::SetSocket>("setSocket"),
          InstanceMethod("removeVip", &XdpProgram::RemoveVip), InstanceMethod("vips", &XdpProgram::Vips),
-         InstanceMethod<&XdpProgram::TestRun>("testRun"), InstanceAccessor<&XdpProgram::Instructions>("instructions")});
+         InstanceMethod<&XdpProgram::TestRun>("testRun"), InstanceAccessor<&XdpProgram::Instructions>("instructions"),
+         InstanceMethod<&XdpProgram::SetEgress>("setEgress"), InstanceMethod<&XdpProgram::Publish>("publish"),
+         InstanceMethod<&XdpProgram::Counters>("counters")});
   }
 
-  // new XdpProgram(objectFile, maxVips = 256, maxQueues = 64)
+  // new XdpProgram(objectFile, maxVips = 256, maxQueues = 64, targets = 0): with targets > 0,
+  // xdplb_forward counting frames for that many target slots; else xdplb_vip.
   explicit XdpProgram(const Napi::CallbackInfo& info) : BpfObjectWrap<XdpProgram>(info, "XdpProgram") {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsString())
-      throw Napi::TypeError::New(env, "new XdpProgram(objectFile, maxVips?, maxQueues?) expected");
-    uint32_t maxVips = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 256;
-    uint32_t maxQueues = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Uint32Value() : 64;
+      throw Napi::TypeError::New(env, "new XdpProgram(objectFile, maxVips?, maxQueues?, targets?) expected");
+    auto arg = [&info](size_t i, uint32_t otherwise) {
+      return info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().Uint32Value() : otherwise;
+    };
+    targets = arg(3, 0);
     bpf.Open(env, info[0].As<Napi::String>().Utf8Value());
-    bpf.SetMaxEntries(env, "vips", maxVips);
-    bpf.SetMaxEntries(env, "xsks", maxQueues);
-    bpf.Load(env, "xdplb_vip");
+    bpf.SetMaxEntries(env, "vips", arg(1, 256));
+    bpf.SetMaxEntries(env, "xsks", arg(2, 64));
+    bpf.SetMaxEntries(env, "target_counters", targets > 0 ? targets : 1);
+    bpf.Load(env, targets > 0 ? "xdplb_forward" : "xdplb_vip");
     xskMap = bpf.MapFd(env, "xsks");
+    configMap = bpf.MapFd(env, "config");
+    egressMap = bpf.MapFd(env, "egress");
+    tableMap = bpf.MapFd(env, "tables");
+    counterMap = bpf.MapFd(env, "counters");
+    targetCounterMap = bpf.MapFd(env, "target_counters");
   }
 
  private:
@@ -78,11 +93,62 @@ class XdpProgram : public BpfObjectWrap<XdpProgram> {
     return Napi::Number::New(info.Env(), bpf.TestRun(info.Env(), info[0], nullptr, 0));
   }
 
+  // setEgress(ifname, mac: Uint8Array(6)): xdplb_forward sends out of this device, from this address.
+  Napi::Value SetEgress(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    bpf.Check(env);
+    if (info.Length() < 2 || !info[1].IsTypedArray() ||
+        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+        info[1].As<Napi::Uint8Array>().ElementLength() != 6)
+      throw Napi::TypeError::New(env, "XdpProgram.setEgress(ifname, mac: 6-byte Uint8Array) expected");
+    uint32_t ifindex = uint32_t(Ifindex(env, info[0], "XdpProgram.setEgress"));
+    uint8_t config[8] = {};
+    memcpy(config, info[1].As<Napi::Uint8Array>().Data(), 6);
+    uint32_t zero = 0;
+    if (bpf_map_update_elem(configMap, &zero, config, BPF_ANY) != 0) throw SysError(env, "XdpProgram.setEgress", errno);
+    if (bpf_map_update_elem(egressMap, &zero, &ifindex, BPF_ANY) != 0)
+      throw SysError(env, "XdpProgram.setEgress: devmap", errno);
+    return env.Undefined();
+  }
+
+  // publish(entries: Int32Array): 3 int32s per lookup entry (hash % M): the target slot (-1 for
+  // none), then its MAC in the next 6 bytes (struct target_entry); published whole.
+  Napi::Value Publish(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+        info[0].As<Napi::Int32Array>().ElementLength() % kEntryWords != 0)
+      throw Napi::TypeError::New(env, "XdpProgram.publish(entries: Int32Array of 3 per lookup entry) expected");
+    Napi::Int32Array e = info[0].As<Napi::Int32Array>();
+    bpf.PublishTable(env, tableMap, "XdpProgram.publish", reinterpret_cast<const uint8_t*>(e.Data()),
+                     uint32_t(e.ElementLength() / kEntryWords), kEntryWords * 4);
+    return env.Undefined();
+  }
+
+  // counters(slots = all counted): { forwarded, declined, targets: Float64Array } summed over the
+  // CPUs; targets[i] is the frames forwarded to slot i, for the first `slots` slots.
+  Napi::Value Counters(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint32_t n =
+        info.Length() > 0 && info[0].IsNumber() ? std::min(info[0].As<Napi::Number>().Uint32Value(), targets) : targets;
+    std::vector<double> sums = bpf.SumPerCpu(env, counterMap, 2, "XdpProgram.counters");
+    std::vector<double> perTarget = bpf.SumPerCpu(env, targetCounterMap, n, "XdpProgram.counters");
+    Napi::Float64Array t = Napi::Float64Array::New(env, n);
+    if (n > 0) memcpy(t.Data(), perTarget.data(), sizeof(double) * n);
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("forwarded", Napi::Number::New(env, sums[0]));
+    out.Set("declined", Napi::Number::New(env, sums[1]));
+    out.Set("targets", t);
+    return out;
+  }
+
   Napi::Value Instructions(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(bpf.Instructions()));
   }
 
-  int xskMap = -1;
+  static constexpr uint32_t kEntryWords = 3;
+  uint32_t targets = 0;
+  int xskMap = -1, configMap = -1, egressMap = -1, tableMap = -1, counterMap = -1, targetCounterMap = -1;
 };
 
 }  // namespace

@@ -76,26 +76,27 @@ static __always_inline enum flow_verdict flow_ipv6(struct frame f, struct flow_k
 }
 
 // Fills key for a whole TCP, UDP or SCTP packet to a VIP. With sctp_encap (a UDP port, 0 for
-// none), SCTP over UDP to that port is keyed as SCTP on its inner ports, as nfqlb does.
+// none), SCTP over UDP to that port is keyed as SCTP on its inner ports, as nfqlb does. l4
+// tells where the transport header is (end 0xffffffff: the IP header gave no length).
 static __always_inline enum flow_verdict flow_key_of(struct frame f, __be16 ethertype, __u32 sctp_encap,
-                                                     struct flow_key *key) {
-  struct flow_l4 l4 = {.end = 0xffffffff};
+                                                     struct flow_key *key, struct flow_l4 *l4) {
+  *l4 = (struct flow_l4){.end = 0xffffffff};
   enum flow_verdict v = FLOW_NOT_OURS;
   __builtin_memset(key, 0, sizeof(*key));
   if (ethertype == bpf_htons(ETH_P_IP))
-    v = flow_ipv4(f, key, &l4);
+    v = flow_ipv4(f, key, l4);
   else if (ethertype == bpf_htons(ETH_P_IPV6))
-    v = flow_ipv6(f, key, &l4);
+    v = flow_ipv6(f, key, l4);
   if (v != FLOW_KEYED) return v;
-  if (l4.proto != IPPROTO_TCP && l4.proto != IPPROTO_UDP && l4.proto != IPPROTO_SCTP) return FLOW_DECLINED;
+  if (l4->proto != IPPROTO_TCP && l4->proto != IPPROTO_UDP && l4->proto != IPPROTO_SCTP) return FLOW_DECLINED;
   // Cut transport headers are hashed on the addresses by the lb: leave them to it.
-  if (l4.offset + 4 > l4.end || !ip_load(f, l4.offset, key->ports, 4)) return FLOW_DECLINED;
-  if (l4.proto == IPPROTO_UDP && sctp_encap != 0 && bpf_ntohs(key->ports[1]) == sctp_encap) {
+  if (l4->offset + 4 > l4->end || !ip_load(f, l4->offset, key->ports, 4)) return FLOW_DECLINED;
+  if (l4->proto == IPPROTO_UDP && sctp_encap != 0 && bpf_ntohs(key->ports[1]) == sctp_encap) {
     // After the 8-byte UDP header: the SCTP common header, ports first.
-    if (l4.offset + 12 > l4.end || !ip_load(f, l4.offset + 8, key->ports, 4)) return FLOW_DECLINED;
-    l4.proto = IPPROTO_SCTP;
+    if (l4->offset + 12 > l4->end || !ip_load(f, l4->offset + 8, key->ports, 4)) return FLOW_DECLINED;
+    l4->proto = IPPROTO_SCTP;
   }
-  key->proto = l4.proto;
+  key->proto = l4->proto;
   return FLOW_KEYED;
 }
 

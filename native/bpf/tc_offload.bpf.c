@@ -9,9 +9,9 @@
 // the iptables rule queues unmarked packets and the lb decides them as before. Every packet
 // continues (TCX_NEXT); the program never drops.
 //
-// The table is published by the lb as a whole new inner map swapped into `tables` (one RCU
-// pointer exchange), so a packet sees either the old table or the new one, never a mix.
+// The table is published by the lb as a whole new map swapped in at once (maglev_table.h).
 #include "flow_hash.h"
+#include "maglev_table.h"
 
 #define TCX_NEXT (-1)
 
@@ -30,22 +30,8 @@ struct {
   __type(value, struct offload_config);
 } config SEC(".maps");
 
-// One table: [0] = M, [1 + i] = the fwmark of lookup entry i (active[lookup[i]], -1 if none).
-// BPF_F_INNER_MAP lets each published table have its own size (M + 1).
-struct lookup_table {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(map_flags, BPF_F_INNER_MAP);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, __s32);
-};
-
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __array(values, struct lookup_table);
-} tables SEC(".maps");
+// Lookup entry i gives the fwmark of active[lookup[i]], -1 if none.
+MAGLEV_TABLES(__s32);
 
 // Per-CPU: packets marked, and VIP packets left to the queue.
 struct {
@@ -68,7 +54,8 @@ int tslb_offload(struct __sk_buff *skb) {
   if (!cfg) return TCX_NEXT;  // never: a one-entry array always has entry 0
 
   struct flow_key key;
-  switch (flow_key_of(tc_frame(skb), skb->protocol, cfg->sctp_encap, &key)) {
+  struct flow_l4 l4;
+  switch (flow_key_of(tc_frame(skb), skb->protocol, cfg->sctp_encap, &key, &l4)) {
     case FLOW_NOT_OURS:
       return TCX_NEXT;
     case FLOW_DECLINED:
@@ -78,12 +65,7 @@ int tslb_offload(struct __sk_buff *skb) {
   }
   __u32 hash = flow_hash(&key, cfg->hash_mode);
 
-  void *table = bpf_map_lookup_elem(&tables, &zero);
-  if (!table) return count(CNT_DECLINED);
-  __s32 *m = bpf_map_lookup_elem(table, &zero);
-  if (!m || *m <= 0) return count(CNT_DECLINED);
-  __u32 index = hash % (__u32)*m + 1;
-  __s32 *fwmark = bpf_map_lookup_elem(table, &index);
+  __s32 *fwmark = maglev_entry(&tables, hash);
   // No active target (or fwmark 0, which is no mark): the lb applies --notargets_fwmark.
   if (!fwmark || *fwmark <= 0) return count(CNT_DECLINED);
   skb->mark = *fwmark;

@@ -9,14 +9,26 @@ import { benchNfqlb, referenceNfqlb } from './nfqlb.js';
 import { benchParse } from './parse.js';
 import { benchXdp } from './xdp.js';
 
+// BENCH_ONLY=xdp (a comma list of these parts) runs only those; default all.
+const PARTS = ['maglev', 'parse', 'conntrack', 'nfqlb', 'xdp'];
+const only = (process.env.BENCH_ONLY ?? PARTS.join(',')).split(',');
+const unknown = only.filter((p) => !PARTS.includes(p));
+if (unknown.length > 0) {
+  console.error(`BENCH_ONLY: unknown part ${unknown.join(',')} (parts: ${PARTS.join(',')})`);
+  process.exit(2);
+}
+const runs = (part: string): boolean => only.includes(part);
+
 checkCpus();
 // A REF_NFQLB that is no nfqlb fails now, not after the first half of the run.
-const ref = referenceNfqlb();
+const ref = runs('nfqlb') ? referenceNfqlb() : null;
 // The bench itself (counter reads, execs) stays off the lb's core; every thread, not just main.
 execFileSync('taskset', ['-apc', String(GEN_CPU), String(process.pid)], { stdio: 'ignore' });
-benchMaglev();
-benchParse();
-benchConntrack();
-const gen = await pickGenerator();
-await benchNfqlb(gen, ref);
-await benchXdp(gen);
+if (runs('maglev')) benchMaglev();
+if (runs('parse')) benchParse();
+if (runs('conntrack')) benchConntrack();
+if (runs('nfqlb') || runs('xdp')) {
+  const gen = await pickGenerator();
+  if (runs('nfqlb')) await benchNfqlb(gen, ref);
+  if (runs('xdp')) await benchXdp(gen);
+}

@@ -2,7 +2,9 @@
 // vm-201 → server vm-001. Kernel forwarding sends to the server's address; xdplb (native and
 // generic XDP, AF_XDP out) to the VIP, which has no route on the router: only xdplb delivers
 // it. "kernel fwd, XDP_PASS" is kernel forwarding with xdplb's program attached (non-VIP
-// packets pass). TCP: iperf2, one stream, with the veth offloads on and off.
+// packets pass). "xdplb --offload" forwards in XDP (xdplb_forward), its redirect into eth1 made
+// possible by GRO on that veth's peer, turned on just before its row. TCP: iperf2, one stream,
+// with the veth offloads on and off.
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createTopology, routerAddr, serverAddr, type Topology, VIP } from '../lab/topology.js';
@@ -14,20 +16,20 @@ const XDPLB = `${ROOT}bin/xdplb`;
 const PREFIX = 'tbn-x-';
 const SHM = 'tbn-xdplb';
 
-function start(topo: Topology, mode: 'native' | 'generic'): Promise<Lb> {
-  return startLb(
-    topo,
-    topo.ns.router(1),
-    ['node', XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, `--vip=${VIP[4]}`],
-    'xdplb forwarding',
-  );
+function start(topo: Topology, mode: 'native' | 'generic', offload = false): Promise<Lb> {
+  const argv = ['node', XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--mode=${mode}`, `--shm=${SHM}`, `--vip=${VIP[4]}`];
+  if (offload) {
+    topo.enableXdpRedirect(1);
+    argv.push('--offload');
+  }
+  return startLb(topo, topo.ns.router(1), argv, 'xdplb forwarding');
 }
 
 /** The lb's losses from its final counters (the "xdplb stopped" log line), as a note for `row`. */
 async function stopNoting(lb: Lb, row: Row): Promise<void> {
   const line = (await stopLb(lb)).split('\n').find((l) => l.includes('xdplb stopped'));
   const s = line ? (JSON.parse(line) as Record<string, number>) : {};
-  for (const k of ['kernelRxRingFull', 'kernelFillRingEmpty', 'kernelRxDropped', 'txRingFull', 'checksums']) {
+  for (const k of ['kernelRxRingFull', 'kernelFillRingEmpty', 'kernelRxDropped', 'txRingFull', 'checksums', 'declined']) {
     if (s[k]) row.notes.push(`${k} ${s[k]}`);
   }
 }
@@ -63,6 +65,10 @@ export async function benchXdp(gen: Generator): Promise<void> {
     const generic = await udp('xdplb generic', VIP[4]);
     rows.push(generic);
     await stopNoting(lb, generic);
+    lb = await start(topo, 'native', true);
+    const offload = await udp('xdplb --offload native', VIP[4]);
+    rows.push(offload);
+    await stopNoting(lb, offload);
     lb = null;
 
     const tcpRows: Row[][] = [];
@@ -71,9 +77,14 @@ export async function benchXdp(gen: Generator): Promise<void> {
       const kernel = await tcp('kernel forwarding (no XDP)', serverAddr(1, 4));
       lb = await start(topo, 'native');
       const row = await tcp('xdplb native', VIP[4]);
+      // What any native XDP program on the veth costs TCP (the skb is copied into an XDP buffer).
+      const pass = await tcp('kernel fwd, XDP_PASS native', serverAddr(1, 4));
       await stopNoting(lb, row);
+      lb = await start(topo, 'native', true);
+      const offload = await tcp('xdplb --offload native', VIP[4]);
+      await stopNoting(lb, offload);
       lb = null;
-      tcpRows.push([kernel, row]);
+      tcpRows.push([kernel, row, pass, offload]);
     }
 
     console.log(

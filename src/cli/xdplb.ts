@@ -145,21 +145,25 @@ const commands: CommandTable = {
   },
   lb: {
     synopsis:
-      'lb --idev=eth2 --edev=eth1 [--shm=] [--queue=0] [--mode=native|generic] [--vip=addr]... [--metrics=[ADDR:]PORT]\n' +
+      'lb --idev=eth2 --edev=eth1 [--shm=] [--queue=0] [--mode=native|generic] [--offload] [--vip=addr]... [--metrics=[ADDR:]PORT]\n' +
       '  Load-balance VIP traffic arriving on idev to the active targets, out on edev (L2 DSR)',
     options: {
       ...shmOption,
       idev: { arg: true, required: true, help: 'Ingress device (the XDP program goes here)' },
       edev: { arg: true, required: true, help: "Egress device, on the targets' network" },
       queue: { arg: true, help: 'The ingress rx queue to serve (default 0)' },
-      mode: { arg: true, help: 'XDP attach mode: native (default) or generic' },
+      mode: { arg: true, help: 'XDP attach mode: native (default) or generic; with --offload native where supported, else generic' },
+      offload: { help: 'Forward in the kernel: the XDP program decides, the AF_XDP socket gets only what it declines' },
       vip: { arg: true, multiple: true, help: 'A VIP to add to the table at start (repeatable)' },
       batch: { arg: true, help: 'Frames per batch (default 64)' },
       metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
     },
     run(p) {
-      const mode = opt(p, 'mode', 'native');
-      if (mode !== 'native' && mode !== 'generic') throw new UsageError(`--mode: '${mode}' is not native or generic`);
+      const offload = p.opts.has('offload');
+      const given = opt(p, 'mode');
+      if (given !== undefined && given !== 'native' && given !== 'generic')
+        throw new UsageError(`--mode: '${given}' is not native or generic`);
+      const mode = given ?? (offload ? 'auto' : 'native');
       const vips = p.opts.get('vip') ?? [];
       for (const v of vips) checkVip(v);
       if (p.args.length > 0) throw new UsageError(`unexpected argument '${p.args[0]}'`);
@@ -170,7 +174,7 @@ const commands: CommandTable = {
       const queue = queueArg(p, idev);
       // The table must be there (and be one) before the lb adds the --vip addresses to it.
       openTable(p, false);
-      return runXdpLb({ idev, edev, shm: opt(p, 'shm', DEFAULT_SHM), queue, mode, vips, batch, metrics });
+      return runXdpLb({ idev, edev, shm: opt(p, 'shm', DEFAULT_SHM), queue, mode, offload, vips, batch, metrics });
     },
   },
 };

@@ -92,6 +92,12 @@ export interface Topology {
   setRouterVipRoute(router: number, servers: readonly number[]): void;
   /** Turns tso/gso/gro/tx-checksum offloads on or off on both ends of every veth. */
   setOffloads(on: boolean): void;
+  /**
+   * Lets router i's XDP program redirect frames into its eth1 (`xdplb lb --offload` in native
+   * mode): a veth takes XDP frames only when its peer runs NAPI, which GRO on the peer (the
+   * switch port) turns on. After setOffloads(false), which turns it off again.
+   */
+  enableXdpRedirect(router: number): void;
   /** Removes every namespace of the lab (and with them every device and process in them). */
   destroy(): void;
 }
@@ -241,6 +247,10 @@ export function createTopology(o: TopologyOptions): Topology {
       for (const [n, devs] of byNs) {
         inNs(n, ['sh', '-ec', devs.map((d) => `ethtool ${k(d).join(' ')}`).join('\n')]);
       }
+    },
+    enableXdpRedirect(router) {
+      const port = ports.find((p) => p.vmNs === ns.router(router) && p.net === 1)!;
+      inNs(ns.net(1), ['ethtool', '-K', switchPort(port), 'gro', 'on']);
     },
     destroy: () => destroyLab(prefix),
   };

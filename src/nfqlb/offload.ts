@@ -4,24 +4,21 @@
 // NFQUEUE sees only what the program declines (fragments, ICMP, other protocols, cut or
 // unusual headers, no active target).
 //
-// The program reads a mirror of the Maglev lookup: fwmark per lookup entry (hash % M). The
-// lb keeps it in step with the shared-memory table by polling it (activate/deactivate write
-// the shm in place; init replaces the file) and publishes every change as a whole new map
-// swapped in at once, so a packet never sees half a table.
+// The program reads a mirror of the Maglev lookup (TableMirror): fwmark per lookup entry
+// (hash % M), kept in step with the shared-memory table.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAddress, toKeyAddress } from '../address.js';
 import { log } from '../log.js';
 import { loadAddon, packageRoot } from '../native.js';
+import { MIRROR_FOLLOW_MS, TableMirror } from '../table-mirror.js';
 import { NFQLB_TABLE, TableFollower } from '../target-store.js';
-import { sameInt32, type TargetTable } from '../target-table.js';
+import type { TargetTable } from '../target-table.js';
 import { UsageError } from '../usage-error.js';
 import type { Compat } from './compat.js';
 
 /** The program's name in the kernel (`bpftool prog`, leftover checks). */
 export const OFFLOAD_PROGRAM = 'tslb_offload';
-/** How often the shm table is compared with the published mirror. */
-const FOLLOW_MS = 20;
 const ARPHRD_ETHER = 1;
 
 export interface OffloadOptions {
@@ -101,8 +98,7 @@ function deviceType(dev: string): number {
 }
 
 export class Offload {
-  private published = new Int32Array(0);
-  private scratch = new Int32Array(0);
+  private readonly mirror: TableMirror<TargetTable>;
   private readonly follower: TableFollower<TargetTable>;
   private readonly timer: NodeJS.Timeout;
 
@@ -146,38 +142,25 @@ export class Offload {
   ) {
     for (const v of o.vips) program.addVip(toKeyAddress(parseAddress(v)));
     this.follower = new TableFollower(NFQLB_TABLE, targetTable);
+    this.mirror = new TableMirror(
+      'offload',
+      (t) => t.M,
+      lookupFwmarks,
+      (fw) => program.publish(fw),
+    );
     this.sync();
     for (const dev of o.devs) program.attach(dev);
-    let failing = false;
     this.timer = setInterval(() => {
       this.follower.check();
-      // A failed publish (e.g. no memory for the map) is retried on the next tick; meanwhile
-      // the program keeps the last table it had.
-      try {
-        this.sync();
-        if (failing) log.info('offload table published again');
-        failing = false;
-      } catch (e) {
-        if (!failing) log.error({ err: (e as Error).message }, 'offload table not published: retrying');
-        failing = true;
-      }
-    }, FOLLOW_MS);
+      this.mirror.follow(this.follower.table);
+    }, MIRROR_FOLLOW_MS);
     this.timer.unref();
     log.info({ devs: o.devs, vips: o.vips, program: OFFLOAD_PROGRAM }, 'offload attached at tc ingress');
   }
 
   /** Publishes the table when its lookup differs from what the program has. */
   sync(): void {
-    const table = this.follower.table;
-    const M = table.M;
-    if (this.scratch.length !== M) this.scratch = new Int32Array(M);
-    lookupFwmarks(table, this.scratch);
-    const old = this.published;
-    if (sameInt32(old, this.scratch)) return;
-    this.program.publish(this.scratch);
-    // The scratch array becomes the published copy; the old one is the next scratch.
-    this.published = this.scratch;
-    this.scratch = old.length === M ? old : new Int32Array(M);
+    this.mirror.sync(this.follower.table);
   }
 
   counters(): OffloadCounters {

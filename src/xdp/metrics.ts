@@ -1,5 +1,7 @@
-// The Prometheus metrics of `xdplb lb --metrics`: read from the forwarder's counters and the
-// AF_XDP sockets' (ours and the kernel's XDP_STATISTICS) when Prometheus scrapes.
+// The Prometheus metrics of `xdplb lb --metrics`: read from the forwarder's counters, the
+// AF_XDP sockets' (ours and the kernel's XDP_STATISTICS) and, with --offload, the XDP
+// program's per-CPU counters when Prometheus scrapes. Frames the program forwards count in
+// the same series as the forwarder's.
 import { existsSync } from 'node:fs';
 import { Counter, type Registry } from 'prom-client';
 import type { HealthCheck } from '../metrics.js';
@@ -7,11 +9,17 @@ import { shmPath } from '../shm.js';
 import type { ForwarderCounters } from './forwarder.js';
 import type { XskStats } from './xsk.js';
 
+/**
+ * The forwarding socket's counters (rx, tx, drops, kernel drops) and the forwarder's; with
+ * --offload also the program's: frames it forwarded, and VIP frames it left to the socket.
+ */
+export type XdpLbStats = XskStats & ForwarderCounters & { offloaded?: number; declined?: number };
+
 /** What the metrics read of a running xdplb (XdpLb in run.ts, which registers them). */
 export interface MeteredXdpLb {
   readonly running: boolean;
-  readonly forwarder: { readonly targetFrames: Float64Array };
-  stats(): XskStats & ForwarderCounters;
+  targetFrames(): Float64Array;
+  stats(): XdpLbStats;
 }
 
 /** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
@@ -33,13 +41,29 @@ export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | 
         if (l !== null) fill(l, (labels, v) => this.inc(labels, v));
       },
     });
-  counter('xdplb_packets_total', 'Frames received on the ingress socket (rx) and sent to targets (tx)', ['direction'], (l, put) => {
-    const s = l.stats();
-    put({ direction: 'rx' }, s.rx);
-    put({ direction: 'tx' }, s.tx);
-  });
+  counter(
+    'xdplb_packets_total',
+    'VIP frames received (rx) and sent to targets (tx), by the socket or the program',
+    ['direction'],
+    (l, put) => {
+      const s = l.stats();
+      put({ direction: 'rx' }, s.rx + (s.offloaded ?? 0));
+      put({ direction: 'tx' }, s.tx + (s.offloaded ?? 0));
+    },
+  );
+  counter(
+    'xdplb_offload_packets_total',
+    'With --offload: frames the XDP program forwarded, and VIP frames it declined to the socket',
+    ['verdict'],
+    (l, put) => {
+      const s = l.stats();
+      if (s.offloaded === undefined) return;
+      put({ verdict: 'forwarded' }, s.offloaded);
+      put({ verdict: 'declined' }, s.declined ?? 0);
+    },
+  );
   counter('xdplb_target_packets_total', 'Frames sent to each target, by table index', ['target'], (l, put) => {
-    l.forwarder.targetFrames.forEach((n, i) => {
+    l.targetFrames().forEach((n, i) => {
       if (n > 0) put({ target: String(i) }, n);
     });
   });

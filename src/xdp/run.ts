@@ -1,15 +1,21 @@
 // `xdplb lb`: the XDP program on the ingress device sends VIP frames to an AF_XDP socket;
 // each batch is decided in TypeScript (FrameForwarder) and sent on the egress device
 // through a second socket on the same UMEM. Non-VIP traffic goes to the kernel.
+//
+// With --offload the program decides in the kernel (xdplb_forward) from a mirror of the same
+// table (TableMirror, targetEntries) and redirects to the egress device itself; the socket
+// gets only what it declines.
 import { readdirSync, readFileSync } from 'node:fs';
 import { log } from '../log.js';
 import type { MetricsAddress } from '../metrics.js';
 import { MetricsServer, newRegistry } from '../metrics.js';
+import { MIRROR_FOLLOW_MS, TableMirror } from '../table-mirror.js';
 import { TableFollower, TargetStore } from '../target-store.js';
-import { type ForwarderCounters, FrameForwarder } from './forwarder.js';
-import { registerXdpMetrics } from './metrics.js';
+import { FrameForwarder } from './forwarder.js';
+import { registerXdpMetrics, type XdpLbStats } from './metrics.js';
+import { ENTRY_WORDS, targetEntries } from './offload.js';
 import { parseMac, vipText, XDPLB_TABLE, type XdpTable } from './table.js';
-import { type Umem, type XdpMode, type XdpProgram, type XskSocket, type XskStats, xskAddon } from './xsk.js';
+import { type Umem, type XdpMode, type XdpProgram, type XskSocket, xskAddon } from './xsk.js';
 
 export interface XdpLbOptions {
   idev: string;
@@ -17,7 +23,10 @@ export interface XdpLbOptions {
   shm: string;
   /** The ingress rx queue to serve. */
   queue: number;
-  mode: XdpMode;
+  /** auto: native where the driver has it, else generic. */
+  mode: XdpMode | 'auto';
+  /** Decide in the kernel (xdplb_forward); the socket gets what the program declines. */
+  offload?: boolean;
   /** VIPs added to the shm table at start (the lb follows the table's VIP list). */
   vips: readonly string[];
   /** Frames per JS call (default 64). */
@@ -28,12 +37,12 @@ export interface XdpLbOptions {
   metrics?: MetricsAddress | null;
 }
 
-/** The forwarding socket's counters (rx, tx, drops, kernel drops) and the forwarder's. */
-export type XdpLbStats = XskStats & ForwarderCounters;
-
 const FRAME_SIZE = 4096;
 /** How often the table is looked at for a new file (`xdplb init`) and new VIPs. */
 const TABLE_POLL_MS = 200;
+/** Target slots the program counts at least (more when the table has more at start). */
+const COUNTED_SLOTS = 256;
+const ATTACH_REFUSED = new Set(['EOPNOTSUPP', 'EINVAL', 'ERANGE']);
 
 function deviceMac(dev: string): Uint8Array {
   let text: string;
@@ -57,6 +66,10 @@ export class XdpLb {
   readonly forwarder: FrameForwarder;
   private readonly follower: TableFollower<XdpTable>;
   private readonly program: XdpProgram;
+  private readonly mirror: TableMirror<XdpTable> | null = null;
+  /** Target slots the program counts (0 without --offload). */
+  private readonly countedSlots: number;
+  private readonly mode: XdpMode;
   private readonly umem: Umem;
   private readonly rx: XskSocket;
   private readonly tx: XskSocket;
@@ -81,12 +94,24 @@ export class XdpLb {
     }
     const addon = xskAddon();
     const batch = o.batch ?? 64;
-    this.program = new addon.XdpProgram();
+    this.countedSlots = o.offload ? Math.max(COUNTED_SLOTS, this.follower.table.N) : 0;
+    this.program = new addon.XdpProgram(undefined, undefined, this.countedSlots);
     let umem: Umem | undefined;
     let rx: XskSocket | undefined;
     let tx: XskSocket | undefined;
     try {
       this.syncVips();
+      if (o.offload) {
+        const program = this.program;
+        program.setEgress(o.edev, srcMac);
+        this.mirror = new TableMirror(
+          'xdplb',
+          (t) => t.M * ENTRY_WORDS,
+          targetEntries,
+          (e) => program.publish(e),
+        );
+        this.mirror.sync(this.follower.table);
+      }
       umem = new addon.Umem(o.frames ?? 4096, FRAME_SIZE);
       // One socket can receive and send when both sides are the same device and queue.
       const same = o.idev === o.edev && o.queue === 0;
@@ -99,7 +124,7 @@ export class XdpLb {
       const verdict = new Uint8Array(batch);
       const fw = this.forwarder;
       rx.start(tx, addr, len, verdict, (n) => fw.batch(n, addr, len, verdict));
-      this.program.attach(o.idev, o.mode);
+      this.mode = attach(this.program, o.idev, o.mode);
     } catch (e) {
       if (tx && tx !== rx) tx.close();
       rx?.close();
@@ -111,13 +136,28 @@ export class XdpLb {
     this.rx = rx;
     this.tx = tx;
     // The table changes under us: `xdplb init` replaces the file, vip-add and vip-delete write it.
-    this.timer = setInterval(() => {
-      if (this.follower.check()) this.forwarder.useTable(this.follower.table);
-      this.syncVips();
-    }, TABLE_POLL_MS);
+    this.timer = setInterval(
+      () => {
+        if (this.follower.check()) this.useTable(this.follower.table);
+        this.syncVips();
+        this.mirror?.follow(this.follower.table);
+      },
+      o.offload ? MIRROR_FOLLOW_MS : TABLE_POLL_MS,
+    );
     this.timer.unref();
-    log.info({ idev: o.idev, edev: o.edev, queue: o.queue, mode: o.mode, shm: o.shm, vips: this.vips() }, 'xdplb forwarding');
+    const offload = o.offload === true;
+    log.info({ idev: o.idev, edev: o.edev, queue: o.queue, mode: this.mode, offload, shm: o.shm, vips: this.vips() }, 'xdplb forwarding');
     if (this.vips().length === 0) log.warn('no VIPs yet: all traffic goes to the kernel until `xdplb vip-add`');
+  }
+
+  private useTable(table: XdpTable): void {
+    this.forwarder.useTable(table);
+    if (table.N > this.countedSlots && this.mirror !== null) {
+      log.warn(
+        { N: table.N, counted: this.countedSlots },
+        'the program counts frames of the first slots only: restart the lb to count all',
+      );
+    }
   }
 
   /** The VIPs in the XDP program's map. */
@@ -145,7 +185,23 @@ export class XdpLb {
   }
 
   stats(): XdpLbStats {
-    return { ...this.rx.stats(), ...this.forwarder.counters };
+    const stats: XdpLbStats = { ...this.rx.stats(), ...this.forwarder.counters };
+    if (this.mirror === null) return stats;
+    const { forwarded, declined } = this.program.counters(0);
+    return { ...stats, offloaded: forwarded, declined };
+  }
+
+  /** Frames sent to each target, by table index: by the forwarder and, with --offload, by the program. */
+  targetFrames(): Float64Array {
+    const frames = this.forwarder.targetFrames;
+    if (this.mirror === null) return frames;
+    const kernel = this.program.counters(this.follower.table.N).targets;
+    const sum = new Float64Array(Math.max(frames.length, kernel.length));
+    sum.set(kernel);
+    frames.forEach((n, i) => {
+      sum[i]! += n;
+    });
+    return sum;
   }
 
   /** Detaches the program and releases the sockets (idempotent). */
@@ -159,6 +215,23 @@ export class XdpLb {
     if (this.tx !== this.rx) this.tx.close();
     this.umem.close();
     log.info(stats, 'xdplb stopped');
+  }
+}
+
+/** Attaches in `mode`, or with auto natively where the driver lets it, else generically; returns the mode used. */
+function attach(program: XdpProgram, dev: string, mode: XdpMode | 'auto'): XdpMode {
+  if (mode !== 'auto') {
+    program.attach(dev, mode);
+    return mode;
+  }
+  try {
+    program.attach(dev, 'native');
+    return 'native';
+  } catch (e) {
+    if (!ATTACH_REFUSED.has((e as { code?: string }).code ?? '')) throw e;
+    log.info({ dev, err: (e as Error).message }, 'no native XDP: attaching in generic mode');
+    program.attach(dev, 'generic');
+    return 'generic';
   }
 }
 

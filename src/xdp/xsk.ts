@@ -1,6 +1,6 @@
 // The xsk addon (native/xsk.cc, native/xdp_program.cc): AF_XDP sockets over one shared
-// UMEM, and the VIP-filtering XDP program (native/bpf/xsk_redirect.bpf.c). Types only; all
-// decisions are in TypeScript.
+// UMEM, and the XDP programs (native/bpf/xdplb.bpf.c). Types only; what the
+// programs' maps hold is decided in TypeScript.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadAddon, packageRoot } from '../native.js';
@@ -72,25 +72,36 @@ export interface XdpProgram {
   addVip(key: Uint8Array): void;
   removeVip(key: Uint8Array): boolean;
   vips(): Uint8Array[];
-  /** The XDP action for one frame, run by the kernel (BPF_PROG_TEST_RUN). */
+  /** The XDP action for one frame, run by the kernel (BPF_PROG_TEST_RUN); frame gets the program's rewrite. */
   testRun(frame: Uint8Array): number;
+  /** xdplb_forward: sends out of `ifname`, from `mac` (its address). */
+  setEgress(ifname: string, mac: Uint8Array): void;
+  /** xdplb_forward: the table, ENTRY_WORDS int32s per lookup entry (src/xdp/offload.ts). */
+  publish(entries: Int32Array): void;
+  /** xdplb_forward: frames forwarded (and to each of the first `slots` target slots) and VIP frames declined to the socket. */
+  counters(slots?: number): { forwarded: number; declined: number; targets: Float64Array };
   close(): void;
 }
 
 export interface XskAddon {
   Umem: new (frameCount: number, frameSize: number) => Umem;
   XskSocket: new (umem: Umem, ifname: string, queue: number, rings: { rx?: boolean; tx?: boolean; ringSize?: number }) => XskSocket;
-  XdpProgram: new (maxVips?: number, maxQueues?: number) => XdpProgram;
+  /** With targets > 0 the forwarding program (xdplb_forward), counting that many target slots. */
+  XdpProgram: new (
+    maxVips?: number,
+    maxQueues?: number,
+    targets?: number,
+  ) => XdpProgram;
 }
 
 /** The addon as built: XdpProgram loads the compiled program from the file it is given. */
 interface XskNative extends Omit<XskAddon, 'XdpProgram'> {
-  XdpProgram: new (objectFile: string, maxVips?: number, maxQueues?: number) => XdpProgram;
+  XdpProgram: new (objectFile: string, maxVips?: number, maxQueues?: number, targets?: number) => XdpProgram;
 }
 
 /** The compiled XDP program, built by `make build` next to the addons. */
 export function xdpObjectFile(): string {
-  return join(packageRoot(), 'build', 'Release', 'xsk_redirect.bpf.o');
+  return join(packageRoot(), 'build', 'Release', 'xdplb.bpf.o');
 }
 
 let addon: XskAddon | undefined;
@@ -101,9 +112,9 @@ export function xskAddon(): XskAddon {
   const file = xdpObjectFile();
   // Checked when a program is made, not here: a traffic generator uses the sockets alone.
   class XdpProgramOfBuild extends native.XdpProgram {
-    constructor(maxVips?: number, maxQueues?: number) {
+    constructor(maxVips?: number, maxQueues?: number, targets?: number) {
       if (!existsSync(file)) throw new Error(`the XDP program is not built (${file}): run 'make build' (needs apt package clang)`);
-      super(file, maxVips, maxQueues);
+      super(file, maxVips, maxQueues, targets);
     }
   }
   addon = { Umem: native.Umem, XskSocket: native.XskSocket, XdpProgram: XdpProgramOfBuild };

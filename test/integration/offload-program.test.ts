@@ -8,10 +8,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { formatAddress, parseAddress, toKeyAddress } from '../../src/address.js';
 import { Balancer, SingleTable } from '../../src/nfqlb/balancer.js';
 import { compatOffload, lookupFwmarks, offloadAddon, offloadObjectFile } from '../../src/nfqlb/offload.js';
-import { PacketInfo, parsePacket } from '../../src/packet.js';
 import { TargetTable } from '../../src/target-table.js';
 import { buildTable, fixtureBalancer, fixtureGroups, SCTP_ENCAP, type TableName, VIP4, VIP6 } from '../fixtures/nfqlb-fixtures.js';
-import { type ExtKind, fragmentPacket, ipv4, ipv6, PROTO } from '../fixtures/packet-builder.js';
+import { conformanceScenarios, declinedPackets, eth, offloadable, randomWholePacket } from '../fixtures/offload-cases.js';
+import { ipv4 } from '../fixtures/packet-builder.js';
 import { prng } from '../fixtures/prng.js';
 
 const TCX_NEXT = -1;
@@ -33,34 +33,11 @@ afterEach(() => {
   for (const p of programs.splice(0)) p.close();
 });
 
-/** At tc ingress the frame starts at the Ethernet header. */
-function eth(ip: Uint8Array): Uint8Array {
-  const type = ip[0]! >> 4 === 6 ? 0x86dd : 0x0800;
-  const f = new Uint8Array(14 + ip.length);
-  f.set([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, type >> 8, type & 0xff]);
-  f.set(ip, 14);
-  return f;
-}
-
 /** The program's mark for a packet (0: declined); it always lets the packet continue. */
 function markOf(p: Program, pkt: Uint8Array): number {
   const r = p.testRun(eth(pkt));
   expect(r.retval).toBe(TCX_NEXT);
   return r.mark;
-}
-
-/** Whether the program should mark this packet: a whole TCP/UDP/SCTP packet with its ports. */
-function offloadable(pkt: Uint8Array, sctpEncap: number): boolean {
-  const p = new PacketInfo();
-  parsePacket(pkt, 0, pkt.length, p, sctpEncap);
-  return (
-    p.family !== 0 &&
-    !p.isFragment &&
-    !p.truncated &&
-    p.hasPorts &&
-    !p.icmpError &&
-    (p.l4Proto === PROTO.tcp || p.l4Proto === PROTO.udp || p.l4Proto === PROTO.sctp)
-  );
 }
 
 describe('offload program vs the Balancer: the nfqlb fixtures', () => {
@@ -91,60 +68,21 @@ describe('offload program vs the Balancer: the nfqlb fixtures', () => {
 });
 
 describe('offload program: the reference conformance vectors', () => {
-  interface Query {
-    proto: 'tcp' | 'udp' | 'sctp' | null;
-    src: string;
-    dst: string;
-    hashMode: number;
-    expect: { fwmark: number };
-  }
-  interface State {
-    M?: number;
-    N?: number;
-    ownFwmark?: number;
-    lookup: number[];
-    active: number[];
-  }
-  interface Scenario {
-    name: string;
-    states: State[];
-    queries: Query[];
-  }
-  const vectors = new URL('../conformance/nfqlb-vectors.json', import.meta.url);
-  const { scenarios } = JSON.parse(readFileSync(vectors, 'utf8')) as { scenarios: Scenario[] };
-  const protoNumber = { tcp: PROTO.tcp, udp: PROTO.udp, sctp: PROTO.sctp };
-
-  function endpoint(text: string): { addr: string; port: number } {
-    const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(text)!;
-    return { addr: m[1]!, port: Number(m[2]) };
-  }
-
-  for (const scenario of scenarios) {
+  for (const scenario of conformanceScenarios()) {
     it(`${scenario.name}: the reference's fwmark for every query with ports`, () => {
-      // The reference's final table, as recorded.
-      const init = scenario.states[0]!;
-      const last = scenario.states.at(-1)!;
-      const [M, N] = [init.M!, init.N!];
-      const table = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(M, N)), M, N, init.ownFwmark ?? 0);
-      table.lookup.set(last.lookup);
-      table.active.set(last.active);
-      const queries = scenario.queries.filter((q) => q.proto !== null);
-      expect(queries.length).toBeGreaterThan(10);
-      const vips = [...new Set(queries.map((q) => endpoint(q.dst).addr))];
+      const { M, N } = scenario;
+      const table = TargetTable.initialize(new ArrayBuffer(TargetTable.byteLength(M, N)), M, N, scenario.ownFwmark);
+      table.lookup.set(scenario.lookup);
+      table.active.set(scenario.active);
+      expect(scenario.queries.length).toBeGreaterThan(10);
+      const vips = [...new Set(scenario.queries.map((q) => q.vip))];
       const progs = [0, 1].map((mode) => load(mode, 0, vips, table));
       const balancers = [0, 1].map((mode) => new Balancer(new SingleTable(table, 'conformance'), { hashMode: mode, notargetsFwmark: -1 }));
-      for (const q of queries) {
-        const s = endpoint(q.src);
-        const d = endpoint(q.dst);
-        const family = parseAddress(s.addr).family;
-        const b = family === 4 ? ipv4({ src: s.addr, dst: d.addr }) : ipv6({ src: s.addr, dst: d.addr });
-        const ports = { sport: s.port, dport: d.port };
-        const pkt = (q.proto === 'tcp' ? b.tcp(ports) : q.proto === 'udp' ? b.udp(ports) : b.sctp(ports)).payload(8).build();
-        expect(pkt[family === 4 ? 9 : 6]).toBe(protoNumber[q.proto!]);
-        const mark = markOf(progs[q.hashMode]!, pkt);
+      for (const q of scenario.queries) {
+        const mark = markOf(progs[q.hashMode]!, q.packet);
         // No active target behind the entry: declined, and the lb decides (--notargets_fwmark).
-        expect(mark, `${q.proto} ${q.src} -> ${q.dst}`).toBe(Math.max(q.expect.fwmark, 0));
-        expect(balancers[q.hashMode]!.fwmarkOf(pkt, 0, pkt.length)).toBe(q.expect.fwmark);
+        expect(mark, `${q.proto} ${q.src} -> ${q.dst}`).toBe(Math.max(q.fwmark, 0));
+        expect(balancers[q.hashMode]!.fwmarkOf(q.packet, 0, q.packet.length)).toBe(q.fwmark);
       }
     });
   }
@@ -159,17 +97,7 @@ describe('offload program: random whole packets and what it must decline', () =>
       const prog = load(hashMode, SCTP_ENCAP, [VIP4, VIP6], table);
       const balancer = new Balancer(new SingleTable(table, 'main'), { hashMode, notargetsFwmark: -1, sctpEncap: SCTP_ENCAP });
       for (let i = 0; i < 1000; i++) {
-        const r = rnd();
-        const v6 = (r & 1) !== 0;
-        const src = v6
-          ? `2000::${(r >>> 8).toString(16).slice(0, 4)}:${(r & 0xffff).toString(16)}`
-          : `50.${(r >>> 24) & 255}.${(r >>> 16) & 255}.${(r >>> 8) & 255}`;
-        const options = (r & 2) !== 0 ? new Uint8Array([1, 1, 1, 0]) : undefined;
-        const b = v6 ? ipv6({ src, dst: VIP6 }) : ipv4({ src, dst: VIP4, options });
-        if (v6) for (let e = 0; e < ((r >>> 2) & 3); e++) b.ext((['hop', 'dst', 'routing', 'ah'] as ExtKind[])[(r >>> (4 + 2 * e)) & 3]!);
-        const ports = { sport: rnd() & 0xffff, dport: (r & 4) !== 0 ? SCTP_ENCAP : rnd() & 0xffff };
-        const kind = rnd() % 3;
-        const pkt = (kind === 0 ? b.tcp(ports) : kind === 1 ? b.udp(ports) : b.sctp(ports)).payload(16).build();
+        const pkt = randomWholePacket(rnd, SCTP_ENCAP);
         const fw = balancer.fwmarkOf(pkt, 0, pkt.length);
         expect(fw).toBeGreaterThan(0);
         expect(markOf(prog, pkt), `packet ${i}`).toBe(fw);
@@ -179,31 +107,7 @@ describe('offload program: random whole packets and what it must decline', () =>
 
   it('declines fragments, ICMP, other protocols, cut or lying headers, other addresses, and no target', () => {
     const prog = load(1, 0, [VIP4, VIP6], table);
-    const whole4 = ipv4({ src: '50.0.0.1', dst: VIP4 }).udp({ sport: 1, dport: 2 }).payload(3000).build();
-    const whole6 = ipv6({ src: '2000::1', dst: VIP6 }).udp({ sport: 1, dport: 2 }).payload(3000).build();
-    const declined: Array<[string, Uint8Array]> = [
-      ['IPv4 first fragment', fragmentPacket(whole4, 1232)[0]!],
-      ['IPv4 last fragment', fragmentPacket(whole4, 1232)[2]!],
-      ['IPv6 first fragment', fragmentPacket(whole6, 1232)[0]!],
-      [
-        'IPv6 atomic fragment (a fragment header, offset 0, no M)',
-        ipv6({ src: '2000::1', dst: VIP6 }).ext('frag').udp({ sport: 1, dport: 2 }).build(),
-      ],
-      ['ICMP echo', ipv4({ src: '50.0.0.1', dst: VIP4 }).icmp(8, 0, { id: 1 }).build()],
-      ['ICMPv6 packet too big', ipv6({ src: '1000::1:1', dst: VIP6 }).icmp(2, 0, { rest: 1280 }).inner(whole6.subarray(0, 48)).build()],
-      ['GRE', ipv4({ src: '50.0.0.1', dst: VIP4 }).proto(47).payload(24).build()],
-      ['TCP header cut to 2 bytes', ipv4({ src: '50.0.0.1', dst: VIP4 }).proto(PROTO.tcp).payload(2).build()],
-      [
-        'IPv4 total length shorter than the ports',
-        ipv4({ src: '50.0.0.1', dst: VIP4, totalLength: 22 }).tcp({ sport: 1, dport: 2 }).build(),
-      ],
-      [
-        'IPv6 payload length shorter than the ports',
-        ipv6({ src: '2000::1', dst: VIP6, payloadLength: 2 }).tcp({ sport: 1, dport: 2 }).build(),
-      ],
-      ['TCP to another address', ipv4({ src: '50.0.0.1', dst: '10.0.0.1' }).tcp({ sport: 1, dport: 2 }).build()],
-      ['TCP over IPv6 to another address', ipv6({ src: '2000::1', dst: '1000::1' }).tcp({ sport: 1, dport: 2 }).build()],
-    ];
+    const declined = declinedPackets();
     for (const [what, pkt] of declined) expect(markOf(prog, pkt), what).toBe(0);
     // The ones to a VIP are counted for the queue; the others are not ours at all.
     expect(prog.counters()).toEqual({ marked: 0, declined: declined.length - 2 });

@@ -244,7 +244,7 @@ describe('README.md', () => {
       'xdplb vip-add': () => expect(runLine(atRouter, 'bin/xdplb vip-list').stdout).toBe('10.0.0.0\n1000::\n'),
     });
     const xdp = (): string => topo.exec(router, ['ip', '-d', 'link', 'show', 'eth2']);
-    await withLb(lb!, () => expect(xdp()).toMatch(/prog\/xdp id \d+/), 'xdplb forwarding');
+    await withLb(lb!, () => expect(xdp()).toMatch(/prog\/xdp id \d+ name xdplb_forward/), 'xdplb forwarding');
     expect(xdp()).not.toMatch(/prog\/xdp/);
   });
 });

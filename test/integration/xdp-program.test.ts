@@ -1,4 +1,4 @@
-// Packet fixtures through the real XDP program (native/bpf/xsk_redirect.bpf.c as built,
+// Packet fixtures through the real XDP program (native/bpf/xdplb.bpf.c as built,
 // verified and run by the kernel with BPF_PROG_TEST_RUN): VIP frames are redirected to the
 // AF_XDP socket, everything else passes. Runs in a namespace of its own because the XSKMAP
 // needs a bound AF_XDP socket (on its lo).
@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, inNs, removeNs } from '../../src/lab/netns.js';
 import { vipKey } from '../../src/xdp/table.js';
 import { XDP_PASS, XDP_REDIRECT, xdpObjectFile, xskAddon } from '../../src/xdp/xsk.js';
+import { eth } from '../fixtures/offload-cases.js';
 import { fragmentPacket, ipv4, ipv6 } from '../fixtures/packet-builder.js';
 
 const NS = 'txp-prog';
@@ -67,13 +68,6 @@ const code = \`
   }
   console.log('ok');
 })().catch((e) => { console.error(e.message); process.exit(1); });`;
-
-function eth(ip: Uint8Array, type = ip[0]! >> 4 === 6 ? 0x86dd : 0x0800): Uint8Array {
-  const f = new Uint8Array(14 + ip.length);
-  f.set([2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, type >> 8, type & 0xff]);
-  f.set(ip, 14);
-  return f;
-}
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 

@@ -57,6 +57,9 @@ describe('xdplb CLI', () => {
     [['vip-add'], /no VIP/],
     [['lb', '--idev=eth2'], /missing option --edev/],
     [['lb', '--idev=eth2', '--edev=eth1', '--mode=turbo'], /--mode/],
+    // auto is what --offload means without --mode, not a value to give.
+    [['lb', '--idev=eth2', '--edev=eth1', '--offload', '--mode=auto'], /--mode: 'auto' is not native or generic/],
+    [['lb', '--idev=eth2', '--edev=eth1', '--offload=yes'], /option --offload takes no value/],
     [['lb', '--idev=eth2', '--edev=eth1', '--vip=10.0.0'], /Invalid address/],
     [['lb', '--idev=eth2', '--edev=eth1', '--metrics=localhost:9110'], /--metrics: 'localhost:9110' has no valid IPv4/],
     [['show', '--bogus'], /unknown option --bogus/],
