@@ -1,17 +1,19 @@
 // `nfqlb registry` and `nfqlb register` against a real etcd (one member) with TLS and users, in
-// a network namespace of our own: certificates made with openssl into a temp dir; root, a tier
-// writer (readwrite on /tslb/) and a reader (read only); every client presents a certificate
+// a network namespace of our own, with the certificates, member and users src/lab/etcd.ts makes
+// for the lab too: root, a tier writer (readwrite on /tslb/) and a reader (read only); every
+// client presents a certificate
 // whose name is no user, so a client without a password has no rights. The real CLI runs in the
 // namespace. Exercised: init's create-only write, concurrent registrants (one fwmark: one winner
 // on any slot; ten: ten slots), show's rejected keys written with etcdctl, drain/undrain/delete,
 // the lease sidecar on SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the
 // watch a follower will use; and docs/registry.md's command blocks, run as written.
 
-import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { etcdArgv, etcdAuthCommands, etcdctlEnv, makeEtcdPki } from '../../src/lab/etcd.js';
 import { addNs, listNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { waitFor } from '../wait.js';
 import { docCommands } from './doc-blocks.js';
@@ -34,37 +36,10 @@ const TLS = [
 /** The tier writer, its password in a file. */
 const WRITER = [...TLS, '--etcd_user=writer', `--etcd_password_file=${file('writer.pw')}`];
 
-function openssl(...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
+const PASSWORDS = { root: 'rootpw', writer: 'writerpw', reader: 'readerpw' };
+const MEMBER = { name: 'm1', host: '127.0.0.1' };
 /** A CA, a server certificate for 127.0.0.1 and a client certificate named treg-client (no etcd user). */
-function makeCerts(): void {
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=treg-ca');
-  const exts = { server: 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n', client: 'extendedKeyUsage=clientAuth\n' };
-  for (const [name, ext] of Object.entries(exts)) {
-    writeFileSync(file(`${name}.ext`), ext);
-    openssl('req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=treg-${name}`);
-    openssl(
-      'x509',
-      '-req',
-      '-in',
-      `${name}.csr`,
-      '-CA',
-      'ca.crt',
-      '-CAkey',
-      'ca.key',
-      '-CAcreateserial',
-      '-out',
-      `${name}.crt`,
-      '-days',
-      '1',
-      '-extfile',
-      `${name}.ext`,
-    );
-  }
-}
+const pki = makeEtcdPki(dir, 'treg', { [MEMBER.name]: [MEMBER.host] });
 
 /** etcdctl in the namespace, as root unless told. */
 function etcdctl(args: string[], user: string | null = 'root:rootpw'): string {
@@ -73,12 +48,7 @@ function etcdctl(args: string[], user: string | null = 'root:rootpw'): string {
   return r.stdout;
 }
 
-const ETCDCTL_TLS = {
-  ETCDCTL_ENDPOINTS: ENDPOINT,
-  ETCDCTL_CACERT: file('ca.crt'),
-  ETCDCTL_CERT: file('client.crt'),
-  ETCDCTL_KEY: file('client.key'),
-};
+const ETCDCTL_TLS = etcdctlEnv(ENDPOINT, pki, null);
 
 interface Kv {
   key: string;
@@ -152,43 +122,15 @@ function expectOneLine(r: RunResult, re: RegExp): void {
 
 beforeAll(async () => {
   requireBuild();
-  makeCerts();
-  writeFileSync(file('writer.pw'), 'writerpw\n', { mode: 0o600 });
+  writeFileSync(file('writer.pw'), `${PASSWORDS.writer}\n`, { mode: 0o600 });
   addNs(NS);
-  const peer = 'http://127.0.0.1:2380';
-  const etcd = spawnInNs(NS, [
-    'etcd',
-    '--name=m1',
-    `--data-dir=${file('data')}`,
-    `--listen-client-urls=${ENDPOINT}`,
-    `--advertise-client-urls=${ENDPOINT}`,
-    `--listen-peer-urls=${peer}`,
-    `--initial-advertise-peer-urls=${peer}`,
-    `--initial-cluster=m1=${peer}`,
-    `--cert-file=${file('server.crt')}`,
-    `--key-file=${file('server.key')}`,
-    `--trusted-ca-file=${file('ca.crt')}`,
-    '--client-cert-auth',
-  ]);
+  const etcd = spawnInNs(NS, etcdArgv(MEMBER, [MEMBER], file('data'), pki, false));
   procs.push(etcd);
   etcd.stderr!.resume();
   etcd.stdout!.resume();
   const healthy = () => runIn(NS, ['etcdctl', 'endpoint', 'health'], { env: ETCDCTL_TLS }).status === 0;
   await waitFor('etcd to serve', healthy, { timeout: 20_000, interval: 200 });
-  for (const args of [
-    ['user', 'add', 'root', '--new-user-password=rootpw'],
-    ['user', 'grant-role', 'root', 'root'],
-    ['role', 'add', 'tier-writer'],
-    ['role', 'grant-permission', 'tier-writer', '--prefix=true', 'readwrite', '/tslb/'],
-    ['user', 'add', 'writer', '--new-user-password=writerpw'],
-    ['user', 'grant-role', 'writer', 'tier-writer'],
-    ['role', 'add', 'tier-reader'],
-    ['role', 'grant-permission', 'tier-reader', '--prefix=true', 'read', '/tslb/'],
-    ['user', 'add', 'reader', '--new-user-password=readerpw'],
-    ['user', 'grant-role', 'reader', 'tier-reader'],
-    ['auth', 'enable'],
-  ])
-    etcdctl(args, null);
+  for (const args of etcdAuthCommands('/tslb', PASSWORDS)) etcdctl(args, null);
 }, 60_000);
 
 afterAll(() => {
