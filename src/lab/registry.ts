@@ -19,7 +19,7 @@ import { EtcdCluster } from './etcd.js';
 import { binArgv, type LabHandle, repoRoot, shmName } from './lb-setup.js';
 import type { WriterAnswer, WriterConfig, WriterOp } from './registry-writer.js';
 import { serverFwmark } from './rules.js';
-import { vmName } from './topology.js';
+import { routerAddr, vmName } from './topology.js';
 
 export const SERVICE = 'web';
 export const KEY_PREFIX = '/tslb';
@@ -27,8 +27,8 @@ export const KEY_PREFIX = '/tslb';
 export const LEASE_S = 5;
 /** How long a stopped sidecar keeps its target draining before it deletes it (ms). */
 export const DRAIN_MS = 1000;
-/** Where each follower serves its metrics, on the router's own loopback. */
-export const FOLLOW_METRICS = '127.0.0.1:9130';
+/** The port each follower serves its metrics on, at the router's address on net 1. */
+export const FOLLOW_METRICS_PORT = 9130;
 /** The lab's Maglev M, as its direct `nfqlb init --M=900` (rounded down to the prime 887). */
 const M = 900;
 
@@ -122,14 +122,14 @@ export class RegistryTier {
       ...this.etcd.clientOptions('reader'),
       `--service=${SERVICE}`,
       `--shm=${shmName(this.lab.topo, 'nfqlb', i)}`,
-      `--metrics=${FOLLOW_METRICS}`,
+      `--metrics=${routerAddr(i, 1, 4)}:${FOLLOW_METRICS_PORT}`,
     ];
   }
 
   /** Starts router i's follower; resolves once its table holds what the registry holds (`expected`). */
   async startFollower(i: number, expected: Slots): Promise<void> {
     const ns = this.lab.topo.ns.router(i);
-    this.followers.set(i, await this.lab.daemon(ns, this.followArgv(i), `${ns}-follow-${this.starts++}`, ''));
+    this.followers.set(i, await this.lab.daemon(ns, this.followArgv(i), `${ns}-follow-${this.starts++}`, '"following"'));
     await this.waitTables(`router ${i}'s follower to publish the registry's targets`, [i], expected, 20_000);
   }
 
@@ -185,9 +185,12 @@ export class RegistryTier {
     }
   }
 
-  /** Router i's follower metrics (Prometheus text). */
-  metrics(i: number): string {
-    return this.lab.topo.exec(this.lab.topo.ns.router(i), ['curl', '-sf', '--max-time', '2', `http://${FOLLOW_METRICS}/metrics`]);
+  /** The followers' metrics (Prometheus text) of these routers, in order: one curl from the operator's namespace. */
+  metrics(routers: readonly number[]): string[] {
+    const urls = routers.map((i) => `http://${routerAddr(i, 1, 4)}:${FOLLOW_METRICS_PORT}/metrics`);
+    const END = '# end of scrape';
+    const text = this.lab.topo.exec(this.etcd.operatorNs, ['curl', '-sf', '--max-time', '2', '-w', `${END}\n`, ...urls]);
+    return text.split(`${END}\n`).slice(0, routers.length);
   }
 
   /** Lets the operator's client go (it exits at the end of its input). */
