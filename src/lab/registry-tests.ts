@@ -133,7 +133,8 @@ export async function registryTargetCrash(lab: RegistryLab, n: number): Promise<
   const at = await registry.waitTables(`${vmName(n)} to leave every table`, routersOf(topo), serverSlots(topo.nvm, [n]), goal + 10_000);
   const ms = Math.max(...at.values()) - t0;
   figures.push(
-    `${vmName(n)}: sidecar and server SIGKILLed -> out of all ${topo.nrouters} LBs' tables in ${ms} ms (lease ${LEASE_S} s, goal <= ${goal} ms)`,
+    `${vmName(n)}: sidecar and server SIGKILLed -> out of all ${topo.nrouters} LBs' tables in ${ms} ms ` +
+      `(lease ${LEASE_S} s, goal <= ${goal} ms)`,
   );
   if (ms > goal) problems.push(`${vmName(n)} left the tables after ${ms} ms, more than the lease + 1 s (${goal} ms)`);
   for (const family of [4, 6] as const) {
