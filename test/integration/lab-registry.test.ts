@@ -104,7 +104,7 @@ test('registry_etcd_faults: a change with 2 of 3 members; 0 lost with none; conv
   }
 }, 120_000);
 
-test('registry_lb_restart: an LB and its follower SIGKILLed and restarted: 0 lost, the table there before the first watch event', async () => {
+test('registry_lb_restart: an LB and its follower SIGKILLed, restarted: 0 lost, the table there before the first watch event', async () => {
   const r = await runTest('registry_lb_restart', options({ durationMs: 8000 }));
   expectPassed(r);
   figure(r, /the lb serves again after (\d+) ms, its table there at once: yes/);
