@@ -3,7 +3,8 @@
 // without a password has no rights). The real CLI runs in the namespace. Exercised: init's
 // create-only write, concurrent registrants (one fwmark: one winner on any slot; ten: ten
 // slots), show's rejected keys written with etcdctl, drain/undrain/delete, the lease sidecar
-// on SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the watch a follower will use; and docs/registry.md's command blocks, run as written.
+// on SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the watch a follower
+// will use; and docs/registry.md's command blocks, run as written.
 
 import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
