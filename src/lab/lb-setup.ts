@@ -156,12 +156,13 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
   return {
     kind: 'nfqueue',
     async start() {
+      // The followers make the tables (the node start-ups overlap).
+      if (o.follow) await Promise.all(routers(topo).map(o.follow));
       for (const i of routers(topo)) {
         const ns = topo.ns.router(i);
         const shm = shmName(topo, 'nfqlb', i);
         // M=900 as the original (nfqlb rounds it down to the prime 887); N must exceed the highest index.
-        if (o.follow) await o.follow(i);
-        else {
+        if (!o.follow) {
           nfqlb(i, ['init', `--shm=${shm}`, '--M=900', `--N=${Math.max(20, topo.nvm + 1)}`]);
           for (const n of servers(topo)) nfqlb(i, ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]);
         }
