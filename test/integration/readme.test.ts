@@ -52,6 +52,7 @@ const LAB_REGISTRY: Section = ['docs/lab.md', 'The registry tier'];
 const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
+  ['docs/registry.md', 'Follow it'],
 ];
 const COVERED: readonly Section[] = [
   USING_NFQLB,
