@@ -6,7 +6,7 @@
 // lab's cluster, its peers), and one client certificate whose name is no etcd user, so a client
 // without a password has no rights. Auth: root, a tier writer (readwrite on the key prefix) and a
 // reader (read on it).
-import { execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -141,7 +141,7 @@ export function removeEtcdFiles(prefix: string): void {
 
 interface Member extends MemberSpec {
   ns: string;
-  proc: import('node:child_process').ChildProcess | null;
+  proc: ChildProcess | null;
   starts: number;
 }
 

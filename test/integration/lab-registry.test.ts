@@ -5,6 +5,7 @@
 // down, and the LBs converged within 1 s of its return; nothing lost over an LB's restart; and
 // scaling through the registry with --conntrack losing nothing. IPv4 and IPv6 run together.
 
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,6 +61,16 @@ afterAll(() => {
   rmSync(out, { recursive: true, force: true });
   expect(labNamespaces(PREFIX)).toEqual([]);
   expect(existsSync(`/tmp/${PREFIX}etcd`)).toBe(false);
+});
+
+test.each([
+  [['--registry', 'ecmp_scale'], 'ecmp_scale: --registry is for the nfqueue tests (nfqlb follow)'],
+  [['--nrouters=1', 'registry_propagation'], 'registry_propagation: needs --nrouters >= 2 (LBs to compare)'],
+])('lblab test %j: one line, nothing created', (args, message) => {
+  const r = spawnSync(process.execPath, [`${ROOT}bin/lblab`, 'test', `--prefix=${PREFIX}`, ...args], { encoding: 'utf8' });
+  expect(r.status).toBe(1);
+  expect(r.stderr).toBe(`lblab test: ${message}\n`);
+  expect(labNamespaces(PREFIX)).toEqual([]);
 });
 
 test('registry_propagation: 200 changes, 4 LBs, 32 targets: p99 <= 100 ms, identical tables and hashes after each', async () => {
