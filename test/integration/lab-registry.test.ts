@@ -101,7 +101,7 @@ test('registry_target_crash: a SIGKILLed sidecar and server leave every table wi
 }, 90_000);
 
 test('registry_etcd_faults: a change with 2 of 3 members; 0 lost with none; converged within 1 s of the restart', async () => {
-  const r = await runTest('registry_etcd_faults', options({ durationMs: 12_000 }));
+  const r = await runTest('registry_etcd_faults', options({ durationMs: 10_000 }));
   expectPassed(r);
   figure(r, /^1\. leader etcd\d killed: a drain applied on every LB (\d+) ms after its write/);
   expect(r.figures.some((f) => /^2\. all 3 members killed .*kept its table: yes$/.test(f))).toBe(true);
@@ -116,7 +116,7 @@ test('registry_etcd_faults: a change with 2 of 3 members; 0 lost with none; conv
 }, 120_000);
 
 test('registry_lb_restart: an LB and its follower SIGKILLed, restarted: 0 lost, the table there before the first watch event', async () => {
-  const r = await runTest('registry_lb_restart', options({ durationMs: 8000 }));
+  const r = await runTest('registry_lb_restart', options({ durationMs: 6000 }));
   expectPassed(r);
   figure(r, /the lb serves again after (\d+) ms, its table there at once: yes/);
   expect(figure(r, /connected in \d+ ms; samples without the registry's table meanwhile: (\d+)/)).toEqual([0]);
@@ -124,7 +124,7 @@ test('registry_lb_restart: an LB and its follower SIGKILLed, restarted: 0 lost, 
 }, 120_000);
 
 test('registry_scale --conntrack: servers 1 and 2 leave and come back through their sidecars; no more than the ideal lost', async () => {
-  const r = await runTest('registry_scale', options({ nvm: 10, nrouters: 1, scale: [1, 2], durationMs: 8000, conntrack: 65536 }));
+  const r = await runTest('registry_scale', options({ nvm: 10, nrouters: 1, scale: [1, 2], durationMs: 6000, conntrack: 65536 }));
   expectPassed(r);
   expect(r.runs.map((run) => run.family)).toEqual([4, 6]);
   for (const run of r.runs) {
