@@ -57,6 +57,7 @@ function labOptions(p: Parsed): LabOptions {
     noStop: p.opts.has('no-stop'),
     bgp: p.opts.has('bgp'),
     resilient: p.opts.has('resilient'),
+    registry: p.opts.has('registry'),
     log: (line) => process.stdout.write(`${line}\n`),
   };
 }
@@ -78,6 +79,7 @@ function printResult(r: TestResult, view: boolean): void {
     out.push(`  Plot: ${run.plotFile}`);
     if (view) out.push(`  View: open file://${run.plotFile} in a browser (stats: ${run.statsFile})`);
   }
+  for (const f of r.figures) out.push(`  ${f}`);
   if (r.unavailable) out.push(`NOT RUN ${r.test}: ${r.unavailable}`);
   else out.push(`${r.ok ? 'PASS' : 'FAIL'} ${r.test}${r.problems.length > 0 ? `: ${r.problems.join('; ')}` : ''}`);
   process.stdout.write(`${out.join('\n')}\n`);
@@ -109,7 +111,7 @@ const commands: CommandTable = {
     synopsis: [
       'test --list',
       'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--conntrack]\n' +
-        '     [--stop-servers] [--no-stop] [--bgp] [--resilient] [opt...] <test...>',
+        '     [--stop-servers] [--no-stop] [--bgp] [--resilient] [--registry] [opt...] <test...>',
       '  Run tests (names as the original load-balancer.sh); start_* leave the lab up',
     ].join('\n'),
     options: {
@@ -125,6 +127,9 @@ const commands: CommandTable = {
       'no-stop': { help: 'Leave the lab up after the test' },
       bgp: { help: 'nfqueue: LBs behind a BGP gateway (BIRD on the tester and every LB) instead of static ECMP' },
       resilient: { help: 'ecmp: kernel resilient next-hop groups instead of hash-threshold multipath' },
+      registry: {
+        help: 'nfqueue: a 3-member etcd (TLS, users); nfqlb follow on every LB, an nfqlb register sidecar per server (registry_* imply it)',
+      },
       nconn: { arg: true, help: 'ctraffic/mconnect connections (default 100)' },
       rate: { arg: true, help: 'ctraffic messages per second, all connections together (default 100)' },
       duration: { arg: true, help: 'ctraffic run length (default 20s for *_scale, 10s for *_scale_in/out)' },
@@ -151,7 +156,7 @@ const commands: CommandTable = {
         for (const test of p.args) {
           const routers = `${o.nrouters} router${o.nrouters > 1 ? 's' : ''}`;
           const scale = o.scale ? `, scale ${o.scale.join(' ')}` : '';
-          const extras = `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''}`;
+          const extras = `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''}${o.registry ? ', registry' : ''}`;
           o.log(`=== lblab: ${test} (${o.nvm} servers, ${routers}${scale}${extras})`);
           const r = await runTest(test, o);
           results.push(r);

@@ -45,6 +45,11 @@ export interface NfqueueOptions {
   announce?: string;
   /** nfqlb --conntrack entries per queue (0: stateless); scale-in then drains. */
   conntrack: number;
+  /**
+   * The targets come from a registry (`lblab --registry`): starts router i's follower, which
+   * publishes them into table `shm`, in place of the lab's activate (and scaling by deactivate).
+   */
+  follow?: (router: number) => Promise<void>;
 }
 
 /** Kernel resilient next-hop groups instead of hash-threshold multipath (ECMP). */
@@ -63,7 +68,8 @@ export function repoRoot(): string {
   return dir;
 }
 
-const binArgv = (tool: 'nfqlb' | 'xdplb'): string[] => [process.execPath, join(repoRoot(), 'bin', tool)];
+/** `[node, bin/<tool>]`: append the arguments. */
+export const binArgv = (tool: 'nfqlb' | 'xdplb'): string[] => [process.execPath, join(repoRoot(), 'bin', tool)];
 
 const routers = (topo: Topology): number[] => Array.from({ length: topo.nrouters }, (_, k) => k + 1);
 const servers = (topo: Topology): number[] => Array.from({ length: topo.nvm }, (_, k) => k + 1);
@@ -150,12 +156,16 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
   return {
     kind: 'nfqueue',
     async start() {
+      // The followers make the tables (the node start-ups overlap).
+      if (o.follow) await Promise.all(routers(topo).map(o.follow));
       for (const i of routers(topo)) {
         const ns = topo.ns.router(i);
         const shm = shmName(topo, 'nfqlb', i);
         // M=900 as the original (nfqlb rounds it down to the prime 887); N must exceed the highest index.
-        nfqlb(i, ['init', `--shm=${shm}`, '--M=900', `--N=${Math.max(20, topo.nvm + 1)}`]);
-        for (const n of servers(topo)) nfqlb(i, ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]);
+        if (!o.follow) {
+          nfqlb(i, ['init', `--shm=${shm}`, '--M=900', `--N=${Math.max(20, topo.nvm + 1)}`]);
+          for (const n of servers(topo)) nfqlb(i, ['activate', `--shm=${shm}`, `--index=${n}`, String(serverFwmark(n))]);
+        }
         // The LB tier: a fragment goes to the LB that owns its addresses (fwmark 200+j), which
         // holds the flow's first fragment; an LB never forwards with its own fwmark.
         const lbShm = shmName(topo, 'nfqlbLb', i);
@@ -184,6 +194,7 @@ export function nfqueueLb(lab: LabHandle, o: NfqueueOptions): LoadBalancer {
     },
     startRouter: startLb,
     setServers(list, active, now = false) {
+      if (o.follow) throw new Error('nfqueue: the targets follow the registry: scale through the sidecars');
       for (const i of routers(topo)) {
         const shm = shmName(topo, 'nfqlb', i);
         for (const n of list) {

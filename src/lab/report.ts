@@ -8,7 +8,8 @@
 // to move when targets are added (a stateful load-balancer moves none).
 import type { CtrafficStats } from './traffic/stats.js';
 
-export type ScaleKind = 'scale-in' | 'scale-out';
+/** A fault (an etcd member killed, an LB restarted) is an event that should cost nothing: ideal 0. */
+export type ScaleKind = 'scale-in' | 'scale-out' | 'fault';
 
 export interface ScaleEvent {
   /** Milliseconds since the traffic run started (the stats' time base). */

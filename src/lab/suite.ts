@@ -4,25 +4,57 @@
 // and added back; loss report and plot), `*_scale_lb` (the same for load-balancers behind ECMP
 // on the tester) and `start_*` (leave the lab up for manual work). With `--bgp` the LBs sit
 // behind a BGP gateway (./bgp.ts): `*_scale_lb` stops and starts the lb processes themselves and
-// `nfqueue_crash_lb` kills one, and the gateway's routes follow.
+// `nfqueue_crash_lb` kills one, and the gateway's routes follow. With `--registry` the LBs
+// follow targets registered in etcd (./registry.ts); the `registry_*` tests
+// (./registry-tests.ts) always run with it.
 import { type ChildProcess, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ANNOUNCE_IF, BgpTier, bgpUnavailable, removeBirdFiles } from './bgp.js';
-import { createLb, type LabHandle, type LbKind, type LoadBalancer, lbUnavailable, removeLabShm, repoRoot } from './lb-setup.js';
+import { etcdUnavailable, removeEtcdFiles } from './etcd.js';
+import { binArgv, createLb, type LabHandle, type LbKind, type LoadBalancer, lbUnavailable, removeLabShm, repoRoot } from './lb-setup.js';
 import { connectionsSvg } from './plot.js';
-import { type LossReport, lossReport, type ScaleEvent } from './report.js';
+import { RegistryTier, SERVICE } from './registry.js';
+import {
+  PROPAGATION_TARGETS,
+  type RegistryLab,
+  type RegistryOutcome,
+  registryEtcdFaults,
+  registryLbRestart,
+  registryPropagation,
+  registryScale,
+  registryTargetCrash,
+  serverSlots,
+  type TrafficControl,
+} from './registry-tests.js';
+import { lossReport, type ScaleEvent } from './report.js';
+import type { Convergence, ScaleRun } from './runs.js';
 import { CLIENT_CIDR, createTopology, destroyLab, type Family, type Topology, VIP, vmName } from './topology.js';
 import type { MconnectResult } from './traffic/mconnect.js';
 import { asStats } from './traffic/stats.js';
 import { toolArgv } from './traffic/tools.js';
 
-type TestKind = 'basic' | 'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'crash_lb' | 'start';
+export type { Convergence, ScaleRun } from './runs.js';
+
+type TestKind =
+  | 'basic'
+  | 'scale'
+  | 'scale_in'
+  | 'scale_out'
+  | 'scale_lb'
+  | 'crash_lb'
+  | 'start'
+  | 'target_crash'
+  | 'etcd_faults'
+  | 'lb_restart'
+  | 'propagation';
 
 interface TestSpec {
   lb: LbKind;
   kind: TestKind;
+  /** Runs with --registry (the LBs follow etcd) whether it is given or not. */
+  registry?: boolean;
 }
 
 /** The tests, named as in the original load-balancer.sh. */
@@ -46,6 +78,11 @@ export const TESTS: Readonly<Record<string, TestSpec>> = {
   start_ecmp: { lb: 'ecmp', kind: 'start' },
   start_xdp: { lb: 'xdp', kind: 'start' },
   start_ipvs: { lb: 'ipvs', kind: 'start' },
+  registry_scale: { lb: 'nfqueue', kind: 'scale', registry: true },
+  registry_target_crash: { lb: 'nfqueue', kind: 'target_crash', registry: true },
+  registry_etcd_faults: { lb: 'nfqueue', kind: 'etcd_faults', registry: true },
+  registry_lb_restart: { lb: 'nfqueue', kind: 'lb_restart', registry: true },
+  registry_propagation: { lb: 'nfqueue', kind: 'propagation', registry: true },
 };
 
 export interface LabOptions {
@@ -77,31 +114,10 @@ export interface LabOptions {
   bgp?: boolean;
   /** ecmp: kernel resilient next-hop groups instead of hash-threshold multipath. */
   resilient?: boolean;
+  /** nfqueue: the LBs follow targets registered in etcd (a 3-member cluster the lab starts). */
+  registry?: boolean;
   /** Progress lines. */
   log(line: string): void;
-}
-
-export interface ScaleRun {
-  family: Family;
-  events: ScaleEvent[];
-  report: LossReport;
-  /** Servers of the lab (the loss report's denominator for "k of N backends"). */
-  nservers: number;
-  statsFile: string;
-  plotFile: string;
-  /** --bgp LB tests: lb stopped/started -> gateway route changed, per event. */
-  convergence: Convergence[];
-  /** Longest wait for an echo in the run (ms): the outage the clients saw. */
-  maxDelay?: number;
-}
-
-export interface Convergence {
-  kind: ScaleEvent['kind'];
-  how: string;
-  /** ms from the signal (or start) to the gateway's IPv4 and IPv6 VIP routes having changed. */
-  ms: Record<Family, number>;
-  /** ms from the signal (or start) to the lb process having exited (or logged that it serves). */
-  processMs: number;
 }
 
 export interface TestResult {
@@ -113,11 +129,13 @@ export interface TestResult {
   problems: string[];
   mconnect: { family: Family; result: MconnectResult }[];
   runs: ScaleRun[];
+  /** What a registry test measured, one line each. */
+  figures: string[];
 }
 
 /** When the scale events of a test happen, as fractions of the run (the original's sleeps). */
 const SCHEDULE: Record<'scale' | 'scale_in' | 'scale_out' | 'scale_lb' | 'crash_lb', { durationMs: number; at: number[] }> = {
-  scale: { durationMs: 20_000, at: [0.25, 0.75] }, // in at 5 s, out at 15 s of 20 s
+  scale: { durationMs: 20_000, at: [0.25, 0.75] }, // in at 5 s, out at 15 s of 20 s (registry_scale too)
   scale_lb: { durationMs: 20_000, at: [0.25, 0.75] },
   crash_lb: { durationMs: 10_000, at: [0.4] }, // SIGKILL at 4 s of 10 s
   scale_in: { durationMs: 10_000, at: [0.4] }, // at 4 s of 10 s
@@ -132,6 +150,7 @@ export function removeLab(prefix: string): void {
   destroyLab(prefix);
   removeLabShm(prefix);
   removeBirdFiles(prefix);
+  removeEtcdFiles(prefix);
 }
 
 export const formatMs = (ms: Record<Family, number>): string => `IPv4 ${ms[4]} ms, IPv6 ${ms[6]} ms`;
@@ -145,6 +164,7 @@ class Lab implements LabHandle {
   readonly topo: Topology;
   lb!: LoadBalancer;
   bgp: BgpTier | null = null;
+  registry: RegistryTier | null = null;
   /** Routers in the tester's ECMP route. */
   private routersUp: number[];
   /** The traffic server process of each server, by number. */
@@ -188,11 +208,19 @@ class Lab implements LabHandle {
       // Several routers: the tester spreads flows over them with ECMP, as the original's default route.
       topo.setTesterRoute(this.routersUp);
     }
+    if (o.registry) {
+      const registry = new RegistryTier(this, PROPAGATION_TARGETS);
+      this.registry = registry;
+      await registry.start();
+      o.log(`  registry: etcd ${registry.etcd.endpoints}, a sidecar per server, a follower per LB`);
+    }
+    const registry = this.registry;
     this.lb = createLb(kind, this, {
       synOnly: o.synOnly,
       resilient: o.resilient === true,
       announce: o.bgp ? ANNOUNCE_IF : undefined,
       conntrack: o.conntrack ?? 0,
+      follow: registry ? (i) => registry.startFollower(i, serverSlots(o.nvm)) : undefined,
     });
     await this.lb.start();
     const t = Date.now();
@@ -246,14 +274,13 @@ class Lab implements LabHandle {
   async scaleTargets(kind: TestKind, list: readonly number[], active: boolean): Promise<Convergence | null> {
     if (!isLbKind(kind)) {
       if (this.o.stopServers && active) for (const n of list) if (!this.serverProcs.has(n)) await this.startServer(n);
-      if (this.o.stopServers && !active) {
-        for (const n of list) {
-          const p = this.serverProcs.get(n);
-          this.serverProcs.delete(n);
-          if (p?.pid !== undefined && p.exitCode === null) process.kill(p.pid, 'SIGKILL');
-        }
-      }
-      this.lb.setServers(list, active, this.o.stopServers === true);
+      if (this.o.stopServers && !active) for (const n of list) this.killServer(n);
+      // Through the registry: the sidecars deregister (draining, then deleted) and register again.
+      if (this.registry) {
+        const registry = this.registry;
+        if (active) await Promise.all(list.map((n) => registry.startSidecar(n)));
+        else for (const n of list) registry.stopSidecar(n, 'SIGTERM');
+      } else this.lb.setServers(list, active, this.o.stopServers === true);
       return null;
     }
     this.routersUp = active
@@ -279,69 +306,121 @@ class Lab implements LabHandle {
 
   /** One ctraffic run with scale events at fixed times; returns the stats and the events. */
   async traffic(test: string, kind: Exclude<TestKind, 'basic' | 'start'>, family: Family, list: number[]): Promise<ScaleRun> {
-    const { o, topo } = this;
-    const plan = SCHEDULE[kind];
-    const durationMs = o.durationMs ?? plan.durationMs;
+    const { o } = this;
+    const plan = SCHEDULE[kind as keyof typeof SCHEDULE];
     const names = list.map((n) => (isLbKind(kind) ? routerName(n) : vmName(n)));
-    const base = join(o.outDir, `${test}-ipv${family}`);
-    const statsFile = `${base}.json`;
-    rmSync(statsFile, { force: true });
     const kinds: ScaleEvent['kind'][] =
       kind === 'scale_out' ? ['scale-out'] : kind === 'scale_in' || kind === 'crash_lb' ? ['scale-in'] : ['scale-in', 'scale-out'];
     if (kind === 'scale_out') await this.scaleTargets(kind, list, false);
     const convergence: Convergence[] = [];
-
-    const client = topo.spawn(
-      topo.ns.tester,
-      [
-        ...toolArgv('ctraffic'),
-        `--address=${vipAddr(family, 5003)}`,
-        `--nconn=${o.nconn}`,
-        `--rate=${o.rate}`,
-        `--timeout=${durationMs}ms`,
-        `--srccidr=${CLIENT_CIDR[family]}`,
-        `--stats-file=${statsFile}`,
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    this.procs.push(client);
-    let stderr = '';
-    client.stderr!.on('data', (d: Buffer) => {
-      stderr += d.toString();
+    const [run] = await this.runTraffic(test, [family], o.durationMs ?? plan.durationMs, !isLbKind(kind), async (c) => {
+      for (const [k, frac] of plan.at.entries()) {
+        await c.at(frac);
+        const ev = kinds[k]!;
+        c.mark(ev, names);
+        const conv = await this.scaleTargets(kind, list, ev === 'scale-out');
+        if (conv) convergence.push(conv);
+      }
     });
-    const exited = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
-    const spawned = Date.now();
-    const wall: { at: number; kind: ScaleEvent['kind'] }[] = [];
-    o.log(`  ctraffic IPv${family}: ${o.nconn} connections, ${o.rate} msg/s, ${durationMs / 1000} s`);
-    for (const [k, frac] of plan.at.entries()) {
-      await sleep(Math.max(0, spawned + frac * durationMs - Date.now()));
-      const ev = kinds[k]!;
-      const at = Date.now();
-      o.log(`  t=${((at - spawned) / 1000).toFixed(1)}s ${ev} ${names.join(' ')}`);
-      wall.push({ at, kind: ev });
-      const c = await this.scaleTargets(kind, list, ev === 'scale-out');
-      if (c) convergence.push(c);
-    }
-    const code = await exited;
     // The next run starts with all targets.
     if (kind === 'scale_in' || kind === 'crash_lb') await this.scaleTargets(kind, list, true);
-    if (code !== 0 || !existsSync(statsFile)) throw new Error(`ctraffic exited (${code}): ${stderr.trim()}`);
-    const stats = asStats(JSON.parse(readFileSync(statsFile, 'utf8')));
-    const t0 = Date.parse(stats.started);
-    const events = wall.map((w): ScaleEvent => ({ t: w.at - t0, kind: w.kind, targets: names }));
-    const report = lossReport(stats, events, !isLbKind(kind));
-    const plotFile = `${base}.svg`;
-    const what = isLbKind(kind) ? `${o.nrouters} load-balancers${o.bgp ? ' behind BGP' : ''}` : `${o.nvm} servers`;
-    writeFileSync(plotFile, connectionsSvg(stats, events, { title: `${test} IPv${family}: ${o.nconn} connections, ${what}` }));
+    return { ...run!, convergence };
+  }
+
+  /**
+   * ctraffic on each family at once for durationMs while `script` places the events; returns a
+   * run (loss report, stats, plot) per family. idealByTargets: the targets are servers.
+   */
+  async runTraffic(
+    test: string,
+    families: readonly Family[],
+    durationMs: number,
+    idealByTargets: boolean,
+    script: (c: TrafficControl) => Promise<void>,
+  ): Promise<ScaleRun[]> {
+    const { o, topo } = this;
+    const clients = families.map((family) => {
+      const base = join(o.outDir, `${test}-ipv${family}`);
+      const statsFile = `${base}.json`;
+      rmSync(statsFile, { force: true });
+      const client = topo.spawn(
+        topo.ns.tester,
+        [
+          ...toolArgv('ctraffic'),
+          `--address=${vipAddr(family, 5003)}`,
+          `--nconn=${o.nconn}`,
+          `--rate=${o.rate}`,
+          `--timeout=${durationMs}ms`,
+          `--srccidr=${CLIENT_CIDR[family]}`,
+          `--stats-file=${statsFile}`,
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      this.procs.push(client);
+      let stderr = '';
+      client.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
+      const exited = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
+      o.log(`  ctraffic IPv${family}: ${o.nconn} connections, ${o.rate} msg/s, ${durationMs / 1000} s`);
+      return { family, base, statsFile, exited, stderr: () => stderr };
+    });
+    const spawned = Date.now();
+    const wall: { at: number; kind: ScaleEvent['kind']; targets: string[] }[] = [];
+    await script({
+      at: (frac) => sleep(Math.max(0, spawned + frac * durationMs - Date.now())),
+      mark: (kind, targets) => {
+        const at = Date.now();
+        o.log(`  t=${((at - spawned) / 1000).toFixed(1)}s ${kind} ${targets.join(' ')}`);
+        wall.push({ at, kind, targets });
+      },
+    });
+    const runs: ScaleRun[] = [];
+    for (const c of clients) {
+      const code = await c.exited;
+      if (code !== 0 || !existsSync(c.statsFile)) throw new Error(`ctraffic IPv${c.family} exited (${code}): ${c.stderr().trim()}`);
+      const stats = asStats(JSON.parse(readFileSync(c.statsFile, 'utf8')));
+      const t0 = Date.parse(stats.started);
+      const events = wall.map((w): ScaleEvent => ({ t: w.at - t0, kind: w.kind, targets: w.targets }));
+      const plotFile = `${c.base}.svg`;
+      const what = idealByTargets ? `${o.nvm} servers` : `${o.nrouters} load-balancers${o.bgp ? ' behind BGP' : ''}`;
+      writeFileSync(plotFile, connectionsSvg(stats, events, { title: `${test} IPv${c.family}: ${o.nconn} connections, ${what}` }));
+      runs.push({
+        family: c.family,
+        events,
+        report: lossReport(stats, events, idealByTargets),
+        nservers: idealByTargets ? o.nvm : o.nrouters,
+        statsFile: c.statsFile,
+        plotFile,
+        convergence: [],
+        maxDelay: stats.maxDelay,
+      });
+    }
+    return runs;
+  }
+
+  /** SIGKILLs server n's traffic server (a crash: its connections break). */
+  killServer(n: number): void {
+    const p = this.serverProcs.get(n);
+    this.serverProcs.delete(n);
+    if (p?.pid !== undefined && p.exitCode === null) process.kill(p.pid, 'SIGKILL');
+  }
+
+  /** The registry tests' view of this lab. */
+  registryLab(): RegistryLab {
+    const { o } = this;
+    const registry = this.registry;
+    if (!registry) throw new Error('the lab runs without --registry');
     return {
-      family,
-      events,
-      report,
-      nservers: isLbKind(kind) ? o.nrouters : o.nvm,
-      statsFile,
-      plotFile,
-      convergence,
-      maxDelay: stats.maxDelay,
+      topo: this.topo,
+      registry,
+      lb: this.lb,
+      families: o.families,
+      conntrack: (o.conntrack ?? 0) > 0,
+      log: o.log,
+      traffic: (test, durationMs, script) => this.runTraffic(test, o.families, durationMs, true, script),
+      killServer: (n) => this.killServer(n),
+      mconnect: (family) => this.mconnect(family),
     };
   }
 }
@@ -360,6 +439,8 @@ export function checkTest(test: string, o: LabOptions): number[] {
   if (o.bgp && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --bgp is for the nfqueue tests (the announcement follows 'nfqlb lb')`);
   if (o.resilient && spec.lb !== 'ecmp') throw new RangeError(`${test}: --resilient is for the ecmp tests`);
   if ((o.conntrack ?? 0) > 0 && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --conntrack is for the nfqueue tests (nfqlb)`);
+  if (o.registry && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --registry is for the nfqueue tests (nfqlb follow)`);
+  if (spec.kind === 'propagation' && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (LBs to compare)`);
   const list = o.scale ?? [isLb ? 201 : 1];
   const [lo, hi] = isLb ? [201, 200 + o.nrouters] : [1, o.nvm];
   for (const n of list) {
@@ -373,7 +454,10 @@ export function checkTest(test: string, o: LabOptions): number[] {
 }
 
 /** Shell lines for someone entering the lab by hand (printed by start_* and --no-stop). */
-export function manualText(lab: { topo: Topology; lb: LoadBalancer; bgp?: BgpTier | null }, o: LabOptions): string {
+export function manualText(
+  lab: { topo: Topology; lb: LoadBalancer; bgp?: BgpTier | null; registry?: RegistryTier | null },
+  o: LabOptions,
+): string {
   const { topo } = lab;
   const last = topo.ns.server(topo.nvm);
   const tool = (t: 'mconnect' | 'ctraffic'): string => toolArgv(t).join(' ');
@@ -395,17 +479,31 @@ export function manualText(lab: { topo: Topology; lb: LoadBalancer; bgp?: BgpTie
           `  birdc -s ${lab.bgp.socket('gateway')} show protocols; birdc -s ${lab.bgp.socket('lb-201')} show route`,
         ]
       : []),
+    ...(lab.registry ? registryManual(lab.registry) : []),
     `Logs: ${o.outDir}/*.log`,
     `Remove the lab: ${process.execPath} ${join(repoRoot(), 'bin', 'lblab.js')} down --prefix=${o.prefix}`,
   ].join('\n');
 }
 
+/** How to look at and change the registry by hand (a lab with --registry). */
+function registryManual(r: RegistryTier): string[] {
+  const nfqlb = binArgv('nfqlb').join(' ');
+  const ns = r.etcd.operatorNs;
+  return [
+    `  # The registry: etcd ${r.etcd.endpoints}; the operator (writer) works in ${ns}:`,
+    `  ip netns exec ${ns} ${nfqlb} registry show --service=${SERVICE} ${r.etcd.clientOptions('reader').join(' ')}`,
+    `  ip netns exec ${ns} ${nfqlb} registry drain --service=${SERVICE} --slot=1 ${r.etcd.clientOptions('writer').join(' ')}`,
+  ];
+}
+
 /** Runs one test; the lab is removed afterwards unless it is a start_* test or noStop is set. */
-export async function runTest(test: string, o: LabOptions): Promise<TestResult> {
+export async function runTest(test: string, options: LabOptions): Promise<TestResult> {
+  // The registry tests run with --registry whether it is given or not.
+  const o = TESTS[test]?.registry ? { ...options, registry: true } : options;
   const list = checkTest(test, o);
   const spec = TESTS[test]!;
-  const result: TestResult = { test, ok: false, problems: [], mconnect: [], runs: [] };
-  const unavailable = lbUnavailable(spec.lb) ?? (o.bgp ? bgpUnavailable() : null);
+  const result: TestResult = { test, ok: false, problems: [], mconnect: [], runs: [], figures: [] };
+  const unavailable = lbUnavailable(spec.lb) ?? (o.bgp ? bgpUnavailable() : null) ?? (o.registry ? etcdUnavailable() : null);
   if (unavailable) {
     result.unavailable = unavailable;
     return result;
@@ -421,7 +519,12 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
       result.ok = true;
       return result;
     }
-    if (spec.kind === 'basic') {
+    const outcome = spec.registry ? await runRegistryTest(lab.registryLab(), test, spec.kind, list, o.durationMs) : null;
+    if (outcome) {
+      result.figures.push(...outcome.figures);
+      result.problems.push(...outcome.problems);
+      result.runs.push(...outcome.runs);
+    } else if (spec.kind === 'basic') {
       for (const family of [4, 6] as const) {
         const r = lab.mconnect(family);
         result.mconnect.push({ family, result: r });
@@ -451,7 +554,35 @@ export async function runTest(test: string, o: LabOptions): Promise<TestResult> 
     result.ok = result.problems.length === 0;
     return result;
   } finally {
+    lab.registry?.close();
     if (keep && started) o.log(manualText(lab, o));
     else lab.destroy();
+  }
+}
+
+/** Run lengths of the registry tests with traffic (--duration overrides them). */
+const REGISTRY_DURATION: Partial<Record<TestKind, number>> = { scale: 20_000, etcd_faults: 16_000, lb_restart: 10_000 };
+
+async function runRegistryTest(
+  lab: RegistryLab,
+  test: string,
+  kind: TestKind,
+  list: number[],
+  durationMs: number | undefined,
+): Promise<RegistryOutcome> {
+  const d = durationMs ?? REGISTRY_DURATION[kind] ?? 0;
+  switch (kind) {
+    case 'scale':
+      return registryScale(lab, test, d, list);
+    case 'target_crash':
+      return registryTargetCrash(lab, list[0]!);
+    case 'etcd_faults':
+      return registryEtcdFaults(lab, test, d, list[0]!);
+    case 'lb_restart':
+      return registryLbRestart(lab, test, d);
+    case 'propagation':
+      return registryPropagation(lab);
+    default:
+      throw new Error(`${test}: not a registry test`);
   }
 }

@@ -90,6 +90,11 @@ export interface Topology {
   setTesterRoute(routers: readonly number[]): void;
   /** Routes the VIP range (v4 and v6) on router i to these servers (ECMP when several); [] removes it. */
   setRouterVipRoute(router: number, servers: readonly number[]): void;
+  /**
+   * Adds a host of its own on net `net` (host number 222..254, beside the lab's vms: e.g. an etcd
+   * member), IPv4 and IPv6; returns its namespace. Removed with the lab like every other.
+   */
+  addHost(host: number, net: 1 | 2): string;
   /** Turns tso/gso/gro/tx-checksum offloads on or off on both ends of every veth. */
   setOffloads(on: boolean): void;
   /**
@@ -190,6 +195,23 @@ export function createTopology(o: TopologyOptions): Topology {
   // The switch-side end of a port: prefix + vm001 (unique within its bridge's namespace).
   const switchPort = (p: Port): string => `${prefix}vm${String(p.host).padStart(3, '0')}`;
   const bridge = `${prefix}br`;
+  const base = baseSysctls(o.dad === true);
+  /** `ip -batch` lines in a switch namespace: the port's veth pair, its vm end moved out at birth. */
+  const portLines = (p: Port): string[] => [
+    `link add ${switchPort(p)}${mtu} type veth peer name ${p.dev} netns ${p.vmNs}${mtu}`,
+    `link set ${switchPort(p)} master ${bridge} up`,
+  ];
+  // Everything a vm needs on its own interfaces (lo first: local routes need it up).
+  const addrLines = (vmNs: string): string[] => [
+    'link set lo up',
+    ...ports
+      .filter((p) => p.vmNs === vmNs)
+      .flatMap((p) => [
+        `link set ${p.dev} up`,
+        `addr add ${hostAddr(p.net, p.host, 4)}/24 dev ${p.dev}`,
+        `addr add ${hostAddr(p.net, p.host, 6)}/120 dev ${p.dev}${v6flags}`,
+      ]),
+  ];
 
   const topo: Topology = {
     prefix,
@@ -235,6 +257,18 @@ export function createTopology(o: TopologyOptions): Topology {
         ),
       ]);
     },
+    addHost(host, net) {
+      if (!Number.isInteger(host) || host <= TESTER_HOST || host > 254)
+        throw new RangeError(`addHost: host ${host} is not ${TESTER_HOST + 1}..254`);
+      const p: Port = { vmNs: prefix + vmName(host), dev: 'eth1', net, host };
+      if (ports.some((q) => q.vmNs === p.vmNs)) throw new RangeError(`addHost: ${p.vmNs} exists`);
+      ipBatch(null, [`netns add ${p.vmNs}`]);
+      ports.push(p);
+      sysctlInNs(p.vmNs, base);
+      ipBatch(ns.net(net), portLines(p));
+      ipBatch(p.vmNs, addrLines(p.vmNs));
+      return p.vmNs;
+    },
     setOffloads(on) {
       const state = on ? 'on' : 'off';
       const k = (dev: string): string[] => ['-K', dev, 'tso', state, 'gso', state, 'gro', state, 'tx', state];
@@ -261,7 +295,6 @@ export function createTopology(o: TopologyOptions): Topology {
       null,
       ns.all().map((n) => `netns add ${n}`),
     );
-    const base = baseSysctls(o.dad === true);
     // arp_ignore/arp_announce: the usual DSR hygiene, so a server never claims the VIP on eth1.
     for (const n of servers) {
       sysctlInNs(ns.server(n), [...base, 'net.ipv4.conf.all.arp_ignore=1', 'net.ipv4.conf.all.arp_announce=2']);
@@ -276,24 +309,9 @@ export function createTopology(o: TopologyOptions): Topology {
     // Bridges and veth pairs, created inside the switch namespaces; the vm ends move out at birth.
     for (const net of [1, 2] as const) {
       const lines = [`link add ${bridge}${mtu} type bridge mcast_snooping 0`, `link set ${bridge} up`];
-      for (const p of ports.filter((q) => q.net === net)) {
-        lines.push(`link add ${switchPort(p)}${mtu} type veth peer name ${p.dev} netns ${p.vmNs}${mtu}`);
-        lines.push(`link set ${switchPort(p)} master ${bridge} up`);
-      }
+      for (const p of ports.filter((q) => q.net === net)) lines.push(...portLines(p));
       ipBatch(ns.net(net), lines);
     }
-
-    // Everything a vm needs on its own interfaces (lo first: local routes need it up).
-    const addrLines = (vmNs: string): string[] => [
-      'link set lo up',
-      ...ports
-        .filter((p) => p.vmNs === vmNs)
-        .flatMap((p) => [
-          `link set ${p.dev} up`,
-          `addr add ${hostAddr(p.net, p.host, 4)}/24 dev ${p.dev}`,
-          `addr add ${hostAddr(p.net, p.host, 6)}/120 dev ${p.dev}${v6flags}`,
-        ]),
-    ];
 
     for (const n of servers) {
       ipBatch(ns.server(n), [

@@ -1,19 +1,22 @@
 // A real etcd (one member) with TLS and users, in a network namespace the test made, for the
-// tests of the registry commands and of the follower: certificates made with openssl into a temp
-// dir; root, a tier writer (readwrite on /tslb/) and a reader (read only); every client presents
-// a certificate whose name is no user, so a client without a password has no rights. The member
-// can be killed and started again on its data (users and keys kept).
+// tests of the registry commands and of the follower, set up as the lab sets up its cluster
+// (src/lab/etcd.ts): certificates made with openssl into a temp dir; root, a tier writer
+// (readwrite on /tslb/) and a reader (read only); every client presents a certificate whose name
+// is no user, so a client without a password has no rights. The member can be killed and started
+// again on its data (users and keys kept).
 
-import { type ChildProcess, execFileSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { type EtcdPki, etcdArgv, etcdAuthCommands, etcdctlEnv, makeEtcdPki } from '../../src/lab/etcd.js';
 import { spawnInNs } from '../../src/lab/netns.js';
 import { waitFor } from '../wait.js';
 import { runIn } from './harness.js';
 
 const ENDPOINT = 'https://127.0.0.1:2379';
-const PEER = 'http://127.0.0.1:2380';
+const MEMBER = { name: 'm1', host: '127.0.0.1' };
+const PASSWORDS = { root: 'rootpw', writer: 'writerpw', reader: 'readerpw' };
 
 export interface Kv {
   key: string;
@@ -35,6 +38,7 @@ export class EtcdFixture {
     readonly ns: string,
     /** The temp dir of the certificates (ca.crt, client.crt, client.key), writer.pw and the data. */
     readonly dir: string,
+    private readonly pki: EtcdPki,
   ) {
     this.tls = [
       `--etcd=${ENDPOINT}`,
@@ -43,34 +47,16 @@ export class EtcdFixture {
       `--etcd_key=${this.file('client.key')}`,
     ];
     this.writer = [...this.tls, '--etcd_user=writer', `--etcd_password_file=${this.file('writer.pw')}`];
-    this.etcdctlEnv = {
-      ETCDCTL_ENDPOINTS: ENDPOINT,
-      ETCDCTL_CACERT: this.file('ca.crt'),
-      ETCDCTL_CERT: this.file('client.crt'),
-      ETCDCTL_KEY: this.file('client.key'),
-    };
+    this.etcdctlEnv = etcdctlEnv(ENDPOINT, pki, null);
   }
 
   /** Certificates, a member serving in `ns` (which must exist), its users and roles; auth on. */
   static async create(ns: string, tmpPrefix: string): Promise<EtcdFixture> {
-    const f = new EtcdFixture(ns, mkdtempSync(join(tmpdir(), tmpPrefix)));
-    f.makeCerts(tmpPrefix);
-    writeFileSync(f.file('writer.pw'), 'writerpw\n', { mode: 0o600 });
+    const dir = mkdtempSync(join(tmpdir(), tmpPrefix));
+    const f = new EtcdFixture(ns, dir, makeEtcdPki(dir, tmpPrefix.replace(/-$/, ''), { [MEMBER.name]: [MEMBER.host] }));
+    writeFileSync(f.file('writer.pw'), `${PASSWORDS.writer}\n`, { mode: 0o600 });
     await f.start();
-    for (const args of [
-      ['user', 'add', 'root', '--new-user-password=rootpw'],
-      ['user', 'grant-role', 'root', 'root'],
-      ['role', 'add', 'tier-writer'],
-      ['role', 'grant-permission', 'tier-writer', '--prefix=true', 'readwrite', '/tslb/'],
-      ['user', 'add', 'writer', '--new-user-password=writerpw'],
-      ['user', 'grant-role', 'writer', 'tier-writer'],
-      ['role', 'add', 'tier-reader'],
-      ['role', 'grant-permission', 'tier-reader', '--prefix=true', 'read', '/tslb/'],
-      ['user', 'add', 'reader', '--new-user-password=readerpw'],
-      ['user', 'grant-role', 'reader', 'tier-reader'],
-      ['auth', 'enable'],
-    ])
-      f.etcdctl(args, null);
+    for (const args of etcdAuthCommands('/tslb', PASSWORDS)) f.etcdctl(args, null);
     return f;
   }
 
@@ -80,20 +66,7 @@ export class EtcdFixture {
 
   /** Starts the member (again, on its data) and waits until it serves. */
   async start(): Promise<void> {
-    const etcd = spawnInNs(this.ns, [
-      'etcd',
-      '--name=m1',
-      `--data-dir=${this.file('data')}`,
-      `--listen-client-urls=${ENDPOINT}`,
-      `--advertise-client-urls=${ENDPOINT}`,
-      `--listen-peer-urls=${PEER}`,
-      `--initial-advertise-peer-urls=${PEER}`,
-      `--initial-cluster=m1=${PEER}`,
-      `--cert-file=${this.file('server.crt')}`,
-      `--key-file=${this.file('server.key')}`,
-      `--trusted-ca-file=${this.file('ca.crt')}`,
-      '--client-cert-auth',
-    ]);
+    const etcd = spawnInNs(this.ns, etcdArgv(MEMBER, [MEMBER], this.file('data'), this.pki, false));
     this.proc = etcd;
     etcd.stderr!.resume();
     etcd.stdout!.resume();
@@ -142,22 +115,5 @@ export class EtcdFixture {
   value(key: string): Record<string, unknown> | undefined {
     const kv = this.kvs(key).kvs.find((k) => k.key === key);
     return kv && (JSON.parse(kv.value) as Record<string, unknown>);
-  }
-
-  private openssl(...args: string[]): void {
-    execFileSync('openssl', args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  }
-
-  /** A CA, a server certificate for 127.0.0.1 and a client certificate that names no etcd user. */
-  private makeCerts(cnPrefix: string): void {
-    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-    this.openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', `/CN=${cnPrefix}ca`);
-    const exts = { server: 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n', client: 'extendedKeyUsage=clientAuth\n' };
-    for (const [name, ext] of Object.entries(exts)) {
-      writeFileSync(this.file(`${name}.ext`), ext);
-      this.openssl('req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cnPrefix}${name}`);
-      const sign = ['-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '1', '-extfile', `${name}.ext`];
-      this.openssl('x509', '-req', '-in', `${name}.csr`, '-out', `${name}.crt`, ...sign);
-    }
   }
 }

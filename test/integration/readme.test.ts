@@ -47,13 +47,22 @@ const WITH_LB: { section: Section; probe: string; want: RegExp; balances: boolea
 ];
 const LAB: Section = ['docs/lab.md', 'Running it'];
 const BGP: Section = ['docs/bgp.md', 'Running it'];
+const LAB_REGISTRY: Section = ['docs/lab.md', 'The registry tier'];
 /** Run by registry.test.ts, next to the etcd it starts. */
 const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
   ['docs/registry.md', 'Follow it'],
 ];
-const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP, ...REGISTRY_SECTIONS];
+const COVERED: readonly Section[] = [
+  USING_NFQLB,
+  USING_XDPLB,
+  ...WITH_LB.map((w) => w.section),
+  LAB,
+  BGP,
+  LAB_REGISTRY,
+  ...REGISTRY_SECTIONS,
+];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
 const daemonLine = (line: string): boolean => /^(\w+=\S+ )*bin\/(nfqlb|xdplb) (lb|flowlb)\b/.test(line);
@@ -262,7 +271,7 @@ describe('docs/', () => {
   });
 
   describe('the lab', () => {
-    /** The lab's lines: the root network namespace, a private /run/netns, /dev/shm and /tmp, lblab on PATH. */
+    /** The lab's lines: the root network namespace, a private /run/netns, /dev/shm and /tmp, lblab and nfqlb on PATH. */
     let atLab: Place;
     const inLab = (line: string): string => runLine(atLab, line).stdout;
 
@@ -271,7 +280,7 @@ describe('docs/', () => {
         (argv) => spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] }),
         // The checkout may itself be below /tmp (a clone in mktemp -d): it is seen at /mnt first.
         'mkdir -p /run/netns && mount -t tmpfs tfc-rd-netns /run/netns && mount -t tmpfs tfc-rd-labshm /dev/shm && ' +
-          `mount --bind ${ROOT} /mnt && mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s /mnt/bin/lblab /tmp/bin/lblab`,
+          `mount --bind ${ROOT} /mnt && mount -t tmpfs tfc-rd-tmp /tmp && mkdir /tmp/bin && ln -s /mnt/bin/lblab /mnt/bin/nfqlb /tmp/bin/`,
       );
       atLab = {
         argv: (line) => ['nsenter', '-t', String(holder.pid), '-m', 'sh', '-c', `cd /mnt && export PATH=/tmp/bin:$PATH && ${line}`],
@@ -300,6 +309,23 @@ describe('docs/', () => {
         'ip route show': (out) => expect(out.match(/nexthop via/g)).toHaveLength(3),
         'show protocols': (out) => expect(out.match(/\bEstablished\b/g)?.length).toBeGreaterThanOrEqual(3),
         'lblab down': () => expect(inLab('ip netns list')).not.toMatch(/lblab-/),
+      });
+    }, 300_000);
+
+    it(`runs ${LAB_REGISTRY.join(': ')} as written: etcd, sidecars and followers up, the registry shown`, () => {
+      runBlock(atLab, docCommands(LAB_REGISTRY), {
+        start_nfqueue: () => {
+          expect(inLab('ip netns list')).toMatch(/^lblab-vm-233\b/m);
+          expect(inLab('ls /dev/shm')).toMatch(/^lblab-nfqlb-202$/m);
+        },
+        'registry show': (out) => {
+          const shown = JSON.parse(out) as { targets: { slot: number; fwmark: number; state: string }[] };
+          expect(shown.targets.map((t) => [t.slot, t.fwmark, t.state])).toEqual([1, 2, 3, 4].map((n) => [n, 100 + n, 'active']));
+        },
+        'lblab down': () => {
+          expect(inLab('ip netns list')).not.toMatch(/lblab-/);
+          expect(inLab('ls /tmp')).not.toMatch(/lblab-etcd/);
+        },
       });
     }, 300_000);
   });

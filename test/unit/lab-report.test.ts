@@ -64,6 +64,15 @@ describe('lossReport', () => {
     expect(r.phases[0]).toMatchObject({ lost: 3, ideal: 0 });
   });
 
+  test('a fault (an etcd member killed, an LB restarted) has ideal 0 and owns the losses of its phase', () => {
+    const r = lossReport(stats, [...events, { t: 2600, kind: 'fault', targets: ['etcd-all-killed'] }]);
+    expect(r.phases.map((p) => [p.event.kind, p.lost, p.ideal])).toEqual([
+      ['scale-in', 2, 2],
+      ['fault', 1, 0],
+      ['scale-out', 1, 0],
+    ]);
+  });
+
   test('without events everything is "before" and the distribution is taken at the end', () => {
     const r = lossReport(run([[connect(5, 'vm-001')], []]), []);
     expect(r).toMatchObject({ phases: [], before: { 'vm-001': 1 }, neverConnected: 1, lostBefore: 0 });
