@@ -52,7 +52,17 @@ const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
 ];
-const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP, ...REGISTRY_SECTIONS];
+/** Run by health.test.ts, in its lab of servers that hold the VIPs. */
+const HEALTH_SECTIONS: readonly Section[] = [['docs/health.md', 'Running it']];
+const COVERED: readonly Section[] = [
+  USING_NFQLB,
+  USING_XDPLB,
+  ...WITH_LB.map((w) => w.section),
+  LAB,
+  BGP,
+  ...REGISTRY_SECTIONS,
+  ...HEALTH_SECTIONS,
+];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
 const daemonLine = (line: string): boolean => /^(\w+=\S+ )*bin\/(nfqlb|xdplb) (lb|flowlb)\b/.test(line);
