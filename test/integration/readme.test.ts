@@ -51,6 +51,7 @@ const BGP: Section = ['docs/bgp.md', 'Running it'];
 const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
+  ['docs/registry.md', 'Follow it'],
 ];
 /** Run by health.test.ts, in its lab of servers that hold the VIPs. */
 const HEALTH_SECTIONS: readonly Section[] = [['docs/health.md', 'Running it']];
