@@ -54,6 +54,8 @@ const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'A tier with TLS and users'],
   ['docs/registry.md', 'Follow it'],
 ];
+/** Run by health.test.ts, in its lab of servers that hold the VIPs. */
+const HEALTH_SECTIONS: readonly Section[] = [['docs/health.md', 'Running it']];
 const COVERED: readonly Section[] = [
   USING_NFQLB,
   USING_XDPLB,
@@ -62,6 +64,7 @@ const COVERED: readonly Section[] = [
   BGP,
   LAB_REGISTRY,
   ...REGISTRY_SECTIONS,
+  ...HEALTH_SECTIONS,
 ];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */

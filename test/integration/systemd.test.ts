@@ -39,6 +39,7 @@ const cases: Case[] = [
     ready: 'serving queue',
   },
   { unit: 'xdplb-lb@.service', instance: 'eth2', options: `--edev=eth1 --shm=${XDP_SHM}`, ready: 'xdplb forwarding' },
+  { unit: 'nfqlb-health@.service', instance: SHM, options: '--vip=10.0.0.0,1000:: --health=tcp:80', ready: 'health checking' },
   // No etcd: with a table in place the follower keeps it and runs, trying to reach etcd.
   { unit: 'nfqlb-follow@.service', instance: 'web', options: `--shm=${SHM} --etcd=http://127.0.0.1:2999`, ready: '"msg":"following"' },
 ];
