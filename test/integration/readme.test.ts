@@ -52,7 +52,17 @@ const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
 ];
-const COVERED: readonly Section[] = [USING_NFQLB, USING_XDPLB, ...WITH_LB.map((w) => w.section), LAB, BGP, ...REGISTRY_SECTIONS];
+/** Run by prometheus.test.ts, which runs Prometheus with the files they check. */
+const PROMETHEUS: Section = ['docs/metrics.md', 'Alerts'];
+const COVERED: readonly Section[] = [
+  USING_NFQLB,
+  USING_XDPLB,
+  ...WITH_LB.map((w) => w.section),
+  LAB,
+  BGP,
+  ...REGISTRY_SECTIONS,
+  PROMETHEUS,
+];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
 const daemonLine = (line: string): boolean => /^(\w+=\S+ )*bin\/(nfqlb|xdplb) (lb|flowlb)\b/.test(line);

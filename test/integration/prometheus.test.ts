@@ -1,0 +1,294 @@
+// Debian's Prometheus against a lab tier, with the configuration and alerts of contrib/prometheus
+// (the configuration docs/metrics.md shows): an nfqlb lb on router 1 (the reference router
+// setup), an xdplb lb and a flowlb on router 2, Prometheus in a namespace of its own on the
+// tester's net. Through Prometheus's HTTP API, every PromQL expression that README.md and
+// docs/metrics.md show returns data from the lbs' real series, and the alert rules load and
+// evaluate on them. docs/metrics.md's promtool lines run here too.
+
+import { type ChildProcess, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ipBatch } from '../../src/lab/netns.js';
+import { hostAddr, routerAddr, type Topology } from '../../src/lab/topology.js';
+import { waitFor } from '../wait.js';
+import { docCommands, fencedBlocks, inlineCode, type Section } from './doc-blocks.js';
+import {
+  activateServers,
+  createNfqueueLab,
+  type Daemon,
+  httpGet,
+  mconnect,
+  NFQLB,
+  nfqlb,
+  nfqlbIn,
+  ROOT,
+  requireBuild,
+  startDaemon,
+  tearDownLab,
+} from './harness.js';
+
+const PREFIX = 'tpm-';
+const SHM = 'tpm-targets';
+/** flowlb's one flow goes to this table, which has no active target. */
+const EMPTY = 'tpm-empty';
+/** The fragment tables of the lb and the flowlb. */
+const FT_SHM = ['tpm-ftlb', 'tpm-ftflow'] as const;
+const XDP_SHM = 'tpm-xdplb';
+const NVM = 2;
+const PROM_NS = `${PREFIX}prom`;
+const PROM_PORT = 9090;
+/** The Prometheus host on net 2 (the tester's), next to the routers' .201 and .202. */
+const PROM_ADDR = hostAddr(2, 230, 4);
+const CONFIG = `${ROOT}contrib/prometheus/prometheus.yml`;
+const ALERTS = `${ROOT}contrib/prometheus/alerts.yml`;
+/** The lbs' endpoints as the lab's Prometheus scrapes them (all on the routers' net-2 addresses). */
+const TARGETS = {
+  lb: `${routerAddr(1, 2, 4)}:9110`,
+  xdplb: `${routerAddr(2, 2, 4)}:9110`,
+  flowlb: `${routerAddr(2, 2, 4)}:9111`,
+};
+const ALERTS_SECTION: Section = ['docs/metrics.md', 'Alerts'];
+
+let topo: Topology;
+let router: string;
+const procs: ChildProcess[] = [];
+const daemons: Daemon[] = [];
+const dir = mkdtempSync(join(tmpdir(), 'tpm-'));
+let prometheusOut = '';
+
+/**
+ * contrib/prometheus/prometheus.yml as the lab runs it: its target list replaced by the lab's
+ * lbs and its scrape and evaluation intervals by 1 s, nothing else. Each edit must find its
+ * line, so a changed file fails here instead of running unedited.
+ */
+function labConfig(text: string, targets: readonly string[]): string {
+  const edits: [RegExp, string][] = [
+    [/^( *- targets: ).*$/m, `[${targets.map((t) => `'${t}'`).join(', ')}]`],
+    [/^( *scrape_interval: )15s$/m, '1s'],
+    [/^( *evaluation_interval: )15s$/m, '1s'],
+  ];
+  for (const [line, value] of edits) {
+    if (!line.test(text)) throw new Error(`${CONFIG} has no line ${line}`);
+    text = text.replace(line, (_, key: string) => key + value);
+  }
+  return text;
+}
+
+interface ApiAnswer<T> {
+  status: string;
+  data: T;
+  error?: string;
+}
+
+/** GET an API path of the lab's Prometheus (from its namespace: it listens on loopback there). */
+function api<T>(path: string): T {
+  const r = httpGet(topo, PROM_NS, PROM_PORT, path);
+  const answer = JSON.parse(r.body) as ApiAnswer<T>;
+  if (answer.status !== 'success') throw new Error(`GET ${path}: ${r.status} ${answer.error ?? r.body}`);
+  return answer.data;
+}
+
+interface Sample {
+  metric: Record<string, string>;
+  value: [number, string];
+}
+
+/** An instant query's samples (a scalar answer counts as one). */
+function query(expr: string): Sample[] {
+  const data = api<{ resultType: string; result: Sample[] | [number, string] }>(`/api/v1/query?query=${encodeURIComponent(expr)}`);
+  return data.resultType === 'scalar' ? [{ metric: {}, value: data.result as [number, string] }] : (data.result as Sample[]);
+}
+
+interface Alert {
+  labels: Record<string, string>;
+  state: 'pending' | 'firing';
+}
+
+const alerts = (): Alert[] => api<{ alerts: Alert[] }>('/api/v1/alerts').alerts;
+
+/** Connections through both lbs: IPv4 and IPv6 through nfqlb (router 1), IPv4 through xdplb (router 2). */
+function traffic(): void {
+  for (const family of [4, 6] as const) expect(mconnect(topo, family, { nconn: 20 }).failed_connects).toBe(0);
+  topo.setTesterRoute([2]);
+  try {
+    expect(mconnect(topo, 4, { nconn: 20 }).failed_connects).toBe(0);
+  } finally {
+    topo.setTesterRoute([1]);
+  }
+}
+
+/** The PromQL expressions README.md and docs/metrics.md show: the inline code under a heading that names PromQL. */
+function documentedPromql(): string[] {
+  return ['README.md', 'docs/metrics.md'].flatMap((page) => inlineCode(page, /PromQL/));
+}
+
+beforeAll(async () => {
+  requireBuild();
+  if (spawnSync('prometheus', ['--version']).status !== 0) throw new Error("no prometheus: install Debian's package (make deps)");
+  ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs, 2));
+  const router2 = topo.ns.router(2);
+
+  // Router 1: nfqlb lb over both servers, its metrics open to the net as docs/metrics.md has it.
+  nfqlb('init', `--shm=${SHM}`);
+  activateServers(SHM, NVM);
+  const lb = topo.spawn(router, ['node', NFQLB, 'lb', '--queue=2', `--tshm=${SHM}`, `--ft_shm=${FT_SHM[0]}`, '--metrics=0.0.0.0:9110']);
+  procs.push(lb);
+  daemons.push(await startDaemon(lb));
+
+  // Router 2: xdplb over the same servers (by MAC), and a flowlb on a queue no rule feeds,
+  // whose one flow has a table without targets (PromQL's "is any table empty?").
+  const xdplb = (...args: string[]) => topo.exec(router2, ['node', `${ROOT}bin/xdplb`, ...args, `--shm=${XDP_SHM}`]);
+  xdplb('init');
+  for (let n = 1; n <= NVM; n++) {
+    const mac = topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
+    xdplb('activate', `--mac=${mac}`, String(n - 1));
+  }
+  const xlb = topo.spawn(router2, [
+    'node',
+    `${ROOT}bin/xdplb`,
+    'lb',
+    '--idev=eth2',
+    '--edev=eth1',
+    `--shm=${XDP_SHM}`,
+    '--vip=10.0.0.0',
+    '--vip=1000::',
+    '--metrics=0.0.0.0:9110',
+  ]);
+  procs.push(xlb);
+  daemons.push(await startDaemon(xlb, 'xdplb forwarding'));
+  nfqlb('init', `--shm=${EMPTY}`);
+  const flowlb = topo.spawn(router2, ['node', NFQLB, 'flowlb', '--queue=3', `--ft_shm=${FT_SHM[1]}`, '--metrics=0.0.0.0:9111']);
+  procs.push(flowlb);
+  daemons.push(await startDaemon(flowlb));
+  const set = nfqlbIn(router2, ['flow-set', '--name=web', `--target=${EMPTY}`, '--protocols=tcp']);
+  expect(set.stdout, set.stderr).toBe('OK\n');
+
+  // Prometheus's host: a namespace of its own with a port on net 2's bridge.
+  ipBatch(null, [`netns add ${PROM_NS}`]);
+  ipBatch(topo.ns.net(2), [`link add ${PROM_NS} type veth peer name eth1 netns ${PROM_NS}`, `link set ${PROM_NS} master ${PREFIX}br up`]);
+  ipBatch(PROM_NS, ['link set lo up', 'link set eth1 up', `addr add ${PROM_ADDR}/24 dev eth1`]);
+  writeFileSync(join(dir, 'prometheus.yml'), labConfig(readFileSync(CONFIG, 'utf8'), Object.values(TARGETS)));
+  copyFileSync(ALERTS, join(dir, 'alerts.yml'));
+  const prometheus = topo.spawn(PROM_NS, [
+    'prometheus',
+    `--config.file=${join(dir, 'prometheus.yml')}`,
+    `--storage.tsdb.path=${join(dir, 'data')}`,
+    `--web.listen-address=127.0.0.1:${PROM_PORT}`,
+  ]);
+  procs.push(prometheus);
+  prometheus.stdout!.on('data', (d: Buffer) => (prometheusOut += d.toString()));
+  prometheus.stderr!.on('data', (d: Buffer) => (prometheusOut += d.toString()));
+  await waitFor(
+    'Prometheus to be ready',
+    () => prometheus.exitCode === null && httpGet(topo, PROM_NS, PROM_PORT, '/-/ready').status === 200,
+    {
+      timeout: 20_000,
+      interval: 200,
+    },
+  ).catch((e: Error) => {
+    throw new Error(`${e.message}\n${prometheusOut}`);
+  });
+}, 60_000);
+
+afterAll(async () => {
+  for (const d of daemons) await d.stop('SIGKILL');
+  const left = tearDownLab(PREFIX, topo, procs, [SHM, EMPTY, ...FT_SHM, XDP_SHM]);
+  rmSync(dir, { recursive: true, force: true });
+  expect(left).toEqual([]);
+});
+
+describe('contrib/prometheus', () => {
+  it('prometheus.yml is the scrape configuration docs/metrics.md shows', () => {
+    const shown = fencedBlocks('docs/metrics.md', 'yaml').filter((b) => b.heading === 'Scraping');
+    expect(shown).toHaveLength(1);
+    expect(`${shown[0]!.lines.join('\n')}\n`).toBe(readFileSync(CONFIG, 'utf8'));
+  });
+
+  it("docs/metrics.md's promtool lines pass as written: the configuration, the rules and their unit tests", () => {
+    const lines = docCommands(ALERTS_SECTION);
+    expect(lines.join('\n')).toMatch(/promtool check config contrib\/prometheus\/prometheus\.yml[\s\S]*promtool test rules/);
+    const r = spawnSync('sh', ['-ec', lines.join('\n')], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toMatch(/SUCCESS: 10 rules found/);
+    expect(r.stdout).toMatch(/Unit Testing: {2}contrib\/prometheus\/alerts\.test\.yml\n {2}SUCCESS/);
+  });
+});
+
+describe("Debian's Prometheus scraping a lab tier", () => {
+  it('scrapes every lb of the lab', async () => {
+    type Target = { scrapeUrl: string; health: string; lastError: string };
+    const targets = await waitFor(
+      'every target to be scraped',
+      () => {
+        const active = api<{ activeTargets: Target[] }>('/api/v1/targets').activeTargets;
+        return active.length === 3 && active.every((t) => t.health === 'up') ? active : null;
+      },
+      { timeout: 15_000, interval: 250 },
+    );
+    expect(targets.map((t) => t.scrapeUrl).sort()).toEqual(
+      Object.values(TARGETS)
+        .map((t) => `http://${t}/metrics`)
+        .sort(),
+    );
+  });
+
+  it('evaluates every PromQL expression of README.md and docs/metrics.md to data, through the HTTP API', async () => {
+    const exprs = documentedPromql();
+    expect(exprs.length).toBeGreaterThanOrEqual(13);
+    // The per-target series appear with a target's first packets, and a rate needs an increase
+    // within a series: traffic once, then again once Prometheus has the series.
+    traffic();
+    await waitFor(
+      'the per-target series',
+      () => query('nfqlb_target_packets_total').length === NVM && query('xdplb_target_packets_total').length === NVM,
+      {
+        timeout: 10_000,
+        interval: 250,
+      },
+    );
+    traffic();
+    const started = Date.now();
+    const answers: Record<string, Sample[]> = {};
+    for (const expr of exprs) {
+      // Data: at least one sample with a number (a rate over no increase divides 0 by 0).
+      answers[expr] = await waitFor(
+        `${expr} to return a number`,
+        () => {
+          const samples = query(expr);
+          return samples.some((s) => Number.isFinite(Number(s.value[1]))) ? samples : null;
+        },
+        { timeout: 15_000, interval: 250 },
+      );
+    }
+    console.log(`all ${exprs.length} PromQL expressions returned data ${Date.now() - started} ms after the traffic; series:`);
+    for (const [expr, samples] of Object.entries(answers)) console.log(`  ${samples.length}  ${expr}`);
+    // The share per target adds up to 1 over nfqlb's two servers.
+    const share = answers[exprs[0]!]!;
+    expect(share.map((s) => s.metric.fwmark).sort()).toEqual(['101', '102']);
+    expect(share.reduce((n, s) => n + Number(s.value[1]), 0)).toBeCloseTo(1, 6);
+  });
+
+  it("loads alerts.yml and evaluates every rule without error; only the empty table's alert is active", async () => {
+    const names = [...readFileSync(ALERTS, 'utf8').matchAll(/^ *- alert: (\w+)$/gm)].map((m) => m[1]!);
+    type Rule = { name: string; health: string; lastError?: string; lastEvaluation: string };
+    const rules = await waitFor(
+      'every rule to be evaluated',
+      () => {
+        const all = api<{ groups: { name: string; rules: Rule[] }[] }>('/api/v1/rules').groups.flatMap((g) => g.rules);
+        return all.length > 0 && all.every((r) => !r.lastEvaluation.startsWith('0001-')) ? all : null;
+      },
+      { timeout: 10_000, interval: 250 },
+    );
+    expect(rules.map((r) => r.name)).toEqual(names);
+    expect(rules.filter((r) => r.health !== 'ok')).toEqual([]);
+    const active = await waitFor('the empty table alert', () => {
+      const a = alerts();
+      return a.some((x) => x.labels.alertname === 'NfqlbTableEmpty') ? a : null;
+    });
+    expect(active.map((a) => [a.labels.alertname, a.labels.instance, a.labels.table])).toEqual([
+      ['NfqlbTableEmpty', TARGETS.flowlb, EMPTY],
+    ]);
+  });
+});
