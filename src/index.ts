@@ -61,6 +61,25 @@ export { parseTraceSelection, TRACE, TRACE_SHM, Tracer } from './nfqlb/tracer.js
 export { Tun } from './nfqlb/tun.js';
 export { DESC, kernelQueueStats, NF_ACCEPT, NF_DROP, NfQueue, type NfQueueOptions } from './nfqueue.js';
 export { PacketInfo, parsePacket } from './packet.js';
+export { type EtcdOptions, Registry, RegistryError, type RegistryErrorCode } from './registry/etcd.js';
+export {
+  type FollowerOptions,
+  type Publication,
+  RegistryFollower,
+  type TableSlots,
+  tableHash,
+  tableSlots,
+  WarnLimiter,
+} from './registry/follower.js';
+export {
+  DEFAULT_PREFIX,
+  type DesiredSet,
+  type DesiredTarget,
+  desiredSet,
+  type RejectedEntry,
+  type RejectKind,
+  ServiceKeys,
+} from './registry/model.js';
 export { createShm, deleteShm, openShm, publishShm, shmPath } from './shm.js';
 export {
   type DrainOptions,

@@ -2,13 +2,17 @@
 // registry in etcd (docs/registry.md). All input, files included, is checked before the first
 // request; the password never comes from argv. The etcd client is loaded only here, so the
 // other nfqlb commands do not pay for it.
-import { readFileSync } from 'node:fs';
-import type { Claim, EtcdOptions, Registry, Selector } from '../registry/etcd.js';
+import { existsSync, readFileSync } from 'node:fs';
+import { log } from '../log.js';
+import type { MetricsServer } from '../metrics.js';
+import { pinoLevel } from '../nfqlb/log-level.js';
+import type { Claim, EtcdOptions, Registry, RegistryError, Selector } from '../registry/etcd.js';
 import { DEFAULT_PREFIX, type DesiredSet, FWMARK_MAX, ServiceKeys } from '../registry/model.js';
+import { shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { UsageError } from '../usage-error.js';
 import { type CommandTable, dispatch, opt } from './command.js';
-import { intOption, type OptionSpecs, type Parsed } from './options.js';
+import { intOption, metricsOption, type OptionSpecs, type Parsed } from './options.js';
 
 const INT32_MAX = 0x7fffffff;
 export const DEFAULT_ETCD = 'http://127.0.0.1:2379';
@@ -110,23 +114,89 @@ export function selectorOption(p: Parsed): Selector {
   return slot === undefined ? { fwmark: intOption('fwmark', fwmark!, 1, FWMARK_MAX) } : { slot: intOption('slot', slot, 0, INT32_MAX) };
 }
 
+/** grpc names the TLS server by the endpoint's address, which Node flags as deprecated on every
+ * connection to an IP endpoint: a warning on stderr that says nothing to the user. */
+function quietDeprecations(): void {
+  process.noDeprecation = true;
+}
+
+/**
+ * Ends the process soon after a command is done: grpc leaves a connection attempt to an endpoint
+ * that never answers open after close, for up to 20 s (the timer is unref'd: it fires only if
+ * something is still holding the process).
+ */
+function exitSoon(): void {
+  setTimeout(() => process.exit(), 200).unref();
+}
+
 /** Runs `fn` with a client on the command's service; every option must be checked before this. */
 async function withRegistry<T>(p: Parsed, fn: (reg: Registry, keys: ServiceKeys) => Promise<T>): Promise<T> {
   const keys = serviceKeys(p);
   const o = etcdOptions(p);
-  // grpc names the TLS server by the endpoint's address, which Node flags as deprecated on
-  // every connection to an IP endpoint: a warning on stderr that says nothing to the user.
-  process.noDeprecation = true;
+  quietDeprecations();
   const { Registry } = await import('../registry/etcd.js');
   const reg = await Registry.connect(o);
   try {
     return await fn(reg, keys);
   } finally {
     reg.close();
-    // grpc leaves a connection attempt to an endpoint that never answers open after close, for
-    // up to 20 s; the command has its result by now, so it does not wait for that (the timer is
-    // unref'd: it fires only if something is still holding the process).
-    setTimeout(() => process.exit(), 200).unref();
+    exitSoon();
+  }
+}
+
+const DEFAULT_RELIST_MS = 30_000;
+
+/**
+ * `nfqlb follow`: runs until SIGTERM or SIGINT, then leaves the table as it is. At start, wrong
+ * credentials (or a service name etcd refuses) are one line and exit 1, the table untouched. An
+ * unreachable etcd is one line and exit 1 too when there is no local table yet; when there is
+ * one, the follower keeps it (lbs go on with the last table, also after a reboot) and keeps
+ * trying.
+ */
+async function follow(p: Parsed): Promise<number> {
+  const keys = serviceKeys(p);
+  const etcd = etcdOptions(p);
+  const shm = opt(p, 'shm', 'nfqlb');
+  shmPath(shm);
+  const relistMs = intOption('relist', opt(p, 'relist', String(DEFAULT_RELIST_MS)), 100, 3_600_000);
+  const metrics = metricsOption(p);
+  const level = opt(p, 'loglevel');
+  if (level !== undefined) log.level = pinoLevel(intOption('loglevel', level, 4, 7));
+  quietDeprecations();
+  const { RegistryFollower } = await import('../registry/follower.js');
+  const follower = new RegistryFollower({ keys, shm, etcd, relistMs });
+  let stop!: () => void;
+  const stopped = new Promise<void>((r) => (stop = r));
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  let server: MetricsServer | null = null;
+  try {
+    if (metrics) {
+      const { MetricsServer } = await import('../metrics.js');
+      server = await MetricsServer.start(metrics, follower.metrics, () =>
+        follower.problem === null ? null : `registry: ${follower.problem}`,
+      );
+    }
+    const hadTable = existsSync(shmPath(shm));
+    const first = await Promise.race([
+      follower.start().then(
+        () => null,
+        (e: Error) => e,
+      ),
+      stopped.then(() => null),
+    ]);
+    if (first !== null) {
+      const code = (first as RegistryError).code;
+      if (!hadTable || (code !== 'EUNREACHABLE' && code !== 'EETCD')) throw first;
+      log.warn({ err: first.message, shm }, 'registry unreachable at start: keeping the local table, trying again');
+    }
+    log.info({ service: keys.service, shm }, 'following');
+    await stopped;
+    return 0;
+  } finally {
+    follower.stop();
+    await server?.close();
+    exitSoon();
   }
 }
 
@@ -262,5 +332,19 @@ export const registerCommands: CommandTable = {
         return holdRegistration(reg, keys, { fwmark, name, slot, ttl, drainMs, onClaim: (c, l) => print(c, BigInt(l.id).toString(16)) });
       });
     },
+  },
+  follow: {
+    synopsis: [
+      'follow --service= [--shm=nfqlb] [--relist=MS] [--metrics=[ADDR:]PORT]',
+      "  Make the local table follow the service's targets in the registry (stays running)",
+    ].join('\n'),
+    options: {
+      ...serviceSpecs,
+      shm: { arg: true, help: 'The local target table (default nfqlb); made from the config when missing' },
+      relist: { arg: true, help: `ms between full re-reads of the service, besides the watch (default ${DEFAULT_RELIST_MS})` },
+      metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
+      loglevel: { arg: true, help: 'Log level: 4 warning, 5 notice, 6 info, 7 debug (default info, or $LOG_LEVEL)' },
+    },
+    run: follow,
   },
 };

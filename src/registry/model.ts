@@ -56,8 +56,15 @@ export interface DesiredTarget {
   lease: string | null;
 }
 
+/**
+ * What is wrong with a rejected key, in few words: the `reason` label of
+ * nfqlb_registry_rejected_total (the reason text names values, too many for a label).
+ */
+export type RejectKind = 'malformed' | 'fwmark_range' | 'slot_range' | 'duplicate_fwmark' | 'bad_config' | 'no_config';
+
 export interface RejectedEntry {
   key: string;
+  kind: RejectKind;
   reason: string;
   value: string;
 }
@@ -174,33 +181,34 @@ export function leaseHex(lease: string): string | null {
  */
 export function desiredSet(keys: ServiceKeys, snap: Snapshot): DesiredSet {
   const rejected: RejectedEntry[] = [];
-  const reject = (e: RawEntry, reason: string) => rejected.push({ key: e.key, reason, value: shown(e.value) });
+  const reject = (e: RawEntry, kind: RejectKind, reason: string) => rejected.push({ key: e.key, kind, reason, value: shown(e.value) });
   const configEntry = snap.entries.find((e) => e.key === keys.config);
   let config: ServiceConfig | null = null;
   if (configEntry) {
     const c = checkConfig(configEntry.value);
     if ('ok' in c) config = c.ok;
-    else reject(configEntry, c.reason);
+    else reject(configEntry, 'bad_config', c.reason);
   }
   const valid: (DesiredTarget & { createRevision: number })[] = [];
   for (const e of snap.entries) {
     if (!e.key.startsWith(keys.targets)) continue;
     const slot = keys.slotOf(e.key);
     if (slot === null) {
-      reject(e, `slot '${e.key.slice(keys.targets.length)}' is not a decimal number`);
+      reject(e, 'slot_range', `slot '${e.key.slice(keys.targets.length)}' is not a decimal number`);
       continue;
     }
     if (config === null) {
-      reject(e, configEntry ? 'the service config is invalid' : 'the service has no config (nfqlb registry init)');
+      reject(e, 'no_config', configEntry ? 'the service config is invalid' : 'the service has no config (nfqlb registry init)');
       continue;
     }
     if (slot >= config.N) {
-      reject(e, `slot ${slot} >= N=${config.N}`);
+      reject(e, 'slot_range', `slot ${slot} >= N=${config.N}`);
       continue;
     }
     const t = checkTarget(e.value);
     if (!('ok' in t)) {
-      reject(e, t.reason);
+      // checkTarget's one reason about a well-formed value: the fwmark's range.
+      reject(e, /^fwmark .* out of range/.test(t.reason) ? 'fwmark_range' : 'malformed', t.reason);
       continue;
     }
     valid.push({ slot, ...t.ok, key: e.key, modRevision: e.modRevision, lease: leaseHex(e.lease), createRevision: e.createRevision });
@@ -213,6 +221,7 @@ export function desiredSet(keys: ServiceKeys, snap: Snapshot): DesiredSet {
     if (first) {
       rejected.push({
         key: t.key,
+        kind: 'duplicate_fwmark',
         reason: `fwmark ${t.fwmark} is also at slot ${first.slot}, which had it first`,
         value: shown(snap.entries.find((e) => e.key === t.key)!.value),
       });

@@ -1,109 +1,29 @@
 // `nfqlb registry` and `nfqlb register` against a real etcd (one member) with TLS and users, in
-// a network namespace of our own: certificates made with openssl into a temp dir; root, a tier
-// writer (readwrite on /tslb/) and a reader (read only); every client presents a certificate
-// whose name is no user, so a client without a password has no rights. The real CLI runs in the
-// namespace. Exercised: init's create-only write, concurrent registrants (one fwmark: one winner
+// a network namespace of our own (etcd-fixture.ts: root, a tier writer, a reader; a client
+// without a password has no rights). The real CLI runs in the namespace. Exercised: init's create-only write, concurrent registrants (one fwmark: one winner
 // on any slot; ten: ten slots), show's rejected keys written with etcdctl, drain/undrain/delete,
 // the lease sidecar on SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the
 // watch a follower will use; and docs/registry.md's command blocks, run as written.
 
-import { type ChildProcess, execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addNs, listNs, removeNs, spawnInNs } from '../../src/lab/netns.js';
 import { waitFor } from '../wait.js';
 import { docCommands } from './doc-blocks.js';
+import { EtcdFixture } from './etcd-fixture.js';
 import { type Daemon, NFQLB, nfqlbIn, ROOT, type RunResult, requireBuild, runIn, startDaemon } from './harness.js';
 
 const NS = `treg-${process.pid}`;
-const ENDPOINT = 'https://127.0.0.1:2379';
-const dir = mkdtempSync(join(tmpdir(), 'treg-'));
-const file = (name: string) => join(dir, name);
 const procs: ChildProcess[] = [];
 const daemons: Daemon[] = [];
-
-/** The client's TLS options: etcd wants a client certificate. */
-const TLS = [
-  `--etcd=${ENDPOINT}`,
-  `--etcd_cacert=${file('ca.crt')}`,
-  `--etcd_cert=${file('client.crt')}`,
-  `--etcd_key=${file('client.key')}`,
-];
-/** The tier writer, its password in a file. */
-const WRITER = [...TLS, '--etcd_user=writer', `--etcd_password_file=${file('writer.pw')}`];
-
-function openssl(...args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-/** A CA, a server certificate for 127.0.0.1 and a client certificate named treg-client (no etcd user). */
-function makeCerts(): void {
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=treg-ca');
-  const exts = { server: 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n', client: 'extendedKeyUsage=clientAuth\n' };
-  for (const [name, ext] of Object.entries(exts)) {
-    writeFileSync(file(`${name}.ext`), ext);
-    openssl('req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=treg-${name}`);
-    openssl(
-      'x509',
-      '-req',
-      '-in',
-      `${name}.csr`,
-      '-CA',
-      'ca.crt',
-      '-CAkey',
-      'ca.key',
-      '-CAcreateserial',
-      '-out',
-      `${name}.crt`,
-      '-days',
-      '1',
-      '-extfile',
-      `${name}.ext`,
-    );
-  }
-}
-
-/** etcdctl in the namespace, as root unless told. */
-function etcdctl(args: string[], user: string | null = 'root:rootpw'): string {
-  const r = runIn(NS, ['etcdctl', ...args], { env: { ...ETCDCTL_TLS, ...(user ? { ETCDCTL_USER: user } : {}) } });
-  if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-const ETCDCTL_TLS = {
-  ETCDCTL_ENDPOINTS: ENDPOINT,
-  ETCDCTL_CACERT: file('ca.crt'),
-  ETCDCTL_CERT: file('client.crt'),
-  ETCDCTL_KEY: file('client.key'),
-};
-
-interface Kv {
-  key: string;
-  value: string;
-  lease: string | null;
-}
-
-/** The keys under `prefix` and the store's revision, as etcd holds them. */
-function kvs(prefix: string): { revision: number; kvs: Kv[] } {
-  // Lease IDs are 64-bit: read as strings, not as JSON numbers.
-  const r = JSON.parse(etcdctl(['get', '--prefix', prefix, '-w', 'json']).replace(/"lease":(\d+)/g, '"lease":"$1"')) as {
-    header: { revision: number };
-    kvs?: { key: string; value: string; lease?: string }[];
-  };
-  const b64 = (s: string) => Buffer.from(s, 'base64').toString();
-  return {
-    revision: r.header.revision,
-    kvs: (r.kvs ?? []).map((kv) => ({ key: b64(kv.key), value: b64(kv.value), lease: kv.lease ? BigInt(kv.lease).toString(16) : null })),
-  };
-}
-
-const value = (key: string): Record<string, unknown> | undefined => {
-  const kv = kvs(key).kvs.find((k) => k.key === key);
-  return kv && (JSON.parse(kv.value) as Record<string, unknown>);
-};
+let etcd: EtcdFixture;
+let ENDPOINT: string;
+let TLS: string[];
+let WRITER: string[];
+const file = (name: string) => etcd.file(name);
+const etcdctl = (args: string[], user?: string | null) => etcd.etcdctl(args, user);
+const kvs = (prefix: string) => etcd.kvs(prefix);
+const value = (key: string) => etcd.value(key);
 
 const cli = (args: string[], env: Record<string, string> = {}): RunResult => nfqlbIn(NS, args, { env });
 
@@ -152,50 +72,16 @@ function expectOneLine(r: RunResult, re: RegExp): void {
 
 beforeAll(async () => {
   requireBuild();
-  makeCerts();
-  writeFileSync(file('writer.pw'), 'writerpw\n', { mode: 0o600 });
   addNs(NS);
-  const peer = 'http://127.0.0.1:2380';
-  const etcd = spawnInNs(NS, [
-    'etcd',
-    '--name=m1',
-    `--data-dir=${file('data')}`,
-    `--listen-client-urls=${ENDPOINT}`,
-    `--advertise-client-urls=${ENDPOINT}`,
-    `--listen-peer-urls=${peer}`,
-    `--initial-advertise-peer-urls=${peer}`,
-    `--initial-cluster=m1=${peer}`,
-    `--cert-file=${file('server.crt')}`,
-    `--key-file=${file('server.key')}`,
-    `--trusted-ca-file=${file('ca.crt')}`,
-    '--client-cert-auth',
-  ]);
-  procs.push(etcd);
-  etcd.stderr!.resume();
-  etcd.stdout!.resume();
-  const healthy = () => runIn(NS, ['etcdctl', 'endpoint', 'health'], { env: ETCDCTL_TLS }).status === 0;
-  await waitFor('etcd to serve', healthy, { timeout: 20_000, interval: 200 });
-  for (const args of [
-    ['user', 'add', 'root', '--new-user-password=rootpw'],
-    ['user', 'grant-role', 'root', 'root'],
-    ['role', 'add', 'tier-writer'],
-    ['role', 'grant-permission', 'tier-writer', '--prefix=true', 'readwrite', '/tslb/'],
-    ['user', 'add', 'writer', '--new-user-password=writerpw'],
-    ['user', 'grant-role', 'writer', 'tier-writer'],
-    ['role', 'add', 'tier-reader'],
-    ['role', 'grant-permission', 'tier-reader', '--prefix=true', 'read', '/tslb/'],
-    ['user', 'add', 'reader', '--new-user-password=readerpw'],
-    ['user', 'grant-role', 'reader', 'tier-reader'],
-    ['auth', 'enable'],
-  ])
-    etcdctl(args, null);
+  etcd = await EtcdFixture.create(NS, 'treg-');
+  ({ endpoint: ENDPOINT, tls: TLS, writer: WRITER } = etcd);
 }, 60_000);
 
-afterAll(() => {
+afterAll(async () => {
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
   for (const d of daemons) if (d.proc.exitCode === null && d.proc.signalCode === null) d.proc.kill('SIGKILL');
+  await etcd?.close();
   removeNs(NS);
-  rmSync(dir, { recursive: true, force: true });
   expect(listNs(NS)).toEqual([]);
 });
 
@@ -435,7 +321,7 @@ describe('nfqlb registry over etcd with TLS and users', () => {
       }, (e) => console.log('error ' + e.message));
       console.log('watching ' + snap.revision);`;
     const w = await startDaemon(
-      spawnInNs(NS, ['node', '--no-deprecation', '--input-type=module', '-e', js, JSON.stringify([ROOT, dir])]),
+      spawnInNs(NS, ['node', '--no-deprecation', '--input-type=module', '-e', js, JSON.stringify([ROOT, etcd.dir])]),
       'watching',
     );
     daemons.push(w);
@@ -457,7 +343,7 @@ function runDoc(heading: string): RunResult {
       cwd: ROOT,
       encoding: 'utf8',
       timeout: 90_000,
-      env: { ...process.env, TMPDIR: dir },
+      env: { ...process.env, TMPDIR: etcd.dir },
     });
     // The shell says 'Terminated' when `wait` collects the etcd it stopped.
     return { status: r.status, stdout: r.stdout, stderr: r.stderr.replace(/^Terminated\n/gm, '') };

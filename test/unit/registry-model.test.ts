@@ -141,12 +141,12 @@ describe('desiredSet', () => {
       { slot: 1, fwmark: 101, state: 'draining', name: null, ts: null, lease: null },
       { slot: 3, fwmark: 103, state: 'active', name: 'vm-3', ts: 1000, lease: 'ff' },
     ]);
-    expect(d.rejected.map((r) => [r.key, r.reason])).toEqual([
-      ['/tslb/web/targets/2', expect.stringMatching(/^malformed JSON/)],
-      ['/tslb/web/targets/4', 'fwmark 0 is out of range 1..2147483647'],
-      ['/tslb/web/targets/5', 'fwmark 101 is also at slot 1, which had it first'],
-      ['/tslb/web/targets/8', 'slot 8 >= N=8'],
-      ['/tslb/web/targets/x', "slot 'x' is not a decimal number"],
+    expect(d.rejected.map((r) => [r.key, r.kind, r.reason])).toEqual([
+      ['/tslb/web/targets/2', 'malformed', expect.stringMatching(/^malformed JSON/)],
+      ['/tslb/web/targets/4', 'fwmark_range', 'fwmark 0 is out of range 1..2147483647'],
+      ['/tslb/web/targets/5', 'duplicate_fwmark', 'fwmark 101 is also at slot 1, which had it first'],
+      ['/tslb/web/targets/8', 'slot_range', 'slot 8 >= N=8'],
+      ['/tslb/web/targets/x', 'slot_range', "slot 'x' is not a decimal number"],
     ]);
     expect(d.rejected[0]!.value).toBe('{"fwmark": 102,');
   });
@@ -161,7 +161,12 @@ describe('desiredSet', () => {
       const d = desiredSet(keys, { revision: 30, entries });
       expect(d.targets.map((t) => t.slot)).toEqual([6]);
       expect(d.rejected).toEqual([
-        { key: '/tslb/web/targets/1', reason: 'fwmark 101 is also at slot 6, which had it first', value: late.value },
+        {
+          key: '/tslb/web/targets/1',
+          kind: 'duplicate_fwmark',
+          reason: 'fwmark 101 is also at slot 6, which had it first',
+          value: late.value,
+        },
       ]);
     }
     // Written in one transaction (one create revision): the lower slot keeps it.
@@ -181,9 +186,9 @@ describe('desiredSet', () => {
     expect(none.targets).toEqual([]);
     expect(none.rejected.map((r) => r.reason)).toEqual(['the service has no config (nfqlb registry init)']);
     const bad = desiredSet(keys, { revision: 5, entries: [entry('config', '{"M":97}'), target(0, 100)] });
-    expect(bad.rejected.map((r) => [r.key, r.reason])).toEqual([
-      ['/tslb/web/config', 'N undefined is not an integer 1..M (M=97)'],
-      ['/tslb/web/targets/0', 'the service config is invalid'],
+    expect(bad.rejected.map((r) => [r.key, r.kind, r.reason])).toEqual([
+      ['/tslb/web/config', 'bad_config', 'N undefined is not an integer 1..M (M=97)'],
+      ['/tslb/web/targets/0', 'no_config', 'the service config is invalid'],
     ]);
   });
 
