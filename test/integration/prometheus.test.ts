@@ -14,11 +14,11 @@ import { ipBatch } from '../../src/lab/netns.js';
 import { hostAddr, routerAddr, type Topology } from '../../src/lab/topology.js';
 import { waitFor } from '../wait.js';
 import { docCommands, fencedBlocks, inlineCode, type Section } from './doc-blocks.js';
+import { EtcdFixture } from './etcd-fixture.js';
 import {
   activateServers,
   createNfqueueLab,
   type Daemon,
-  httpGet,
   mconnect,
   NFQLB,
   nfqlb,
@@ -48,7 +48,11 @@ const TARGETS = {
   lb: `${routerAddr(1, 2, 4)}:9110`,
   xdplb: `${routerAddr(2, 2, 4)}:9110`,
   flowlb: `${routerAddr(2, 2, 4)}:9111`,
+  follow1: `${routerAddr(1, 2, 4)}:9112`,
+  follow2: `${routerAddr(1, 2, 4)}:9113`,
 };
+/** The tables of the two followers of service web. */
+const FOLLOWER_SHM = ['tpm-follow1', 'tpm-follow2'] as const;
 const ALERTS_SECTION: Section = ['docs/metrics.md', 'Alerts'];
 
 let topo: Topology;
@@ -57,6 +61,7 @@ const procs: ChildProcess[] = [];
 const daemons: Daemon[] = [];
 const dir = mkdtempSync(join(tmpdir(), 'tpm-'));
 let prometheusOut = '';
+let etcd: EtcdFixture | undefined;
 
 /**
  * contrib/prometheus/prometheus.yml as the lab runs it: its target list replaced by the lab's
@@ -82,11 +87,14 @@ interface ApiAnswer<T> {
   error?: string;
 }
 
-/** GET an API path of the lab's Prometheus (from its namespace: it listens on loopback there). */
+/** GET a path of the lab's Prometheus: curl in its namespace, where it listens on loopback (throws if curl fails). */
+const prometheusGet = (path: string): string => topo.exec(PROM_NS, ['curl', '-sS', `http://127.0.0.1:${PROM_PORT}${path}`]);
+
+/** An API answer's data (it says what was wrong otherwise). */
 function api<T>(path: string): T {
-  const r = httpGet(topo, PROM_NS, PROM_PORT, path);
-  const answer = JSON.parse(r.body) as ApiAnswer<T>;
-  if (answer.status !== 'success') throw new Error(`GET ${path}: ${r.status} ${answer.error ?? r.body}`);
+  const body = prometheusGet(path);
+  const answer = JSON.parse(body) as ApiAnswer<T>;
+  if (answer.status !== 'success') throw new Error(`GET ${path}: ${answer.error ?? body}`);
   return answer.data;
 }
 
@@ -165,6 +173,33 @@ beforeAll(async () => {
   const set = nfqlbIn(router2, ['flow-set', '--name=web', `--target=${EMPTY}`, '--protocols=tcp']);
   expect(set.stdout, set.stderr).toBe('OK\n');
 
+  // The registry: etcd on router 1's loopback, service web with two targets, and two followers
+  // of it (as two lbs of a tier would run them), as etcd's read-only user.
+  etcd = await EtcdFixture.create(router, 'tpm-etcd-');
+  for (const args of [
+    ['registry', 'init', ...etcd.writer, '--service=web', '--M=97', '--N=8'],
+    ['register', ...etcd.writer, '--service=web', '--fwmark=101'],
+    ['register', ...etcd.writer, '--service=web', '--fwmark=102'],
+  ]) {
+    const r = nfqlbIn(router, args);
+    expect(r.status, r.stderr).toBe(0);
+  }
+  for (const [i, shm] of FOLLOWER_SHM.entries()) {
+    const argv = [
+      'node',
+      NFQLB,
+      'follow',
+      ...etcd.tls,
+      '--etcd_user=reader',
+      '--service=web',
+      `--shm=${shm}`,
+      `--metrics=0.0.0.0:${9112 + i}`,
+    ];
+    const follower = topo.spawn(router, ['env', 'NFQLB_ETCD_PASSWORD=readerpw', ...argv]);
+    procs.push(follower);
+    daemons.push(await startDaemon(follower, '"msg":"following"'));
+  }
+
   // Prometheus's host: a namespace of its own with a port on net 2's bridge.
   ipBatch(null, [`netns add ${PROM_NS}`]);
   ipBatch(topo.ns.net(2), [`link add ${PROM_NS} type veth peer name eth1 netns ${PROM_NS}`, `link set ${PROM_NS} master ${PREFIX}br up`]);
@@ -180,21 +215,18 @@ beforeAll(async () => {
   procs.push(prometheus);
   prometheus.stdout!.on('data', (d: Buffer) => (prometheusOut += d.toString()));
   prometheus.stderr!.on('data', (d: Buffer) => (prometheusOut += d.toString()));
-  await waitFor(
-    'Prometheus to be ready',
-    () => prometheus.exitCode === null && httpGet(topo, PROM_NS, PROM_PORT, '/-/ready').status === 200,
-    {
-      timeout: 20_000,
-      interval: 200,
-    },
-  ).catch((e: Error) => {
+  await waitFor('Prometheus to be ready', () => prometheus.exitCode === null && prometheusGet('/-/ready').includes('Ready'), {
+    timeout: 20_000,
+    interval: 200,
+  }).catch((e: Error) => {
     throw new Error(`${e.message}\n${prometheusOut}`);
   });
 }, 60_000);
 
 afterAll(async () => {
   for (const d of daemons) await d.stop('SIGKILL');
-  const left = tearDownLab(PREFIX, topo, procs, [SHM, EMPTY, ...FT_SHM, XDP_SHM]);
+  await etcd?.close();
+  const left = tearDownLab(PREFIX, topo, procs, [SHM, EMPTY, ...FT_SHM, XDP_SHM, ...FOLLOWER_SHM]);
   rmSync(dir, { recursive: true, force: true });
   expect(left).toEqual([]);
 });
@@ -223,7 +255,7 @@ describe("Debian's Prometheus scraping a lab tier", () => {
       'every target to be scraped',
       () => {
         const active = api<{ activeTargets: Target[] }>('/api/v1/targets').activeTargets;
-        return active.length === 3 && active.every((t) => t.health === 'up') ? active : null;
+        return active.length === Object.keys(TARGETS).length && active.every((t) => t.health === 'up') ? active : null;
       },
       { timeout: 15_000, interval: 250 },
     );
@@ -290,5 +322,33 @@ describe("Debian's Prometheus scraping a lab tier", () => {
     expect(active.map((a) => [a.labels.alertname, a.labels.instance, a.labels.table])).toEqual([
       ['NfqlbTableEmpty', TARGETS.flowlb, EMPTY],
     ]);
+  });
+
+  it("reads the followers' registry metrics as the tier alerts do: one table, then the registry lost", async () => {
+    type Rule = { name: string; query: string };
+    const rules = api<{ groups: { rules: Rule[] }[] }>('/api/v1/rules').groups.flatMap((g) => g.rules);
+    // The tables-differ alert counts the distinct table hashes of a job's followers: one here.
+    const tables = 'count by (job, service) (count_values by (job, service) ("hash", nfqlb_table_hash))';
+    expect(rules.find((r) => r.name === 'NfqlbTierTablesDiffer')?.query).toBe(`${tables} > 1`);
+    const distinct = await waitFor('both followers scraped', () =>
+      query('count(nfqlb_table_hash)')[0]?.value[1] === '2' ? query(tables) : null,
+    );
+    expect(distinct.map((s) => [s.metric.job, s.value[1]])).toEqual([['nfqlb', '1']]);
+    expect(query(`${tables} > 1`)).toEqual([]);
+
+    await etcd!.kill();
+    const started = Date.now();
+    const pending = await waitFor(
+      'the registry-lost alert for both followers',
+      () => {
+        const lost = alerts().filter((a) => a.labels.alertname === 'NfqlbRegistryDisconnected');
+        return lost.length === 2 ? lost : null;
+      },
+      { timeout: 20_000, interval: 250 },
+    );
+    console.log(`etcd killed -> NfqlbRegistryDisconnected active for both followers in ${Date.now() - started} ms`);
+    expect(pending.map((a) => a.labels.instance).sort()).toEqual([TARGETS.follow1, TARGETS.follow2]);
+    // Its `for` is a minute: pending, not yet firing.
+    expect(pending.map((a) => a.state)).toEqual(['pending', 'pending']);
   });
 });
