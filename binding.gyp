@@ -28,6 +28,10 @@
       "sources": ["native/peercred.cc"]
     },
     {
+      "target_name": "health_probe",
+      "sources": ["native/health_probe.cc"]
+    },
+    {
       "target_name": "xsk",
       "sources": ["native/xsk.cc", "native/xdp_program.cc", "native/bpf_object.cc"],
       "libraries": ["-lxdp", "-lbpf"],

@@ -20,6 +20,7 @@ import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import { TargetTable } from '../target-table.js';
 import { UsageError } from '../usage-error.js';
 import { type CommandTable, dispatch, opt } from './command.js';
+import { healthCommands } from './health.js';
 import { intOption, metricsOption, type Parsed } from './options.js';
 import { registerCommands, registryMain } from './registry.js';
 
@@ -511,5 +512,5 @@ function streamTrace(address: ReturnType<typeof parseControlAddress>, addressTex
 export function main(argv: readonly string[]): Promise<number> {
   // `registry` has commands of its own (init, show, ...), each with its options.
   if (argv[0] === 'registry') return registryMain(argv.slice(1));
-  return dispatch('nfqlb', { ...commands, ...registerCommands }, argv);
+  return dispatch('nfqlb', { ...commands, ...healthCommands, ...registerCommands }, argv);
 }

@@ -17,7 +17,7 @@ import { shmPath } from '../shm.js';
 import { NFQLB_TABLE, TargetStore } from '../target-store.js';
 import type { TargetTable } from '../target-table.js';
 import type { EtcdOptions, Registry } from './etcd.js';
-import type { DesiredSet, RejectedEntry, RejectKind, ServiceKeys } from './model.js';
+import type { DesiredSet, RejectedEntry, RejectKind, ServiceConfig, ServiceKeys } from './model.js';
 
 export interface FollowerOptions {
   keys: ServiceKeys;
@@ -160,9 +160,12 @@ export class RegistryFollower {
   private readonly listeners: ((p: Publication) => void)[] = [];
   private reg: Registry | null = null;
   private stopWatch: (() => Promise<void>) | null = null;
+  private watchGeneration = 0;
   private desiredSet: DesiredSet | null = null;
+  /** The revision of the last desired set published to the table (0: none yet). */
+  private publishedRevision = 0;
   private down: ReadonlySet<number> = new Set();
-  /** Rejected keys already counted, as key@modRevision-ish (key and value). */
+  /** The rejected keys of the last read (key, value and reason): each is counted once. */
   private counted = new Set<string>();
   private reading = false;
   /** The watch told of a change since the last read began. */
@@ -290,14 +293,20 @@ export class RegistryFollower {
   }
 
   private async watch(reg: Registry, revision: number): Promise<void> {
+    // A watch given up (cancelled, its client closed) may still call back: only the current one counts.
+    const generation = ++this.watchGeneration;
+    const current = () => generation === this.watchGeneration && !this.stopped;
     this.stopWatch = await reg.watch(
       this.o.keys,
       revision,
       () => {
+        if (!current()) return;
         this.heard = true;
         this.refresh();
       },
-      (e) => this.failed(e),
+      (e) => {
+        if (current()) this.failed(e);
+      },
     );
   }
 
@@ -325,6 +334,7 @@ export class RegistryFollower {
   private cancelWatch(): void {
     const stop = this.stopWatch;
     this.stopWatch = null;
+    this.watchGeneration++;
     stop?.().catch(() => undefined);
   }
 
@@ -348,13 +358,44 @@ export class RegistryFollower {
 
   /** Applies a desired set (and the slots held down) to the local table, then tells the listeners. */
   private apply(d: DesiredSet): void {
-    const previous = this.desiredSet;
     this.desiredSet = d;
     this.m.revision.set(d.revision);
     this.countRejected(d.rejected);
     // No config (or a bad one): nothing says what the table should be; keep it.
     if (d.config === null) return;
-    const { M, N } = d.config;
+    let published: { store: TargetStore<TargetTable>; changed: boolean };
+    try {
+      published = this.publish(d.config, tableSlots(d, this.down));
+    } catch (e) {
+      // /dev/shm full, a full drain list: the table stays as it is; the next read tries again.
+      if (this.warnings.allow('\0apply', Date.now())) {
+        log.warn({ shm: this.o.shm, err: (e as Error).message }, 'cannot apply the registry to the table');
+      }
+      return;
+    }
+    const at = Date.now();
+    const hash = tableHash(published.store.targets.lookup);
+    this.m.hash.set(hash);
+    // Changed since the last publication (not on the first: those changes are old news).
+    if (this.publishedRevision > 0) {
+      for (const t of d.targets) {
+        if (t.modRevision > this.publishedRevision && t.ts !== null) this.m.apply.observe(Math.max(0, at - t.ts) / 1000);
+      }
+    }
+    this.publishedRevision = d.revision;
+    const p: Publication = { revision: d.revision, desired: d, down: this.down, changed: published.changed, hash, at };
+    for (const cb of this.listeners) {
+      try {
+        cb(p);
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'publish listener failed');
+      }
+    }
+  }
+
+  /** Makes the local table hold `slots` (made anew for another M or N), and the drain list `draining`. */
+  private publish(config: ServiceConfig, { slots, draining }: TableSlots): { store: TargetStore<TargetTable>; changed: boolean } {
+    const { M, N } = config;
     let store = this.localTable();
     if (store === null || store.targets.M !== M || store.targets.N !== N) {
       const ownFwmark = store?.targets.ownFwmark ?? 0;
@@ -363,36 +404,13 @@ export class RegistryFollower {
       // As `nfqlb init` does: a new file renamed over the name; running lbs switch to it.
       store = TargetStore.create(NFQLB_TABLE, this.o.shm, { M, N, ownFwmark });
     }
-    const { slots, draining } = tableSlots(d, this.down);
-    let changed: boolean;
-    try {
-      changed = store.apply(slots);
-      // What leaves the table drains only while the registry (or the health check) says so:
-      // a deleted target is gone, its flows go back to Maglev.
-      const inTable = new Set(slots.values());
-      const dead = store.draining().filter((fw) => !draining.has(fw) && !inTable.has(fw));
-      if (dead.length > 0) store.deactivate(dead, { now: true });
-    } catch (e) {
-      // A full drain list: keep the table as it is; the next read tries again.
-      log.warn({ shm: this.o.shm, err: (e as Error).message }, 'cannot apply the registry to the table');
-      return;
-    }
-    const at = Date.now();
-    const hash = tableHash(store.targets.lookup);
-    this.m.hash.set(hash);
-    if (previous !== null) {
-      for (const t of d.targets) {
-        if (t.modRevision > previous.revision && t.ts !== null) this.m.apply.observe(Math.max(0, at - t.ts) / 1000);
-      }
-    }
-    const p: Publication = { revision: d.revision, desired: d, down: this.down, changed, hash, at };
-    for (const cb of this.listeners) {
-      try {
-        cb(p);
-      } catch (e) {
-        log.warn({ err: (e as Error).message }, 'publish listener failed');
-      }
-    }
+    const changed = store.apply(slots);
+    // What leaves the table drains only while the registry (or the health check) says so:
+    // a deleted target is gone, its flows go back to Maglev.
+    const inTable = new Set(slots.values());
+    const dead = store.draining().filter((fw) => !draining.has(fw) && !inTable.has(fw));
+    if (dead.length > 0) store.deactivate(dead, { now: true });
+    return { store, changed };
   }
 
   /** Counts each rejected key once per value, and warns (rate-limited) naming it. */

@@ -139,7 +139,7 @@ describe('nfqlb follow', () => {
     // Deleted is dead: out of the drain list too.
     expect(active(shm)).toEqual({ 0: 101, 2: 103 });
     console.log(
-      `follow: write -> table ${Object.entries(ms)
+      `follow: command exited -> table ${Object.entries(ms)
         .map(([k, v]) => `${k} ${v.toFixed(1)} ms`)
         .join(', ')}`,
     );
@@ -161,10 +161,9 @@ describe('nfqlb follow', () => {
     });
     // Each change with a ts (register, drain, undrain; a deletion has none) was timed from it.
     expect(m.nfqlb_registry_apply_seconds_count).toBeGreaterThanOrEqual(4);
-    const p = (le: string) => m[`nfqlb_registry_apply_seconds_bucket{le="${le}"}`]! / m.nfqlb_registry_apply_seconds_count!;
-    console.log(
-      `follow: nfqlb_registry_apply_seconds: ${m.nfqlb_registry_apply_seconds_count} changes, ${(100 * p('0.02')).toFixed(0)}% <= 20 ms, ${(100 * p('0.1')).toFixed(0)}% <= 100 ms`,
-    );
+    const n = m.nfqlb_registry_apply_seconds_count!;
+    const share = (le: string) => `${((100 * m[`nfqlb_registry_apply_seconds_bucket{le="${le}"}`]!) / n).toFixed(0)}%`;
+    console.log(`follow: nfqlb_registry_apply_seconds: ${n} changes, ${share('0.02')} <= 20 ms, ${share('0.1')} <= 100 ms`);
     expect(m['nfqlb_registry_apply_seconds_bucket{le="1"}']).toBe(m.nfqlb_registry_apply_seconds_count);
     await d.stop('SIGTERM');
     expect(d.proc.exitCode).toBe(0);

@@ -51,7 +51,10 @@ const BGP: Section = ['docs/bgp.md', 'Running it'];
 const REGISTRY_SECTIONS: readonly Section[] = [
   ['docs/registry.md', 'Try it'],
   ['docs/registry.md', 'A tier with TLS and users'],
+  ['docs/registry.md', 'Follow it'],
 ];
+/** Run by health.test.ts, in its lab of servers that hold the VIPs. */
+const HEALTH_SECTIONS: readonly Section[] = [['docs/health.md', 'Running it']];
 /** Run by prometheus.test.ts, which runs Prometheus with the files they check. */
 const PROMETHEUS: Section = ['docs/metrics.md', 'Alerts'];
 const COVERED: readonly Section[] = [
@@ -61,6 +64,7 @@ const COVERED: readonly Section[] = [
   LAB,
   BGP,
   ...REGISTRY_SECTIONS,
+  ...HEALTH_SECTIONS,
   PROMETHEUS,
 ];
 

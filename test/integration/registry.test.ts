@@ -1,9 +1,10 @@
 // `nfqlb registry` and `nfqlb register` against a real etcd (one member) with TLS and users, in
 // a network namespace of our own (etcd-fixture.ts: root, a tier writer, a reader; a client
-// without a password has no rights). The real CLI runs in the namespace. Exercised: init's create-only write, concurrent registrants (one fwmark: one winner
-// on any slot; ten: ten slots), show's rejected keys written with etcdctl, drain/undrain/delete,
-// the lease sidecar on SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the
-// watch a follower will use; and docs/registry.md's command blocks, run as written.
+// without a password has no rights). The real CLI runs in the namespace. Exercised: init's
+// create-only write, concurrent registrants (one fwmark: one winner on any slot; ten: ten
+// slots), show's rejected keys written with etcdctl, drain/undrain/delete, the lease sidecar on
+// SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the watch the follower
+// uses; and docs/registry.md's command blocks, run as written.
 
 import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -334,12 +335,16 @@ describe('nfqlb registry over etcd with TLS and users', () => {
   });
 });
 
-/** Runs a block as one shell script from the checkout, in a namespace of its own (its own loopback ports). */
+/**
+ * Runs a section's blocks as one shell script from the checkout, in a network namespace of its
+ * own (its own loopback ports) and a private /dev/shm (the blocks use the default table name).
+ */
 function runDoc(heading: string): RunResult {
   const ns = `${NS}-d`;
   addNs(ns);
   try {
-    const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', docCommands(['docs/registry.md', heading]).join('\n')], {
+    const script = ['mount -t tmpfs treg-doc-shm /dev/shm || exit 1', ...docCommands(['docs/registry.md', heading])].join('\n');
+    const r = spawnSync('ip', ['netns', 'exec', ns, 'unshare', '--mount', '--propagation=private', 'sh', '-c', script], {
       cwd: ROOT,
       encoding: 'utf8',
       timeout: 90_000,
@@ -378,5 +383,16 @@ describe('docs/registry.md runs as written', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toContain('"fwmark": 101');
     expect(r.stdout).toMatch(/\nrefused\n/);
+  });
+
+  it('Follow it', () => {
+    const r = runDoc('Follow it');
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const actives = r.stdout.split('\n').filter((l) => l.includes('Active:'));
+    expect(actives.map((l) => l.trim())).toEqual(['Active: 101(0) 102(1)', 'Active: 101(0)', 'Active: 101(0)']);
+    expect(r.stdout).toMatch(/^nfqlb_registry_connected 1$/m);
+    expect(r.stdout).toMatch(/^nfqlb_registry_revision \d+$/m);
+    expect(r.stdout).toMatch(/^nfqlb_table_hash \d+$/m);
   });
 });

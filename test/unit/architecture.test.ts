@@ -63,6 +63,13 @@ const CONTROL_PLANE = [
   'nfqlb/announce.ts',
   'nfqlb/offload.ts',
   'metrics.ts',
+  'health/address.ts',
+  'health/checker.ts',
+  'health/metrics.ts',
+  'health/probe.ts',
+  'health/standalone.ts',
+  'health/state.ts',
+  'health/tier.ts',
 ];
 
 describe('architecture', () => {

@@ -134,6 +134,18 @@ describe('nfqlb registry and register refuse bad input before any request', () =
       ['register', NOWHERE, '--service=web', '--fwmark=101', '--etcd_password=pw'],
       `nfqlb register: --etcd_password: never on the command line; use --etcd_password_file= or $${PASSWORD_ENV}`,
     ],
+    [['follow', NOWHERE], 'nfqlb follow: missing option --service'],
+    [['follow', NOWHERE, '--service=web', '--relist=5'], 'nfqlb follow: --relist: 5 is out of range 100..3600000'],
+    [
+      ['follow', NOWHERE, '--service=web', '--shm=a/b'],
+      "nfqlb follow: invalid shm name 'a/b': it must be a plain non-empty file name (no '/')",
+    ],
+    [['follow', NOWHERE, '--service=web', '--metrics=99999'], "nfqlb follow: --metrics: '99999' has a port out of range 1..65535"],
+    [['follow', NOWHERE, '--service=web', '--loglevel=9'], 'nfqlb follow: --loglevel: 9 is out of range 4..7'],
+    [
+      ['follow', NOWHERE, '--service=web', '--etcd_user=lb'],
+      `nfqlb follow: --etcd_user needs a password: --etcd_password_file= or $${PASSWORD_ENV}`,
+    ],
   ])('%j', async (argv, line) => {
     expect(await main(argv)).toBe(1);
     expect(io.err).toBe(`${line}\n`);
@@ -145,6 +157,6 @@ describe('nfqlb registry and register refuse bad input before any request', () =
     expect(io.out).toBe('Usage: nfqlb registry <command> [opt...]\nCommands:\n  init\n  show\n  drain\n  undrain\n  delete\n');
     io.out = '';
     expect(await main(['-h'])).toBe(0);
-    expect(io.out).toContain('  registry\n  register\n');
+    expect(io.out).toContain('  registry\n  register\n  follow\n');
   });
 });
