@@ -1,9 +1,11 @@
 // Debian's Prometheus against a lab tier, with the configuration and alerts of contrib/prometheus
-// (the configuration docs/metrics.md shows): an nfqlb lb on router 1 (the reference router
-// setup), an xdplb lb and a flowlb on router 2, Prometheus in a namespace of its own on the
-// tester's net. Through Prometheus's HTTP API, every PromQL expression that README.md and
-// docs/metrics.md show returns data from the lbs' real series, and the alert rules load and
-// evaluate on them. docs/metrics.md's promtool lines run here too.
+// (the configuration docs/metrics.md shows): an nfqlb lb and its health checker on router 1
+// (the reference router setup), an xdplb lb and a flowlb on router 2, two followers of a real
+// etcd, and Prometheus in a namespace of its own on the tester's net. Through Prometheus's HTTP
+// API, every PromQL expression that README.md and docs/metrics.md show returns data from their
+// real series, the alert rules load and evaluate on them, losing etcd makes the registry alert
+// active, and killing a server's listener makes the target-down alert fire. docs/metrics.md's
+// promtool lines run here too.
 
 import { type ChildProcess, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -46,6 +48,7 @@ const ALERTS = `${ROOT}contrib/prometheus/alerts.yml`;
 /** The lbs' endpoints as the lab's Prometheus scrapes them (all on the routers' net-2 addresses). */
 const TARGETS = {
   lb: `${routerAddr(1, 2, 4)}:9110`,
+  health: `${routerAddr(1, 2, 4)}:9111`,
   xdplb: `${routerAddr(2, 2, 4)}:9110`,
   flowlb: `${routerAddr(2, 2, 4)}:9111`,
   follow1: `${routerAddr(1, 2, 4)}:9112`,
@@ -58,6 +61,8 @@ const ALERTS_SECTION: Section = ['docs/metrics.md', 'Alerts'];
 let topo: Topology;
 let router: string;
 const procs: ChildProcess[] = [];
+/** The traffic servers' processes, server 1 first. */
+const servers: ChildProcess[] = [];
 const daemons: Daemon[] = [];
 const dir = mkdtempSync(join(tmpdir(), 'tpm-'));
 let prometheusOut = '';
@@ -136,6 +141,7 @@ beforeAll(async () => {
   requireBuild();
   if (spawnSync('prometheus', ['--version']).status !== 0) throw new Error("no prometheus: install Debian's package (make deps)");
   ({ topo, router } = createNfqueueLab(PREFIX, NVM, procs, 2));
+  servers.push(...procs.slice(0, NVM));
   const router2 = topo.ns.router(2);
 
   // Router 1: nfqlb lb over both servers, its metrics open to the net as docs/metrics.md has it.
@@ -144,6 +150,23 @@ beforeAll(async () => {
   const lb = topo.spawn(router, ['node', NFQLB, 'lb', '--queue=2', `--tshm=${SHM}`, `--ft_shm=${FT_SHM[0]}`, '--metrics=0.0.0.0:9110']);
   procs.push(lb);
   daemons.push(await startDaemon(lb));
+
+  // Its health checker, quick: a refused connect counts at once, two make a target down.
+  const health = topo.spawn(router, [
+    'node',
+    NFQLB,
+    'health',
+    `--shm=${SHM}`,
+    '--vip=10.0.0.0,1000::',
+    '--health=tcp:5001',
+    '--hc_interval=200',
+    '--hc_timeout=150',
+    '--hc_fall=2',
+    '--hc_warmup=0',
+    '--metrics=0.0.0.0:9111',
+  ]);
+  procs.push(health);
+  daemons.push(await startDaemon(health, '"msg":"health checking"'));
 
   // Router 2: xdplb over the same servers (by MAC), and a flowlb on a queue no rule feeds,
   // whose one flow has a table without targets (PromQL's "is any table empty?").
@@ -184,6 +207,8 @@ beforeAll(async () => {
     const r = nfqlbIn(router, args);
     expect(r.status, r.stderr).toBe(0);
   }
+  // A second slot with fwmark 101: rejected, counted by the followers.
+  etcd.etcdctl(['put', '/tslb/web/targets/7', '{"fwmark":101,"state":"active","name":"a-copy"}']);
   for (const [i, shm] of FOLLOWER_SHM.entries()) {
     const argv = [
       'node',
@@ -273,14 +298,17 @@ describe("Debian's Prometheus scraping a lab tier", () => {
     // within a series: traffic once, then again once Prometheus has the series.
     traffic();
     await waitFor(
-      'the per-target series',
-      () => query('nfqlb_target_packets_total').length === NVM && query('xdplb_target_packets_total').length === NVM,
-      {
-        timeout: 10_000,
-        interval: 250,
-      },
+      'the per-target series and the followers',
+      () =>
+        query('nfqlb_target_packets_total').length === NVM &&
+        query('xdplb_target_packets_total').length === NVM &&
+        query('nfqlb_registry_apply_seconds_count').length === FOLLOWER_SHM.length,
+      { timeout: 10_000, interval: 250 },
     );
     traffic();
+    // A registry change for the followers to apply (and time).
+    const r = nfqlbIn(router, ['register', ...etcd!.writer, '--service=web', '--fwmark=103']);
+    expect(r.status, r.stderr).toBe(0);
     const started = Date.now();
     const answers: Record<string, Sample[]> = {};
     for (const expr of exprs) {
@@ -330,9 +358,10 @@ describe("Debian's Prometheus scraping a lab tier", () => {
     // The tables-differ alert counts the distinct table hashes of a job's followers: one here.
     const tables = 'count by (job, service) (count_values by (job, service) ("hash", nfqlb_table_hash))';
     expect(rules.find((r) => r.name === 'NfqlbTierTablesDiffer')?.query).toBe(`${tables} > 1`);
-    const distinct = await waitFor('both followers scraped', () =>
-      query('count(nfqlb_table_hash)')[0]?.value[1] === '2' ? query(tables) : null,
-    );
+    const distinct = await waitFor('both followers scraped, with one table', () => {
+      const one = query(tables);
+      return query('count(nfqlb_table_hash)')[0]?.value[1] === '2' && one[0]?.value[1] === '1' ? one : null;
+    });
     expect(distinct.map((s) => [s.metric.job, s.value[1]])).toEqual([['nfqlb', '1']]);
     expect(query(`${tables} > 1`)).toEqual([]);
 
@@ -350,5 +379,29 @@ describe("Debian's Prometheus scraping a lab tier", () => {
     expect(pending.map((a) => a.labels.instance).sort()).toEqual([TARGETS.follow1, TARGETS.follow2]);
     // Its `for` is a minute: pending, not yet firing.
     expect(pending.map((a) => a.state)).toEqual(['pending', 'pending']);
+  });
+
+  it("fires the target-down alert when a server's listener is killed", async () => {
+    const up = () => query('nfqlb_target_up').map((x) => [x.metric.fwmark, x.value[1]]);
+    expect(up().sort()).toEqual([
+      ['101', '1'],
+      ['102', '1'],
+    ]);
+    servers[1]!.kill('SIGKILL');
+    const killed = Date.now();
+    const targetDown = (state: Alert['state']) => () =>
+      alerts().find((a) => a.labels.alertname === 'NfqlbTargetDown' && a.labels.fwmark === '102' && a.state === state);
+    await waitFor('the target-down alert to be pending', targetDown('pending'), { timeout: 15_000, interval: 250 });
+    const pendingMs = Date.now() - killed;
+    // Its `for` is 30 s.
+    const firing = await waitFor('the target-down alert to fire', targetDown('firing'), { timeout: 45_000, interval: 500 });
+    console.log(`server 2 killed -> NfqlbTargetDown pending after ${pendingMs} ms, firing after ${Date.now() - killed} ms`);
+    expect(firing.labels).toMatchObject({ service: SHM, job: 'nfqlb', severity: 'warning' });
+    expect(up().sort()).toEqual([
+      ['101', '1'],
+      ['102', '0'],
+    ]);
+    // One target of two is down: the service is not.
+    expect(alerts().filter((a) => a.labels.alertname === 'NfqlbServiceAllDown')).toEqual([]);
   });
 });
