@@ -3,6 +3,7 @@
 // request; the password never comes from argv. The etcd client is loaded only here, so the
 // other nfqlb commands do not pay for it.
 import { existsSync, readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { log } from '../log.js';
 import type { MetricsServer } from '../metrics.js';
 import { pinoLevel } from '../nfqlb/log-level.js';
@@ -12,6 +13,7 @@ import { shmPath } from '../shm.js';
 import { TargetTable } from '../target-table.js';
 import { UsageError } from '../usage-error.js';
 import { type CommandTable, dispatch, opt } from './command.js';
+import { healthOptions, healthSpecs } from './health.js';
 import { intOption, metricsOption, type OptionSpecs, type Parsed } from './options.js';
 
 const INT32_MAX = 0x7fffffff;
@@ -160,11 +162,15 @@ async function follow(p: Parsed): Promise<number> {
   shmPath(shm);
   const relistMs = intOption('relist', opt(p, 'relist', String(DEFAULT_RELIST_MS)), 100, 3_600_000);
   const metrics = metricsOption(p);
+  const tierHealth = tierHealthOptions(p);
   const level = opt(p, 'loglevel');
   if (level !== undefined) log.level = pinoLevel(intOption('loglevel', level, 4, 7));
   quietDeprecations();
   const { RegistryFollower } = await import('../registry/follower.js');
   const follower = new RegistryFollower({ keys, shm, etcd, relistMs });
+  // Before the first read: the checker learns the targets from the follower's publications.
+  const stopHealth =
+    tierHealth === null ? null : (await import('./follow-health.js')).startTierHealth(follower, { keys, etcd, ...tierHealth });
   let stop!: () => void;
   const stopped = new Promise<void>((r) => (stop = r));
   process.once('SIGTERM', stop);
@@ -194,10 +200,26 @@ async function follow(p: Parsed): Promise<number> {
     await stopped;
     return 0;
   } finally {
+    await stopHealth?.();
     follower.stop();
     await server?.close();
     exitSoon();
   }
+}
+
+const DEFAULT_HC_LEASE_S = 5;
+
+/** `follow --health` and its options (checked also without --health), or null without it. */
+function tierHealthOptions(p: Parsed) {
+  const lb = opt(p, 'lb', hostname());
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(lb)) throw new UsageError(`--lb: '${lb}' is not a name (letters, digits, _.-, at most 64)`);
+  const leaseTtl = intOption('hc_lease', opt(p, 'hc_lease', String(DEFAULT_HC_LEASE_S)), 1, 3600);
+  if (!p.opts.has('health')) {
+    const stray = ['vip', 'lb', 'hc_lease', ...Object.keys(healthSpecs)].find((n) => p.opts.has(n));
+    if (stray !== undefined) throw new UsageError(`--${stray} goes with --health`);
+    return null;
+  }
+  return { health: healthOptions(p), lb, leaseTtl };
 }
 
 /** What `registry show` prints: the desired set without the bookkeeping a follower uses. */
@@ -335,8 +357,9 @@ export const registerCommands: CommandTable = {
   },
   follow: {
     synopsis: [
-      'follow --service= [--shm=nfqlb] [--relist=MS] [--metrics=[ADDR:]PORT]',
-      "  Make the local table follow the service's targets in the registry (stays running)",
+      'follow --service= [--shm=nfqlb] [--relist=MS] [--metrics=[ADDR:]PORT] [--health= --vip= [--lb=] [--hc_*=]]',
+      "  Make the local table follow the service's targets in the registry (stays running); with --health,",
+      '  hold down the targets a majority of the live LBs see down (docs/health.md)',
     ].join('\n'),
     options: {
       ...serviceSpecs,
@@ -344,6 +367,10 @@ export const registerCommands: CommandTable = {
       relist: { arg: true, help: `ms between full re-reads of the service, besides the watch (default ${DEFAULT_RELIST_MS})` },
       metrics: { arg: true, help: 'Serve Prometheus /metrics and /healthz on [ADDR:]PORT (default off; a port alone is loopback)' },
       loglevel: { arg: true, help: 'Log level: 4 warning, 5 notice, 6 info, 7 debug (default info, or $LOG_LEVEL)' },
+      health: { arg: true, help: "Health checks: tcp:PORT or http:PORT/PATH; publishes this LB's view (needs write access)" },
+      ...healthSpecs,
+      lb: { arg: true, help: "This LB's name in the tier's health views (default the host name)" },
+      hc_lease: { arg: true, help: `Seconds the view outlives an LB that stopped (default ${DEFAULT_HC_LEASE_S})` },
     },
     run: follow,
   },

@@ -59,6 +59,11 @@ export class HealthChecker {
     return new Set([...this.targets].filter(([, t]) => t.health.state === 'down').map(([fw]) => fw));
   }
 
+  /** The state of each target probed, by fwmark. */
+  states(): Map<number, HealthState> {
+    return new Map([...this.targets].map(([fw, t]) => [fw, t.health.state]));
+  }
+
   stop(): void {
     clearInterval(this.rounds);
     for (const [fw, t] of this.targets) this.forget(fw, t);

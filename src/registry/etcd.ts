@@ -348,4 +348,27 @@ export class Registry {
   private noAnswer(): RegistryError {
     return new RegistryError('EUNREACHABLE', `etcd ${this.o.endpoints.join(',')}: no answer within ${this.o.timeoutMs} ms`);
   }
+
+  /**
+   * One LB's health view (`nfqlb follow --health`): puts `<dir>health/<lb>/<slot>` for each of
+   * `put` and deletes those of `remove`, in one transaction, every key under `lease` (decimal):
+   * the view goes when the LB stops renewing it. The keys are not targets: desiredSet ignores them.
+   */
+  async putHealthView(
+    keys: ServiceKeys,
+    lb: string,
+    lease: string,
+    put: ReadonlyMap<number, string>,
+    remove: readonly number[],
+  ): Promise<void> {
+    const key = (slot: number) => utf8(`${keys.dir}health/${lb}/${slot}`);
+    await this.txn(
+      'publish the health view',
+      [],
+      [
+        ...remove.map((slot) => ({ request_delete_range: { key: key(slot) } })),
+        ...[...put].map(([slot, value]) => ({ request_put: { key: key(slot), value: utf8(value), lease } })),
+      ],
+    );
+  }
 }

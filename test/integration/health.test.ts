@@ -7,61 +7,29 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addFwmarkRoutes, serverFwmark } from '../../src/lab/rules.js';
-import { createTopology, type Family, serverAddr, type Topology, VIP } from '../../src/lab/topology.js';
+import { createTopology, serverAddr, type Topology, VIP } from '../../src/lab/topology.js';
 import { NFQLB_TABLE, TargetStore } from '../../src/target-store.js';
 import { waitFor } from '../wait.js';
 import { docCommands } from './doc-blocks.js';
 import { type Daemon, httpGet, NFQLB, nfqlb, ROOT, requireBuild, Scrape, startDaemon, tearDownLab } from './harness.js';
+import { VIP_PORT, VipServers } from './health-servers.js';
 
 const PREFIX = 'thc-h';
 const SHM = 'thc-vip';
 const SHM_OWN = 'thc-own';
 const SHM_CPU = 'thc-cpu';
 const NVM = 3;
-/** The README's servers answer on port 5001, and so do these. */
-const PORT = 5001;
+const PORT = VIP_PORT;
 const VIPS = `${VIP[4]},${VIP[6]}`;
 /** The window the probe cost is measured over. */
 const MEASURE_MS = 15_000;
 const SETTLE_MS = 5000;
 
-// Listens on the server's own addresses for good, and on each VIP while told to ("open 4",
-// "close 6" on stdin); GET /healthz answers 200. Prints "ok" after each command.
-const SERVER_JS = `
-const http = require('http');
-const [own4, own6, vip4, vip6] = process.argv.slice(1);
-const handler = (req, res) => res.writeHead(req.url === '/healthz' ? 200 : 404).end();
-const listen = (host) => new Promise((r) => { const s = http.createServer(handler); s.listen(${PORT}, host, () => r(s)); });
-const vip = { 4: null, 6: null };
-(async () => {
-  await listen(own4); await listen(own6);
-  vip[4] = await listen(vip4); vip[6] = await listen(vip6);
-  console.log('ok');
-  let buf = '';
-  process.stdin.on('data', async (d) => {
-    buf += d;
-    for (let nl; (nl = buf.indexOf('\\n')) >= 0; buf = buf.slice(nl + 1)) {
-      const [cmd, fam] = buf.slice(0, nl).split(' ');
-      if (cmd === 'open' && !vip[fam]) vip[fam] = await listen(fam === '4' ? vip4 : vip6);
-      if (cmd === 'close' && vip[fam]) { vip[fam].closeAllConnections(); await new Promise((r) => vip[fam].close(r)); vip[fam] = null; }
-      console.log('ok');
-    }
-  });
-})();`;
-
 let topo: Topology | undefined;
 let router: string;
 const procs: ChildProcess[] = [];
-const servers: { proc: ChildProcess; out: string }[] = [];
+let servers: VipServers;
 let vipChecker: Daemon | undefined;
-
-/** Opens or closes server n's VIP listener of a family, and waits until it did. */
-async function vipListener(n: number, how: 'open' | 'close', family: Family): Promise<void> {
-  const s = servers[n - 1]!;
-  const before = s.out.split('ok').length;
-  s.proc.stdin!.write(`${how} ${family}\n`);
-  await waitFor(`server ${n} to ${how} its VIP listener`, () => s.out.split('ok').length > before);
-}
 
 /** The active fwmarks of a table by slot (-1: free). */
 const active = (shm: string): number[] => [...TargetStore.open(NFQLB_TABLE, shm).table.active];
@@ -88,15 +56,7 @@ beforeAll(async () => {
   addFwmarkRoutes(topo, router, (family) =>
     Array.from({ length: NVM }, (_, k) => [serverFwmark(k + 1), serverAddr(k + 1, family)] as const),
   );
-  for (let n = 1; n <= NVM; n++) {
-    const argv = ['node', '-e', SERVER_JS, serverAddr(n, 4), serverAddr(n, 6), VIP[4], VIP[6]];
-    const proc = topo.spawn(topo.ns.server(n), argv, { stdio: ['pipe', 'pipe', 'pipe'] });
-    procs.push(proc);
-    const s = { proc, out: '' };
-    proc.stdout!.on('data', (d: Buffer) => (s.out += d.toString()));
-    servers.push(s);
-  }
-  await waitFor('the servers to listen', () => servers.every((s) => s.out.includes('ok')));
+  servers = await VipServers.start(topo, procs);
 });
 
 afterAll(() => {
@@ -118,7 +78,7 @@ describe('nfqlb health', () => {
     });
   });
 
-  it('takes a target whose VIP listener stops out within 3.5 s, though its own address still answers; puts it back when it rises', async () => {
+  it('takes a target whose VIP listener stops out within 3.5 s, though its own address answers; puts it back when it rises', async () => {
     const table = initTable(SHM);
     const ownTable = initTable(SHM_OWN);
     // Both checkers run with the defaults but for the warm-up (its own test below).
@@ -128,7 +88,7 @@ describe('nfqlb health', () => {
 
     for (const family of [4, 6] as const) {
       const t0 = Date.now();
-      await vipListener(1, 'close', family);
+      await servers.vipListener(1, 'close', family);
       await waitFor(`fwmark 101 out (IPv${family})`, () => !active(SHM).includes(101), { timeout: 6000 });
       const detection = Date.now() - t0;
       console.log(`health: IPv${family} target down -> out of the table in ${detection} ms (defaults: 1 s interval, fall 3)`);
@@ -144,7 +104,7 @@ describe('nfqlb health', () => {
       expect(active(SHM_OWN)).toEqual(ownTable);
 
       const t1 = Date.now();
-      await vipListener(1, 'open', family);
+      await servers.vipListener(1, 'open', family);
       await waitFor(`fwmark 101 back (IPv${family})`, () => active(SHM).includes(101), { timeout: 6000 });
       console.log(`health: IPv${family} target up again -> back in the table in ${Date.now() - t1} ms (rise 2)`);
       // Back in its slot: the same Maglev table as before, and no longer draining.
@@ -157,11 +117,11 @@ describe('nfqlb health', () => {
 
   it('keeps every target when all are down (fail open) and says so', async () => {
     const table = active(SHM);
-    for (let n = 1; n <= NVM; n++) await vipListener(n, 'close', 4);
+    for (let n = 1; n <= NVM; n++) await servers.vipListener(n, 'close', 4);
     await waitFor('the all-down metric', () => scrape(9201).sum('nfqlb_service_all_down', { service: SHM }) === 1, { timeout: 8000 });
     expect(scrape(9201).sum('nfqlb_target_up', { service: SHM })).toBe(0);
     expect(active(SHM)).toEqual(table);
-    for (let n = 1; n <= NVM; n++) await vipListener(n, 'open', 4);
+    for (let n = 1; n <= NVM; n++) await servers.vipListener(n, 'open', 4);
     await waitFor('every target up again', () => scrape(9201).sum('nfqlb_target_up', { service: SHM }) === NVM, { timeout: 8000 });
     expect(scrape(9201).sum('nfqlb_service_all_down', { service: SHM })).toBe(0);
     expect(active(SHM)).toEqual(table);
@@ -170,7 +130,7 @@ describe('nfqlb health', () => {
   it('takes nothing out during the warm-up, and puts back what it took out when stopped', async () => {
     const table = active(SHM);
     await vipChecker!.stop();
-    await vipListener(2, 'close', 6);
+    await servers.vipListener(2, 'close', 6);
     const start = Date.now();
     const d = await startHealth([`--shm=${SHM}`, `--vip=${VIPS}`, `--health=http:${PORT}/healthz`, '--hc_warmup=3000', '--metrics=9203']);
     // The first probe settles the unknown state: down at once, but the target stays in.
@@ -181,7 +141,7 @@ describe('nfqlb health', () => {
     expect(Date.now() - start).toBeGreaterThanOrEqual(3000);
     await d.stop();
     expect(active(SHM)).toEqual(table);
-    await vipListener(2, 'open', 6);
+    await servers.vipListener(2, 'open', 6);
   });
 
   it('costs little: 32 targets probed once a second', async () => {

@@ -5,7 +5,7 @@ import { healthCommands, healthOptions } from '../../src/cli/health.js';
 import { parseOptions } from '../../src/cli/options.js';
 import { parseProbeSpec, probeRequest } from '../../src/health/probe.js';
 import { type HealthState, TargetHealth, takenOut } from '../../src/health/state.js';
-import { type LbView, tierVerdict } from '../../src/health/tier.js';
+import { readViews, tierVerdict, viewValue } from '../../src/health/tier.js';
 
 /** The state after each of `results` (true: the probe passed). */
 function states(results: boolean[], rise = 2, fall = 3): HealthState[] {
@@ -58,27 +58,50 @@ describe('takenOut', () => {
 });
 
 describe('tierVerdict', () => {
-  const views = (v: Record<string, number[] | null>) =>
-    new Map<string, LbView>(Object.entries(v).map(([lb, down]) => [lb, down === null ? null : new Set(down)]));
+  const views = (v: Record<string, number[]>) => new Map(Object.entries(v).map(([lb, down]) => [lb, new Set(down)]));
 
   it('takes a target down when a majority of the live LBs see it down', () => {
-    expect(tierVerdict(views({ a: [1], b: [1], c: [] }), 'c')).toEqual({ down: new Set([1]), disagree: new Set([1]) });
-    expect(tierVerdict(views({ a: [1], b: [1], c: [1] }), 'a')).toEqual({ down: new Set([1]), disagree: new Set() });
+    expect(tierVerdict(views({ a: [1], b: [1], c: [] }), new Set())).toEqual({ down: new Set([1]), disagree: new Set([1]) });
+    expect(tierVerdict(views({ a: [1], b: [1], c: [1] }), new Set([1]))).toEqual({ down: new Set([1]), disagree: new Set() });
   });
 
   it('keeps a target only a minority sees down, and reports the disagreement', () => {
-    expect(tierVerdict(views({ a: [2], b: [], c: [] }), 'a')).toEqual({ down: new Set(), disagree: new Set([2]) });
-    expect(tierVerdict(views({ a: [2], b: [], c: [] }), 'b')).toEqual({ down: new Set(), disagree: new Set() });
+    expect(tierVerdict(views({ a: [2], b: [], c: [] }), new Set([2]))).toEqual({ down: new Set(), disagree: new Set([2]) });
+    expect(tierVerdict(views({ a: [2], b: [], c: [] }), new Set())).toEqual({ down: new Set(), disagree: new Set() });
   });
 
   it('needs more than half: a tie keeps the target', () => {
-    expect(tierVerdict(views({ a: [3], b: [] }), 'a').down).toEqual(new Set());
-    expect(tierVerdict(views({ a: [3] }), 'a').down).toEqual(new Set([3]));
+    expect(tierVerdict(views({ a: [3], b: [] }), new Set()).down).toEqual(new Set());
+    expect(tierVerdict(views({ a: [3] }), new Set()).down).toEqual(new Set([3]));
   });
+});
 
-  it('counts an LB without a view yet as seeing every target up', () => {
-    expect(tierVerdict(views({ a: [4], b: [4], c: null, d: null }), 'a').down).toEqual(new Set());
-    expect(tierVerdict(views({ a: [4], b: [4], c: null }), 'a').down).toEqual(new Set([4]));
+describe('readViews', () => {
+  const dir = '/tslb/web/health/';
+  const targets = new Map([
+    [0, 101],
+    [1, 102],
+  ]);
+
+  it('counts every LB with a key as live, and a slot down only for the fwmark it holds now', () => {
+    const entries = [
+      { key: `${dir}lb1/0`, value: viewValue(101, 'down') },
+      { key: `${dir}lb1/1`, value: viewValue(102, 'up') },
+      { key: `${dir}lb2/0`, value: viewValue(101, 'unknown') },
+      // Slot 1 changed hands since lb3 saw it down.
+      { key: `${dir}lb3/1`, value: viewValue(999, 'down') },
+      { key: `${dir}lb4/x`, value: viewValue(101, 'down') },
+      { key: `${dir}lb5/0`, value: '{bad' },
+      { key: '/tslb/web/targets/0', value: '{}' },
+    ];
+    expect(readViews(entries, dir, targets)).toEqual(
+      new Map([
+        ['lb1', new Set([0])],
+        ['lb2', new Set()],
+        ['lb3', new Set()],
+        ['lb5', new Set()],
+      ]),
+    );
   });
 });
 
