@@ -123,10 +123,14 @@ const alerts = (): Alert[] => api<{ alerts: Alert[] }>('/api/v1/alerts').alerts;
 
 /** Connections through both lbs: IPv4 and IPv6 through nfqlb (router 1), IPv4 through xdplb (router 2). */
 function traffic(): void {
-  for (const family of [4, 6] as const) expect(mconnect(topo, family, { nconn: 20 }).failed_connects).toBe(0);
+  const failed = (family: 4 | 6): number => {
+    const r = mconnect(topo, family, { nconn: 20 });
+    return r.failed_connects + r.failed_reads;
+  };
+  for (const family of [4, 6] as const) expect(failed(family)).toBe(0);
   topo.setTesterRoute([2]);
   try {
-    expect(mconnect(topo, 4, { nconn: 20 }).failed_connects).toBe(0);
+    expect(failed(4)).toBe(0);
   } finally {
     topo.setTesterRoute([1]);
   }
@@ -279,7 +283,7 @@ describe('contrib/prometheus', () => {
 });
 
 describe("Debian's Prometheus scraping a lab tier", () => {
-  it('scrapes every lb of the lab', async () => {
+  it('scrapes every endpoint of the lab: the lbs, the health checker, the followers', async () => {
     type Target = { scrapeUrl: string; health: string; lastError: string };
     const targets = await waitFor(
       'every target to be scraped',
