@@ -1,6 +1,7 @@
 // contrib/prometheus/alerts.yml against the code: every nfqlb or xdplb metric an alert reads is
 // one that src/ registers, so a renamed metric fails here instead of an alert silently never
-// firing. (promtool checks the rules' syntax and runs their unit tests in
+// firing; and against docs/metrics.md, whose table gives each alert's time and severity.
+// (promtool checks the rules' syntax and runs their unit tests in
 // test/integration/prometheus.test.ts, next to the Prometheus it needs.)
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -44,5 +45,14 @@ describe('contrib/prometheus/alerts.yml', () => {
     expect(unknown).toEqual([]);
     // Each alert reads at least one of ours (NfqlbDown reads Prometheus's own `up`).
     expect([...exprs].filter(([, e]) => (e.match(METRIC) ?? []).length === 0 && !e.includes('up{job="nfqlb"}'))).toEqual([]);
+  });
+
+  it("is the table of docs/metrics.md: each alert's for and severity", () => {
+    const text = readFileSync(`${ROOT}contrib/prometheus/alerts.yml`, 'utf8');
+    const rules = [...text.matchAll(/^ *- alert: (\w+)\n(?: {8}.*\n)*? {8}for: (\w+)\n(?: {8}.*\n)*? {10}severity: (\w+)$/gm)];
+    const docs = readFileSync(`${ROOT}docs/metrics.md`, 'utf8');
+    const table = [...docs.matchAll(/^\| `(Nfqlb\w+)` \| .* \| (\w+) \| (\w+) \|$/gm)];
+    expect(rules).toHaveLength(alertExprs().size);
+    expect(table.map((m) => [m[1], m[2], m[3]])).toEqual(rules.map((m) => [m[1], m[2], m[3]]));
   });
 });
