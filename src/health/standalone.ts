@@ -51,7 +51,8 @@ export async function runHealth(shm: string, o: HealthOptions): Promise<number> 
 
   const sync = (): void => {
     try {
-      follower.check();
+      // A table made anew by `init` is the operator's whole new set: what was taken out of the old one stays out.
+      if (follower.check()) ours.clear();
       const active = activeSlots(follower.table);
       for (const fw of ours.keys()) if (active.has(fw)) ours.delete(fw);
       const targets = new Set([...active.keys(), ...ours.keys()]);

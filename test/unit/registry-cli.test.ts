@@ -146,6 +146,16 @@ describe('nfqlb registry and register refuse bad input before any request', () =
       ['follow', NOWHERE, '--service=web', '--etcd_user=lb'],
       `nfqlb follow: --etcd_user needs a password: --etcd_password_file= or $${PASSWORD_ENV}`,
     ],
+    [['follow', NOWHERE, '--service=web', '--vip=10.0.0.0'], 'nfqlb follow: --vip goes with --health'],
+    [['follow', NOWHERE, '--service=web', '--health=tcp:80'], 'nfqlb follow: --health needs --vip=ADDR[,ADDR6]'],
+    [
+      ['follow', NOWHERE, '--service=web', '--health=tcp:80', '--vip=10.0.0.0', '--lb=a/b'],
+      "nfqlb follow: --lb: 'a/b' is not a name (letters, digits, _.-, at most 64)",
+    ],
+    [
+      ['follow', NOWHERE, '--service=web', '--health=tcp:80', '--vip=10.0.0.0', '--hc_lease=0'],
+      'nfqlb follow: --hc_lease: 0 is out of range 1..3600',
+    ],
   ])('%j', async (argv, line) => {
     expect(await main(argv)).toBe(1);
     expect(io.err).toBe(`${line}\n`);
