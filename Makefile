@@ -1,7 +1,7 @@
 # Two entry points on a fresh Debian 12 machine (as root): `make demo` and `make test`.
 APT_PACKAGES := build-essential python3 libnetfilter-queue-dev libmnl-dev libxdp-dev libbpf-dev \
                 iptables iproute2 ethtool iperf netsniff-ng procps systemd clang clang-format bird2 curl \
-                etcd-server etcd-client
+                etcd-server etcd-client prometheus
 # node-gyp builds against the headers installed with Node (no download: only npm and Debian are reachable).
 NODE_GYP := node_modules/.bin/node-gyp
 NODEDIR ?= $(shell npm config get nodedir 2>/dev/null | grep -v '^undefined$$' || echo /usr)
@@ -12,8 +12,8 @@ VITEST := node_modules/.bin/vitest
 all: build
 
 # Install only what is missing, so a developer's re-run does not hit the network. bird2's package
-# starts a BIRD in the root namespace, etcd-server an etcd: stop and disable them (the lab and the
-# tests run their own in namespaces).
+# starts a BIRD in the root namespace, etcd-server an etcd, prometheus a Prometheus: stop and
+# disable them (the lab and the tests run their own in namespaces).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -23,7 +23,9 @@ deps:
 	case "$$missing" in *bird2*) systemctl disable --now bird 2>/dev/null || \
 	  { service bird stop; update-rc.d bird disable; } >/dev/null 2>&1 || true;; esac; \
 	case "$$missing" in *etcd-server*) systemctl disable --now etcd 2>/dev/null || \
-	  { service etcd stop; update-rc.d etcd disable; } >/dev/null 2>&1 || true;; esac
+	  { service etcd stop; update-rc.d etcd disable; } >/dev/null 2>&1 || true;; esac; \
+	case "$$missing" in *prometheus*) systemctl disable --now prometheus 2>/dev/null || \
+	  { service prometheus stop; update-rc.d prometheus disable; } >/dev/null 2>&1 || true;; esac
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund

@@ -1,10 +1,11 @@
 // The ```sh command blocks of README.md and docs/*.md, by page and heading: the tests that run
 // them as written read them here (readme.test.ts runs most; a feature's own test runs the
-// blocks of its page, e.g. registry.test.ts).
+// blocks of its page, e.g. registry.test.ts). Also the other fenced blocks and the inline code
+// of a section, for tests that check what a page shows (a configuration file, PromQL).
 import { readdirSync, readFileSync } from 'node:fs';
 import { ROOT } from './harness.js';
 
-/** A ```sh block: its page (README.md, docs/x.md), the heading above it (any level), its lines. */
+/** A fenced block: its page (README.md, docs/x.md), the heading above it (any level), its lines. */
 export interface DocBlock {
   file: string;
   heading: string;
@@ -24,6 +25,11 @@ export function docPages(): string[] {
 
 /** Every ```sh block of a page, with the heading it stands under; blank lines left out. */
 export function shBlocks(file: string): DocBlock[] {
+  return fencedBlocks(file, 'sh').map((b) => ({ ...b, lines: b.lines.filter((l) => l.trim() !== '') }));
+}
+
+/** Every fenced block of language `lang` (```yaml) of a page, under its heading, as written. */
+export function fencedBlocks(file: string, lang: string): DocBlock[] {
   const blocks: DocBlock[] = [];
   let heading = '';
   let fence: { lang: string; lines: string[] } | null = null;
@@ -33,13 +39,30 @@ export function shBlocks(file: string): DocBlock[] {
       if (open) fence = { lang: open[1]!, lines: [] };
       else heading = /^#{1,6} (.*)$/.exec(line)?.[1] ?? heading;
     } else if (line === '```') {
-      if (fence.lang === 'sh') blocks.push({ file, heading, lines: fence.lines.filter((l) => l.trim() !== '') });
+      if (fence.lang === lang) blocks.push({ file, heading, lines: fence.lines });
       fence = null;
     } else {
       fence.lines.push(line);
     }
   }
   return blocks;
+}
+
+/**
+ * The inline code (`...`) of the text under the headings of a page that `heading` matches,
+ * outside fenced blocks, in order.
+ */
+export function inlineCode(file: string, heading: RegExp): string[] {
+  const spans: string[] = [];
+  let inSection = false;
+  let fenced = false;
+  for (const line of readFileSync(`${ROOT}${file}`, 'utf8').split('\n')) {
+    if (line.startsWith('```')) fenced = !fenced;
+    else if (fenced) continue;
+    else if (/^#{1,6} /.test(line)) inSection = heading.test(line.replace(/^#+ /, ''));
+    else if (inSection) spans.push(...[...line.matchAll(/`([^`]+)`/g)].map((m) => m[1]!));
+  }
+  return spans;
 }
 
 /** A page and one of its headings. */

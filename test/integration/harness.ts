@@ -196,11 +196,12 @@ export function queueEventLoops(topo: Topology, router: string, pid: number, que
 
 /**
  * The lab most kernel tests run in: one router with the reference setup (nfqueueRouter) in
- * front of nvm traffic servers. The servers go into `procs`, the test's list of everything it
- * started, so that tearDownLab kills them with the rest.
+ * front of nvm traffic servers (and `nrouters - 1` more routers, left bare). The servers go
+ * into `procs`, the test's list of everything it started, so that tearDownLab kills them with
+ * the rest.
  */
-export function createNfqueueLab(prefix: string, nvm: number, procs: ChildProcess[]): { topo: Topology; router: string } {
-  const topo = createTopology({ prefix, nvm, nrouters: 1 });
+export function createNfqueueLab(prefix: string, nvm: number, procs: ChildProcess[], nrouters = 1): { topo: Topology; router: string } {
+  const topo = createTopology({ prefix, nvm, nrouters });
   const router = topo.ns.router(1);
   try {
     procs.push(...startServers(topo, nvm));

@@ -56,6 +56,8 @@ const REGISTRY_SECTIONS: readonly Section[] = [
 ];
 /** Run by health.test.ts, in its lab of servers that hold the VIPs. */
 const HEALTH_SECTIONS: readonly Section[] = [['docs/health.md', 'Running it']];
+/** Run by prometheus.test.ts, which runs Prometheus with the files they check. */
+const PROMETHEUS: Section = ['docs/metrics.md', 'Alerts'];
 const COVERED: readonly Section[] = [
   USING_NFQLB,
   USING_XDPLB,
@@ -65,6 +67,7 @@ const COVERED: readonly Section[] = [
   LAB_REGISTRY,
   ...REGISTRY_SECTIONS,
   ...HEALTH_SECTIONS,
+  PROMETHEUS,
 ];
 
 /** A line that starts a long-running lb (`&` or not): started, checked and stopped by the test. */
