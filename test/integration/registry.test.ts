@@ -262,7 +262,7 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     const { d, claim } = await sc(['--drain=0']);
     expect(claim).toMatchObject({ slot: 2, key: old.claim.key, took_over: true });
     expect(claim.lease).not.toBe(old.claim.lease);
-    expect(d.output()).toContain('"msg":"took over the draining registration"');
+    await waitFor('the new sidecar to log the take-over', () => d.output().includes('"msg":"took over the draining registration"'));
     const held = () => kvs(claim.key).kvs.map((kv) => ({ lease: kv.lease, state: (JSON.parse(kv.value) as { state: string }).state }));
     expect(held()).toEqual([{ lease: claim.lease, state: 'active' }]);
     // Now active under the new lease: a third registrant is refused again.
