@@ -321,7 +321,8 @@ export const registerCommands: CommandTable = {
     synopsis: [
       'register --service= --fwmark= [--name=] [--slot=] [--lease=SECONDS [--drain=MS]]',
       '  Claim a slot for a target (the lowest free one, or --slot). With --lease, stay running and keep',
-      '  the lease alive; on SIGTERM set the target draining, wait --drain, then delete it',
+      '  the lease alive; on SIGTERM set the target draining, wait --drain, then delete it. A draining',
+      '  registration of the fwmark is taken over (a restarted target): its old holder leaves it alone',
     ].join('\n'),
     options: {
       ...serviceSpecs,
@@ -344,8 +345,10 @@ export const registerCommands: CommandTable = {
       if (ttl === undefined && opt(p, 'drain') !== undefined) throw new UsageError('--drain goes with --lease');
       const drainMs = intOption('drain', opt(p, 'drain', '2000'), 0, 600_000);
       return withRegistry(p, async (reg, keys) => {
-        const print = ({ slot, key, revision }: Claim, lease: string | null) =>
-          process.stdout.write(`${JSON.stringify({ service: keys.service, slot, fwmark, key, revision, lease })}\n`);
+        const print = ({ slot, key, revision, tookOver }: Claim, lease: string | null) => {
+          const claimed = { service: keys.service, slot, fwmark, key, revision, lease, took_over: tookOver !== null };
+          process.stdout.write(`${JSON.stringify(claimed)}\n`);
+        };
         if (ttl === undefined) {
           print(await reg.claim(keys, fwmark, { name, slot }), null);
           return 0;

@@ -4,7 +4,8 @@
 // 100+n, the slots and fwmarks the lab's direct `activate` uses, so the Maglev tables match) and
 // an `nfqlb follow` on every LB in place of the lab's activate/deactivate. Servers leave and
 // come back only through the registry: the sidecar is stopped (SIGTERM: draining, then deleted;
-// SIGKILL: the lease runs out) and started again.
+// SIGKILL: the lease runs out) and started again: a sidecar started while its predecessor still
+// drains takes the draining registration over at once, as a restarted target does.
 //
 // The lab reads every LB's table straight from /dev/shm (the names are global) to time and
 // compare what the followers publish, and an operator's client (./registry-writer.ts) in the
@@ -25,7 +26,7 @@ export const SERVICE = 'web';
 export const KEY_PREFIX = '/tslb';
 /** The sidecars' lease (s): a SIGKILLed target leaves every table within this plus the expiry's lag. */
 export const LEASE_S = 5;
-/** How long a stopped sidecar keeps its target draining before it deletes it (ms). */
+/** How long a stopped sidecar keeps its target draining before it deletes it (ms), stateless. */
 export const DRAIN_MS = 1000;
 /** The port each follower serves its metrics on, at the router's address on net 1. */
 export const FOLLOW_METRICS_PORT = 9130;
@@ -63,6 +64,8 @@ export class RegistryTier {
   constructor(
     private readonly lab: LabHandle,
     minSlots: number,
+    /** The sidecars' --drain (ms). */
+    readonly drainMs: number,
   ) {
     this.etcd = new EtcdCluster(lab, KEY_PREFIX);
     this.N = Math.max(minSlots, lab.topo.nvm) + 1;
@@ -87,11 +90,15 @@ export class RegistryTier {
     await Promise.all(Array.from({ length: this.lab.topo.nvm }, (_, k) => this.startSidecar(k + 1)));
   }
 
-  /** Starts server n's sidecar (`nfqlb register --lease`); resolves once it has claimed slot n. */
-  async startSidecar(n: number): Promise<void> {
+  /**
+   * Starts server n's sidecar (`nfqlb register --lease`); resolves once it has claimed slot n,
+   * taking it over from a stopped sidecar that still drains it. The stopped one is left to end
+   * its drain (the lab SIGKILLs whatever still runs when it is removed). Answers whether that
+   * predecessor was still running (so the claim was a take-over).
+   */
+  async startSidecar(n: number): Promise<boolean> {
     const old = this.sidecars.get(n);
-    // A stopped sidecar may still be draining: its key (and fwmark) is free once it has exited.
-    if (old && old.exitCode === null && old.signalCode === null) await new Promise((r) => old.once('exit', r));
+    const draining = old !== undefined && old.exitCode === null && old.signalCode === null;
     const ns = this.lab.topo.ns.server(n);
     const argv = [
       ...binArgv('nfqlb'),
@@ -102,9 +109,10 @@ export class RegistryTier {
       `--name=${vmName(n)}`,
       `--slot=${n}`,
       `--lease=${LEASE_S}`,
-      `--drain=${DRAIN_MS}`,
+      `--drain=${this.drainMs}`,
     ];
     this.sidecars.set(n, await this.lab.daemon(ns, argv, `${ns}-register-${this.starts++}`, '"lease"'));
+    return draining;
   }
 
   /** Signals server n's sidecar; SIGTERM drains and deregisters (resolves at once, not at its exit). */

@@ -15,7 +15,7 @@ import { ANNOUNCE_IF, BgpTier, bgpUnavailable, removeBirdFiles } from './bgp.js'
 import { etcdUnavailable, removeEtcdFiles } from './etcd.js';
 import { binArgv, createLb, type LabHandle, type LbKind, type LoadBalancer, lbUnavailable, removeLabShm, repoRoot } from './lb-setup.js';
 import { connectionsSvg } from './plot.js';
-import { RegistryTier, SERVICE } from './registry.js';
+import { DRAIN_MS, RegistryTier, SERVICE } from './registry.js';
 import {
   PROPAGATION_TARGETS,
   type RegistryLab,
@@ -198,7 +198,8 @@ class Lab implements LabHandle {
     }
   }
 
-  async start(kind: LbKind): Promise<void> {
+  /** Starts the lab; with --registry the sidecars drain for `drainMs` after SIGTERM. */
+  async start(kind: LbKind, drainMs: number): Promise<void> {
     const { topo, o } = this;
     for (let n = 1; n <= o.nvm; n++) await this.startServer(n);
     if (o.bgp) {
@@ -209,7 +210,7 @@ class Lab implements LabHandle {
       topo.setTesterRoute(this.routersUp);
     }
     if (o.registry) {
-      const registry = new RegistryTier(this, PROPAGATION_TARGETS);
+      const registry = new RegistryTier(this, PROPAGATION_TARGETS, drainMs);
       this.registry = registry;
       await registry.start();
       o.log(`  registry: etcd ${registry.etcd.endpoints}, a sidecar per server, a follower per LB`);
@@ -513,7 +514,7 @@ export async function runTest(test: string, options: LabOptions): Promise<TestRe
   const lab = new Lab(o, keep);
   let started = false;
   try {
-    await lab.start(spec.lb);
+    await lab.start(spec.lb, sidecarDrainMs(spec.kind, o));
     started = true;
     if (spec.kind === 'start') {
       result.ok = true;
@@ -562,6 +563,17 @@ export async function runTest(test: string, options: LabOptions): Promise<TestRe
 
 /** Run lengths of the registry tests with traffic (--duration overrides them). */
 const REGISTRY_DURATION: Partial<Record<TestKind, number>> = { scale: 20_000, etcd_faults: 16_000, lb_restart: 10_000 };
+
+/**
+ * The sidecars' drain. With --conntrack as long as the test's run: a target that leaves and
+ * comes back within the run (a rolling restart) is still draining when its new sidecar takes its
+ * registration over, so it keeps every connection. Stateless, a second.
+ */
+function sidecarDrainMs(kind: TestKind, o: LabOptions): number {
+  if (!o.conntrack) return DRAIN_MS;
+  const run = o.durationMs ?? REGISTRY_DURATION[kind] ?? (SCHEDULE as Partial<Record<TestKind, { durationMs: number }>>)[kind]?.durationMs;
+  return Math.max(DRAIN_MS, run ?? 0);
+}
 
 async function runRegistryTest(
   lab: RegistryLab,

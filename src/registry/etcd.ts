@@ -8,18 +8,20 @@
 //     slot appeared meanwhile: a concurrent registrant of the same fwmark, on any slot, fails
 //     and sees the winner on its re-read;
 //   - the config is the one it read (deleting it is no change to the range compare), and
-//   - the slot key does not exist (create revision 0).
+//   - the slot key does not exist (create revision 0), or, taking over the fwmark's draining
+//     registration (a restarted target), that key is as read (its mod revision).
 // So the fwmark check needs no second key that every writer of the data model must keep in step.
 import type { Etcd3, ICompare, IKeyValue, IRequestOp, ITxnResponse } from 'etcd3';
 import { UsageError } from '../usage-error.js';
 import {
   checkConfig,
   checkTarget,
-  chooseSlot,
   type DesiredSet,
   desiredSet,
   fwmarkIn,
+  leaseHex,
   newTarget,
+  planClaim,
   type RawEntry,
   type ServiceConfig,
   type ServiceKeys,
@@ -40,7 +42,17 @@ export interface EtcdOptions {
   timeoutMs: number;
 }
 
-export type RegistryErrorCode = 'EUNREACHABLE' | 'EAUTH' | 'EACCES' | 'EEXIST' | 'ENOENT' | 'ENOSPC' | 'EINVAL' | 'ECONFLICT' | 'EETCD';
+export type RegistryErrorCode =
+  | 'EUNREACHABLE'
+  | 'EAUTH'
+  | 'EACCES'
+  | 'EEXIST'
+  | 'ENOENT'
+  | 'ETAKEN'
+  | 'ENOSPC'
+  | 'EINVAL'
+  | 'ECONFLICT'
+  | 'EETCD';
 
 /** A failure of the registry or of etcd (not of the caller's input: that is a UsageError). */
 export class RegistryError extends Error {
@@ -56,6 +68,8 @@ export class RegistryError extends Error {
 export interface Selector {
   slot?: number;
   fwmark?: number;
+  /** Only while the key is held under this lease (decimal); else ETAKEN: another registrant took it over. */
+  lease?: string;
 }
 
 export interface Claim {
@@ -63,6 +77,8 @@ export interface Claim {
   fwmark: number;
   key: string;
   revision: number;
+  /** Set when the claim took over the fwmark's draining registration: the lease (hex) it was under. */
+  tookOver: { lease: string | null } | null;
 }
 
 export interface ClaimOptions {
@@ -179,7 +195,8 @@ export class Registry {
 
   /**
    * Claims a slot for `fwmark` (see the guarantee at the top): `slot` if given, else `prefer` when
-   * it is free (a re-registration after a lost lease), else the lowest free slot.
+   * it is free (a re-registration after a lost lease), else the lowest free slot; or the slot of
+   * the fwmark's draining registration, which it takes over (planClaim).
    */
   async claim(keys: ServiceKeys, fwmark: number, o: ClaimOptions = {}): Promise<Claim> {
     return this.retrying(async () => {
@@ -190,19 +207,16 @@ export class Registry {
       if (!('ok' in c)) throw new RegistryError('EINVAL', `${keys.config}: ${c.reason}`);
       const { N } = c.ok;
       if (o.slot !== undefined && o.slot >= N) throw new UsageError(`--slot=${o.slot}: slot >= N=${N}`);
-      const taken = new Set<number>();
-      for (const e of snap.entries.filter((x) => x.key.startsWith(keys.targets))) {
-        const s = keys.slotOf(e.key);
-        if (s !== null) taken.add(s);
-        if (fwmarkIn(e.value) === fwmark) throw new RegistryError('EEXIST', `fwmark ${fwmark} is already registered (${e.key})`);
+      const plan = planClaim(keys, N, snap.entries, fwmark, o.slot, o.prefer);
+      if ('refused' in plan) {
+        if (plan.refused === 'fwmark') throw new RegistryError('EEXIST', `fwmark ${fwmark} is already registered (${plan.key})`);
+        if (plan.refused === 'slot') throw new RegistryError('EEXIST', `slot ${o.slot} is taken (${plan.key})`);
+        throw new RegistryError('ENOSPC', `all ${N} slots of service '${keys.service}' are taken`);
       }
-      const slot = chooseSlot(N, taken, o.slot ?? o.prefer) ?? (o.slot === undefined ? chooseSlot(N, taken) : null);
-      if (slot === null) {
-        throw o.slot === undefined
-          ? new RegistryError('ENOSPC', `all ${N} slots of service '${keys.service}' are taken`)
-          : new RegistryError('EEXIST', `slot ${o.slot} is taken (${keys.target(o.slot)})`);
-      }
+      const { slot, takeOver } = plan;
       const key = keys.target(slot);
+      // A take-over puts the key under the new lease: the old holder's lease no longer deletes it.
+      const free: ICompare = takeOver ? unchanged(takeOver) : { key: utf8(key), target: 'Create', result: 'Equal', create_revision: 0 };
       const r = await this.txn(
         'register',
         [
@@ -214,11 +228,12 @@ export class Registry {
             mod_revision: snap.revision + 1,
           } as ICompare,
           { key: utf8(keys.config), target: 'Mod', result: 'Equal', mod_revision: configEntry.modRevision },
-          { key: utf8(key), target: 'Create', result: 'Equal', create_revision: 0 },
+          free,
         ],
         [{ request_put: { key: utf8(key), value: utf8(newTarget(fwmark, o.name ?? null, Date.now())), lease: o.lease ?? '0' } }],
       );
-      return r.succeeded ? { slot, fwmark, key, revision: Number(r.header.revision) } : undefined;
+      const tookOver = takeOver && { lease: leaseHex(takeOver.lease) };
+      return r.succeeded ? { slot, fwmark, key, revision: Number(r.header.revision), tookOver } : undefined;
     });
   }
 
@@ -288,7 +303,11 @@ export class Registry {
     if (matches.length > 1) {
       throw new UsageError(`fwmark ${sel.fwmark} is in ${matches.map((e) => e.key).join(' and ')}: name one with --slot`);
     }
-    return matches[0]!;
+    const e = matches[0]!;
+    if (sel.lease !== undefined && e.lease !== sel.lease) {
+      throw new RegistryError('ETAKEN', `${e.key} is held under another lease (${leaseHex(e.lease) ?? 'none'}): it was taken over`);
+    }
+    return e;
   }
 
   /** Runs `attempt` until it returns a result; undefined means another writer came between. */

@@ -246,6 +246,47 @@ export function chooseSlot(N: number, taken: ReadonlySet<number>, wanted?: numbe
   return null;
 }
 
+/**
+ * What a registrant of `fwmark` does with the service's `entries`: claim a free slot (`slot`
+ * if given, else `prefer` when free, else the lowest free one), or take over the fwmark's own
+ * registration when that one is draining (a target restarted while its old sidecar drains; with
+ * `slot`, only on that slot). Any other key naming the fwmark refuses: two live registrants
+ * never share one.
+ */
+export type ClaimPlan =
+  | { slot: number; takeOver: RawEntry | null }
+  | { refused: 'fwmark'; key: string }
+  | { refused: 'slot'; key: string }
+  | { refused: 'full' };
+
+export function planClaim(
+  keys: ServiceKeys,
+  N: number,
+  entries: readonly RawEntry[],
+  fwmark: number,
+  slot?: number,
+  prefer?: number,
+): ClaimPlan {
+  const targets = entries.filter((e) => e.key.startsWith(keys.targets));
+  const holders = targets.filter((e) => fwmarkIn(e.value) === fwmark);
+  if (holders.length > 0) {
+    const [h] = holders as [RawEntry];
+    const t = checkTarget(h.value);
+    const at = keys.slotOf(h.key);
+    const draining = holders.length === 1 && 'ok' in t && t.ok.state === 'draining';
+    if (draining && at !== null && at < N && (slot === undefined || slot === at)) return { slot: at, takeOver: h };
+    return { refused: 'fwmark', key: h.key };
+  }
+  const taken = new Set<number>();
+  for (const e of targets) {
+    const s = keys.slotOf(e.key);
+    if (s !== null) taken.add(s);
+  }
+  const chosen = chooseSlot(N, taken, slot ?? prefer) ?? (slot === undefined ? chooseSlot(N, taken) : null);
+  if (chosen !== null) return { slot: chosen, takeOver: null };
+  return slot === undefined ? { refused: 'full' } : { refused: 'slot', key: keys.target(slot) };
+}
+
 /** A new target's value, as register writes it. */
 export function newTarget(fwmark: number, name: string | null, ts: number): string {
   return JSON.stringify({ fwmark, state: 'active', ...(name === null ? {} : { name }), ts });

@@ -5,8 +5,13 @@
 // and etcd deletes the key when the lease's TTL runs out. If etcd drops the lease while the
 // sidecar lives (etcd unreachable for longer than the TTL), it registers again, on the same
 // slot when that is still free.
+//
+// A target restarted while its old sidecar drains (a rolling restart) takes the draining
+// registration over at once (Registry.claim): the key is put active under the new lease. The
+// old sidecar then leaves the key alone: it changes and deletes only a key held under its own
+// lease, and its lease, revoked or expired, no longer holds the key.
 import { log } from '../log.js';
-import type { Claim, HeldLease, Registry } from './etcd.js';
+import { type Claim, type HeldLease, type Registry, RegistryError } from './etcd.js';
 import type { ServiceKeys } from './model.js';
 
 export interface HoldOptions {
@@ -48,6 +53,7 @@ export async function holdRegistration(reg: Registry, keys: ServiceKeys, o: Hold
   try {
     let { claim, lease } = await claimWithLease(reg, keys, o);
     o.onClaim(claim, lease);
+    logTakeOver(claim);
     for (;;) {
       const lost = new Promise<{ lost: string }>((r) => lease.onLost((why) => r({ lost: why })));
       const ev = await Promise.race([stopped, lost]);
@@ -58,6 +64,7 @@ export async function holdRegistration(reg: Registry, keys: ServiceKeys, o: Hold
       const again = await reclaim(reg, keys, o, claim.slot, stopped);
       if (again === 'stop') return 0;
       ({ claim, lease } = again);
+      logTakeOver(claim);
       log.info({ key: claim.key, fwmark: o.fwmark, lease: BigInt(lease.id).toString(16) }, 'registered again');
     }
     await deregister(reg, keys, o, claim, lease);
@@ -83,16 +90,24 @@ async function reclaim(reg: Registry, keys: ServiceKeys, o: HoldOptions, prefer:
   }
 }
 
+function logTakeOver(claim: Claim): void {
+  if (claim.tookOver) log.info({ key: claim.key, from: claim.tookOver.lease }, 'took over the draining registration');
+}
+
 async function deregister(reg: Registry, keys: ServiceKeys, o: HoldOptions, claim: Claim, lease: HeldLease): Promise<void> {
-  // By slot and fwmark: never touch a slot some other target holds by now.
-  const sel = { slot: claim.slot, fwmark: o.fwmark };
+  // By slot, fwmark and lease: never touch a key another registrant holds by now, such as the
+  // restarted target that took this draining registration over.
+  const sel = { slot: claim.slot, fwmark: o.fwmark, lease: lease.id };
   try {
     await reg.setState(keys, sel, 'draining');
     log.info({ key: claim.key, drainMs: o.drainMs }, 'draining');
     await delay(o.drainMs);
     await reg.remove(keys, sel);
   } catch (e) {
-    log.warn({ key: claim.key, err: (e as Error).message }, 'deregistering');
+    const err = (e as Error).message;
+    if (e instanceof RegistryError && e.code === 'ETAKEN')
+      log.info({ key: claim.key, err }, 'taken over: leaving the key to its new holder');
+    else log.warn({ key: claim.key, err }, 'deregistering');
   }
   await lease.revoke().catch((e: Error) => log.warn({ err: e.message }, 'revoking the lease'));
   log.info({ key: claim.key }, 'deregistered');

@@ -3,8 +3,9 @@
 // without a password has no rights). The real CLI runs in the namespace. Exercised: init's
 // create-only write, concurrent registrants (one fwmark: one winner on any slot; ten: ten
 // slots), show's rejected keys written with etcdctl, drain/undrain/delete, the lease sidecar on
-// SIGTERM and SIGKILL, refused credentials, an unreachable etcd, and the watch the follower
-// uses; and docs/registry.md's command blocks, run as written.
+// SIGTERM and SIGKILL, a restarted target taking over its draining registration, refused
+// credentials, an unreachable etcd, and the watch the follower uses; and docs/registry.md's
+// command blocks, run as written.
 
 import { type ChildProcess, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -246,6 +247,53 @@ describe('nfqlb registry over etcd with TLS and users', () => {
     await d.stop('SIGTERM');
     expect(d.proc.exitCode).toBe(0);
     expect(kvs('/tslb/lost/targets/').kvs).toEqual([]);
+  });
+
+  it("register takes over its fwmark's draining registration (an active one refuses); the old sidecar then leaves it alone", async () => {
+    init('retake');
+    const sc = (rest: string[]) => sidecar(['--service=retake', '--fwmark=801', '--name=vm-r', '--lease=30', ...rest]);
+    const old = await sc(['--slot=2', '--drain=3000']);
+    const refused = /^nfqlb register: fwmark 801 is already registered \(\/tslb\/retake\/targets\/2\)$/m;
+    expectOneLine(cli(['register', ...WRITER, '--service=retake', '--fwmark=801']), refused);
+    old.d.proc.kill('SIGTERM');
+    await waitFor('the old target to be draining', () => value(old.claim.key)?.state === 'draining');
+    // Draining, but on another slot than the one asked for: still refused.
+    expectOneLine(cli(['register', ...WRITER, '--service=retake', '--fwmark=801', '--slot=3']), refused);
+    const { d, claim } = await sc(['--drain=0']);
+    expect(claim).toMatchObject({ slot: 2, key: old.claim.key, took_over: true });
+    expect(claim.lease).not.toBe(old.claim.lease);
+    await waitFor('the new sidecar to log the take-over', () => d.output().includes('"msg":"took over the draining registration"'));
+    const held = () => kvs(claim.key).kvs.map((kv) => ({ lease: kv.lease, state: (JSON.parse(kv.value) as { state: string }).state }));
+    expect(held()).toEqual([{ lease: claim.lease, state: 'active' }]);
+    // Now active under the new lease: a third registrant is refused again.
+    expectOneLine(cli(['register', ...WRITER, '--service=retake', '--fwmark=801']), refused);
+    // The old sidecar's drain ends: it deletes nothing, revokes its own lease and exits 0.
+    await waitFor('the old sidecar to exit', () => old.d.proc.exitCode !== null || old.d.proc.signalCode !== null, { timeout: 10_000 });
+    expect(old.d.proc.exitCode).toBe(0);
+    expect(await old.d.stop()).toContain('"msg":"taken over: leaving the key to its new holder"');
+    expect(etcdctl(['lease', 'timetolive', old.claim.lease])).toMatch(/already expired/);
+    expect(held()).toEqual([{ lease: claim.lease, state: 'active' }]);
+    await d.stop('SIGTERM');
+    expect(d.proc.exitCode).toBe(0);
+    expect(kvs('/tslb/retake/targets/').kvs).toEqual([]);
+  });
+
+  it('a taken-over registration outlives the old sidecar killed with SIGKILL: its lease expires alone', async () => {
+    init('retake-kill');
+    const sc = (drain: string) => sidecar(['--service=retake-kill', '--fwmark=802', '--lease=2', drain]);
+    const old = await sc('--drain=60000');
+    old.d.proc.kill('SIGTERM');
+    await waitFor('the old target to be draining', () => value(old.claim.key)?.state === 'draining');
+    const { d, claim } = await sc('--drain=0');
+    expect(claim).toMatchObject({ slot: old.claim.slot, took_over: true });
+    await old.d.stop('SIGKILL');
+    await waitFor('the old lease to expire', () => /already expired/.test(etcdctl(['lease', 'timetolive', old.claim.lease])), {
+      timeout: 10_000,
+    });
+    expect(kvs(claim.key).kvs.map((kv) => kv.lease)).toEqual([claim.lease]);
+    expect(value(claim.key)?.state).toBe('active');
+    await d.stop('SIGTERM');
+    expect(kvs('/tslb/retake-kill/targets/').kvs).toEqual([]);
   });
 
   it('a wrong password, no password, a reader-only user or no client certificate: one line, non-zero, nothing changed', () => {

@@ -10,6 +10,7 @@ import {
   fwmarkIn,
   leaseHex,
   newTarget,
+  planClaim,
   type RawEntry,
   ServiceKeys,
   withState,
@@ -209,6 +210,37 @@ describe('chooseSlot', () => {
     [1, [], undefined, 0],
   ])('N=%i taken=%j wanted=%j -> %j', (N, taken, wanted, want) => {
     expect(chooseSlot(N, new Set(taken), wanted)).toBe(want);
+  });
+});
+
+describe('planClaim', () => {
+  const draining = (slot: number, fwmark: number) => target(slot, fwmark, { state: 'draining' }, { lease: '77' });
+  it('claims a free slot: the wanted one, the preferred one when free, else the lowest', () => {
+    const entries = [config(), target(0, 100), target(2, 102)];
+    expect(planClaim(keys, 4, entries, 200)).toEqual({ slot: 1, takeOver: null });
+    expect(planClaim(keys, 4, entries, 200, undefined, 3)).toEqual({ slot: 3, takeOver: null });
+    expect(planClaim(keys, 4, entries, 200, undefined, 2)).toEqual({ slot: 1, takeOver: null });
+    expect(planClaim(keys, 4, entries, 200, 3)).toEqual({ slot: 3, takeOver: null });
+    expect(planClaim(keys, 4, entries, 200, 2)).toEqual({ refused: 'slot', key: '/tslb/web/targets/2' });
+    expect(planClaim(keys, 1, entries, 200)).toEqual({ refused: 'full' });
+  });
+
+  it("takes over the fwmark's draining registration, on its slot", () => {
+    const d = draining(2, 102);
+    const entries = [config(), target(0, 100), d];
+    expect(planClaim(keys, 4, entries, 102)).toEqual({ slot: 2, takeOver: d });
+    expect(planClaim(keys, 4, entries, 102, 2)).toEqual({ slot: 2, takeOver: d });
+    expect(planClaim(keys, 4, entries, 102, undefined, 1)).toEqual({ slot: 2, takeOver: d });
+  });
+
+  it('refuses a fwmark registered active, invalid, draining on another slot than --slot, or twice', () => {
+    const reg = (slot: number) => `/tslb/web/targets/${slot}`;
+    expect(planClaim(keys, 4, [config(), target(1, 101)], 101)).toEqual({ refused: 'fwmark', key: reg(1) });
+    expect(planClaim(keys, 4, [config(), target(1, 101, { state: 'up' })], 101)).toEqual({ refused: 'fwmark', key: reg(1) });
+    expect(planClaim(keys, 4, [config(), draining(1, 101)], 101, 3)).toEqual({ refused: 'fwmark', key: reg(1) });
+    expect(planClaim(keys, 4, [config(), draining(1, 101), target(3, 101)], 101)).toEqual({ refused: 'fwmark', key: reg(1) });
+    // A draining key out of the table (slot >= N) is no registration to take over.
+    expect(planClaim(keys, 4, [config(), draining(5, 101)], 101)).toEqual({ refused: 'fwmark', key: reg(5) });
   });
 });
 
