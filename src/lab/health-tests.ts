@@ -72,11 +72,7 @@ export async function settled(lab: HealthLab): Promise<void> {
   const { topo, registry } = lab;
   const routers = routersOf(topo);
   await until('every follower to end its warm-up', () => routers.every((i) => lab.followerLog(i).includes('warm-up over')), 20_000);
-  await until(
-    'every LB to see every server up',
-    () => metricOnAll(lab, 'nfqlb_target_up').every((n) => n === topo.nvm),
-    15_000,
-  );
+  await until('every LB to see every server up', () => metricOnAll(lab, 'nfqlb_target_up').every((n) => n === topo.nvm), 15_000);
   await registry.waitTables('every table to hold every server', routers, serverSlots(topo.nvm), 15_000);
 }
 

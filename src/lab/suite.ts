@@ -13,9 +13,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ANNOUNCE_IF, BgpTier, bgpUnavailable, removeBirdFiles } from './bgp.js';
 import { etcdUnavailable, removeEtcdFiles } from './etcd.js';
+import { type HealthLab, type HealthOutcome, healthAllDown, healthPartition, healthRestart, healthTargetCrash } from './health-tests.js';
 import { binArgv, createLb, type LabHandle, type LbKind, type LoadBalancer, lbUnavailable, removeLabShm, repoRoot } from './lb-setup.js';
 import { connectionsSvg } from './plot.js';
-import { type HealthLab, type HealthOutcome, healthAllDown, healthPartition, healthRestart, healthTargetCrash } from './health-tests.js';
 import { RegistryTier, SERVICE } from './registry.js';
 import {
   PROPAGATION_TARGETS,

@@ -4,6 +4,7 @@
 // back; one LB's broken path to one target changes no table and that LB alone reports it; with
 // every server down the tables stay (fail open) and every LB says all down; a restarted checker
 // takes nothing out during its warm-up.
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,9 +65,19 @@ afterAll(() => {
   expect(labNamespaces(PREFIX)).toEqual([]);
 });
 
+test('lblab test --health without --registry: one line, nothing created', () => {
+  const r = spawnSync(process.execPath, [`${ROOT}bin/lblab`, 'test', `--prefix=${PREFIX}`, '--health', 'nfqueue'], { encoding: 'utf8' });
+  expect(r.status).toBe(1);
+  expect(r.stderr).toBe('lblab test: nfqueue: --health goes with --registry (nfqlb follow --health)\n');
+  expect(labNamespaces(PREFIX)).toEqual([]);
+});
+
 test('health_target_crash: out of every table within 3.5 s, 0 failed connects after that, back when restarted', () => {
   const r = passed('health_target_crash');
-  const [detection, goal, back] = figure(r, /out of all 2 LBs' tables in (\d+) ms \(goal <= (\d+) ms\); restarted -> back in every table in (\d+) ms/);
+  const [detection, goal, back] = figure(
+    r,
+    /out of all 2 LBs' tables in (\d+) ms \(goal <= (\d+) ms\); restarted -> back in every table in (\d+) ms/,
+  );
   expect(goal).toBe(DETECTION_GOAL_MS);
   // fall 3 at a 1 s interval: not before the third failed probe could have been sent.
   expect(detection).toBeGreaterThan(1500);
@@ -75,7 +86,10 @@ test('health_target_crash: out of every table within 3.5 s, 0 failed connects af
   expect(back).toBeGreaterThan(500);
   expect(back).toBeLessThanOrEqual(5000);
   for (const f of [4, 6]) {
-    const [n, , after] = figure(r, new RegExp(`^IPv${f}: (\\d+) new connections at 100/s: failed (\\d+) before the detection, (\\d+) after it`));
+    const [n, , after] = figure(
+      r,
+      new RegExp(`^IPv${f}: (\\d+) new connections at 100/s: failed (\\d+) before the detection, (\\d+) after it`),
+    );
     expect(n).toBe(900);
     expect(after).toBe(0);
   }
@@ -83,7 +97,10 @@ test('health_target_crash: out of every table within 3.5 s, 0 failed connects af
 
 test('health_partition: one LB cut from one target: no table changes, that LB alone reports the disagreement', () => {
   const r = passed('health_partition');
-  const [ms, goal, lb1, lb2] = figure(r, /disagreement reported in (\d+) ms \(goal <= (\d+) ms\); nfqlb_health_disagreement per LB: (\d+) (\d+)/);
+  const [ms, goal, lb1, lb2] = figure(
+    r,
+    /disagreement reported in (\d+) ms \(goal <= (\d+) ms\); nfqlb_health_disagreement per LB: (\d+) (\d+)/,
+  );
   expect(ms).toBeLessThanOrEqual(goal!);
   expect([lb1, lb2]).toEqual([0, 1]);
   expect(figure(r, /table samples that changed meanwhile: (\d+)/)).toEqual([0]);

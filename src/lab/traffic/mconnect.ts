@@ -90,7 +90,8 @@ export function formatResult(r: MconnectResult): string {
 }
 
 const USAGE =
-  'usage: mconnect --address=HOST:PORT [--nconn=1] [--srccidr=CIDR] [--timeout=DURATION] [--maxconcurrent=64] [--rate=PER_S] [--output=json|text]';
+  'usage: mconnect --address=HOST:PORT [--nconn=1] [--srccidr=CIDR] [--timeout=DURATION] [--maxconcurrent=64] [--rate=PER_S]\n' +
+  '       [--output=json|text]';
 
 /** CLI: exit code 1 when any connect or read failed (as mconnect). */
 export async function main(argv: string[]): Promise<number> {
