@@ -76,8 +76,11 @@ export async function settled(lab: HealthLab): Promise<void> {
   await registry.waitTables('every table to hold every server', routers, serverSlots(topo.nvm), 15_000);
 }
 
-/** Samples every LB's lookup array every 2 ms until stopped; counts the samples that differ from the first. */
-function tableWatch(lab: HealthLab): { stop(): Promise<number> } {
+/**
+ * Runs `body` while sampling every LB's lookup array every 2 ms; answers how many samples
+ * differed from the tables before it.
+ */
+async function watchingTables(lab: HealthLab, body: () => Promise<void>): Promise<number> {
   const routers = routersOf(lab.topo);
   const before = routers.map((i) => Int32Array.from(lab.registry.table(i).lookup));
   let changed = 0;
@@ -88,13 +91,13 @@ function tableWatch(lab: HealthLab): { stop(): Promise<number> } {
       await sleep(2);
     }
   })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return changed;
-    },
-  };
+  try {
+    await body();
+  } finally {
+    running = false;
+    await loop;
+  }
+  return changed;
 }
 
 /** The failed connections of a rate run started at or after `t` (ms since the epoch). */
@@ -113,6 +116,7 @@ export async function healthTargetCrash(lab: HealthLab, n: number): Promise<Heal
   const problems: string[] = [];
   await settled(lab);
   const traffic = lab.connects(RATE, 9000);
+  traffic.catch(() => undefined); // awaited below; a failure on the way must not go unhandled meanwhile
   const t = Date.now();
   await sleep(1000); // places the crash 1 s into the traffic
   const killed = Date.now();
@@ -164,30 +168,33 @@ export async function healthPartition(lab: HealthLab, n: number): Promise<Health
   const figures: string[] = [];
   const problems: string[] = [];
   await settled(lab);
-  const watch = tableWatch(lab);
   const t0 = Date.now();
-  cutPath(lab, lb, serverFwmark(n), '-A');
-  let disagree: number[];
-  try {
-    const at = await until(
-      `${vmName(200 + lb)} to report the disagreement`,
-      () => metricSum(lab.registry.metrics([lb])[0]!, 'nfqlb_health_disagreement') === 1,
-      15_000,
-    );
-    disagree = metricOnAll(lab, 'nfqlb_health_disagreement');
-    const ms = at - t0;
-    figures.push(
-      `${vmName(200 + lb)}'s path to ${vmName(n)} cut -> disagreement reported in ${ms} ms (goal <= ${DETECTION_GOAL_MS + TIER_MS} ms); ` +
-        `nfqlb_health_disagreement per LB: ${disagree.join(' ')}`,
-    );
-    if (ms > DETECTION_GOAL_MS + TIER_MS) problems.push(`the disagreement took ${ms} ms, more than ${DETECTION_GOAL_MS + TIER_MS} ms`);
-    if (disagree.some((v, k) => v !== (routers[k] === lb ? 1 : 0)))
-      problems.push(`nfqlb_health_disagreement per LB is ${disagree.join(' ')}: expected 1 on ${vmName(200 + lb)} only`);
-  } finally {
-    cutPath(lab, lb, serverFwmark(n), '-D');
-  }
-  await until('the disagreement to end', () => metricOnAll(lab, 'nfqlb_health_disagreement').every((v) => v === 0), 15_000);
-  const changed = await watch.stop();
+  const changed = await watchingTables(lab, async () => {
+    cutPath(lab, lb, serverFwmark(n), '-A');
+    let cut = true;
+    try {
+      const at = await until(
+        `${vmName(200 + lb)} to report the disagreement`,
+        () => metricSum(lab.registry.metrics([lb])[0]!, 'nfqlb_health_disagreement') === 1,
+        15_000,
+      );
+      const disagree = metricOnAll(lab, 'nfqlb_health_disagreement');
+      const ms = at - t0;
+      const goal = DETECTION_GOAL_MS + TIER_MS;
+      figures.push(
+        `${vmName(200 + lb)}'s path to ${vmName(n)} cut -> disagreement reported in ${ms} ms (goal <= ${goal} ms); ` +
+          `nfqlb_health_disagreement per LB: ${disagree.join(' ')}`,
+      );
+      if (ms > goal) problems.push(`the disagreement took ${ms} ms, more than ${goal} ms`);
+      if (disagree.some((v, k) => v !== (routers[k] === lb ? 1 : 0)))
+        problems.push(`nfqlb_health_disagreement per LB is ${disagree.join(' ')}: expected 1 on ${vmName(200 + lb)} only`);
+      cutPath(lab, lb, serverFwmark(n), '-D');
+      cut = false;
+      await until('the disagreement to end', () => metricOnAll(lab, 'nfqlb_health_disagreement').every((v) => v === 0), 15_000);
+    } finally {
+      if (cut) cutPath(lab, lb, serverFwmark(n), '-D');
+    }
+  });
   figures.push(`path restored, disagreement over after ${Date.now() - t0} ms; table samples that changed meanwhile: ${changed}`);
   if (changed > 0) problems.push(`a table changed in ${changed} samples while one LB's path was cut`);
   return { figures, problems };
@@ -203,17 +210,18 @@ export async function healthAllDown(lab: HealthLab): Promise<HealthOutcome> {
   const problems: string[] = [];
   const servers = Array.from({ length: topo.nvm }, (_, k) => k + 1);
   await settled(lab);
-  const watch = tableWatch(lab);
   const t0 = Date.now();
-  for (const n of servers) lab.killServer(n);
-  const at = await until(
-    'nfqlb_service_all_down = 1 on every LB',
-    () => metricOnAll(lab, 'nfqlb_service_all_down').every((v) => v === 1),
-    15_000,
-  );
-  // Hold a probe interval longer: the tables must stay as they are while all is down.
-  await sleep(1000);
-  const changed = await watch.stop();
+  let at = 0;
+  const changed = await watchingTables(lab, async () => {
+    for (const n of servers) lab.killServer(n);
+    at = await until(
+      'nfqlb_service_all_down = 1 on every LB',
+      () => metricOnAll(lab, 'nfqlb_service_all_down').every((v) => v === 1),
+      15_000,
+    );
+    // Hold a probe interval longer: the tables must stay as they are while all is down.
+    await sleep(1000);
+  });
   figures.push(
     `all ${topo.nvm} servers SIGKILLed -> nfqlb_service_all_down = 1 on all ${topo.nrouters} LBs in ${at - t0} ms; ` +
       `table samples that changed: ${changed}`,
@@ -240,16 +248,21 @@ export async function healthRestart(lab: HealthLab): Promise<HealthOutcome> {
   const figures: string[] = [];
   const problems: string[] = [];
   await settled(lab);
-  const watch = tableWatch(lab);
   const traffic = lab.connects(RATE, 8000);
-  await sleep(1000); // places the restart 1 s into the traffic
-  const t0 = Date.now();
-  await registry.stopFollower(1, 'SIGKILL');
-  await registry.startFollower(1, serverSlots(topo.nvm));
-  const started = Date.now() - t0;
-  const warm = await until("the restarted follower's warm-up to end", () => lab.followerLog(1).includes('warm-up over'), 20_000);
+  traffic.catch(() => undefined); // awaited below; a failure on the way must not go unhandled meanwhile
+  let t0 = 0;
+  let started = 0;
+  let warm = 0;
+  const changed = await watchingTables(lab, async () => {
+    await sleep(1000); // places the restart 1 s into the traffic
+    t0 = Date.now();
+    await registry.stopFollower(1, 'SIGKILL');
+    await registry.startFollower(1, serverSlots(topo.nvm));
+    started = Date.now() - t0;
+    warm = await until("the restarted follower's warm-up to end", () => lab.followerLog(1).includes('warm-up over'), 20_000);
+    await traffic;
+  });
   const results = await traffic;
-  const changed = await watch.stop();
   figures.push(
     `${vmName(201)}'s follower SIGKILLed and restarted (following in ${started} ms, warm-up over after ${warm - t0} ms); ` +
       `table samples that changed: ${changed}`,
