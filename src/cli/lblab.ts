@@ -4,7 +4,7 @@
 // environment variables __nvm, __nrouters, __scale and xcluster_SYN_ONLY=yes work too).
 
 import { formatHosts, formatLossReport } from '../lab/report.js';
-import { checkTest, formatMs, type LabOptions, removeLab, runTest, TESTS, type TestResult } from '../lab/suite.js';
+import { checkTest, formatMs, type LabOptions, removeLab, runHealthTests, runTest, TESTS, type TestResult } from '../lab/suite.js';
 import { type Family, MAX_ROUTERS, MAX_SERVERS } from '../lab/topology.js';
 import { parseDuration } from '../lab/traffic/common.js';
 import { UsageError } from '../usage-error.js';
@@ -58,6 +58,7 @@ function labOptions(p: Parsed): LabOptions {
     bgp: p.opts.has('bgp'),
     resilient: p.opts.has('resilient'),
     registry: p.opts.has('registry'),
+    health: p.opts.has('health'),
     log: (line) => process.stdout.write(`${line}\n`),
   };
 }
@@ -111,7 +112,7 @@ const commands: CommandTable = {
     synopsis: [
       'test --list',
       'test [--nvm=4] [--nrouters=1] [--scale="1 2"] [--family=4|6|4,6] [--view] [--syn-only] [--conntrack]\n' +
-        '     [--stop-servers] [--no-stop] [--bgp] [--resilient] [--registry] [opt...] <test...>',
+        '     [--stop-servers] [--no-stop] [--bgp] [--resilient] [--registry] [--health] [opt...] <test...>',
       '  Run tests (names as the original load-balancer.sh); start_* leave the lab up',
     ].join('\n'),
     options: {
@@ -130,6 +131,7 @@ const commands: CommandTable = {
       registry: {
         help: 'nfqueue: a 3-member etcd (TLS, users); nfqlb follow on every LB, an nfqlb register sidecar per server (registry_* imply it)',
       },
+      health: { help: 'with --registry: nfqlb follow --health on every LB (health_* imply both; given together they share one lab)' },
       nconn: { arg: true, help: 'ctraffic/mconnect connections (default 100)' },
       rate: { arg: true, help: 'ctraffic messages per second, all connections together (default 100)' },
       duration: { arg: true, help: 'ctraffic run length (default 20s for *_scale, 10s for *_scale_in/out)' },
@@ -153,14 +155,23 @@ const commands: CommandTable = {
       process.once('SIGTERM', onSignal);
       const results: TestResult[] = [];
       try {
-        for (const test of p.args) {
-          const routers = `${o.nrouters} router${o.nrouters > 1 ? 's' : ''}`;
-          const scale = o.scale ? `, scale ${o.scale.join(' ')}` : '';
-          const extras = `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''}${o.registry ? ', registry' : ''}`;
+        const routers = `${o.nrouters} router${o.nrouters > 1 ? 's' : ''}`;
+        const scale = o.scale ? `, scale ${o.scale.join(' ')}` : '';
+        const extras = `${o.conntrack ? ', conntrack' : ''}${o.stopServers ? ', servers stopped' : ''}${o.registry ? ', registry' : ''}`;
+        // The health tests share one lab (each starts from every target up).
+        const health = p.args.filter((t) => TESTS[t]?.health);
+        for (const test of p.args.filter((t) => !health.includes(t))) {
           o.log(`=== lblab: ${test} (${o.nvm} servers, ${routers}${scale}${extras})`);
           const r = await runTest(test, o);
           results.push(r);
           printResult(r, p.opts.has('view'));
+        }
+        if (health.length > 0) {
+          o.log(`=== lblab: ${health.join(' ')} (${o.nvm} servers, ${routers}${scale}${extras}, health)`);
+          for (const r of await runHealthTests(health, o)) {
+            results.push(r);
+            printResult(r, p.opts.has('view'));
+          }
         }
       } finally {
         process.off('SIGINT', onSignal);

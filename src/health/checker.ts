@@ -38,9 +38,7 @@ export class HealthChecker {
   private readonly rounds: NodeJS.Timeout;
 
   constructor(private readonly o: CheckerOptions) {
-    this.rounds = setInterval(() => {
-      for (const [fw, t] of this.targets) void this.probeTarget(fw, t);
-    }, o.timing.intervalMs);
+    this.rounds = setInterval(() => void this.round(), o.timing.intervalMs);
   }
 
   /** Probes exactly these targets (by fwmark) from now on: new ones start unknown and are probed at once, gone ones are forgotten. */
@@ -50,7 +48,7 @@ export class HealthChecker {
       if (this.targets.has(fw)) continue;
       const t: Probed = { health: new TargetHealth(this.o.timing), probes: null, gone: false };
       this.targets.set(fw, t);
-      void this.probeTarget(fw, t);
+      void this.probeTarget(fw, t).then((to) => to && this.o.onChange(fw, to));
     }
   }
 
@@ -75,17 +73,29 @@ export class HealthChecker {
     this.o.metrics.targetUp.remove({ service: this.o.service, fwmark: String(fw) });
   }
 
-  private async probeTarget(fw: number, t: Probed): Promise<void> {
+  /**
+   * Probes every target at once and tells the round's changes only when all have their result:
+   * targets that fall together (every server of a service stopped) are then seen together, and the
+   * fail-open keeps them all, instead of the first few results taking those targets out for a
+   * moment.
+   */
+  private async round(): Promise<void> {
+    const changes = await Promise.all([...this.targets].map(async ([fw, t]) => [fw, await this.probeTarget(fw, t)] as const));
+    for (const [fw, to] of changes) if (to !== null && this.targets.has(fw)) this.o.onChange(fw, to);
+  }
+
+  /** Probes one target and records the result; answers the state it entered, or null. */
+  private async probeTarget(fw: number, t: Probed): Promise<HealthState | null> {
     const why = await this.probeAll(fw, t);
-    if (t.gone) return;
+    if (t.gone) return null;
     const to = t.health.record(why === null);
-    if (to === null) return;
+    if (to === null) return null;
     const labels = { service: this.o.service, fwmark: String(fw) };
     this.o.metrics.targetUp.set(labels, to === 'up' ? 1 : 0);
     this.o.metrics.transitions.inc({ ...labels, to });
     if (to === 'down') log.warn({ ...labels, why }, 'target down');
     else log.info(labels, 'target up');
-    this.o.onChange(fw, to);
+    return to;
   }
 
   /** Probes every address of the target at once; null when all passed, else the first failure. */

@@ -20,7 +20,8 @@ import { EtcdCluster } from './etcd.js';
 import { binArgv, type LabHandle, repoRoot, shmName } from './lb-setup.js';
 import type { WriterAnswer, WriterConfig, WriterOp } from './registry-writer.js';
 import { serverFwmark } from './rules.js';
-import { routerAddr, vmName } from './topology.js';
+import { routerAddr, VIP, vmName } from './topology.js';
+import { HOST_PORT } from './traffic/server.js';
 
 export const SERVICE = 'web';
 export const KEY_PREFIX = '/tslb';
@@ -66,6 +67,8 @@ export class RegistryTier {
     minSlots: number,
     /** The sidecars' --drain (ms). */
     readonly drainMs: number,
+    /** `nfqlb follow --health` on every LB (./health-tests.ts); it publishes views, so it runs as writer. */
+    private readonly health = false,
   ) {
     this.etcd = new EtcdCluster(lab, KEY_PREFIX);
     this.N = Math.max(minSlots, lab.topo.nvm) + 1;
@@ -127,10 +130,12 @@ export class RegistryTier {
     return [
       ...binArgv('nfqlb'),
       'follow',
-      ...this.etcd.clientOptions('reader'),
+      ...this.etcd.clientOptions(this.health ? 'writer' : 'reader'),
       `--service=${SERVICE}`,
       `--shm=${shmName(this.lab.topo, 'nfqlb', i)}`,
       `--metrics=${routerAddr(i, 1, 4)}:${FOLLOW_METRICS_PORT}`,
+      // Probes to the lab's VIPs on the servers' mconnect port, this LB named as its router.
+      ...(this.health ? [`--health=tcp:${HOST_PORT}`, `--vip=${VIP[4]},${VIP[6]}`, `--lb=${vmName(200 + i)}`] : []),
     ];
   }
 

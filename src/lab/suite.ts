@@ -8,11 +8,12 @@
 // follow targets registered in etcd (./registry.ts); the `registry_*` tests
 // (./registry-tests.ts) always run with it.
 import { type ChildProcess, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ANNOUNCE_IF, BgpTier, bgpUnavailable, removeBirdFiles } from './bgp.js';
 import { etcdUnavailable, removeEtcdFiles } from './etcd.js';
+import { type HealthLab, type HealthOutcome, healthAllDown, healthPartition, healthRestart, healthTargetCrash } from './health-tests.js';
 import { binArgv, createLb, type LabHandle, type LbKind, type LoadBalancer, lbUnavailable, removeLabShm, repoRoot } from './lb-setup.js';
 import { connectionsSvg } from './plot.js';
 import { DRAIN_MS, RegistryTier, SERVICE } from './registry.js';
@@ -48,13 +49,19 @@ type TestKind =
   | 'target_crash'
   | 'etcd_faults'
   | 'lb_restart'
-  | 'propagation';
+  | 'propagation'
+  | 'health_target_crash'
+  | 'health_partition'
+  | 'health_all_down'
+  | 'health_restart';
 
 interface TestSpec {
   lb: LbKind;
   kind: TestKind;
   /** Runs with --registry (the LBs follow etcd) whether it is given or not. */
   registry?: boolean;
+  /** Runs with --registry --health (every LB's follower checks the targets). */
+  health?: boolean;
 }
 
 /** The tests, named as in the original load-balancer.sh. */
@@ -83,6 +90,10 @@ export const TESTS: Readonly<Record<string, TestSpec>> = {
   registry_etcd_faults: { lb: 'nfqueue', kind: 'etcd_faults', registry: true },
   registry_lb_restart: { lb: 'nfqueue', kind: 'lb_restart', registry: true },
   registry_propagation: { lb: 'nfqueue', kind: 'propagation', registry: true },
+  health_target_crash: { lb: 'nfqueue', kind: 'health_target_crash', registry: true, health: true },
+  health_partition: { lb: 'nfqueue', kind: 'health_partition', registry: true, health: true },
+  health_all_down: { lb: 'nfqueue', kind: 'health_all_down', registry: true, health: true },
+  health_restart: { lb: 'nfqueue', kind: 'health_restart', registry: true, health: true },
 };
 
 export interface LabOptions {
@@ -116,6 +127,8 @@ export interface LabOptions {
   resilient?: boolean;
   /** nfqueue: the LBs follow targets registered in etcd (a 3-member cluster the lab starts). */
   registry?: boolean;
+  /** With registry: `nfqlb follow --health` on every LB (probes to the VIPs on the servers' port 5001). */
+  health?: boolean;
   /** Progress lines. */
   log(line: string): void;
 }
@@ -210,7 +223,7 @@ class Lab implements LabHandle {
       topo.setTesterRoute(this.routersUp);
     }
     if (o.registry) {
-      const registry = new RegistryTier(this, PROPAGATION_TARGETS, drainMs);
+      const registry = new RegistryTier(this, PROPAGATION_TARGETS, drainMs, o.health === true);
       this.registry = registry;
       await registry.start();
       o.log(`  registry: etcd ${registry.etcd.endpoints}, a sidecar per server, a follower per LB`);
@@ -407,6 +420,60 @@ class Lab implements LabHandle {
     if (p?.pid !== undefined && p.exitCode === null) process.kill(p.pid, 'SIGKILL');
   }
 
+  /** mconnect --rate on every family at once, in the background (the health tests' new connections). */
+  private async connects(rate: number, durationMs: number): Promise<{ family: Family; result: MconnectResult }[]> {
+    const { o, topo } = this;
+    const runs = o.families.map(async (family) => {
+      const argv = [
+        ...toolArgv('mconnect'),
+        `--address=${vipAddr(family, 5001)}`,
+        `--nconn=${Math.round((rate * durationMs) / 1000)}`,
+        `--rate=${rate}`,
+        `--srccidr=${CLIENT_CIDR[family]}`,
+        '--output=json',
+      ];
+      const p = topo.spawn(topo.ns.tester, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+      this.procs.push(p);
+      let out = '';
+      let err = '';
+      p.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+      });
+      p.stderr!.on('data', (d: Buffer) => {
+        err += d.toString();
+      });
+      const code = await new Promise<number | null>((resolve) => p.once('close', resolve));
+      if (code !== 0 && code !== 1) throw new Error(`mconnect IPv${family} exited (${code}): ${err.trim()}`);
+      return { family, result: JSON.parse(out) as MconnectResult };
+    });
+    return Promise.all(runs);
+  }
+
+  /** The log of router i's follower started last (the registry tier names them <ns>-follow-<start>). */
+  private followerLog(i: number): string {
+    const re = new RegExp(`^${this.topo.ns.router(i)}-follow-(\\d+)\\.log$`);
+    const last = readdirSync(this.o.outDir)
+      .map((f) => re.exec(f))
+      .filter((m) => m !== null)
+      .sort((a, b) => Number(b[1]) - Number(a[1]))[0];
+    return last ? readFileSync(join(this.o.outDir, last[0]), 'utf8') : '';
+  }
+
+  /** The health tests' view of this lab. */
+  healthLab(): HealthLab {
+    const registry = this.registry;
+    if (!registry || !this.o.health) throw new Error('the lab runs without --registry --health');
+    return {
+      topo: this.topo,
+      registry,
+      killServer: (n) => this.killServer(n),
+      startServer: (n) => this.startServer(n),
+      connects: (rate, durationMs) => this.connects(rate, durationMs),
+      followerLog: (i) => this.followerLog(i),
+      log: this.o.log,
+    };
+  }
+
   /** The registry tests' view of this lab. */
   registryLab(): RegistryLab {
     const { o } = this;
@@ -440,6 +507,7 @@ export function checkTest(test: string, o: LabOptions): number[] {
   if (o.bgp && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --bgp is for the nfqueue tests (the announcement follows 'nfqlb lb')`);
   if (o.resilient && spec.lb !== 'ecmp') throw new RangeError(`${test}: --resilient is for the ecmp tests`);
   if ((o.conntrack ?? 0) > 0 && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --conntrack is for the nfqueue tests (nfqlb)`);
+  if (o.health && !o.registry) throw new RangeError(`${test}: --health goes with --registry (nfqlb follow --health)`);
   if (o.registry && spec.lb !== 'nfqueue') throw new RangeError(`${test}: --registry is for the nfqueue tests (nfqlb follow)`);
   if (spec.kind === 'propagation' && o.nrouters < 2) throw new RangeError(`${test}: needs --nrouters >= 2 (LBs to compare)`);
   const list = o.scale ?? [isLb ? 201 : 1];
@@ -499,6 +567,7 @@ function registryManual(r: RegistryTier): string[] {
 
 /** Runs one test; the lab is removed afterwards unless it is a start_* test or noStop is set. */
 export async function runTest(test: string, options: LabOptions): Promise<TestResult> {
+  if (TESTS[test]?.health) return (await runHealthTests([test], options))[0]!;
   // The registry tests run with --registry whether it is given or not.
   const o = TESTS[test]?.registry ? { ...options, registry: true } : options;
   const list = checkTest(test, o);
@@ -596,5 +665,64 @@ async function runRegistryTest(
       return registryPropagation(lab);
     default:
       throw new Error(`${test}: not a registry test`);
+  }
+}
+
+/**
+ * Runs health_* tests one after the other on one lab (--registry --health, implied); each starts
+ * from every target up and in every table. The lab is removed afterwards unless noStop is set.
+ */
+export async function runHealthTests(tests: readonly string[], options: LabOptions): Promise<TestResult[]> {
+  const o = { ...options, registry: true, health: true };
+  const lists = tests.map((test) => {
+    if (!TESTS[test]?.health) throw new RangeError(`${test}: not a health test`);
+    return checkTest(test, o);
+  });
+  const results = tests.map((test): TestResult => ({ test, ok: false, problems: [], mconnect: [], runs: [], figures: [] }));
+  const unavailable = lbUnavailable('nfqueue') ?? etcdUnavailable();
+  if (unavailable) {
+    for (const r of results) r.unavailable = unavailable;
+    return results;
+  }
+  mkdirSync(o.outDir, { recursive: true });
+  const lab = new Lab(o, o.noStop);
+  let started = false;
+  try {
+    await lab.start('nfqueue', DRAIN_MS);
+    started = true;
+    const h = lab.healthLab();
+    for (const [k, r] of results.entries()) {
+      const n = lists[k]![0]!;
+      o.log(`  ${r.test}`);
+      let outcome: HealthOutcome;
+      try {
+        outcome = await runHealthTest(h, TESTS[r.test]!.kind, n);
+      } catch (e) {
+        outcome = { figures: [], problems: [(e as Error).message] };
+      }
+      r.figures.push(...outcome.figures);
+      r.problems.push(...outcome.problems);
+      r.ok = r.problems.length === 0;
+    }
+    return results;
+  } finally {
+    lab.registry?.close();
+    if (o.noStop && started) o.log(manualText(lab, o));
+    else lab.destroy();
+  }
+}
+
+function runHealthTest(lab: HealthLab, kind: TestKind, n: number): Promise<HealthOutcome> {
+  switch (kind) {
+    case 'health_target_crash':
+      return healthTargetCrash(lab, n);
+    case 'health_partition':
+      return healthPartition(lab, n);
+    case 'health_all_down':
+      return healthAllDown(lab);
+    case 'health_restart':
+      return healthRestart(lab);
+    default:
+      throw new Error(`not a health test (${kind})`);
   }
 }
