@@ -109,15 +109,7 @@ describe('xdplb lb --offload', () => {
   });
 
   afterAll(() => {
-    for (const p of procs) {
-      if (p.pid !== undefined && p.exitCode === null && p.signalCode === null) {
-        try {
-          process.kill(p.pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-    }
+    for (const p of procs) p.kill('SIGKILL');
     destroyLab(PREFIX);
     deleteShm(SHM);
   });

@@ -121,14 +121,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   });
 
   afterAll(() => {
-    for (const p of [lb, ...servers]) {
-      if (p?.pid !== undefined && p.exitCode === null)
-        try {
-          process.kill(p.pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-    }
+    for (const p of [lb, ...servers]) p?.kill('SIGKILL');
     destroyLab(PREFIX);
     deleteShm(SHM);
   });
