@@ -64,6 +64,20 @@ function sameLookups(tier: RegistryTier, routers: readonly number[]): boolean {
 }
 
 /**
+ * Whether every LB's lookup array is the same within `ms`. A table is written in place (as the
+ * reference's is): an activation's slot is in `active` before its lookup array is copied, so a
+ * reader that saw the slot may still catch the old lookup for a moment.
+ */
+async function lookupsAgree(tier: RegistryTier, routers: readonly number[], ms = 1000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!sameLookups(tier, routers)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return true;
+}
+
+/**
  * registry_scale: nfqueue_scale through the registry. The `list` servers' sidecars get SIGTERM
  * (draining, deleted after the drain time) at 1/4 of the run and are started again at 3/4.
  * Stateless, the scale-in loses what nfqlb deactivate loses. With --conntrack the sidecars drain
@@ -186,7 +200,7 @@ export async function registryEtcdFaults(lab: RegistryLab, test: string, duratio
         `(${Math.max(...converged.values()) - undrain.ts} ms after the undrain's write; goal <= 1000 ms)`,
     );
     if (ms > 1000) problems.push(`the LBs converged ${ms} ms after etcd was back, more than 1 s`);
-    if (!sameLookups(registry, routers)) problems.push('the LBs publish different lookup arrays after the restart');
+    if (!(await lookupsAgree(registry, routers))) problems.push('the LBs publish different lookup arrays after the restart');
   });
   for (const run of runs) {
     healthy(run, problems);
@@ -305,7 +319,7 @@ export async function registryPropagation(lab: RegistryLab, changes = PROPAGATIO
     const times = [...at.values()];
     latency.push(Math.max(...times) - a.ts);
     spread.push(Math.max(...times) - Math.min(...times));
-    if (!sameLookups(registry, routers)) problems.push(`change ${k + 1}: the LBs publish different lookup arrays`);
+    if (!(await lookupsAgree(registry, routers))) problems.push(`change ${k + 1}: the LBs publish different lookup arrays`);
     const seen = registry.metrics(routers);
     const hashes = new Set(seen.map((m) => metricValue(m, 'nfqlb_table_hash')));
     if (hashes.size !== 1 || hashes.has(undefined)) problems.push(`change ${k + 1}: nfqlb_table_hash differs: ${[...hashes].join(' ')}`);
