@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inNs } from '../../src/lab/netns.js';
 import { addFwmarkRoutes, iptables, nfqueueRule, serverFwmark, vipHost } from '../../src/lab/rules.js';
+import type { LabOptions } from '../../src/lab/suite.js';
 import {
   CLIENT_CIDR,
   createTopology,
@@ -28,6 +29,14 @@ export const NFQLB = `${ROOT}bin/nfqlb`;
 /** The tests run bin/nfqlb and the traffic tools in namespaces, from dist/. */
 export function requireBuild(): void {
   if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the test runs bin/nfqlb');
+}
+
+/**
+ * The options of a lab test (runTest): ten servers behind one LB, IPv4, 100 connections at 500
+ * messages/s, quiet; `o` overrides any of them, and names the lab's prefix and output folder.
+ */
+export function labOptions(o: Pick<LabOptions, 'prefix' | 'outDir'> & Partial<LabOptions>): LabOptions {
+  return { nvm: 10, nrouters: 1, families: [4], nconn: 100, rate: 500, synOnly: false, noStop: false, log: () => {}, ...o };
 }
 
 let publicRoot: string | null = null;

@@ -5,31 +5,15 @@
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { type LabOptions, removeLab, runTest } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
+import { labOptions, ROOT } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const PREFIX = 'tct-l';
 let out: string;
 
-function options(o: Partial<LabOptions>): LabOptions {
-  return {
-    prefix: PREFIX,
-    nvm: 10,
-    nrouters: 1,
-    families: [4],
-    nconn: 100,
-    rate: 500,
-    outDir: out,
-    synOnly: false,
-    noStop: false,
-    conntrack: 65536,
-    log: () => {},
-    ...o,
-  };
-}
+const options = (o: Partial<LabOptions>): LabOptions => labOptions({ prefix: PREFIX, outDir: out, conntrack: 65536, ...o });
 
 beforeAll(() => {
   if (!existsSync(`${ROOT}dist/src/cli/nfqlb.js`)) throw new Error('run `make build` first: the lab runs bin/nfqlb');

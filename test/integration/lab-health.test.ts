@@ -12,7 +12,7 @@ import { afterAll, beforeAll, expect, test } from 'vitest';
 import { DETECTION_GOAL_MS } from '../../src/lab/health-tests.js';
 import { removeLab, runHealthTests, type TestResult } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
-import { ROOT } from './harness.js';
+import { labOptions, ROOT } from './harness.js';
 
 const PREFIX = 'thl-';
 const TESTS = ['health_target_crash', 'health_partition', 'health_all_down', 'health_restart'];
@@ -40,19 +40,18 @@ beforeAll(async () => {
   if (!existsSync(`${ROOT}dist/src/lab/health-tests.js`)) throw new Error('run `make build` first: the lab runs bin/nfqlb');
   out = mkdtempSync(join(tmpdir(), 'thl-'));
   removeLab(PREFIX);
-  results = await runHealthTests(TESTS, {
-    prefix: PREFIX,
-    nvm: 10,
-    nrouters: 2,
-    scale: [3],
-    families: [4, 6],
-    nconn: 100,
-    rate: 100,
-    outDir: out,
-    synOnly: false,
-    noStop: false,
-    log: (line) => console.log(`${new Date().toISOString().slice(11, 23)} ${line}`),
-  });
+  results = await runHealthTests(
+    TESTS,
+    labOptions({
+      prefix: PREFIX,
+      outDir: out,
+      nrouters: 2,
+      scale: [3],
+      families: [4, 6],
+      rate: 100,
+      log: (line) => console.log(`${new Date().toISOString().slice(11, 23)} ${line}`),
+    }),
+  );
   expect(results.map((r) => r.test)).toEqual(TESTS);
   // The lab is gone, also its shared memory.
   expect(labNamespaces(PREFIX)).toEqual([]);

@@ -19,7 +19,7 @@ import type { MconnectResult } from '../../src/lab/traffic/mconnect.js';
 import type { CtrafficStats } from '../../src/lab/traffic/stats.js';
 import { toolArgv } from '../../src/lab/traffic/tools.js';
 import { waitFor } from '../wait.js';
-import { establishedTo, NFQLB, ROOT, requireBuild } from './harness.js';
+import { establishedTo, labOptions, NFQLB, ROOT, requireBuild } from './harness.js';
 
 let out: string;
 
@@ -69,19 +69,7 @@ describe('nfqlb lb --announce --drain (BGP tier)', () => {
     const missing = bgpUnavailable();
     if (missing) throw new Error(missing);
     removeLab(PREFIX);
-    const r = await runTest('start_nfqueue', {
-      prefix: PREFIX,
-      nvm: 2,
-      nrouters: 2,
-      families: [4],
-      nconn: 100,
-      rate: 100,
-      outDir: out,
-      synOnly: false,
-      noStop: false,
-      bgp: true,
-      log: () => {},
-    });
+    const r = await runTest('start_nfqueue', labOptions({ prefix: PREFIX, outDir: out, nvm: 2, nrouters: 2, rate: 100, bgp: true }));
     if (!r.ok) throw new Error(`start_nfqueue --bgp: ${r.unavailable ?? r.problems.join('; ')}`);
   });
 

@@ -12,26 +12,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { type LabOptions, removeLab, runTest, type TestResult } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
-import { ROOT } from './harness.js';
+import { labOptions, ROOT } from './harness.js';
 
 const PREFIX = 'trl-';
 let out: string;
 
-function options(o: Partial<LabOptions>): LabOptions {
-  return {
-    prefix: PREFIX,
-    nvm: 4,
-    nrouters: 2,
-    families: [4, 6],
-    nconn: 100,
-    rate: 500,
-    outDir: out,
-    synOnly: false,
-    noStop: false,
-    log: () => {},
-    ...o,
-  };
-}
+const options = (o: Partial<LabOptions>): LabOptions =>
+  labOptions({ prefix: PREFIX, outDir: out, nvm: 4, nrouters: 2, families: [4, 6], ...o });
 
 /** A figure a test printed: the numbers the pattern's groups match, in order. */
 function figure(r: TestResult, re: RegExp): number[] {

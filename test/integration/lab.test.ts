@@ -7,13 +7,12 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { ipvsUnavailable, xdpUnavailable } from '../../src/lab/lb-setup.js';
 import { type LabOptions, removeLab, runTest, type ScaleRun } from '../../src/lab/suite.js';
 import { labNamespaces, vmName } from '../../src/lab/topology.js';
+import { labOptions, ROOT } from './harness.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const PREFIX = 'tlbl-';
 const NVM = 10;
 const ALL_SERVERS = Array.from({ length: NVM }, (_, k) => vmName(k + 1));
@@ -23,21 +22,7 @@ function lblab(...args: string[]): { status: number | null; stdout: string; stde
   return spawnSync(process.execPath, [`${ROOT}bin/lblab`, ...args], { encoding: 'utf8', env: { ...process.env, __nvm: '', __scale: '' } });
 }
 
-function options(o: Partial<LabOptions>): LabOptions {
-  return {
-    prefix: PREFIX,
-    nvm: NVM,
-    nrouters: 1,
-    families: [4],
-    nconn: 100,
-    rate: 500,
-    outDir: out,
-    synOnly: false,
-    noStop: false,
-    log: () => {},
-    ...o,
-  };
-}
+const options = (o: Partial<LabOptions>): LabOptions => labOptions({ prefix: PREFIX, outDir: out, nvm: NVM, ...o });
 
 const labShm = (): string[] => readdirSync('/dev/shm').filter((f) => f.startsWith(PREFIX));
 

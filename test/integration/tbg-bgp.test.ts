@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { bgpUnavailable, birdDir } from '../../src/lab/bgp.js';
 import { formatMs, type LabOptions, removeLab, runTest, type TestResult } from '../../src/lab/suite.js';
 import { labNamespaces } from '../../src/lab/topology.js';
-import { ROOT, requireBuild } from './harness.js';
+import { labOptions, ROOT, requireBuild } from './harness.js';
 
 const PREFIX = 'tbg-ci-';
 let out: string;
@@ -20,22 +20,7 @@ let out: string;
 /** The BGP hold time the gateway's sessions use (contrib/bird/gateway.conf), in ms. */
 const HOLD_MS = 1000 * Number(/^\s*hold time (\d+);/m.exec(readFileSync(`${ROOT}contrib/bird/gateway.conf`, 'utf8'))![1]);
 
-function options(o: Partial<LabOptions>): LabOptions {
-  return {
-    prefix: PREFIX,
-    nvm: 4,
-    nrouters: 2,
-    families: [4],
-    nconn: 100,
-    rate: 500,
-    outDir: out,
-    synOnly: false,
-    noStop: false,
-    bgp: true,
-    log: () => {},
-    ...o,
-  };
-}
+const options = (o: Partial<LabOptions>): LabOptions => labOptions({ prefix: PREFIX, outDir: out, nvm: 4, nrouters: 2, bgp: true, ...o });
 
 /** Nothing of the lab is left: namespaces, shared memory, BIRD files and processes. */
 function expectGone(): void {
