@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from './netns.js';
 import { addFwmarkRoutes, fwmarkTable, lbFwmark, nfqueueRule, serverFwmark } from './rules.js';
-import { type Family, routerAddr, serverAddr, type Topology, VIP, VIP_NET } from './topology.js';
+import { type Family, routerAddr, serverAddr, serverMac, type Topology, VIP, VIP_NET } from './topology.js';
 
 export type LbKind = 'nfqueue' | 'ecmp' | 'xdp' | 'ipvs';
 
@@ -319,7 +319,7 @@ export function xdpLb(lab: LabHandle): LoadBalancer {
   return {
     kind: 'xdp',
     async start() {
-      const macs = servers(topo).map((n) => topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim());
+      const macs = servers(topo).map((n) => serverMac(topo, n));
       for (const i of routers(topo)) {
         const ns = topo.ns.router(i);
         xdplb(i, ['init']);

@@ -60,6 +60,10 @@ export function routerAddr(i: number, net: 1 | 2, family: Family): string {
 export function testerAddr(family: Family): string {
   return hostAddr(2, TESTER_HOST, family);
 }
+/** Server n's MAC address on net 1 (its eth1): where an L2 DSR load-balancer (xdplb) sends its packets. */
+export function serverMac(topo: Topology, n: number): string {
+  return topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
+}
 /** The VM name the original lab uses for a host number: vm-001, vm-201, vm-221. */
 export function vmName(host: number): string {
   return `vm-${String(host).padStart(3, '0')}`;

@@ -16,6 +16,7 @@ import {
   labNamespaces,
   routerAddr,
   serverAddr,
+  serverMac,
   type Topology,
   testerAddr,
   VIP,
@@ -223,14 +224,30 @@ export function createNfqueueLab(prefix: string, nvm: number, procs: ChildProces
   return { topo, router };
 }
 
+const serverList = (servers: number | readonly number[]): readonly number[] =>
+  typeof servers === 'number' ? Array.from({ length: servers }, (_, i) => i + 1) : servers;
+
 /**
  * Activates servers in target table `shm` with the fwmark nfqueueRouter routes to each
  * (server n: fwmark 100+n), at a fixed index (n), so that activating them again gives back the
  * same lookup table. A number means servers 1..n.
  */
 export function activateServers(shm: string, servers: number | readonly number[]): void {
-  const list = typeof servers === 'number' ? Array.from({ length: servers }, (_, i) => i + 1) : servers;
-  for (const n of list) nfqlb('activate', `--shm=${shm}`, `--index=${n}`, String(100 + n));
+  for (const n of serverList(servers)) nfqlb('activate', `--shm=${shm}`, `--index=${n}`, String(100 + n));
+}
+
+/**
+ * A new xdplb table with `servers` active (a number means servers 1..n), server n as target n - 1
+ * by its MAC (L2 DSR), made with `xdplb` (the CLI on the lb's router and table); returns the MACs,
+ * in the order of `servers`.
+ */
+export function activateXdplbServers(topo: Topology, xdplb: (...args: string[]) => string, servers: number | readonly number[]): string[] {
+  xdplb('init');
+  return serverList(servers).map((n) => {
+    const mac = serverMac(topo, n);
+    xdplb('activate', `--mac=${mac}`, String(n - 1));
+    return mac;
+  });
 }
 
 /**

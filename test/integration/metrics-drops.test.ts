@@ -14,6 +14,7 @@ import { deleteShm } from '../../src/shm.js';
 import { waitFor, waitUntilStable } from '../wait.js';
 import {
   activateServers,
+  activateXdplbServers,
   createNfqueueLab,
   type Daemon,
   httpGet,
@@ -168,8 +169,7 @@ describe('xdplb: frames the kernel drops for want of a fill-ring frame are count
   beforeAll(async () => {
     topo = createTopology({ prefix: PREFIX, nvm: 1, nrouters: 1 });
     const xdplb = (...args: string[]) => topo!.exec(router(), [process.execPath, `${ROOT}bin/xdplb`, ...args, `--shm=${SHM}`]);
-    xdplb('init');
-    xdplb('activate', `--mac=${topo.exec(topo.ns.server(1), ['cat', '/sys/class/net/eth1/address']).trim()}`, '0');
+    activateXdplbServers(topo, xdplb, 1);
     const p = topo.spawn(router(), [
       process.execPath,
       `${ROOT}bin/xdplb`,

@@ -19,6 +19,7 @@ import { docCommands, fencedBlocks, inlineCode, type Section } from './doc-block
 import { EtcdFixture } from './etcd-fixture.js';
 import {
   activateServers,
+  activateXdplbServers,
   createNfqueueLab,
   type Daemon,
   mconnect,
@@ -186,11 +187,7 @@ beforeAll(async () => {
   // Router 2: xdplb over the same servers (by MAC), and a flowlb on a queue no rule feeds,
   // whose one flow has a table without targets (PromQL's "is any table empty?").
   const xdplb = (...args: string[]) => topo.exec(router2, ['node', `${ROOT}bin/xdplb`, ...args, `--shm=${XDP_SHM}`]);
-  xdplb('init');
-  for (let n = 1; n <= NVM; n++) {
-    const mac = topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
-    xdplb('activate', `--mac=${mac}`, String(n - 1));
-  }
+  activateXdplbServers(topo, xdplb, NVM);
   const xlb = topo.spawn(router2, [
     'node',
     `${ROOT}bin/xdplb`,

@@ -20,7 +20,7 @@ import { VERDICT_TX } from '../../src/xdp/xsk.js';
 import { eth } from '../fixtures/offload-cases.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { waitFor } from '../wait.js';
-import { httpGet, mconnect, ROOT, Scrape, sources, startServers, startUdpServers, udpRoundTrips } from './harness.js';
+import { activateXdplbServers, httpGet, mconnect, ROOT, Scrape, sources, startServers, startUdpServers, udpRoundTrips } from './harness.js';
 
 const PREFIX = 'txo-';
 const SHM = 'txo-xdplb';
@@ -80,12 +80,7 @@ describe('xdplb lb --offload', () => {
     topo = createTopology({ prefix: PREFIX, nvm: SERVERS.length, nrouters: 1, offloads: false });
     topo.enableXdpRedirect(1);
     procs.push(...startServers(topo, SERVERS.length), ...startUdpServers(topo, SERVERS.length));
-    xdplb('init');
-    for (const n of SERVERS) {
-      const mac = topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
-      macs.set(formatMac(parseMac(mac)), `vm-00${n}`);
-      xdplb('activate', `--mac=${mac}`, String(n - 1));
-    }
+    for (const [k, mac] of activateXdplbServers(topo, xdplb, SERVERS).entries()) macs.set(formatMac(parseMac(mac)), `vm-00${SERVERS[k]}`);
     lb = topo.spawn(router(), [
       process.execPath,
       XDPLB,

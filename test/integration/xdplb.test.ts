@@ -6,16 +6,14 @@
 
 import { type ChildProcess, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { CLIENT_CIDR, createTopology, destroyLab, type Family, routerAddr, type Topology, VIP } from '../../src/lab/topology.js';
+import { CLIENT_CIDR, createTopology, destroyLab, type Family, routerAddr, serverMac, type Topology, VIP } from '../../src/lab/topology.js';
 import { deleteShm } from '../../src/shm.js';
 import { waitFor } from '../wait.js';
-import { httpGet, Scrape } from './harness.js';
+import { activateXdplbServers, httpGet, ROOT, Scrape } from './harness.js';
 
 const PREFIX = 'tlbx-';
 const SHM = 'tlbx-xdplb';
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const XDPLB = `${ROOT}bin/xdplb`;
 const SERVERS = [1, 2, 3];
 const METRICS_PORT = 9111;
@@ -92,11 +90,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       const first = await Promise.race([once(p.stdout!, 'data'), once(p, 'exit')]);
       expect(String(first[0])).toContain('ready');
     }
-    xdplb('init');
-    for (const n of SERVERS) {
-      const mac = topo.exec(topo.ns.server(n), ['cat', '/sys/class/net/eth1/address']).trim();
-      xdplb('activate', `--mac=${mac}`, String(n - 1));
-    }
+    activateXdplbServers(topo, xdplb, SERVERS);
     lb = topo.spawn(router(), [
       process.execPath,
       XDPLB,
@@ -207,8 +201,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     // Another size is a new file: the running lb must switch to it, not keep forwarding by the
     // old, now unlinked, one (where only vm-002 is active and index 4 is free).
     xdplb('init', '--M=101', '--N=5');
-    const mac = topo.exec(topo.ns.server(3), ['cat', '/sys/class/net/eth1/address']).trim();
-    xdplb('activate', `--mac=${mac}`, '4');
+    xdplb('activate', `--mac=${serverMac(topo, 3)}`, '4');
     xdplb('vip-add', '10.0.0.0', '1000::');
     const switched = () => lbOut.indexOf('table re-created by init: using the new one');
     await waitFor('the lb to switch to the new table', () => switched() >= 0);
