@@ -53,7 +53,7 @@
         "rule_name": "clang_target_bpf",
         "extension": "c",
         "inputs": ["native/bpf/frame.h", "native/bpf/ip.h", "native/bpf/vip.h", "native/bpf/flow_hash.h",
-                   "native/bpf/maglev_table.h"],
+                   "native/bpf/maglev_table.h", "native/bpf/counters.h"],
         "outputs": ["<(PRODUCT_DIR)/<(RULE_INPUT_ROOT).o"],
         "action": ["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-I/usr/include/<!(gcc -dumpmachine)",
                    "-c", "<(RULE_INPUT_PATH)", "-o", "<(PRODUCT_DIR)/<(RULE_INPUT_ROOT).o"],

@@ -10,6 +10,7 @@
 // continues (TCX_NEXT); the program never drops.
 //
 // The table is published by the lb as a whole new map swapped in at once (maglev_table.h).
+#include "counters.h"
 #include "flow_hash.h"
 #include "maglev_table.h"
 
@@ -33,17 +34,12 @@ struct {
 // Lookup entry i gives the fwmark of active[lookup[i]], -1 if none.
 MAGLEV_TABLES(__s32);
 
-// Per-CPU: packets marked, and VIP packets left to the queue.
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, CNT_COUNT);
-  __type(key, __u32);
-  __type(value, __u64);
-} counters SEC(".maps");
+// Packets marked, and VIP packets left to the queue.
+PERCPU_COUNTERS(counters, CNT_COUNT);
 
-static __always_inline int count(__u32 which) {
-  __u64 *c = bpf_map_lookup_elem(&counters, &which);
-  if (c) *c += 1;
+// Counts `which` and lets the packet continue.
+static __always_inline int counted(__u32 which) {
+  count(&counters, which);
   return TCX_NEXT;
 }
 
@@ -59,7 +55,7 @@ int tslb_offload(struct __sk_buff *skb) {
     case FLOW_NOT_OURS:
       return TCX_NEXT;
     case FLOW_DECLINED:
-      return count(CNT_DECLINED);
+      return counted(CNT_DECLINED);
     case FLOW_KEYED:
       break;
   }
@@ -67,9 +63,9 @@ int tslb_offload(struct __sk_buff *skb) {
 
   __s32 *fwmark = maglev_entry(&tables, hash);
   // No active target (or fwmark 0, which is no mark): the lb applies --notargets_fwmark.
-  if (!fwmark || *fwmark <= 0) return count(CNT_DECLINED);
+  if (!fwmark || *fwmark <= 0) return counted(CNT_DECLINED);
   skb->mark = *fwmark;
-  return count(CNT_MARKED);
+  return counted(CNT_MARKED);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -14,6 +14,7 @@
 // unusual headers, no active target, and TCP/UDP frames whose checksum holds only the
 // pseudo-header sum (a local veth sender's checksum offload: the lb completes it, the kernel
 // could not once the frame is redirected). Frames not to a VIP pass.
+#include "counters.h"
 #include "flow_hash.h"
 #include "maglev_table.h"
 
@@ -66,26 +67,11 @@ struct {
 
 enum forward_counter { CNT_FORWARDED, CNT_DECLINED, CNT_COUNT };
 
-// Per-CPU: frames forwarded, and VIP frames left to the AF_XDP socket.
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, CNT_COUNT);
-  __type(key, __u32);
-  __type(value, __u64);
-} counters SEC(".maps");
+// Frames forwarded, and VIP frames left to the AF_XDP socket.
+PERCPU_COUNTERS(counters, CNT_COUNT);
 
-// Per-CPU frames forwarded to each target, by slot; user space sizes it (the table's N).
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, __u64);
-} target_counters SEC(".maps");
-
-static __always_inline void count(void *map, __u32 which) {
-  __u64 *c = bpf_map_lookup_elem(map, &which);
-  if (c) *c += 1;
-}
+// Frames forwarded to each target, by slot; user space sizes it (the table's N).
+PERCPU_COUNTERS(target_counters, 1);
 
 static __always_inline int decline(struct xdp_md *ctx) {
   count(&counters, CNT_DECLINED);
