@@ -4,7 +4,7 @@
 // costs the data path nothing but the few milliseconds of the collection itself; a slow or
 // malformed client is cut off by timeouts and never holds anything the data path needs.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { log } from './log.js';
 
 /** Where the endpoint listens. */
@@ -31,6 +31,36 @@ export function newRegistry(eventLoopPrecisionMs = 10): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: eventLoopPrecisionMs });
   return registry;
+}
+
+/** Puts one series' value at a scrape: its labels and the number. */
+export type Put = (labels: Record<string, string>, v: number) => void;
+
+// prom-client metrics filled at scrape time: reset, then `fill` puts one value per series.
+export function scrapeCounter(registry: Registry, name: string, help: string, labelNames: string[], fill: (put: Put) => void): void {
+  new Counter({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset();
+      fill((labels, v) => this.inc(labels, v));
+    },
+  });
+}
+
+export function scrapeGauge(registry: Registry, name: string, help: string, labelNames: string[], fill: (put: Put) => void): void {
+  new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset();
+      fill((labels, v) => this.set(labels, v));
+    },
+  });
 }
 
 export class MetricsServer {

@@ -3,8 +3,8 @@
 // program's per-CPU counters when Prometheus scrapes. Frames the program forwards count in
 // the same series as the forwarder's.
 import { existsSync } from 'node:fs';
-import { Counter, type Registry } from 'prom-client';
-import type { HealthCheck } from '../metrics.js';
+import type { Registry } from 'prom-client';
+import { type HealthCheck, type Put, scrapeCounter } from '../metrics.js';
 import { shmPath } from '../shm.js';
 import type { ForwarderCounters } from './forwarder.js';
 import type { XskStats } from './xsk.js';
@@ -24,22 +24,10 @@ export interface MeteredXdpLb {
 
 /** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
 export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | null, shm: string): HealthCheck {
-  const counter = (
-    name: string,
-    help: string,
-    labelNames: string[],
-    fill: (l: MeteredXdpLb, put: (labels: Record<string, string>, v: number) => void) => void,
-  ) =>
-    new Counter({
-      name,
-      help,
-      labelNames,
-      registers: [registry],
-      collect() {
-        this.reset();
-        const l = lb();
-        if (l !== null) fill(l, (labels, v) => this.inc(labels, v));
-      },
+  const counter = (name: string, help: string, labelNames: string[], fill: (l: MeteredXdpLb, put: Put) => void) =>
+    scrapeCounter(registry, name, help, labelNames, (put) => {
+      const l = lb();
+      if (l !== null) fill(l, put);
     });
   counter(
     'xdplb_packets_total',
