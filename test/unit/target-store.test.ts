@@ -158,6 +158,11 @@ describe('TargetStore.apply', () => {
   it('makes the table hold exactly the set, in one publication, draining what leaves', () => {
     create().activate([101, 102, 103]);
     open().deactivate([104]);
+    const set = new Map([
+      [0, 101],
+      [5, 104],
+      [6, 105],
+    ]);
     const reader = new TargetTable(openShm(NAME, false));
     const events: string[] = [];
     const update = TargetTable.prototype.update;
@@ -165,28 +170,12 @@ describe('TargetStore.apply', () => {
       events.push('publish');
       return update.call(this, change, before);
     });
-    expect(
-      open().apply(
-        new Map([
-          [0, 101],
-          [5, 104],
-          [6, 105],
-        ]),
-      ),
-    ).toBe(true);
+    expect(open().apply(set)).toBe(true);
     expect(events).toEqual(['publish']);
     expect(Array.from(reader.active.subarray(0, 7))).toEqual([101, -1, -1, -1, -1, 104, 105]);
     // 102 and 103 left the table: draining. 104 is back: no longer.
     expect(draining()).toEqual([102, 103]);
-    expect(
-      open().apply(
-        new Map([
-          [0, 101],
-          [5, 104],
-          [6, 105],
-        ]),
-      ),
-    ).toBe(false);
+    expect(open().apply(set)).toBe(false);
   });
 
   it('with now, what leaves is dead: not draining', () => {
