@@ -8,7 +8,6 @@
 // native XDP redirect into a veth needs NAPI on its peer (docs/offload.md).
 
 import { type ChildProcess, execFileSync } from 'node:child_process';
-import { once } from 'node:events';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createTopology, destroyLab, type Family, type Topology, VIP } from '../../src/lab/topology.js';
 import { ECHO_PORT } from '../../src/lab/traffic/server.js';
@@ -20,7 +19,19 @@ import { VERDICT_TX } from '../../src/xdp/xsk.js';
 import { eth } from '../fixtures/offload-cases.js';
 import { ipv4, ipv6 } from '../fixtures/packet-builder.js';
 import { waitFor } from '../wait.js';
-import { activateXdplbServers, httpGet, mconnect, ROOT, Scrape, sources, startServers, startUdpServers, udpRoundTrips } from './harness.js';
+import {
+  activateXdplbServers,
+  type Daemon,
+  httpGet,
+  mconnect,
+  ROOT,
+  Scrape,
+  sources,
+  startDaemon,
+  startServers,
+  startUdpServers,
+  udpRoundTrips,
+} from './harness.js';
 
 const PREFIX = 'txo-';
 const SHM = 'txo-xdplb';
@@ -64,15 +75,17 @@ const conns = [];
 
 describe('xdplb lb --offload', () => {
   let topo: Topology;
-  let lb: ChildProcess;
-  let lbOut = '';
-  let lbClosed: Promise<unknown>;
+  let lb: Daemon;
   const procs: ChildProcess[] = [];
   const macs = new Map<string, string>();
   const router = (): string => topo.ns.router(1);
   const xdplb = (...args: string[]): string => topo.exec(router(), [process.execPath, XDPLB, ...args, `--shm=${SHM}`]);
   const scrape = (): Scrape => new Scrape(httpGet(topo, router(), METRICS_PORT, '/metrics').body);
-  const published = (): number => lbOut.split('\n').filter((l) => l.includes('"xdplb table published"')).length;
+  const published = (): number =>
+    lb
+      .output()
+      .split('\n')
+      .filter((l) => l.includes('"xdplb table published"')).length;
 
   beforeAll(async () => {
     execFileSync(process.execPath, [`${ROOT}node_modules/typescript/bin/tsc`, '-p', `${ROOT}tsconfig.json`], { stdio: 'inherit' });
@@ -81,7 +94,7 @@ describe('xdplb lb --offload', () => {
     topo.enableXdpRedirect(1);
     procs.push(...startServers(topo, SERVERS.length), ...startUdpServers(topo, SERVERS.length));
     for (const [k, mac] of activateXdplbServers(topo, xdplb, SERVERS).entries()) macs.set(formatMac(parseMac(mac)), `vm-00${SERVERS[k]}`);
-    lb = topo.spawn(router(), [
+    const proc = topo.spawn(router(), [
       process.execPath,
       XDPLB,
       'lb',
@@ -93,12 +106,8 @@ describe('xdplb lb --offload', () => {
       '--vip=1000::',
       `--metrics=${METRICS_PORT}`,
     ]);
-    procs.push(lb);
-    lbClosed = once(lb, 'close');
-    lb.stdout!.on('data', (d) => (lbOut += String(d)));
-    lb.stderr!.on('data', (d) => (lbOut += String(d)));
-    await waitFor('the lb to forward', () => lbOut.includes('xdplb forwarding') || lb.exitCode !== null);
-    expect(lbOut).toContain('xdplb forwarding');
+    procs.push(proc);
+    lb = await startDaemon(proc, 'xdplb forwarding');
     // The servers listen: connections would otherwise fail for another reason than the lb.
     await waitFor('the servers to listen', () => SERVERS.every((n) => topo.exec(topo.ns.server(n), ['ss', '-Htln']).includes(':5003')));
   });
@@ -113,7 +122,7 @@ describe('xdplb lb --offload', () => {
     const link = topo.exec(router(), ['ip', '-d', 'link', 'show', 'eth2']);
     expect(link).toMatch(/prog\/xdp id \d+ name xdplb_forward/);
     expect(link).not.toContain('xdpgeneric');
-    expect(lbOut).toMatch(/"mode":"native","offload":true/);
+    expect(lb.output()).toMatch(/"mode":"native","offload":true/);
   });
 
   test('30 TCP connections over IPv4 and IPv6 reach all 3 servers; no VIP frame reaches the AF_XDP socket', () => {
@@ -168,7 +177,8 @@ describe('xdplb lb --offload', () => {
     const deactivated = Date.now();
     table.deactivate(1);
     await waitFor('the new table to be published', () => published() > before);
-    const line = lbOut
+    const line = lb
+      .output()
       .split('\n')
       .filter((l) => l.includes('"xdplb table published"'))
       .at(-1)!;
@@ -199,8 +209,7 @@ describe('xdplb lb --offload', () => {
   });
 
   test('SIGKILL: nothing stays attached to eth2', async () => {
-    lb.kill('SIGKILL');
-    await lbClosed;
+    await lb.stop('SIGKILL');
     await waitFor('the link to go', () => !topo.exec(router(), ['ip', 'link', 'show', 'eth2']).includes('xdp'));
   });
 });

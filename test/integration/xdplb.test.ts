@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CLIENT_CIDR, createTopology, destroyLab, type Family, routerAddr, serverMac, type Topology, VIP } from '../../src/lab/topology.js';
 import { deleteShm } from '../../src/shm.js';
 import { waitFor } from '../wait.js';
-import { activateXdplbServers, httpGet, ROOT, Scrape } from './harness.js';
+import { activateXdplbServers, type Daemon, httpGet, ROOT, Scrape, startDaemon } from './harness.js';
 
 const PREFIX = 'tlbx-';
 const SHM = 'tlbx-xdplb';
@@ -68,10 +68,8 @@ function clientPrefix(family: Family): string {
 
 describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   let topo: Topology;
-  let lb: ChildProcess;
-  let lbOut = '';
-  let lbClosed: Promise<unknown>;
-  const servers: ChildProcess[] = [];
+  let lb: Daemon;
+  const procs: ChildProcess[] = [];
   const router = (): string => topo.ns.router(1);
   const xdplb = (...args: string[]): string => topo.exec(router(), [process.execPath, XDPLB, ...args, `--shm=${SHM}`]);
   const connect = (family: Family, count: number, timeoutMs = 3000): string[] =>
@@ -86,12 +84,12 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     topo = createTopology({ prefix: PREFIX, nvm: SERVERS.length, nrouters: 1 });
     for (const n of SERVERS) {
       const p = topo.spawn(topo.ns.server(n), [process.execPath, '-e', SERVER_JS, `vm-00${n}`]);
-      servers.push(p);
+      procs.push(p);
       const first = await Promise.race([once(p.stdout!, 'data'), once(p, 'exit')]);
       expect(String(first[0])).toContain('ready');
     }
     activateXdplbServers(topo, xdplb, SERVERS);
-    lb = topo.spawn(router(), [
+    const proc = topo.spawn(router(), [
       process.execPath,
       XDPLB,
       'lb',
@@ -103,19 +101,12 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       '--vip=1000::',
       `--metrics=${METRICS_PORT}`,
     ]);
-    // 'close', not 'exit': the last lines may still be in the pipe when the process exits.
-    lbClosed = once(lb, 'close');
-    lb.stdout!.on('data', (d) => (lbOut += String(d)));
-    lb.stderr!.on('data', (d) => (lbOut += String(d)));
-    const started = await Promise.race([
-      new Promise((resolve) => lb.stdout!.on('data', () => lbOut.includes('xdplb forwarding') && resolve(true))),
-      lbClosed.then(() => false),
-    ]);
-    expect(started, lbOut).toBe(true);
+    procs.push(proc);
+    lb = await startDaemon(proc, 'xdplb forwarding');
   });
 
   afterAll(() => {
-    for (const p of [lb, ...servers]) p?.kill('SIGKILL');
+    for (const p of procs) p.kill('SIGKILL');
     destroyLab(PREFIX);
     deleteShm(SHM);
   });
@@ -180,7 +171,8 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     // The lb polls the table and logs the VIPs its program has after each change.
     const programVips = (vips: string[]) =>
       waitFor(`the lb's program to have VIPs ${vips.join(' ')}`, () => {
-        const changes = lbOut
+        const changes = lb
+          .output()
           .split('\n')
           .filter((l) => l.startsWith('{'))
           .map((l) => JSON.parse(l) as { msg: string; vips: string[] })
@@ -203,11 +195,12 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
     xdplb('init', '--M=101', '--N=5');
     xdplb('activate', `--mac=${serverMac(topo, 3)}`, '4');
     xdplb('vip-add', '10.0.0.0', '1000::');
-    const switched = () => lbOut.indexOf('table re-created by init: using the new one');
+    const switched = () => lb.output().indexOf('table re-created by init: using the new one');
     await waitFor('the lb to switch to the new table', () => switched() >= 0);
     // The program's VIPs follow the new table's list: both again once the lb has synced after the switch.
     await waitFor('the lb to sync the VIPs of the new table', () =>
-      lbOut
+      lb
+        .output()
         .slice(switched())
         .split('\n')
         .filter((l) => l.startsWith('{'))
@@ -221,12 +214,11 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
   });
 
   test('SIGTERM: the lb exits 0 and detaches the program', async () => {
-    lb.kill('SIGTERM');
-    await lbClosed;
-    expect(lb.exitCode, lbOut).toBe(0);
-    expect(lbOut).toContain('xdplb stopped');
+    const out = await lb.stop('SIGTERM');
+    expect(lb.proc.exitCode, out).toBe(0);
+    expect(out).toContain('xdplb stopped');
     // The tester's veth sends partial checksums (tx offload on): the lb completed them.
-    expect(lbOut).toMatch(/"checksums":[1-9]/);
+    expect(out).toMatch(/"checksums":[1-9]/);
     expect(topo.exec(router(), ['ip', 'link', 'show', 'eth2'])).not.toContain('xdp');
   });
 });
