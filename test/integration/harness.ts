@@ -26,6 +26,7 @@ import { kernelQueueStats } from '../../src/nfqueue.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const NFQLB = `${ROOT}bin/nfqlb`;
+export const XDPLB = `${ROOT}bin/xdplb`;
 
 /** The tests run bin/nfqlb and the traffic tools in namespaces, from dist/. */
 export function requireBuild(): void {
@@ -248,6 +249,16 @@ export function activateXdplbServers(topo: Topology, xdplb: (...args: string[]) 
     xdplb('activate', `--mac=${mac}`, String(n - 1));
     return mac;
   });
+}
+
+/**
+ * Starts `xdplb lb` in router namespace `ns` (in on eth2, out on eth1) over table `shm`, with
+ * `args` added; `procs` gets its process at once (for the teardown), the daemon once it forwards.
+ */
+export function startXdplb(topo: Topology, ns: string, shm: string, args: readonly string[], procs: ChildProcess[]): Promise<Daemon> {
+  const proc = topo.spawn(ns, [process.execPath, XDPLB, 'lb', '--idev=eth2', '--edev=eth1', `--shm=${shm}`, ...args]);
+  procs.push(proc);
+  return startDaemon(proc, 'xdplb forwarding');
 }
 
 /**

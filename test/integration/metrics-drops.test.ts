@@ -24,7 +24,9 @@ import {
   requireBuild,
   Scrape,
   startDaemon,
+  startXdplb,
   tearDownLab,
+  XDPLB,
 } from './harness.js';
 
 const PORT = 9112;
@@ -168,21 +170,9 @@ describe('xdplb: frames the kernel drops for want of a fill-ring frame are count
 
   beforeAll(async () => {
     topo = createTopology({ prefix: PREFIX, nvm: 1, nrouters: 1 });
-    const xdplb = (...args: string[]) => topo!.exec(router(), [process.execPath, `${ROOT}bin/xdplb`, ...args, `--shm=${SHM}`]);
+    const xdplb = (...args: string[]) => topo!.exec(router(), [process.execPath, XDPLB, ...args, `--shm=${SHM}`]);
     activateXdplbServers(topo, xdplb, 1);
-    const p = topo.spawn(router(), [
-      process.execPath,
-      `${ROOT}bin/xdplb`,
-      'lb',
-      '--idev=eth2',
-      '--edev=eth1',
-      '--mode=native',
-      `--shm=${SHM}`,
-      `--vip=${VIP[4]}`,
-      `--metrics=${PORT}`,
-    ]);
-    procs.push(p);
-    lb = await startDaemon(p, 'xdplb forwarding');
+    lb = await startXdplb(topo, router(), SHM, ['--mode=native', `--vip=${VIP[4]}`, `--metrics=${PORT}`], procs);
   });
 
   afterAll(() => {

@@ -29,7 +29,9 @@ import {
   ROOT,
   requireBuild,
   startDaemon,
+  startXdplb,
   tearDownLab,
+  XDPLB,
 } from './harness.js';
 
 const PREFIX = 'tpm-';
@@ -186,21 +188,9 @@ beforeAll(async () => {
 
   // Router 2: xdplb over the same servers (by MAC), and a flowlb on a queue no rule feeds,
   // whose one flow has a table without targets (PromQL's "is any table empty?").
-  const xdplb = (...args: string[]) => topo.exec(router2, ['node', `${ROOT}bin/xdplb`, ...args, `--shm=${XDP_SHM}`]);
+  const xdplb = (...args: string[]) => topo.exec(router2, ['node', XDPLB, ...args, `--shm=${XDP_SHM}`]);
   activateXdplbServers(topo, xdplb, NVM);
-  const xlb = topo.spawn(router2, [
-    'node',
-    `${ROOT}bin/xdplb`,
-    'lb',
-    '--idev=eth2',
-    '--edev=eth1',
-    `--shm=${XDP_SHM}`,
-    '--vip=10.0.0.0',
-    '--vip=1000::',
-    '--metrics=0.0.0.0:9110',
-  ]);
-  procs.push(xlb);
-  daemons.push(await startDaemon(xlb, 'xdplb forwarding'));
+  daemons.push(await startXdplb(topo, router2, XDP_SHM, ['--vip=10.0.0.0', '--vip=1000::', '--metrics=0.0.0.0:9110'], procs));
   nfqlb('init', `--shm=${EMPTY}`);
   const flowlb = topo.spawn(router2, ['node', NFQLB, 'flowlb', '--queue=3', `--ft_shm=${FT_SHM[1]}`, '--metrics=0.0.0.0:9111']);
   procs.push(flowlb);

@@ -27,15 +27,15 @@ import {
   ROOT,
   Scrape,
   sources,
-  startDaemon,
   startServers,
   startUdpServers,
+  startXdplb,
   udpRoundTrips,
+  XDPLB,
 } from './harness.js';
 
 const PREFIX = 'txo-';
 const SHM = 'txo-xdplb';
-const XDPLB = `${ROOT}bin/xdplb`;
 const SERVERS = [1, 2, 3];
 const METRICS_PORT = 9112;
 
@@ -94,20 +94,7 @@ describe('xdplb lb --offload', () => {
     topo.enableXdpRedirect(1);
     procs.push(...startServers(topo, SERVERS.length), ...startUdpServers(topo, SERVERS.length));
     for (const [k, mac] of activateXdplbServers(topo, xdplb, SERVERS).entries()) macs.set(formatMac(parseMac(mac)), `vm-00${SERVERS[k]}`);
-    const proc = topo.spawn(router(), [
-      process.execPath,
-      XDPLB,
-      'lb',
-      '--idev=eth2',
-      '--edev=eth1',
-      '--offload',
-      `--shm=${SHM}`,
-      '--vip=10.0.0.0',
-      '--vip=1000::',
-      `--metrics=${METRICS_PORT}`,
-    ]);
-    procs.push(proc);
-    lb = await startDaemon(proc, 'xdplb forwarding');
+    lb = await startXdplb(topo, router(), SHM, ['--offload', '--vip=10.0.0.0', '--vip=1000::', `--metrics=${METRICS_PORT}`], procs);
     // The servers listen: connections would otherwise fail for another reason than the lb.
     await waitFor('the servers to listen', () => SERVERS.every((n) => topo.exec(topo.ns.server(n), ['ss', '-Htln']).includes(':5003')));
   });

@@ -10,11 +10,10 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CLIENT_CIDR, createTopology, destroyLab, type Family, routerAddr, serverMac, type Topology, VIP } from '../../src/lab/topology.js';
 import { deleteShm } from '../../src/shm.js';
 import { waitFor } from '../wait.js';
-import { activateXdplbServers, type Daemon, httpGet, ROOT, Scrape, startDaemon } from './harness.js';
+import { activateXdplbServers, type Daemon, httpGet, ROOT, Scrape, startXdplb, XDPLB } from './harness.js';
 
 const PREFIX = 'tlbx-';
 const SHM = 'tlbx-xdplb';
-const XDPLB = `${ROOT}bin/xdplb`;
 const SERVERS = [1, 2, 3];
 const METRICS_PORT = 9111;
 
@@ -89,20 +88,7 @@ describe.each(['native', 'generic'] as const)('xdplb lb (%s XDP)', (mode) => {
       expect(String(first[0])).toContain('ready');
     }
     activateXdplbServers(topo, xdplb, SERVERS);
-    const proc = topo.spawn(router(), [
-      process.execPath,
-      XDPLB,
-      'lb',
-      '--idev=eth2',
-      '--edev=eth1',
-      `--mode=${mode}`,
-      `--shm=${SHM}`,
-      '--vip=10.0.0.0',
-      '--vip=1000::',
-      `--metrics=${METRICS_PORT}`,
-    ]);
-    procs.push(proc);
-    lb = await startDaemon(proc, 'xdplb forwarding');
+    lb = await startXdplb(topo, router(), SHM, [`--mode=${mode}`, '--vip=10.0.0.0', '--vip=1000::', `--metrics=${METRICS_PORT}`], procs);
   });
 
   afterAll(() => {
