@@ -36,31 +36,33 @@ export function newRegistry(eventLoopPrecisionMs = 10): Registry {
 /** Puts one series' value at a scrape: its labels and the number. */
 export type Put = (labels: Record<string, string>, v: number) => void;
 
-// prom-client metrics filled at scrape time: reset, then `fill` puts one value per series.
-export function scrapeCounter(registry: Registry, name: string, help: string, labelNames: string[], fill: (put: Put) => void): void {
-  new Counter({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      this.reset();
-      fill((labels, v) => this.inc(labels, v));
-    },
-  });
-}
-
-export function scrapeGauge(registry: Registry, name: string, help: string, labelNames: string[], fill: (put: Put) => void): void {
-  new Gauge({
-    name,
-    help,
-    labelNames,
-    registers: [registry],
-    collect() {
-      this.reset();
-      fill((labels, v) => this.set(labels, v));
-    },
-  });
+/** A prom-client metric filled at scrape time: reset, then `fill` puts one value per series. */
+export function scrapeMetric(
+  type: 'counter' | 'gauge',
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: string[],
+  fill: (put: Put) => void,
+): void {
+  const config = { name, help, labelNames, registers: [registry] };
+  if (type === 'counter') {
+    new Counter({
+      ...config,
+      collect() {
+        this.reset();
+        fill((labels, v) => this.inc(labels, v));
+      },
+    });
+  } else {
+    new Gauge({
+      ...config,
+      collect() {
+        this.reset();
+        fill((labels, v) => this.set(labels, v));
+      },
+    });
+  }
 }
 
 export class MetricsServer {

@@ -4,7 +4,7 @@
 // read when Prometheus scrapes; the data path only bumps typed-array words.
 import { readFileSync } from 'node:fs';
 import type { Registry } from 'prom-client';
-import { type HealthCheck, type Put, scrapeCounter, scrapeGauge } from '../metrics.js';
+import { type HealthCheck, type Put, scrapeMetric } from '../metrics.js';
 import { kernelQueueStats } from '../nfqueue.js';
 import { NFQLB_TABLE, TableFollower } from '../target-store.js';
 import { sameInt32, type TargetTable } from '../target-table.js';
@@ -151,36 +151,42 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
         else for (const [i, b] of blocks.entries()) put({ ...labels, queue: String(src.queues[i]) }, sum(words, b));
       }
     };
-    if (m.type === 'counter') scrapeCounter(registry, m.name, m.help, labelNames, fill);
-    else scrapeGauge(registry, m.name, m.help, labelNames, fill);
+    scrapeMetric(m.type, registry, m.name, m.help, labelNames, fill);
   }
 
   const targets = (what: 'packets' | 'bytes') => (put: Put) => {
     for (const [fw, t] of fwmarkTotals(blocks)) put({ fwmark: fw < 0 ? 'other' : String(fw) }, t[what]);
   };
-  scrapeCounter(registry, 'nfqlb_target_packets_total', 'Packets sent to each target, by the fwmark set', ['fwmark'], targets('packets'));
+  scrapeMetric(
+    'counter',
+    registry,
+    'nfqlb_target_packets_total',
+    'Packets sent to each target, by the fwmark set',
+    ['fwmark'],
+    targets('packets'),
+  );
   const bytes = 'Bytes sent to each target (the IP packet length the kernel reported), by fwmark';
-  scrapeCounter(registry, 'nfqlb_target_bytes_total', bytes, ['fwmark'], targets('bytes'));
+  scrapeMetric('counter', registry, 'nfqlb_target_bytes_total', bytes, ['fwmark'], targets('bytes'));
 
   const kernel = () => {
     const text = readProc();
     return src.queues.map((q) => ({ queue: String(q), k: text === null ? undefined : kernelQueueStats(q, text) }));
   };
   const dropped = 'Packets the kernel dropped before they reached the lb (queue_full: --qlength; user: socket buffer full)';
-  scrapeCounter(registry, 'nfqlb_nfqueue_dropped_total', dropped, ['queue', 'reason'], (put) => {
+  scrapeMetric('counter', registry, 'nfqlb_nfqueue_dropped_total', dropped, ['queue', 'reason'], (put) => {
     for (const { queue, k } of kernel()) {
       if (k === undefined) continue;
       put({ queue, reason: 'queue_full' }, k.queueDropped);
       put({ queue, reason: 'user' }, k.userDropped);
     }
   });
-  scrapeGauge(registry, 'nfqlb_nfqueue_queue_length', 'Packets waiting in the kernel for a verdict', ['queue'], (put) => {
+  scrapeMetric('gauge', registry, 'nfqlb_nfqueue_queue_length', 'Packets waiting in the kernel for a verdict', ['queue'], (put) => {
     for (const { queue, k } of kernel()) if (k !== undefined) put({ queue }, k.queued);
   });
 
   if (src.flows !== undefined) {
     const flows = src.flows;
-    scrapeCounter(registry, 'nfqlb_flow_matches_total', 'Packets that matched each flow (flowlb)', ['flow'], (put) => {
+    scrapeMetric('counter', registry, 'nfqlb_flow_matches_total', 'Packets that matched each flow (flowlb)', ['flow'], (put) => {
       for (const f of flows()) put({ flow: f.name }, f.matches);
     });
   }
@@ -194,28 +200,32 @@ export function registerNfqlbMetrics(registry: Registry, src: NfqlbMetricsSource
     }
   };
   const activeCount = (t: TargetTable) => t.active.reduce((n, fw) => n + (fw >= 0 ? 1 : 0), 0);
-  scrapeGauge(
+  scrapeMetric(
+    'gauge',
     registry,
     'nfqlb_targets_active',
     'Active targets in the table',
     ['table'],
     perTable((t) => (t.follower ? activeCount(t.follower.table) : null)),
   );
-  scrapeGauge(
+  scrapeMetric(
+    'gauge',
     registry,
     'nfqlb_table_size',
     'Maglev lookup table size M',
     ['table'],
     perTable((t) => t.follower?.table.M ?? null),
   );
-  scrapeCounter(
+  scrapeMetric(
+    'counter',
     registry,
     'nfqlb_table_changes_total',
     'Changes of the active targets seen (polled every second; init counts as one)',
     ['table'],
     perTable((t) => t.changes),
   );
-  scrapeGauge(
+  scrapeMetric(
+    'gauge',
     registry,
     'nfqlb_table_last_change_seconds',
     'Unix time of the last change seen (or when the lb first read the table)',

@@ -4,7 +4,7 @@
 // the same series as the forwarder's.
 import { existsSync } from 'node:fs';
 import type { Registry } from 'prom-client';
-import { type HealthCheck, type Put, scrapeCounter } from '../metrics.js';
+import { type HealthCheck, type Put, scrapeMetric } from '../metrics.js';
 import { shmPath } from '../shm.js';
 import type { ForwarderCounters } from './forwarder.js';
 import type { XskStats } from './xsk.js';
@@ -25,7 +25,7 @@ export interface MeteredXdpLb {
 /** Registers the xdplb metrics over `lb()` (null until it has started); returns the /healthz check. */
 export function registerXdpMetrics(registry: Registry, lb: () => MeteredXdpLb | null, shm: string): HealthCheck {
   const counter = (name: string, help: string, labelNames: string[], fill: (l: MeteredXdpLb, put: Put) => void) =>
-    scrapeCounter(registry, name, help, labelNames, (put) => {
+    scrapeMetric('counter', registry, name, help, labelNames, (put) => {
       const l = lb();
       if (l !== null) fill(l, put);
     });
