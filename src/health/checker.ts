@@ -83,7 +83,7 @@ export class HealthChecker {
     this.record(await Promise.all([...this.targets].map(async ([fw, t]) => ({ fw, t, why: await this.probeAll(fw, t) }))));
   }
 
-  /** Records probe results (`why` null when passed, else why it failed), those of targets not forgotten meanwhile, and tells what changed. */
+  /** Records the results (`why`: null when passed) of targets not forgotten meanwhile, and tells what changed. */
   private record(results: readonly { fw: number; t: Probed; why: string | null }[]): void {
     const whys = new Map(results.filter(({ t }) => !t.gone).map(({ fw, why }) => [fw, why]));
     const passed = new Map([...whys].map(([fw, why]) => [fw, why === null]));

@@ -235,8 +235,8 @@ export async function healthAllDown(lab: HealthLab): Promise<HealthOutcome> {
     await sleep(1000);
   });
   figures.push(
-    `all ${topo.nvm} servers SIGKILLed (${half} a probe round before the others) -> nfqlb_service_all_down = 1 on all ${topo.nrouters} LBs in ${at - t0} ms; ` +
-      `table samples that changed: ${changed}`,
+    `all ${topo.nvm} servers SIGKILLed (${half} a probe round before the others) -> ` +
+      `nfqlb_service_all_down = 1 on all ${topo.nrouters} LBs in ${at - t0} ms; table samples that changed: ${changed}`,
   );
   if (changed > 0) problems.push(`a table changed in ${changed} samples with every server down (fail open keeps them)`);
   const t1 = Date.now();
