@@ -23,8 +23,11 @@ const TARGETS = 32;
 const METRICS_PORT = 9150;
 /** The window of each row: at 1% of a core a tick (10 ms) is 0.03% of a 30 s window. */
 const WINDOW_S = Number(process.env.BENCH_HEALTH_SECONDS ?? 30);
-/** Past the start's compiling and collecting: the steady state is what a checker costs. */
-const SETTLE_MS = 5000;
+/**
+ * A checker's first half minute costs it about twice its steady state (V8 compiling the probe
+ * path as it gets hot, the heap growing): past it, the steady state is what a checker costs.
+ */
+const SETTLE_MS = 30_000;
 
 interface Checker {
   label: string;
