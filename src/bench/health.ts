@@ -6,7 +6,7 @@
 // after its targets are up and its start-up is past; probes are counted by its own histogram
 // (scraped before and after the window, so the scrapes stay outside it). On veth the servers'
 // answers are processed in the softirq of the packet that caused them, on the checker's core
-// and charged to it: its system time includes the routers' and servers' kernel work of a probe.
+// and charged to it: its system time includes the router's and servers' kernel work of a probe.
 import { type ChildProcess, execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { metricSum } from '../lab/health-tests.js';
@@ -14,7 +14,7 @@ import { binArgv, removeLabShm } from '../lab/lb-setup.js';
 import { addFwmarkRoutes, serverFwmark } from '../lab/rules.js';
 import { createTopology, serverAddr, VIP } from '../lab/topology.js';
 import { VIP_PORT, VipServers } from '../lab/vip-servers.js';
-import { CLK_TCK, LB_CPU, type Lb, startLb, stopLb, userSystemTicks } from './measure.js';
+import { CLK_TCK, fix, LB_CPU, type Lb, startLb, stopLb, userSystemTicks } from './measure.js';
 
 const PREFIX = 'hcb-';
 const SHM = `${PREFIX}targets`;
@@ -24,7 +24,7 @@ const METRICS_PORT = 9150;
 /** The window of each row: at 1% of a core a tick (10 ms) is 0.03% of a 30 s window. */
 const WINDOW_S = Number(process.env.BENCH_HEALTH_SECONDS ?? 30);
 /**
- * A checker's first half minute costs it about twice its steady state (V8 compiling the probe
+ * A checker's first half minute costs it up to three times its steady state (V8 compiling the probe
  * path as it gets hot, the heap growing): past it, the steady state is what a checker costs.
  */
 const SETTLE_MS = 30_000;
@@ -58,8 +58,6 @@ const nfqlb = (...args: string[]): void => {
   execFileSync(node!, [bin!, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
 };
 
-const fix = (v: number | null, digits: number, width: number): string => (v === null ? '-' : v.toFixed(digits)).padStart(width);
-
 function printHealthRows(rows: readonly HealthRow[]): void {
   const idle = rows[0]!;
   const idleCpu = idle.user + idle.system;
@@ -77,6 +75,7 @@ function printHealthRows(rows: readonly HealthRow[]): void {
 }
 
 export async function benchHealth(): Promise<void> {
+  if (!(WINDOW_S >= 1)) throw new RangeError(`BENCH_HEALTH_SECONDS=${process.env.BENCH_HEALTH_SECONDS}: at least 1`);
   removeLabShm(PREFIX);
   const topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
   const router = topo.ns.router(1);

@@ -173,7 +173,8 @@ export async function measureFlood(p: Probe & { gen: ChildProcess }, path: strin
   }
 }
 
-const fix = (v: number | null, digits: number, width: number): string => (v === null ? '-' : v.toFixed(digits)).padStart(width);
+/** `v` with `digits` decimals, right-aligned in `width` ('-' for none). */
+export const fix = (v: number | null, digits: number, width: number): string => (v === null ? '-' : v.toFixed(digits)).padStart(width);
 const pct = (v: number | null, width: number): string => (v === null ? '-' : `${v.toFixed(0)}%`).padStart(width);
 
 /** Prints rows; `base` (a row of the same run) gives the received and CPU-per-packet ratios. */
