@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { benchConntrack } from './conntrack.js';
 import { pickGenerator } from './generators.js';
-import { benchHealth } from './health.js';
+import { benchHealth, WINDOW_S } from './health.js';
 import { benchMaglev } from './maglev.js';
 import { checkCpus, GEN_CPU } from './measure.js';
 import { benchNfqlb, referenceNfqlb } from './nfqlb.js';
@@ -19,6 +19,10 @@ if (unknown.length > 0) {
   process.exit(2);
 }
 const runs = (part: string): boolean => only.includes(part);
+if (runs('health') && !(WINDOW_S >= 1)) {
+  console.error(`BENCH_HEALTH_SECONDS=${process.env.BENCH_HEALTH_SECONDS}: at least 1`);
+  process.exit(2);
+}
 
 checkCpus();
 // A REF_NFQLB that is no nfqlb fails now, not after the first half of the run.
