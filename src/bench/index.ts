@@ -3,6 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { benchConntrack } from './conntrack.js';
 import { pickGenerator } from './generators.js';
+import { benchHealth, WINDOW_S } from './health.js';
 import { benchMaglev } from './maglev.js';
 import { checkCpus, GEN_CPU } from './measure.js';
 import { benchNfqlb, referenceNfqlb } from './nfqlb.js';
@@ -10,7 +11,7 @@ import { benchParse } from './parse.js';
 import { benchXdp } from './xdp.js';
 
 // BENCH_ONLY=xdp (a comma list of these parts) runs only those; default all.
-const PARTS = ['maglev', 'parse', 'conntrack', 'nfqlb', 'xdp'];
+const PARTS = ['maglev', 'parse', 'conntrack', 'nfqlb', 'xdp', 'health'];
 const only = (process.env.BENCH_ONLY ?? PARTS.join(',')).split(',');
 const unknown = only.filter((p) => !PARTS.includes(p));
 if (unknown.length > 0) {
@@ -18,6 +19,10 @@ if (unknown.length > 0) {
   process.exit(2);
 }
 const runs = (part: string): boolean => only.includes(part);
+if (runs('health') && !(WINDOW_S >= 1)) {
+  console.error(`BENCH_HEALTH_SECONDS=${process.env.BENCH_HEALTH_SECONDS}: at least 1`);
+  process.exit(2);
+}
 
 checkCpus();
 // A REF_NFQLB that is no nfqlb fails now, not after the first half of the run.
@@ -32,3 +37,4 @@ if (runs('nfqlb') || runs('xdp')) {
   if (runs('nfqlb')) await benchNfqlb(gen, ref);
   if (runs('xdp')) await benchXdp(gen);
 }
+if (runs('health')) await benchHealth();

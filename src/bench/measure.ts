@@ -18,7 +18,7 @@ export const LB_CPU = 1;
 export const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 /** A generator's start-up (node, socket set-up) stays out of the window. */
 const WARMUP_MS = 1000;
-const CLK_TCK = 100; // USER_HZ, the unit of /proc/stat and /proc/<pid>/stat
+export const CLK_TCK = 100; // USER_HZ, the unit of /proc/stat and /proc/<pid>/stat
 /** received ≥ 98% of offered: the lb kept up, so the row measures the generator. */
 const GENERATOR_BOUND = 0.98;
 /** Busy points on the lb's core beyond the lb's own time that make a row say its core was shared. */
@@ -38,12 +38,18 @@ export function checkCpus(): void {
   }
 }
 
+/** utime and stime in ticks of one process (all its threads). */
+export function userSystemTicks(pid: number): { user: number; system: number } {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return { user: Number(f[11]), system: Number(f[12]) };
+}
+
 /** utime+stime in ticks of a process (all its threads) and of its running descendants. */
 export function processTicks(pid: number): number {
   let ticks = 0;
   try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    ticks = Number(f[11]) + Number(f[12]);
+    const { user, system } = userSystemTicks(pid);
+    ticks = user + system;
     for (const child of readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ')) {
       if (child.trim()) ticks += processTicks(Number(child));
     }
@@ -167,7 +173,8 @@ export async function measureFlood(p: Probe & { gen: ChildProcess }, path: strin
   }
 }
 
-const fix = (v: number | null, digits: number, width: number): string => (v === null ? '-' : v.toFixed(digits)).padStart(width);
+/** `v` with `digits` decimals, right-aligned in `width` ('-' for none). */
+export const fix = (v: number | null, digits: number, width: number): string => (v === null ? '-' : v.toFixed(digits)).padStart(width);
 const pct = (v: number | null, width: number): string => (v === null ? '-' : `${v.toFixed(0)}%`).padStart(width);
 
 /** Prints rows; `base` (a row of the same run) gives the received and CPU-per-packet ratios. */

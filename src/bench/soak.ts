@@ -17,6 +17,7 @@ import { ECHO_PORT } from '../lab/traffic/server.js';
 import { analyze, asStats } from '../lab/traffic/stats.js';
 import { toolArgv } from '../lab/traffic/tools.js';
 import { kernelQueueStats } from '../nfqueue.js';
+import { userSystemTicks } from './measure.js';
 
 const PREFIX = 'tlbsoak-';
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 600);
@@ -36,8 +37,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const rssMiB = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 /** A process's user + system CPU so far, in seconds (fields 14 and 15 of /proc/PID/stat, in clock ticks). */
 const cpuSeconds = (pid: number): number => {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  const { user, system } = userSystemTicks(pid);
+  return (user + system) / 100;
 };
 /** The sum of a metric's samples in Prometheus text, of those whose labels include `match`. */
 const metricSum = (text: string, name: string, match = ''): number =>
@@ -46,7 +47,10 @@ const metricSum = (text: string, name: string, match = ''): number =>
     .filter((line) => (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) && line.includes(match))
     .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
 
-if (!(SECONDS >= 30)) throw new RangeError(`SOAK_SECONDS=${process.env.SOAK_SECONDS}: at least 30`);
+if (!(SECONDS >= 30)) {
+  console.error(`SOAK_SECONDS=${process.env.SOAK_SECONDS}: at least 30`);
+  process.exit(2);
+}
 const topo = createTopology({ prefix: PREFIX, nvm: NVM, nrouters: 1 });
 const procs: ChildProcess[] = [];
 const statsFile = join(tmpdir(), `${PREFIX}ctraffic.json`);

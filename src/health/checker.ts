@@ -6,7 +6,7 @@
 import { log } from '../log.js';
 import type { HealthMetrics } from './metrics.js';
 import { type ProbeSpec, probe, probeRequest } from './probe.js';
-import { type HealthState, type RiseFall, TargetHealth } from './state.js';
+import { type HealthState, type RiseFall, recordRound, TargetHealth } from './state.js';
 
 export interface HealthTiming extends RiseFall {
   intervalMs: number;
@@ -21,8 +21,8 @@ export interface CheckerOptions {
   /** Where to probe the target of `fwmark` (the VIPs, or its own addresses); throws when that is unknown. */
   addresses(fwmark: number): string[];
   metrics: HealthMetrics;
-  /** Called after a target entered state up or down. */
-  onChange(fwmark: number, state: HealthState): void;
+  /** Called after a round (or a new target's first probe) in which targets entered state up or down. */
+  onChange(): void;
 }
 
 interface Probed {
@@ -48,7 +48,7 @@ export class HealthChecker {
       if (this.targets.has(fw)) continue;
       const t: Probed = { health: new TargetHealth(this.o.timing), probes: null, gone: false };
       this.targets.set(fw, t);
-      void this.probeTarget(fw, t).then((to) => to && this.o.onChange(fw, to));
+      void this.probeAll(fw, t).then((why) => this.record([{ fw, t, why }]));
     }
   }
 
@@ -74,28 +74,28 @@ export class HealthChecker {
   }
 
   /**
-   * Probes every target at once and tells the round's changes only when all have their result:
-   * targets that fall together (every server of a service stopped) are then seen together, and the
+   * Probes every target at once and records the results only when all are in: targets that fall
+   * together (every server of a service stopped) are then seen together (recordRound), and the
    * fail-open keeps them all, instead of the first few results taking those targets out for a
    * moment.
    */
   private async round(): Promise<void> {
-    const changes = await Promise.all([...this.targets].map(async ([fw, t]) => [fw, await this.probeTarget(fw, t)] as const));
-    for (const [fw, to] of changes) if (to !== null && this.targets.has(fw)) this.o.onChange(fw, to);
+    this.record(await Promise.all([...this.targets].map(async ([fw, t]) => ({ fw, t, why: await this.probeAll(fw, t) }))));
   }
 
-  /** Probes one target and records the result; answers the state it entered, or null. */
-  private async probeTarget(fw: number, t: Probed): Promise<HealthState | null> {
-    const why = await this.probeAll(fw, t);
-    if (t.gone) return null;
-    const to = t.health.record(why === null);
-    if (to === null) return null;
-    const labels = { service: this.o.service, fwmark: String(fw) };
-    this.o.metrics.targetUp.set(labels, to === 'up' ? 1 : 0);
-    this.o.metrics.transitions.inc({ ...labels, to });
-    if (to === 'down') log.warn({ ...labels, why }, 'target down');
-    else log.info(labels, 'target up');
-    return to;
+  /** Records the results (`why`: null when passed) of targets not forgotten meanwhile, and tells what changed. */
+  private record(results: readonly { fw: number; t: Probed; why: string | null }[]): void {
+    const whys = new Map(results.filter(({ t }) => !t.gone).map(({ fw, why }) => [fw, why]));
+    const passed = new Map([...whys].map(([fw, why]) => [fw, why === null]));
+    const changes = recordRound(new Map([...this.targets].map(([fw, t]) => [fw, t.health])), passed);
+    for (const [fw, to] of changes) {
+      const labels = { service: this.o.service, fwmark: String(fw) };
+      this.o.metrics.targetUp.set(labels, to === 'up' ? 1 : 0);
+      this.o.metrics.transitions.inc({ ...labels, to });
+      if (to === 'down') log.warn({ ...labels, why: whys.get(fw) }, 'target down');
+      else log.info(labels, 'target up');
+    }
+    if (changes.size > 0) this.o.onChange();
   }
 
   /** Probes every address of the target at once; null when all passed, else the first failure. */

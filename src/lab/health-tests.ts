@@ -201,19 +201,31 @@ export async function healthPartition(lab: HealthLab, n: number): Promise<Health
 }
 
 /**
- * health_all_down: every server's listening process is SIGKILLed. Fail open: no table changes,
- * and every LB sets nfqlb_service_all_down; the servers then start again and it clears.
+ * health_all_down: every server's listening process is SIGKILLed, half of them a probe round
+ * before the others, so each checker sees the first half fall a round before the rest. Fail
+ * open: no table changes, and every LB sets nfqlb_service_all_down; the servers then start again
+ * and it clears.
  */
 export async function healthAllDown(lab: HealthLab): Promise<HealthOutcome> {
   const { topo } = lab;
   const figures: string[] = [];
   const problems: string[] = [];
   const servers = Array.from({ length: topo.nvm }, (_, k) => k + 1);
+  const half = Math.ceil(servers.length / 2);
   await settled(lab);
   const t0 = Date.now();
   let at = 0;
   const changed = await watchingTables(lab, async () => {
-    for (const n of servers) lab.killServer(n);
+    const probes = metricOnAll(lab, 'nfqlb_health_probe_seconds_count');
+    for (const n of servers.slice(0, half)) lab.killServer(n);
+    // A round probes every server on both VIPs; once that many more probes ended, a round ran since.
+    const round = 2 * topo.nvm;
+    await until(
+      'every LB to probe a round with half the servers down',
+      () => metricOnAll(lab, 'nfqlb_health_probe_seconds_count').every((n, k) => n >= probes[k]! + round),
+      5000,
+    );
+    for (const n of servers.slice(half)) lab.killServer(n);
     at = await until(
       'nfqlb_service_all_down = 1 on every LB',
       () => metricOnAll(lab, 'nfqlb_service_all_down').every((v) => v === 1),
@@ -223,8 +235,8 @@ export async function healthAllDown(lab: HealthLab): Promise<HealthOutcome> {
     await sleep(1000);
   });
   figures.push(
-    `all ${topo.nvm} servers SIGKILLed -> nfqlb_service_all_down = 1 on all ${topo.nrouters} LBs in ${at - t0} ms; ` +
-      `table samples that changed: ${changed}`,
+    `all ${topo.nvm} servers SIGKILLed (${half} a probe round before the others) -> ` +
+      `nfqlb_service_all_down = 1 on all ${topo.nrouters} LBs in ${at - t0} ms; table samples that changed: ${changed}`,
   );
   if (changed > 0) problems.push(`a table changed in ${changed} samples with every server down (fail open keeps them)`);
   const t1 = Date.now();

@@ -121,7 +121,7 @@ interface Metrics {
   connected: Gauge;
   revision: Gauge;
   apply: Histogram;
-  hash: Gauge;
+  hash: Gauge<'service'>;
   rejected: Counter<'reason'>;
 }
 
@@ -138,6 +138,8 @@ function registerMetrics(registry: MetricsRegistry): Metrics {
   const hash = new Gauge({
     name: 'nfqlb_table_hash',
     help: 'FNV-1a of the published lookup table: equal on every LB of a tier whose tables agree',
+    // Followers of several services may share a job: their tables are compared per service.
+    labelNames: ['service'],
     registers,
   });
   const rejected = new Counter({
@@ -188,7 +190,7 @@ export class RegistryFollower {
     this.m.connected.set(0);
     // The table as it is (after a restart: the last one) is what lbs use until the first read.
     const t = this.localTable();
-    if (t) this.m.hash.set(tableHash(t.targets.lookup));
+    if (t) this.m.hash.set({ service: o.keys.service }, tableHash(t.targets.lookup));
   }
 
   /** The desired set last applied, or null before the first read. */
@@ -375,7 +377,7 @@ export class RegistryFollower {
     }
     const at = Date.now();
     const hash = tableHash(published.store.targets.lookup);
-    this.m.hash.set(hash);
+    this.m.hash.set({ service: this.o.keys.service }, hash);
     // Changed since the last publication (not on the first: those changes are old news).
     if (this.publishedRevision > 0) {
       for (const t of d.targets) {

@@ -157,7 +157,7 @@ describe('nfqlb follow', () => {
     expect(m).toMatchObject({
       nfqlb_registry_connected: 1,
       nfqlb_registry_revision: etcd.kvs('/tslb/web/').revision,
-      nfqlb_table_hash: hash,
+      'nfqlb_table_hash{service="web"}': hash,
     });
     // Each change with a ts (register, drain, undrain; a deletion has none) was timed from it.
     expect(m.nfqlb_registry_apply_seconds_count).toBeGreaterThanOrEqual(4);
@@ -217,7 +217,8 @@ describe('nfqlb follow', () => {
     const d = await follow('outage', shm, 9303, ['--relist=300']);
     const before = active(shm);
     expect(before).toEqual({ 0: 301, 1: 302 });
-    const hash = metrics(9303).nfqlb_table_hash;
+    const hash = metrics(9303)['nfqlb_table_hash{service="outage"}'];
+    expect(hash).toBe(tableHash(TargetStore.open(NFQLB_TABLE, shm).targets.lookup));
     await etcd.kill();
     await waitFor('the follower to see etcd gone', () => metrics(9303).nfqlb_registry_connected === 0);
     // Several re-reads fail meanwhile (every 300 ms, retries sooner): the table stays.
@@ -233,7 +234,7 @@ describe('nfqlb follow', () => {
     const again = await follow('outage', shm, 9303, ['--relist=300']);
     expect(again.output()).toContain('registry unreachable at start: keeping the local table');
     expect(active(shm)).toEqual(before);
-    expect(metrics(9303)).toMatchObject({ nfqlb_registry_connected: 0, nfqlb_table_hash: hash });
+    expect(metrics(9303)).toMatchObject({ nfqlb_registry_connected: 0, 'nfqlb_table_hash{service="outage"}': hash });
 
     await etcd.start();
     const up = performance.now();

@@ -11,11 +11,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addFwmarkRoutes, serverFwmark } from '../../src/lab/rules.js';
 import { createTopology, serverAddr, type Topology, VIP } from '../../src/lab/topology.js';
+import { VIP_PORT, VipServers } from '../../src/lab/vip-servers.js';
 import { NFQLB_TABLE, TargetStore } from '../../src/target-store.js';
 import { waitFor } from '../wait.js';
 import { EtcdFixture } from './etcd-fixture.js';
 import { type Daemon, httpGet, NFQLB, nfqlbIn, requireBuild, Scrape, startDaemon, tearDownLab } from './harness.js';
-import { VIP_PORT, VipServers } from './health-servers.js';
 
 const PREFIX = 'thc-t';
 const NVM = 3;

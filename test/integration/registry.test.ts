@@ -441,6 +441,6 @@ describe('docs/registry.md runs as written', () => {
     expect(actives.map((l) => l.trim())).toEqual(['Active: 101(0) 102(1)', 'Active: 101(0)', 'Active: 101(0)']);
     expect(r.stdout).toMatch(/^nfqlb_registry_connected 1$/m);
     expect(r.stdout).toMatch(/^nfqlb_registry_revision \d+$/m);
-    expect(r.stdout).toMatch(/^nfqlb_table_hash \d+$/m);
+    expect(r.stdout).toMatch(/^nfqlb_table_hash\{service="web"\} \d+$/m);
   });
 });

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { healthCommands, healthOptions } from '../../src/cli/health.js';
 import { parseOptions } from '../../src/cli/options.js';
 import { parseProbeSpec, probeRequest } from '../../src/health/probe.js';
-import { type HealthState, TargetHealth, takenOut } from '../../src/health/state.js';
+import { type HealthState, recordRound, TargetHealth, takenOut } from '../../src/health/state.js';
 import { readViews, tierVerdict, viewValue } from '../../src/health/tier.js';
 
 /** The state after each of `results` (true: the probe passed). */
@@ -36,6 +36,75 @@ describe('TargetHealth', () => {
   it('reports only the changes', () => {
     const h = new TargetHealth({ rise: 1, fall: 1 });
     expect([true, true, false, false, true].map((ok) => h.record(ok))).toEqual(['up', null, 'down', null, 'up']);
+  });
+});
+
+describe('recordRound', () => {
+  /** Targets 1..n, each up after a first good probe. */
+  const upTargets = (n: number) => {
+    const targets = new Map(Array.from({ length: n }, (_, k) => [k + 1, new TargetHealth({ rise: 2, fall: 3 })] as const));
+    recordRound(targets, new Map([...targets.keys()].map((fw) => [fw, true])));
+    return targets;
+  };
+  /** Records a round in which the targets in `failed` fail and the others pass; answers the changes. */
+  const round = (targets: Map<number, TargetHealth>, failed: number[]) =>
+    recordRound(targets, new Map([...targets.keys()].map((fw) => [fw, !failed.includes(fw)])));
+
+  it('says which targets changed, and an up target whose last probe failed is failing', () => {
+    const targets = upTargets(3);
+    expect(round(targets, [1])).toEqual(new Map());
+    expect(targets.get(1)!.failing).toBe(true);
+    expect(targets.get(2)!.failing).toBe(false);
+    round(targets, [1]);
+    expect(round(targets, [1])).toEqual(new Map([[1, 'down']]));
+    expect(targets.get(1)!.failing).toBe(false);
+  });
+
+  it('holds up targets that fall while every other is failing, until all fall together', () => {
+    const targets = upTargets(4);
+    // Servers 1 and 2 stopped a round before 3 and 4.
+    round(targets, [1, 2]);
+    round(targets, [1, 2, 3, 4]);
+    expect(round(targets, [1, 2, 3, 4])).toEqual(new Map());
+    expect([...targets.values()].map((h) => h.state)).toEqual(['up', 'up', 'up', 'up']);
+    expect(round(targets, [1, 2, 3, 4])).toEqual(
+      new Map([
+        [1, 'down'],
+        [2, 'down'],
+        [3, 'down'],
+        [4, 'down'],
+      ]),
+    );
+  });
+
+  it('lets a held target fall at its next failed probe once another target passes', () => {
+    const targets = upTargets(3);
+    round(targets, [1]);
+    round(targets, [1, 2, 3]);
+    expect(round(targets, [1, 2, 3])).toEqual(new Map());
+    expect(round(targets, [1])).toEqual(new Map([[1, 'down']]));
+  });
+
+  it('takes a fall as it comes when another target passes, or the others are down already', () => {
+    const targets = upTargets(3);
+    round(targets, [1, 2]);
+    round(targets, [1, 2]);
+    expect(round(targets, [1, 2])).toEqual(
+      new Map([
+        [1, 'down'],
+        [2, 'down'],
+      ]),
+    );
+    round(targets, [1, 2, 3]);
+    round(targets, [1, 2, 3]);
+    expect(round(targets, [1, 2, 3])).toEqual(new Map([[3, 'down']]));
+  });
+
+  it('settles a new target by its first probe, whatever the others do', () => {
+    const targets = upTargets(2);
+    round(targets, [1, 2]);
+    targets.set(3, new TargetHealth({ rise: 2, fall: 3 }));
+    expect(recordRound(targets, new Map([[3, false]]))).toEqual(new Map([[3, 'down']]));
   });
 });
 

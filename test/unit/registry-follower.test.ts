@@ -152,7 +152,7 @@ describe('RegistryFollower', () => {
     store.apply(new Map([[2, 500]]));
     const before = tableHash(store.targets.lookup);
     const { f, published } = follower();
-    expect(await value(f, 'nfqlb_table_hash')).toBe(before);
+    expect(await value(f, 'nfqlb_table_hash', { service: keys.service })).toBe(before);
     await expect(f.start()).rejects.toThrow('etcd: unreachable');
     await waitFor('a few retries', () => FakeRegistry.connects >= 3);
     expect(active().slice(0, 3)).toEqual([-1, -1, 500]);
