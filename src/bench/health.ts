@@ -21,8 +21,10 @@ const SHM = `${PREFIX}targets`;
 const NVM = 3;
 const TARGETS = 32;
 const METRICS_PORT = 9150;
-/** The window of each row: at 1% of a core a tick (10 ms) is 0.03% of a 30 s window. */
-/** The window of each row (s); index.ts refuses one below 1 before any part runs. */
+/**
+ * The window of each row (s): at 1% of a core a tick (10 ms) is 0.03% of a 30 s window. index.ts
+ * refuses one below 1 before any part runs.
+ */
 export const WINDOW_S = Number(process.env.BENCH_HEALTH_SECONDS ?? 30);
 /**
  * A checker's first half minute costs it up to three times its steady state (V8 compiling the probe
