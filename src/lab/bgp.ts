@@ -100,6 +100,28 @@ export class BgpTier {
     );
   }
 
+  /**
+   * What every BIRD says of its BGP and static protocols (state, since, info: a session down and
+   * why) and an LB's VIP routes (none while its device is missing), for the error of a convergence that did not come:
+   * the lab and its logs are gone by the time anyone reads it.
+   */
+  private protocols(): string {
+    const names = ['gateway', ...Array.from({ length: this.lab.topo.nrouters }, (_, k) => `lb-${201 + k}`)];
+    return names
+      .map((name) => {
+        try {
+          const birdc = (what: string): string[] => run(['birdc', '-s', this.socket(name), ...what.split(' ')]).split('\n');
+          const rows = birdc('show protocols').filter((l) => /\s(BGP|Static)\s/.test(l));
+          // An LB's static VIP routes exist only while its lb's device does.
+          if (name !== 'gateway') for (const p of ['vip4', 'vip6']) rows.push(`${p}: ${birdc(`show route protocol ${p} count`).at(-2)}`);
+          return `${name}: ${rows.map((l) => l.trim().replace(/\s+/g, ' ')).join('; ')}`;
+        } catch (e) {
+          return `${name}: ${(e as Error).message}`;
+        }
+      })
+      .join(' | ');
+  }
+
   /** The control socket of BIRD `name` (`birdc -s` it from any namespace). */
   socket(name: string): string {
     return join(this.dir, `${name}.ctl`);
@@ -117,7 +139,7 @@ export class BgpTier {
       if (Date.now() - since > timeoutMs) {
         throw new Error(
           `gateway: VIP routes did not reach ${count} next-hops in ${timeoutMs} ms ` +
-            `(IPv4 ${vipNexthops(this.lab.topo, 4)}, IPv6 ${vipNexthops(this.lab.topo, 6)}; see ${this.dir} and the bird logs)`,
+            `(IPv4 ${vipNexthops(this.lab.topo, 4)}, IPv6 ${vipNexthops(this.lab.topo, 6)}); ${this.protocols()}`,
         );
       }
       await sleep(5);
