@@ -11,13 +11,14 @@ import type { ChildProcess } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { metricSum } from '../lab/health-tests.js';
 import { binArgv, type LabHandle, nfqueueLb, removeLabShm, shmName } from '../lab/lb-setup.js';
 import { CLIENT_CIDR, createTopology, VIP, vmName } from '../lab/topology.js';
 import { ECHO_PORT } from '../lab/traffic/server.js';
 import { analyze, asStats } from '../lab/traffic/stats.js';
 import { toolArgv } from '../lab/traffic/tools.js';
 import { kernelQueueStats } from '../nfqueue.js';
-import { userSystemTicks } from './measure.js';
+import { CLK_TCK, userSystemTicks } from './measure.js';
 
 const PREFIX = 'tlbsoak-';
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 600);
@@ -38,14 +39,8 @@ const rssMiB = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSyn
 /** A process's user + system CPU so far, in seconds (fields 14 and 15 of /proc/PID/stat, in clock ticks). */
 const cpuSeconds = (pid: number): number => {
   const { user, system } = userSystemTicks(pid);
-  return (user + system) / 100;
+  return (user + system) / CLK_TCK;
 };
-/** The sum of a metric's samples in Prometheus text, of those whose labels include `match`. */
-const metricSum = (text: string, name: string, match = ''): number =>
-  text
-    .split('\n')
-    .filter((line) => (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) && line.includes(match))
-    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
 
 if (!(SECONDS >= 30)) {
   console.error(`SOAK_SECONDS=${process.env.SOAK_SECONDS}: at least 30`);

@@ -40,10 +40,10 @@ export interface HealthOutcome {
 
 const routersOf = (topo: Topology): number[] => Array.from({ length: topo.nrouters }, (_, k) => k + 1);
 
-/** The sum of a metric's samples in Prometheus text (0 when it has none). */
-export function metricSum(text: string, name: string): number {
-  const re = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm');
-  return [...text.matchAll(re)].reduce((sum, m) => sum + Number(m[1]), 0);
+/** The sum of a metric's samples in Prometheus text whose labels include `match` (0 when it has none). */
+export function metricSum(text: string, name: string, match = ''): number {
+  const re = new RegExp(`^${name}(?:\\{([^}]*)\\})? (\\S+)$`, 'gm');
+  return [...text.matchAll(re)].filter((m) => (m[1] ?? '').includes(match)).reduce((sum, m) => sum + Number(m[2]), 0);
 }
 
 /** Polls `ok` every 20 ms until it holds; returns when (Date.now()). Throws naming `what` after timeoutMs. */

@@ -43,7 +43,7 @@ test('without --rate the result is as before (no timing fields)', async () => {
   expect(r).toEqual({ connections: 3, failed_connects: 0, failed_reads: 0, hosts: { 'vm-001': 3 } });
 });
 
-test('metricSum adds up every sample of a metric, and is 0 without one', () => {
+test('metricSum adds up every sample of a metric (of those whose labels include a match), and is 0 without one', () => {
   const text = [
     '# HELP nfqlb_target_up x',
     'nfqlb_target_up{service="web",fwmark="101"} 1',
@@ -53,4 +53,7 @@ test('metricSum adds up every sample of a metric, and is 0 without one', () => {
   ].join('\n');
   expect(metricSum(text, 'nfqlb_target_up')).toBe(2);
   expect(metricSum(text, 'nfqlb_service_all_down')).toBe(0);
+  expect(metricSum(text, 'nfqlb_target_up', 'fwmark="103"')).toBe(1);
+  expect(metricSum(text, 'nfqlb_target_up', 'fwmark="102"')).toBe(0);
+  expect(metricSum(text, 'nfqlb_target_upx', 'fwmark')).toBe(0);
 });
