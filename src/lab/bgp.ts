@@ -102,8 +102,8 @@ export class BgpTier {
 
   /**
    * What every BIRD says of its BGP and static protocols (state, since, info: a session down and
-   * why) and an LB's VIP routes (none while its device is missing), for the error of a convergence that did not come:
-   * the lab and its logs are gone by the time anyone reads it.
+   * why) and an LB's VIP routes (none while its device is missing), for the error of a
+   * convergence that did not come: the lab and its logs are gone by the time anyone reads it.
    */
   private protocols(): string {
     const names = ['gateway', ...Array.from({ length: this.lab.topo.nrouters }, (_, k) => `lb-${201 + k}`)];
