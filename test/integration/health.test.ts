@@ -122,7 +122,7 @@ describe('nfqlb health', () => {
     expect(active(SHM)).toEqual(table);
   });
 
-  it('takes nothing out during the warm-up, and puts back what it took out when stopped', async () => {
+  it('takes nothing out during the warm-up, follows a table made anew, and puts back what it took out when stopped', async () => {
     const table = active(SHM);
     await vipChecker!.stop();
     await servers.vipListener(2, 'close', 6);
@@ -134,6 +134,11 @@ describe('nfqlb health', () => {
     expect(Date.now() - start).toBeLessThan(3000);
     await waitFor('fwmark 102 out after the warm-up', () => !active(SHM).includes(102), { timeout: 6000 });
     expect(Date.now() - start).toBeGreaterThanOrEqual(3000);
+    // `init` makes the table anew, the operator's whole set: the checker follows the new file
+    // and takes the dead target out of it too.
+    expect(initTable(SHM)).toEqual(table);
+    await waitFor('fwmark 102 out of the new table', () => !active(SHM).includes(102), { timeout: 6000 });
+    expect(TargetStore.open(NFQLB_TABLE, SHM).draining()).toEqual([102]);
     await d.stop();
     expect(active(SHM)).toEqual(table);
     await servers.vipListener(2, 'open', 6);
